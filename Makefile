@@ -1,0 +1,40 @@
+# Every target installs what it needs into the project virtualenv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+# The worker's torch. The default pair ships torchvision, whose deform_conv2d kernel the engine
+# prefers; set TORCH_SPEC=torch (or a CUDA wheel index) to change it.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	touch $@
+
+demo: install
+	$(BIN)/toonq demo
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/toonq bench
+
+clean:
+	rm -rf $(VENV) .toonq .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,249 @@
+"""The Python API the sticker backend calls. It needs no GPU and never imports torch.
+
+    from toonq.producer import ToonqClient
+
+    client = ToonqClient()  # configured from TOONQ_* and AWS_* variables
+    job = client.submit("s3://stickers/in/42.png", idempotency_key="sticker-42")
+    job = client.wait(job.id, timeout=60)
+    job.status, job.output_uri
+
+A submit writes the job row (the source of truth) and then sends a message carrying only the job
+id. Input is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from toonq.producer.validation import InputValidator
+from toonq.shared.colors import normalize_color
+from toonq.shared.db import create_db_engine, session_factory
+from toonq.shared.dispatch import Dispatcher
+from toonq.shared.errors import InvalidRequestError, ToonqError
+from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
+from toonq.shared.models import JobStatus
+from toonq.shared.queue import MAX_PRIORITY, create_celery_app
+from toonq.shared.settings import Settings
+from toonq.shared.storage import ObjectStore, open_store
+
+OutputFormat = Literal["png", "webp"]
+
+
+class WaitTimeoutError(ToonqError):
+    code = "wait_timeout"
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """One job to submit; the fields mirror `ToonqClient.submit`'s arguments."""
+
+    input_uri: str
+    output_uri: str | None = None
+    idempotency_key: str | None = None
+    bg_color: str | None = None
+    format: OutputFormat = "png"
+    resolution: int | None = None
+    refine_foreground: bool = False
+    mask_only: bool = False
+    priority: int = 0
+
+
+class ToonqClient:
+    """Submit, inspect and administer matting jobs."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        actor: str = "producer",
+        objects: ObjectStore | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.actor = actor
+        self._database = create_db_engine(self.settings.database_url)
+        self.store = JobStore(session_factory(self._database))
+        self.objects = objects or open_store(self.settings)
+        self.dispatcher = Dispatcher(
+            create_celery_app(self.settings), self.store, queue=self.settings.queue
+        )
+        self._validator = InputValidator(self.objects)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._database.dispose()
+
+    def __enter__(self) -> ToonqClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- submitting -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        input_uri: str,
+        *,
+        output_uri: str | None = None,
+        idempotency_key: str | None = None,
+        bg_color: str | None = None,
+        format: OutputFormat = "png",
+        resolution: int | None = None,
+        refine_foreground: bool = False,
+        mask_only: bool = False,
+        priority: int = 0,
+    ) -> Job:
+        """Create a job and enqueue it. With an `idempotency_key` already used by a job with the
+        same parameters, return that job and enqueue nothing."""
+        (job,) = self.submit_many(
+            [
+                SubmitRequest(
+                    input_uri=input_uri,
+                    output_uri=output_uri,
+                    idempotency_key=idempotency_key,
+                    bg_color=bg_color,
+                    format=format,
+                    resolution=resolution,
+                    refine_foreground=refine_foreground,
+                    mask_only=mask_only,
+                    priority=priority,
+                )
+            ]
+        )
+        return job
+
+    def submit_many(self, requests: Iterable[SubmitRequest]) -> builtins.list[Job]:
+        """Validate every request first (one bad request rejects the whole call, before any
+        row is written), then create the jobs in one transaction and enqueue the new ones."""
+        specs = [self._spec(request) for request in requests]
+        created = self.store.create_many(specs, actor=self.actor)
+        for job, is_new in created:
+            # A job found by its idempotency key whose message was never sent gets it now.
+            if is_new or (job.status == JobStatus.QUEUED and job.enqueued_at is None):
+                self.dispatcher.send(job)
+        return [self.store.get(job.id) for job, _ in created]
+
+    def _spec(self, request: SubmitRequest) -> JobSpec:
+        self._validator.check_input(request.input_uri)
+        if request.format not in ("png", "webp"):
+            raise InvalidRequestError(f"format must be png or webp, got {request.format!r}")
+        resolution = request.resolution or self.settings.resolution
+        if resolution % 32 or not 32 <= resolution <= 4096:
+            raise InvalidRequestError(
+                f"resolution must be a multiple of 32 between 32 and 4096, got {resolution}"
+            )
+        if not 0 <= request.priority <= MAX_PRIORITY:
+            raise InvalidRequestError(f"priority must be 0..{MAX_PRIORITY}, got {request.priority}")
+        job_id = _job_id(request.idempotency_key)
+        extension = "png" if request.mask_only else request.format
+        output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{extension}"
+        self._validator.check_output(output_uri)
+        return JobSpec(
+            id=job_id,
+            input_uri=request.input_uri,
+            output_uri=output_uri,
+            bg_color=normalize_color(request.bg_color or self.settings.bg_color),
+            output_format=request.format,
+            resolution=resolution,
+            refine_foreground=request.refine_foreground,
+            mask_only=request.mask_only,
+            priority=request.priority,
+            max_attempts=self.settings.max_attempts,
+            idempotency_key=request.idempotency_key,
+        )
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def get(self, job_id: uuid.UUID | str) -> Job:
+        return self.store.get(_as_uuid(job_id))
+
+    def events(self, job_id: uuid.UUID | str) -> builtins.list[JobEventRecord]:
+        return self.store.events(_as_uuid(job_id))
+
+    def list(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        error_code: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Job]:
+        return self.store.list(
+            status=JobStatus(status) if status else None,
+            error_code=error_code,
+            since=since,
+            limit=limit,
+        )
+
+    def wait(
+        self, job_id: uuid.UUID | str, *, timeout: float | None = None, poll_interval: float = 0.5
+    ) -> Job:
+        """Poll until the job is finished (succeeded, failed or cancelled) and return it.
+        Raises `WaitTimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if JobStatus(job.status).is_finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"job {job.id} still {job.status} after {timeout:g} s")
+            time.sleep(poll_interval)
+
+    # --- administering --------------------------------------------------------------------------
+
+    def cancel(self, job_id: uuid.UUID | str, *, reason: str | None = None) -> Job:
+        """Cancel a job that has not finished. A running job's result is discarded."""
+        return self.store.cancel(_as_uuid(job_id), actor=self.actor, reason=reason)
+
+    def requeue(
+        self,
+        job_ids: Sequence[uuid.UUID | str] | None = None,
+        *,
+        status: JobStatus | str = JobStatus.FAILED,
+        error_code: str | None = None,
+        since: datetime | None = None,
+        dry_run: bool = False,
+        reason: str | None = None,
+    ) -> builtins.list[Job]:
+        """Put failed (or cancelled) jobs back in the queue with fresh attempts: the given ids,
+        or every job matching the filter. With `dry_run`, report what would be requeued."""
+        jobs = self.store.requeue(
+            [_as_uuid(j) for j in job_ids] if job_ids else None,
+            status=JobStatus(status),
+            error_code=error_code,
+            since=since,
+            actor=self.actor,
+            reason=reason,
+            dry_run=dry_run,
+        )
+        if not dry_run:
+            for job in jobs:
+                self.dispatcher.send(job)
+        return jobs
+
+
+#: Namespace of the job ids derived from idempotency keys.
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0f6b1e-3d1c-4a8e-9a57-7d0f3c0b9e21")
+
+
+def _job_id(idempotency_key: str | None) -> uuid.UUID:
+    """A fresh id, or for an idempotency key always the same one, so that a resubmit also
+    derives the same default output URI (`TOONQ_OUTPUT_PREFIX/<id>.png`)."""
+    if idempotency_key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key)
+
+
+def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise InvalidRequestError(f"not a job id: {job_id!r}", code="invalid_job_id") from None

@@ -1,0 +1,150 @@
+"""`toonq demo`: the whole system on one machine, on whatever the settings say (by default the
+embedded ones: SQLite, a folder broker, a folder object store; no server).
+
+It runs the production code path end to end: sample images go into the object store, the
+producer submits jobs, a real `toonq worker` process consumes them, and the job table shows
+what happened.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from toonq.cli.context import Context, pass_context
+from toonq.cli.render import print_jobs_table
+from toonq.producer import ToonqClient
+from toonq.shared.jobstore import Job
+from toonq.shared.models import JobStatus
+from toonq.shared.storage import ObjectURI
+
+_SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 1200)]
+
+
+@click.command()
+@click.option("--images", type=click.IntRange(1, 50), default=6, show_default=True)
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds.")
+@pass_context
+def demo(ctx: Context, images: int, timeout: float) -> None:
+    """Matte a few generated anime-style images through the queue, end to end."""
+    from toonq.shared.db import migrate
+
+    settings = ctx.settings
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    migrate(settings.database_url)
+    client = ctx.client
+    demo_dir = settings.home / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    if settings.model.startswith("random:"):
+        click.secho(
+            f"TOONQ_MODEL={settings.model}: RANDOM WEIGHTS, a pipeline smoke test; "
+            "the masks will be noise.",
+            fg="yellow",
+        )
+    input_uris = _upload_samples(client, f"{settings.output_prefix}/demo-inputs", images)
+    worker_log = demo_dir / "worker.log"
+    click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}")
+    worker = _start_worker(settings.home, worker_log)
+    try:
+        jobs = [client.submit(uri, bg_color=settings.bg_color) for uri in input_uris]
+        click.echo(f"submitted {len(jobs)} jobs to queue {settings.queue!r}")
+        jobs = _follow(client, jobs, worker, worker_log, timeout)
+    finally:
+        _stop(worker)
+    click.echo()
+    print_jobs_table(jobs)
+    click.echo()
+    for job in jobs:
+        timings = job.timings or {}
+        image = f"{job.image_width}x{job.image_height}" if job.image_width else "-"
+        click.echo(
+            f"{str(job.id)[:8]}  {job.status:<9}  {image:>9}  "
+            f"inference {timings.get('inference', 0):8.1f} ms  "
+            f"total {sum(timings.values()):8.1f} ms"
+        )
+    succeeded = sum(job.status == JobStatus.SUCCEEDED for job in jobs)
+    click.echo(f"\n{succeeded}/{len(jobs)} succeeded. Cut-outs: {_where(settings.output_prefix)}")
+    if succeeded != len(jobs):
+        raise SystemExit(1)
+
+
+def _upload_samples(client: ToonqClient, prefix: str, count: int) -> list[str]:
+    from toonq.worker.samples import anime_sample
+
+    uris = []
+    for i in range(count):
+        image = anime_sample(seed=i, size=_SIZES[i % len(_SIZES)], transparent=i % 2 == 1)
+        buffer = io.BytesIO()
+        if i % 3 == 2:  # some JPEGs too: no alpha, a different decoder
+            image.convert("RGB").save(buffer, "JPEG", quality=92)
+            name = f"sample-{i}.jpg"
+        else:
+            image.save(buffer, "PNG")
+            name = f"sample-{i}.png"
+        uri = f"{prefix}/{name}"
+        content_type = "image/jpeg" if name.endswith(".jpg") else "image/png"
+        client.objects.put(uri, buffer.getvalue(), content_type=content_type)
+        uris.append(uri)
+    return uris
+
+
+def _start_worker(home: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = os.environ | {"TOONQ_HOME": str(home), "TOONQ_LOG_FORMAT": "console"}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "toonq.cli.main", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _follow(
+    client: ToonqClient,
+    jobs: list[Job],
+    worker: subprocess.Popen[bytes],
+    worker_log: Path,
+    timeout: float,
+) -> list[Job]:
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + timeout
+    latest = {job.id: job for job in jobs}
+    with tqdm(total=len(jobs), unit="job", desc="matting") as bar:
+        while True:
+            latest = {job_id: client.get(job_id) for job_id in latest}
+            done = sum(JobStatus(job.status).is_finished for job in latest.values())
+            bar.update(done - bar.n)
+            if done == len(jobs):
+                return list(latest.values())
+            if worker.poll() is not None:
+                tail = worker_log.read_text(errors="replace").splitlines()[-15:]
+                click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
+                raise SystemExit(1)
+            if time.monotonic() > deadline:
+                click.echo(f"timed out after {timeout:g} s; see {worker_log}")
+                raise SystemExit(1)
+            time.sleep(0.5)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)  # warm shutdown: finish the current job, then exit
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _where(prefix: str) -> str:
+    uri = ObjectURI.parse(prefix + "/x")
+    return str(Path(uri.key).parent) if uri.scheme == "file" else prefix

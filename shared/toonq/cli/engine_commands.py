@@ -1,0 +1,174 @@
+"""CLI commands that run the engine: they import the worker package (and torch) when invoked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from toonq.cli.context import Context, pass_context
+from toonq.shared.colors import parse_color
+
+if TYPE_CHECKING:
+    from toonq.worker.engine.matting import MattingEngine
+
+_PRESETS = ("tiny", "lite", "toonout")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+model_option = click.option(
+    "--model",
+    "model_spec",
+    help="Weights: file, save_pretrained dir, s3:// URI, hub id org/name[@rev] or random:PRESET "
+    "[default: TOONQ_MODEL or joelseytre/toonout].",
+)
+device_option = click.option("--device", help="auto, cpu, cuda or cuda:N [default: TOONQ_DEVICE].")
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    help="[default: TOONQ_PRECISION or auto: fp16 on GPU, fp32 on CPU].",
+)
+resolution_option = click.option(
+    "--resolution", type=int, help="Model input size, a multiple of 32 [default: 1024]."
+)
+
+
+@click.command()
+@click.option("--gpu", type=click.IntRange(min=0), help="Pin this process to GPU N.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@pass_context
+def worker(ctx: Context, gpu: int | None, concurrency: int) -> None:
+    """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM."""
+    if gpu is not None:
+        from toonq.worker.gpu import pin_gpu
+
+        pin_gpu(gpu)
+    from toonq.worker.main import run_worker
+
+    run_worker(ctx.settings, gpu=gpu, concurrency=concurrency)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@model_option
+@resolution_option
+@device_option
+@precision_option
+@click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
+@click.option("--format", "fmt", type=click.Choice(["png", "webp"]), default="png")
+@click.option("--mask-only", is_flag=True, help="Write 8-bit grayscale masks.")
+@click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@pass_context
+def matte(
+    ctx: Context,
+    inputs: tuple[Path, ...],
+    out_dir: Path,
+    model_spec: str | None,
+    resolution: int | None,
+    device: str | None,
+    precision: str | None,
+    bg_color: str | None,
+    fmt: str,
+    mask_only: bool,
+    refine_foreground: bool,
+    batch_size: int,
+) -> None:
+    """Remove the backgrounds of image files (or folders of them) into OUT.
+
+    Writes OUT/<stem>.png (or .webp). A bad file is reported and skipped; the exit status is 1
+    if any file failed.
+    """
+    from toonq.cli.matte_files import matte_files
+    from toonq.worker.engine.matting import MatteOptions
+
+    settings = ctx.settings
+    options = MatteOptions(
+        bg_color=parse_color(bg_color or settings.bg_color),
+        output_format="webp" if fmt == "webp" else "png",
+        mask_only=mask_only,
+        refine_foreground=refine_foreground,
+    )
+    engine = _engine(ctx, model_spec, device, precision, resolution)
+    files = _expand(inputs)
+    failures = matte_files(engine, files, out_dir, options, batch_size=batch_size)
+    click.echo(f"{len(files) - failures}/{len(files)} succeeded; outputs in {out_dir}")
+    if failures:
+        raise SystemExit(1)
+
+
+def _expand(inputs: tuple[Path, ...]) -> list[Path]:
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _engine(
+    ctx: Context,
+    model_spec: str | None,
+    device: str | None,
+    precision: str | None,
+    resolution: int | None,
+) -> MattingEngine:
+    from toonq.shared.storage import open_store
+    from toonq.worker.engine.matting import MattingEngine
+    from toonq.worker.engine.weights import load_model
+
+    settings = ctx.settings
+    spec = model_spec or settings.model
+    store = open_store(settings) if spec.startswith("s3://") else None
+    return MattingEngine(
+        load_model(spec, store=store),
+        device=device or settings.device,
+        precision=precision or settings.precision,
+        resolution=resolution or settings.resolution,
+        max_image_pixels=settings.max_image_pixels,
+        png_compress_level=settings.png_compress_level,
+    )
+
+
+@click.group()
+def model() -> None:
+    """Manage model weights."""
+
+
+@model.command("random")
+@click.option("--preset", type=click.Choice(_PRESETS), required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+def model_random(preset: str, out_dir: Path) -> None:
+    """Write a RANDOMLY initialised model directory, to smoke-test deployments."""
+    from toonq.worker.engine.weights import random_model
+
+    random_model(preset).save_pretrained(out_dir)
+    banner = "!" * 78
+    click.secho(banner, fg="yellow", err=True)
+    click.secho(
+        f"  RANDOM WEIGHTS: {out_dir} holds an untrained {preset} model.\n"
+        "  Its masks are noise. Use it only to smoke-test a deployment, never for real jobs.",
+        fg="yellow",
+        err=True,
+    )
+    click.secho(banner, fg="yellow", err=True)
+    click.echo(str(out_dir))
+
+
+@model.command("fetch")
+@model_option
+@pass_context
+def model_fetch(ctx: Context, model_spec: str | None) -> None:
+    """Download and verify the weights now (e.g. while building an image), then load them once."""
+    from toonq.shared.storage import open_store
+    from toonq.worker.engine.weights import load_model
+
+    spec = model_spec or ctx.settings.model
+    store = open_store(ctx.settings) if spec.startswith("s3://") else None
+    loaded = load_model(spec, store=store)
+    click.echo(f"{loaded.name} revision {loaded.revision or '-'}: ready")
+
+
+ENGINE_COMMANDS = (worker, matte, model)

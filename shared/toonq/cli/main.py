@@ -1,0 +1,249 @@
+"""`toonq`: the operators' command line.
+
+Queue commands (submit, status, jobs, requeue, cancel, migrate, sweep) need only the producer
+install; engine commands (worker, matte, model, bench, demo) import the worker, and torch, when
+they run.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any, cast
+
+import click
+
+from toonq.cli.bench import bench
+from toonq.cli.context import Context, pass_context
+from toonq.cli.demo import demo
+from toonq.cli.engine_commands import ENGINE_COMMANDS
+from toonq.cli.render import print_job_detail, print_jobs_table, print_json
+from toonq.producer import WaitTimeoutError
+from toonq.shared.errors import ToonqError
+from toonq.shared.models import JobStatus, OutputFormat
+
+#: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
+EXIT_TIMEOUT = 124
+
+
+class ToonqGroup(click.Group):
+    """Turns toonq's typed errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ToonqError as exc:
+            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=ToonqGroup)
+@click.version_option(package_name="toonq")
+def cli() -> None:
+    """toonq: background removal for anime images, as a distributed job queue."""
+
+
+def _parse_since(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        since = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 date or datetime: {value!r}") from None
+    return since if since.tzinfo else since.astimezone()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+status_choice = click.Choice([s.value for s in JobStatus])
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True, help="Alembic revision.")
+@pass_context
+def migrate(ctx: Context, revision: str) -> None:
+    """Upgrade the database schema (PostgreSQL or SQLite)."""
+    from toonq.shared.db import migrate as run_migrations
+
+    run_migrations(ctx.settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@cli.command()
+@click.argument("input_uri")
+@click.option("--output", "output_uri", help="Output URI [default: TOONQ_OUTPUT_PREFIX/<id>.png].")
+@click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
+@click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
+@click.option("--format", "fmt", type=click.Choice(["png", "webp"]), default="png")
+@click.option("--resolution", type=int, help="Model input size, a multiple of 32.")
+@click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
+@click.option("--mask-only", is_flag=True, help="Write an 8-bit mask instead of the cut-out.")
+@click.option("--priority", type=click.IntRange(0, 9), default=0, show_default=True)
+@click.option("--wait", is_flag=True, help="Wait until the job finishes.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@json_option
+@pass_context
+def submit(
+    ctx: Context,
+    input_uri: str,
+    output_uri: str | None,
+    idempotency_key: str | None,
+    bg_color: str | None,
+    fmt: str,
+    resolution: int | None,
+    refine_foreground: bool,
+    mask_only: bool,
+    priority: int,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Submit a job for INPUT_URI (s3://bucket/key or file:///path).
+
+    Exits 0 once submitted (with --wait: once succeeded), 1 if the job failed or was
+    cancelled, 124 if --timeout passed first.
+    """
+    job = ctx.client.submit(
+        input_uri,
+        output_uri=output_uri,
+        idempotency_key=idempotency_key,
+        bg_color=bg_color,
+        format=cast(OutputFormat, fmt),
+        resolution=resolution,
+        refine_foreground=refine_foreground,
+        mask_only=mask_only,
+        priority=priority,
+    )
+    if wait:
+        try:
+            job = ctx.client.wait(job.id, timeout=timeout)
+        except WaitTimeoutError as exc:
+            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            sys.exit(EXIT_TIMEOUT)
+    if as_json:
+        print_json(job.to_dict())
+    else:
+        click.echo(f"{job.id} {job.status} {job.output_uri}")
+    if wait and job.status != JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("job_id")
+@json_option
+@pass_context
+def status(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Show a job and its history."""
+    job = ctx.client.get(job_id)
+    events = ctx.client.events(job.id)
+    if as_json:
+        print_json(job.to_dict() | {"events": [event.to_dict() for event in events]})
+    else:
+        print_job_detail(job, events)
+
+
+@cli.command()
+@click.option("--status", "status_", type=status_choice, help="Only jobs in this status.")
+@click.option("--error-code", help="Only jobs that failed with this code.")
+@click.option("--since", callback=_parse_since, help="Only jobs created at or after (ISO 8601).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@pass_context
+def jobs(
+    ctx: Context,
+    status_: str | None,
+    error_code: str | None,
+    since: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    found = ctx.client.list(status=status_, error_code=error_code, since=since, limit=limit)
+    if as_json:
+        print_json([job.to_dict() for job in found])
+    else:
+        print_jobs_table(found)
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1)
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice([JobStatus.FAILED.value, JobStatus.CANCELLED.value]),
+    default=JobStatus.FAILED.value,
+    show_default=True,
+    help="Without JOB_IDs: requeue jobs in this status.",
+)
+@click.option("--error-code", help="Without JOB_IDs: only jobs that failed with this code.")
+@click.option("--since", callback=_parse_since, help="Without JOB_IDs: created at or after.")
+@click.option("--reason", help="Recorded in each job's history.")
+@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@json_option
+@pass_context
+def requeue(
+    ctx: Context,
+    job_ids: tuple[str, ...],
+    status_: str,
+    error_code: str | None,
+    since: datetime | None,
+    reason: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Put failed (or cancelled) jobs back in the queue with fresh attempts."""
+    found = ctx.client.requeue(
+        list(job_ids) or None,
+        status=status_,
+        error_code=error_code,
+        since=since,
+        dry_run=dry_run,
+        reason=reason,
+    )
+    if as_json:
+        print_json([job.to_dict() for job in found])
+        return
+    print_jobs_table(found)
+    verb = "would requeue" if dry_run else "requeued"
+    click.echo(f"{verb} {len(found)} job(s)")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--reason", help="Recorded in the job's history.")
+@json_option
+@pass_context
+def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None:
+    """Cancel a job that has not finished."""
+    job = ctx.client.cancel(job_id, reason=reason)
+    if as_json:
+        print_json(job.to_dict())
+    else:
+        click.echo(f"{job.id} {job.status}")
+
+
+@cli.command()
+@pass_context
+def sweep(ctx: Context) -> None:
+    """Re-send the messages of jobs that lost theirs (workers also do this periodically)."""
+    from toonq.shared.sweeper import sweep as run_sweep
+
+    client = ctx.client
+    sent = run_sweep(
+        client.store,
+        client.dispatcher,
+        grace_s=ctx.settings.sweep_interval_s,
+        lost_after_s=ctx.settings.visibility_timeout_s,
+    )
+    click.echo(f"re-sent {sent} job message(s)")
+
+
+for command in (*ENGINE_COMMANDS, bench, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="toonq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,862 @@
+"""The job store: every job state change, each in one transaction with its event row.
+
+Callers get immutable snapshots (`Job`, `JobEventRecord`), never ORM rows.
+
+Worker-side transitions are compare-and-set UPDATEs on (job id, status, attempt), checked through
+their row count: a duplicated or redelivered message finds nothing to claim, and a stale worker
+(whose job was cancelled, or reclaimed after its lease expired) cannot overwrite the outcome that
+another party recorded. Admin transitions (cancel, requeue) use the same guarded UPDATEs, so they
+need no row locks either.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from toonq.shared.db import translate_db_errors
+from toonq.shared.errors import (
+    IdempotencyConflictError,
+    InvalidRequestError,
+    InvalidTransitionError,
+    JobNotFoundError,
+    WorkerLostError,
+)
+from toonq.shared.models import (
+    OUTPUT_FORMATS,
+    EventKind,
+    JobEventRow,
+    JobRow,
+    JobStatus,
+    OutputFormat,
+    utc_now,
+)
+
+WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
+CANCELLABLE_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
+REQUEUEABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+class JobParams(TypedDict):
+    """What the engine needs to know to produce the output."""
+
+    bg_color: str
+    format: OutputFormat
+    resolution: int
+    refine_foreground: bool
+    mask_only: bool
+
+
+def _params(job: JobSpec | Job) -> JobParams:
+    return JobParams(
+        bg_color=job.bg_color,
+        format=job.output_format,
+        resolution=job.resolution,
+        refine_foreground=job.refine_foreground,
+        mask_only=job.mask_only,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A job to create. Validates what the database constraints would otherwise reject.
+
+    `id` may be chosen by the caller, e.g. to name the output after the job; a job found by its
+    idempotency key keeps its own id.
+    """
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    input_uri: str
+    output_uri: str
+    bg_color: str
+    output_format: OutputFormat
+    resolution: int
+    refine_foreground: bool = False
+    mask_only: bool = False
+    priority: int = 0
+    max_attempts: int
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InvalidRequestError(
+                f"output format must be one of {', '.join(OUTPUT_FORMATS)}; "
+                f"got {self.output_format!r}"
+            )
+        if not 0 <= self.priority <= 9:
+            raise InvalidRequestError(f"priority must be between 0 and 9, got {self.priority}")
+        if self.resolution <= 0:
+            raise InvalidRequestError(f"resolution must be positive, got {self.resolution}")
+        if self.max_attempts < 1:
+            raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.idempotency_key is not None and not (
+            0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        ):
+            raise InvalidRequestError(
+                f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+
+    @property
+    def params(self) -> JobParams:
+        return _params(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job, taken when the store returned it."""
+
+    id: uuid.UUID
+    status: JobStatus
+    idempotency_key: str | None
+    input_uri: str
+    output_uri: str
+    bg_color: str
+    output_format: OutputFormat
+    resolution: int
+    refine_foreground: bool
+    mask_only: bool
+    priority: int
+    attempts: int
+    max_attempts: int
+    error_code: str | None
+    error_message: str | None
+    worker: str | None
+    model_name: str | None
+    model_revision: str | None
+    image_width: int | None
+    image_height: int | None
+    timings: Mapping[str, float] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+    enqueued_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> Job:
+        return cls(
+            id=row.id,
+            status=JobStatus(row.status),
+            idempotency_key=row.idempotency_key,
+            input_uri=row.input_uri,
+            output_uri=row.output_uri,
+            bg_color=row.bg_color,
+            output_format=row.output_format,
+            resolution=row.resolution,
+            refine_foreground=row.refine_foreground,
+            mask_only=row.mask_only,
+            priority=row.priority,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            worker=row.worker,
+            model_name=row.model_name,
+            model_revision=row.model_revision,
+            image_width=row.image_width,
+            image_height=row.image_height,
+            timings=None if row.timings is None else dict(row.timings),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            next_attempt_at=row.next_attempt_at,
+            lease_expires_at=row.lease_expires_at,
+            enqueued_at=row.enqueued_at,
+        )
+
+    @property
+    def params(self) -> JobParams:
+        return _params(self)
+
+    @property
+    def model(self) -> str | None:
+        """The model that produced the output: "name@revision", "name", or None."""
+        if self.model_name is None:
+            return None
+        return (
+            f"{self.model_name}@{self.model_revision}" if self.model_revision else self.model_name
+        )
+
+    def matches(self, spec: JobSpec) -> bool:
+        """Whether `spec` asks for the same output (what an idempotent retry must repeat);
+        priority and max_attempts are delivery options and may differ."""
+        return (self.input_uri, self.output_uri, self.params) == (
+            spec.input_uri,
+            spec.output_uri,
+            spec.params,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values: UUIDs as strings, datetimes as ISO 8601 in UTC."""
+        image = None
+        if self.image_width is not None and self.image_height is not None:
+            image = {"width": self.image_width, "height": self.image_height}
+        return {
+            "id": str(self.id),
+            "status": self.status.value,
+            "idempotency_key": self.idempotency_key,
+            "input_uri": self.input_uri,
+            "output_uri": self.output_uri,
+            "params": dict(self.params),
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "worker": self.worker,
+            "model": self.model,
+            "image": image,
+            "timings": None if self.timings is None else dict(self.timings),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "lease_expires_at": _iso(self.lease_expires_at),
+            "enqueued_at": _iso(self.enqueued_at),
+        }
+
+
+@dataclass(frozen=True)
+class JobEventRecord:
+    """One row of a job's history."""
+
+    id: int
+    job_id: uuid.UUID
+    at: datetime
+    kind: EventKind
+    actor: str
+    reason: str | None
+    details: Mapping[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: JobEventRow) -> JobEventRecord:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            at=row.at,
+            kind=EventKind(row.kind),
+            actor=row.actor,
+            reason=row.reason,
+            details=None if row.details is None else dict(row.details),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job_id": str(self.job_id),
+            "at": _iso(self.at),
+            "kind": self.kind.value,
+            "actor": self.actor,
+            "reason": self.reason,
+            "details": None if self.details is None else dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's right to record the outcome of one attempt of a job."""
+
+    job: Job
+    attempt: int
+
+    @property
+    def worker(self) -> str:
+        assert self.job.worker is not None, "a claimed job always names its worker"
+        return self.job.worker
+
+
+def _status(value: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(value)
+    except ValueError:
+        choices = ", ".join(status.value for status in JobStatus)
+        raise InvalidRequestError(f"unknown status {value!r}; expected one of {choices}") from None
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequestError(f"{name} must be a timezone-aware datetime")
+    return value
+
+
+class JobStore:
+    """Creates, reads and transitions jobs. Thread-safe: every call uses its own session."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with translate_db_errors(), self._sessions.begin() as session:
+            yield session
+
+    # --- Producer side ---------------------------------------------------------------------
+
+    def create(self, spec: JobSpec, *, actor: str) -> tuple[Job, bool]:
+        """Create a job; returns (job, created). A repeated idempotency key returns the existing
+        job with created=False, or raises IdempotencyConflictError if its parameters differ."""
+        try:
+            with self._transaction() as session:
+                if spec.idempotency_key is not None:
+                    existing = self._by_key(session, spec.idempotency_key)
+                    if existing is not None:
+                        return _reuse(existing, spec), False
+                return self._insert(session, spec, actor=actor), True
+        except IntegrityError:
+            # Another producer inserted the same key between our read and our insert.
+            existing = self._existing_after_race(spec)
+            if existing is None:
+                raise
+            return _reuse(existing, spec), False
+
+    def create_many(
+        self, specs: Iterable[JobSpec], *, actor: str
+    ) -> builtins.list[tuple[Job, bool]]:
+        """`create` for a batch, in one transaction, so an idempotency conflict writes nothing
+        (except after losing a race for a key to another producer: each job is then created in
+        a transaction of its own)."""
+        specs = builtins.list(specs)
+        keys = sorted({spec.idempotency_key for spec in specs if spec.idempotency_key is not None})
+        try:
+            with self._transaction() as session:
+                known = session.scalars(select(JobRow).where(JobRow.idempotency_key.in_(keys)))
+                by_key = {row.idempotency_key: Job.from_row(row) for row in known}
+                results: builtins.list[tuple[Job, bool]] = []
+                for spec in specs:
+                    existing = by_key.get(spec.idempotency_key)
+                    if existing is not None:
+                        results.append((_reuse(existing, spec), False))
+                        continue
+                    job = self._insert(session, spec, actor=actor)
+                    if spec.idempotency_key is not None:
+                        by_key[spec.idempotency_key] = job
+                    results.append((job, True))
+                return results
+        except IntegrityError:
+            # A concurrent producer took one of the keys: the batch was rolled back.
+            return [self.create(spec, actor=actor) for spec in specs]
+
+    def _by_key(self, session: Session, key: str) -> Job | None:
+        row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).one_or_none()
+        return None if row is None else Job.from_row(row)
+
+    def _existing_after_race(self, spec: JobSpec) -> Job | None:
+        if spec.idempotency_key is None:
+            return None
+        with self._transaction() as session:
+            return self._by_key(session, spec.idempotency_key)
+
+    def _insert(self, session: Session, spec: JobSpec, *, actor: str) -> Job:
+        now = self._clock()
+        row = JobRow(
+            id=spec.id,
+            idempotency_key=spec.idempotency_key,
+            status=JobStatus.QUEUED,
+            input_uri=spec.input_uri,
+            output_uri=spec.output_uri,
+            bg_color=spec.bg_color,
+            output_format=spec.output_format,
+            resolution=spec.resolution,
+            refine_foreground=spec.refine_foreground,
+            mask_only=spec.mask_only,
+            priority=spec.priority,
+            attempts=0,
+            max_attempts=spec.max_attempts,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        self._event(session, row.id, EventKind.CREATED, actor=actor, at=now)
+        return Job.from_row(row)
+
+    # --- Reads -----------------------------------------------------------------------------
+
+    def get(self, job_id: uuid.UUID) -> Job:
+        with self._transaction() as session:
+            return Job.from_row(_load(session, job_id))
+
+    def list(
+        self,
+        status: JobStatus | str | None = None,
+        error_code: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, optionally filtered by status, error code and creation time."""
+        query = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(JobRow.status == _status(status))
+        if error_code is not None:
+            query = query.where(JobRow.error_code == error_code)
+        if _aware(since, "since") is not None:
+            query = query.where(JobRow.created_at >= since)
+        with self._transaction() as session:
+            return [Job.from_row(row) for row in session.scalars(query)]
+
+    def events(self, job_id: uuid.UUID) -> builtins.list[JobEventRecord]:
+        """The job's history, oldest first."""
+        with self._transaction() as session:
+            _load(session, job_id)
+            rows = session.scalars(
+                select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+            )
+            return [JobEventRecord.from_row(row) for row in rows]
+
+    # --- Admin transitions -----------------------------------------------------------------
+
+    def cancel(self, job_id: uuid.UUID, *, actor: str, reason: str | None = None) -> Job:
+        """Cancel a queued, retrying or running job. A running job's worker finds out when it
+        tries to record its outcome (which is then discarded)."""
+        with self._transaction() as session:
+            now = self._clock()
+            cancelled = self._cas(
+                session,
+                job_id,
+                JobRow.status.in_(CANCELLABLE_STATUSES),
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+                lease_expires_at=None,
+                enqueued_at=None,
+            )
+            if not cancelled:
+                job = Job.from_row(_load(session, job_id))
+                raise InvalidTransitionError(
+                    f"job {job_id} is {job.status}: only queued, retrying or running jobs "
+                    "can be cancelled"
+                )
+            self._event(session, job_id, EventKind.CANCELLED, actor=actor, at=now, reason=reason)
+            return Job.from_row(_load(session, job_id))
+
+    def requeue(
+        self,
+        job_ids: Iterable[uuid.UUID] | None = None,
+        *,
+        status: JobStatus | str = JobStatus.FAILED,
+        error_code: str | None = None,
+        since: datetime | None = None,
+        actor: str,
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> builtins.list[Job]:
+        """Send failed or cancelled jobs back to the queue with fresh attempts.
+
+        Selects `job_ids` (all of which must be failed or cancelled, or nothing is written), or,
+        without ids, the jobs matching the filters. Returns the jobs as requeued, oldest first; a
+        dry run returns them as they are and writes nothing.
+        """
+        with self._transaction() as session:
+            if job_ids is not None:
+                rows = _rows_to_requeue(session, builtins.list(job_ids))
+            else:
+                rows = _rows_matching(session, _status(status), error_code, _aware(since, "since"))
+            if dry_run:
+                return [Job.from_row(row) for row in rows]
+            now = self._clock()
+            requeued = []
+            for row in rows:
+                previous = Job.from_row(row)
+                if not self._requeue_one(session, previous, now):
+                    if job_ids is None:
+                        continue  # changed under us (e.g. requeued by another operator)
+                    raise InvalidTransitionError(f"job {previous.id} changed while requeueing")
+                self._event(
+                    session,
+                    previous.id,
+                    EventKind.REQUEUED,
+                    actor=actor,
+                    at=now,
+                    reason=reason,
+                    details={
+                        "from": previous.status.value,
+                        "error_code": previous.error_code,
+                        "attempts": previous.attempts,
+                    },
+                )
+                requeued.append(Job.from_row(_load(session, previous.id)))
+            return requeued
+
+    def _requeue_one(self, session: Session, job: Job, now: datetime) -> bool:
+        return self._cas(
+            session,
+            job.id,
+            JobRow.status == job.status,
+            status=JobStatus.QUEUED,
+            attempts=0,
+            error_code=None,
+            error_message=None,
+            worker=None,
+            started_at=None,
+            finished_at=None,
+            next_attempt_at=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            updated_at=now,
+        )
+
+    # --- Worker side -----------------------------------------------------------------------
+
+    def claim(self, job_id: uuid.UUID, *, worker: str, lease_s: float) -> Claim | None:
+        """Start the next attempt of a job, or return None if it is not claimable: finished,
+        cancelled, or running under a live lease (a duplicate message).
+
+        A running job whose lease expired lost its worker: it is reclaimed, unless it already
+        used all its attempts, in which case it fails with `worker_lost`.
+        """
+        with self._transaction() as session:
+            now = self._clock()
+            job = Job.from_row(_load(session, job_id))
+            guard: builtins.list[ColumnElement[bool]] = [
+                JobRow.status == job.status,
+                JobRow.attempts == job.attempts,
+            ]
+            lost = job.status is JobStatus.RUNNING and _lease_expired(job, now)
+            if lost:
+                guard.append(JobRow.lease_expires_at < now)
+                if job.attempts >= job.max_attempts:
+                    self._fail_lost(session, job, guard, worker=worker, now=now)
+                    return None
+            elif job.status not in WAITING_STATUSES:
+                return None
+            attempt = job.attempts + 1
+            claimed = self._cas(
+                session,
+                job_id,
+                *guard,
+                status=JobStatus.RUNNING,
+                attempts=attempt,
+                worker=worker,
+                started_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                next_attempt_at=None,
+                enqueued_at=None,
+                updated_at=now,
+            )
+            if not claimed:
+                return None  # another worker won the race
+            if lost:
+                self._event(
+                    session,
+                    job_id,
+                    EventKind.RECLAIMED,
+                    actor=worker,
+                    at=now,
+                    reason="the previous worker's lease expired",
+                    details={"lost_worker": job.worker, "lost_attempt": job.attempts},
+                )
+            self._event(
+                session,
+                job_id,
+                EventKind.STARTED,
+                actor=worker,
+                at=now,
+                details={"attempt": attempt},
+            )
+            return Claim(Job.from_row(_load(session, job_id)), attempt)
+
+    def _fail_lost(
+        self,
+        session: Session,
+        job: Job,
+        guard: builtins.list[ColumnElement[bool]],
+        *,
+        worker: str,
+        now: datetime,
+    ) -> None:
+        message = (
+            f"worker {job.worker} stopped renewing its lease on attempt {job.attempts} "
+            f"of {job.max_attempts}"
+        )
+        code = WorkerLostError.code
+        failed = self._cas(
+            session,
+            job.id,
+            *guard,
+            status=JobStatus.FAILED,
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        if failed:
+            self._event(
+                session,
+                job.id,
+                EventKind.FAILED,
+                actor=worker,
+                at=now,
+                reason=message,
+                details={"error_code": code, "attempt": job.attempts, "lost_worker": job.worker},
+            )
+
+    def mark_succeeded(
+        self,
+        claim: Claim,
+        *,
+        model_name: str,
+        model_revision: str | None,
+        image_width: int,
+        image_height: int,
+        timings: Mapping[str, float],
+    ) -> bool:
+        """Record success; False (and nothing written) if the claim is no longer current."""
+        with self._transaction() as session:
+            now = self._clock()
+            if not self._cas_claim(
+                session,
+                claim,
+                status=JobStatus.SUCCEEDED,
+                model_name=model_name,
+                model_revision=model_revision,
+                image_width=image_width,
+                image_height=image_height,
+                timings=dict(timings),
+                error_code=None,
+                error_message=None,
+                finished_at=now,
+                lease_expires_at=None,
+                updated_at=now,
+            ):
+                return False
+            self._event(
+                session,
+                claim.job.id,
+                EventKind.SUCCEEDED,
+                actor=claim.worker,
+                at=now,
+                details={"attempt": claim.attempt},
+            )
+            return True
+
+    def mark_retrying(
+        self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime
+    ) -> bool:
+        """Schedule another attempt at `next_attempt_at`; False if the claim is no longer
+        current. Sending the delayed message is the caller's job (then `mark_enqueued`)."""
+        with self._transaction() as session:
+            now = self._clock()
+            if not self._cas_claim(
+                session,
+                claim,
+                status=JobStatus.RETRYING,
+                error_code=error_code,
+                error_message=error_message,
+                next_attempt_at=next_attempt_at,
+                lease_expires_at=None,
+                enqueued_at=None,
+                updated_at=now,
+            ):
+                return False
+            self._event(
+                session,
+                claim.job.id,
+                EventKind.RETRIED,
+                actor=claim.worker,
+                at=now,
+                reason=error_message,
+                details={
+                    "error_code": error_code,
+                    "attempt": claim.attempt,
+                    "next_attempt_at": _iso(next_attempt_at),
+                },
+            )
+            return True
+
+    def mark_failed(self, claim: Claim, *, error_code: str, error_message: str) -> bool:
+        """Record a final failure; False (and nothing written) if the claim is no longer current."""
+        with self._transaction() as session:
+            now = self._clock()
+            if not self._cas_claim(
+                session,
+                claim,
+                status=JobStatus.FAILED,
+                error_code=error_code,
+                error_message=error_message,
+                finished_at=now,
+                lease_expires_at=None,
+                updated_at=now,
+            ):
+                return False
+            self._event(
+                session,
+                claim.job.id,
+                EventKind.FAILED,
+                actor=claim.worker,
+                at=now,
+                reason=error_message,
+                details={"error_code": error_code, "attempt": claim.attempt},
+            )
+            return True
+
+    def extend_lease(self, claim: Claim, lease_s: float) -> bool:
+        """Heartbeat of a long attempt; False if the claim is no longer current."""
+        with self._transaction() as session:
+            now = self._clock()
+            return self._cas_claim(
+                session,
+                claim,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                updated_at=now,
+            )
+
+    # --- Delivery bookkeeping --------------------------------------------------------------
+
+    def mark_enqueued(self, job_id: uuid.UUID) -> bool:
+        """Record that a wake-up message for the waiting job was handed to the broker."""
+        with self._transaction() as session:
+            now = self._clock()
+            return self._cas(
+                session,
+                job_id,
+                JobRow.status.in_(WAITING_STATUSES),
+                enqueued_at=now,
+                updated_at=now,
+            )
+
+    def due_for_redelivery(
+        self,
+        *,
+        unsent_grace_s: float,
+        lost_after_s: float,
+        now: datetime | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[Job]:
+        """Jobs that need a new wake-up message, most urgent first:
+
+        * waiting jobs whose message was never sent (the sender died, or the broker was down,
+          between commit and send), once `unsent_grace_s` passed since they became due;
+        * waiting jobs due for longer than `lost_after_s` (their message is presumed lost);
+        * running jobs whose lease expired (their worker is presumed lost; the claim of the new
+          message reclaims the job or fails it with `worker_lost`).
+        """
+        now = _aware(now, "now") or self._clock()
+        unsent_before = now - timedelta(seconds=unsent_grace_s)
+        lost_before = now - timedelta(seconds=lost_after_s)
+        queued = JobRow.status == JobStatus.QUEUED
+        retrying = JobRow.status == JobStatus.RETRYING
+        unsent = JobRow.enqueued_at.is_(None)
+        query = (
+            select(JobRow)
+            .where(
+                or_(
+                    and_(queued, unsent, JobRow.updated_at < unsent_before),
+                    and_(retrying, unsent, JobRow.next_attempt_at < unsent_before),
+                    and_(queued, JobRow.enqueued_at < lost_before),
+                    and_(retrying, JobRow.next_attempt_at < lost_before),
+                    and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now),
+                )
+            )
+            .order_by(JobRow.priority.desc(), JobRow.created_at)
+            .limit(limit)
+        )
+        with self._transaction() as session:
+            return [Job.from_row(row) for row in session.scalars(query)]
+
+    # --- Helpers ---------------------------------------------------------------------------
+
+    def _cas(
+        self,
+        session: Session,
+        job_id: uuid.UUID,
+        *guard: ColumnElement[bool],
+        **values: Any,
+    ) -> bool:
+        """UPDATE the job WHERE `guard` holds; True if it did (the compare-and-set succeeded)."""
+        statement = update(JobRow).where(JobRow.id == job_id, *guard).values(**values)
+        return session.connection().execute(statement).rowcount == 1
+
+    def _cas_claim(self, session: Session, claim: Claim, **values: Any) -> bool:
+        return self._cas(
+            session,
+            claim.job.id,
+            JobRow.status == JobStatus.RUNNING,
+            JobRow.attempts == claim.attempt,
+            **values,
+        )
+
+    def _event(
+        self,
+        session: Session,
+        job_id: uuid.UUID,
+        kind: EventKind,
+        *,
+        actor: str,
+        at: datetime,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        session.add(
+            JobEventRow(
+                job_id=job_id, at=at, kind=kind, actor=actor, reason=reason, details=details
+            )
+        )
+
+
+def _load(session: Session, job_id: uuid.UUID) -> JobRow:
+    # populate_existing: a guarded UPDATE may have changed the row since the session loaded it.
+    row = session.get(JobRow, job_id, populate_existing=True)
+    if row is None:
+        raise JobNotFoundError(f"job {job_id} not found")
+    return row
+
+
+def _reuse(existing: Job, spec: JobSpec) -> Job:
+    if not existing.matches(spec):
+        raise IdempotencyConflictError(
+            f"idempotency key {spec.idempotency_key!r} is already used by job {existing.id} "
+            "with different parameters"
+        )
+    return existing
+
+
+def _lease_expired(job: Job, now: datetime) -> bool:
+    return job.lease_expires_at is not None and job.lease_expires_at < now
+
+
+def _rows_to_requeue(session: Session, job_ids: builtins.list[uuid.UUID]) -> builtins.list[JobRow]:
+    rows = []
+    for job_id in dict.fromkeys(job_ids):  # each once, in the caller's order
+        row = _load(session, job_id)
+        if row.status not in REQUEUEABLE_STATUSES:
+            raise InvalidTransitionError(
+                f"job {job_id} is {row.status}: only failed or cancelled jobs can be requeued"
+            )
+        rows.append(row)
+    return sorted(rows, key=lambda row: row.created_at)
+
+
+def _rows_matching(
+    session: Session, status: JobStatus, error_code: str | None, since: datetime | None
+) -> builtins.list[JobRow]:
+    if status not in REQUEUEABLE_STATUSES:
+        raise InvalidRequestError(f"only failed or cancelled jobs can be requeued, not {status}")
+    query = select(JobRow).where(JobRow.status == status).order_by(JobRow.created_at)
+    if error_code is not None:
+        query = query.where(JobRow.error_code == error_code)
+    if since is not None:
+        query = query.where(JobRow.created_at >= since)
+    return builtins.list(session.scalars(query))

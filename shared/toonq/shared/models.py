@@ -1,0 +1,201 @@
+"""The database schema: a job table and its append-only event history.
+
+The models stay portable between PostgreSQL (production) and SQLite (the embedded default), so
+they use only generic types: `Uuid`, `JSON`, VARCHAR-backed enums guarded by CHECK constraints.
+Every constraint gets its name from `NAMING_CONVENTION`, which keeps Alembic migrations
+deterministic. The schema is created by the migrations in `toonq.migrations`, never by
+`create_all`; `tests/test_migrations.py` checks that both agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+OutputFormat = Literal["png", "webp"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "webp")
+
+
+class JobStatus(StrEnum):
+    """A job's lifecycle. The values are stored in the database and read by scripts: a contract."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class EventKind(StrEnum):
+    """What happened to a job, one row of its history per transition."""
+
+    CREATED = "created"
+    STARTED = "started"
+    RECLAIMED = "reclaimed"  # a worker took over a running job whose previous worker was lost
+    RETRIED = "retried"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite has no time zones: it stores the wall-clock text and reads back naive datetimes. Binding
+    everything as UTC and tagging what comes back as UTC keeps comparisons and snapshots right on
+    both backends.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: toonq stores aware UTC datetimes only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _enum_values(enum: type[StrEnum]) -> list[str]:
+    # Store the lower-case values ("queued"), not the member names ("QUEUED").
+    return [member.value for member in enum]
+
+
+def _string_enum(enum: type[StrEnum], name: str) -> Enum:
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=_enum_values,
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class JobRow(Base):
+    """One matting job. PostgreSQL (or the SQLite file) is the source of truth for its status."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        CheckConstraint("output_format IN ('png', 'webp')", name="output_format"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        CheckConstraint("resolution > 0", name="resolution_positive"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    status: Mapped[JobStatus] = mapped_column(_string_enum(JobStatus, "job_status"))
+    input_uri: Mapped[str] = mapped_column(Text)
+    output_uri: Mapped[str] = mapped_column(Text)
+    bg_color: Mapped[str] = mapped_column(String(32))
+    output_format: Mapped[OutputFormat] = mapped_column(String(8))
+    resolution: Mapped[int] = mapped_column(Integer)
+    refine_foreground: Mapped[bool] = mapped_column(Boolean)
+    mask_only: Mapped[bool] = mapped_column(Boolean)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64), index=True)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    model_revision: Mapped[str | None] = mapped_column(String(255))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    # Stage name -> milliseconds, e.g. {"download": 41.2, "inference": 380.0}.
+    timings: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # When a retrying job is due again.
+    next_attempt_at: Mapped[datetime | None]
+    # When a running job's claim is considered lost (its worker died without reporting).
+    lease_expires_at: Mapped[datetime | None]
+    # When the wake-up message for the current queued/retrying state was handed to the broker;
+    # NULL while none was sent, so the sweeper can tell an unsent job from a waiting one.
+    enqueued_at: Mapped[datetime | None]
+
+
+class JobEventRow(Base):
+    """One transition of a job; rows are only ever inserted."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(
+        # SQLite only autoincrements an INTEGER PRIMARY KEY.
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    kind: Mapped[EventKind] = mapped_column(_string_enum(EventKind, "event_kind"))
+    # A worker name, "producer", "sweeper" or "cli:<user>@<host>".
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None]

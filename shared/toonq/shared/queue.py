@@ -1,0 +1,91 @@
+"""The queue contract both sides share: the Celery app, the task name and the message shape.
+
+A message carries exactly one thing, the job id as a string. Everything else (input, output,
+parameters, attempts) is read from the database, which is the source of truth: a message is only
+a wake-up call and may be duplicated or redelivered at will. The producer sends by task name and
+never imports the worker (nor torch).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from toonq.shared.settings import Settings
+
+TASK_NAME = "toonq.matte"
+
+#: Job priorities run 0 (lowest, the default) to 9 (most urgent).
+MAX_PRIORITY = 9
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.is_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("in", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "in"),
+            "data_folder_out": str(folder / "in"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    return {
+        # Unacked messages of a lost worker come back after this long; retries never wait
+        # longer than it (Settings.validate), or Redis would redeliver them early.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(MAX_PRIORITY + 1)),
+    }
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    """Build the Celery app for `settings`: JSON only, results never stored (PostgreSQL holds
+    job state), late acks with a prefetch of one so a message is acknowledged only after its job
+    reached a recorded outcome."""
+    app = Celery("toonq", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=settings.queue,
+        task_routes={TASK_NAME: {"queue": settings.queue}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=not settings.is_embedded_broker,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings),
+        task_default_priority=_kombu_priority(0),
+    )
+    return app
+
+
+def _kombu_priority(priority: int) -> int:
+    # The Redis transport serves smaller numbers first; toonq's scale reads the other way.
+    return MAX_PRIORITY - priority
+
+
+def enqueue(
+    app: Celery,
+    job_id: uuid.UUID,
+    *,
+    queue: str,
+    priority: int = 0,
+    countdown: float | None = None,
+) -> None:
+    """Send the wake-up message for `job_id`. Safe to repeat: workers claim jobs atomically."""
+    app.send_task(
+        TASK_NAME,
+        args=[str(job_id)],
+        queue=queue,
+        priority=_kombu_priority(priority),
+        countdown=countdown,
+        ignore_result=True,
+    )

@@ -1,0 +1,158 @@
+"""Settings from the environment, with embedded defaults that need no server at all.
+
+With nothing configured, toonq keeps everything under `TOONQ_HOME` (default `./.toonq`): a SQLite
+database, a folder-backed broker and a folder used as the object store. Production sets
+`TOONQ_DATABASE_URL`, `TOONQ_BROKER_URL`, `TOONQ_OUTPUT_PREFIX` and the S3 variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from toonq.shared.errors import ConfigurationError
+
+DEFAULT_MODEL = "joelseytre/toonout"
+DEFAULT_QUEUE = "matting"
+DEFAULT_BG_COLOR = "#808080"
+EMBEDDED_BROKER = "filesystem://localhost/"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the plain `postgresql://` form (and Heroku's `postgres://`) by naming the psycopg 3
+    driver, which is the one toonq installs; driver-qualified and SQLite URLs pass unchanged."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of toonq. Build it with `Settings.from_env()`; fields are documented in the
+    README's configuration table under their environment variable names."""
+
+    home: Path = Path(".toonq")
+    database_url: str = ""
+    broker_url: str = EMBEDDED_BROKER
+    queue: str = DEFAULT_QUEUE
+    s3_endpoint_url: str | None = None
+    s3_max_attempts: int = 4
+    output_prefix: str = ""
+    # Engine.
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    precision: str = "auto"
+    resolution: int = 1024
+    bg_color: str = DEFAULT_BG_COLOR
+    png_compress_level: int = 1
+    max_image_pixels: int = 50_000_000
+    max_input_bytes: int = 100 * 1024 * 1024
+    # Delivery and retries.
+    max_attempts: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+    job_timeout_s: int = 900
+    visibility_timeout_s: int = 3600
+    sweep_interval_s: int = 30
+    # Operations.
+    worker_name: str | None = None
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    metrics_port: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("TOONQ_HOME") or ".toonq").expanduser().absolute()
+        settings = cls(
+            home=home,
+            database_url=normalize_database_url(
+                env.get("TOONQ_DATABASE_URL") or f"sqlite:///{home / 'toonq.db'}"
+            ),
+            broker_url=env.get("TOONQ_BROKER_URL") or EMBEDDED_BROKER,
+            queue=env.get("TOONQ_QUEUE") or DEFAULT_QUEUE,
+            s3_endpoint_url=env.get("TOONQ_S3_ENDPOINT_URL") or None,
+            s3_max_attempts=_int(env, "TOONQ_S3_MAX_ATTEMPTS", 4, minimum=1),
+            output_prefix=(env.get("TOONQ_OUTPUT_PREFIX") or (home / "outputs").as_uri()).rstrip(
+                "/"
+            ),
+            model=env.get("TOONQ_MODEL") or DEFAULT_MODEL,
+            device=env.get("TOONQ_DEVICE") or "auto",
+            precision=_choice(env, "TOONQ_PRECISION", "auto", ("auto", "fp32", "fp16", "bf16")),
+            resolution=_int(env, "TOONQ_RESOLUTION", 1024, minimum=32),
+            bg_color=env.get("TOONQ_BG_COLOR") or DEFAULT_BG_COLOR,
+            png_compress_level=_int(env, "TOONQ_PNG_COMPRESS_LEVEL", 1),
+            max_image_pixels=_int(env, "TOONQ_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
+            max_input_bytes=_int(env, "TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, minimum=1),
+            max_attempts=_int(env, "TOONQ_MAX_ATTEMPTS", 5, minimum=1),
+            retry_backoff_s=_float(env, "TOONQ_RETRY_BACKOFF_S", 2.0),
+            retry_backoff_max_s=_float(env, "TOONQ_RETRY_BACKOFF_MAX_S", 300.0),
+            job_timeout_s=_int(env, "TOONQ_JOB_TIMEOUT_S", 900, minimum=1),
+            visibility_timeout_s=_int(env, "TOONQ_VISIBILITY_TIMEOUT_S", 3600, minimum=1),
+            sweep_interval_s=_int(env, "TOONQ_SWEEP_INTERVAL_S", 30),
+            worker_name=env.get("TOONQ_WORKER_NAME") or None,
+            log_format=_choice(env, "TOONQ_LOG_FORMAT", "auto", ("auto", "json", "console")),
+            log_level=(env.get("TOONQ_LOG_LEVEL") or "INFO").upper(),
+            metrics_port=_int(env, "TOONQ_METRICS_PORT", 0),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.resolution % 32:
+            raise ConfigurationError(
+                f"TOONQ_RESOLUTION must be a multiple of 32, got {self.resolution}"
+            )
+        if not 0 <= self.png_compress_level <= 9:
+            raise ConfigurationError("TOONQ_PNG_COMPRESS_LEVEL must be between 0 and 9")
+        if self.retry_backoff_max_s >= self.visibility_timeout_s:
+            # A countdown longer than the broker's visibility timeout makes Redis redeliver the
+            # message while it is still waiting: duplicate runs (kombu #337).
+            raise ConfigurationError(
+                "TOONQ_RETRY_BACKOFF_MAX_S must be below TOONQ_VISIBILITY_TIMEOUT_S"
+            )
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded broker keeps its messages."""
+        return self.home / "broker"

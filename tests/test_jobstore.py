@@ -1,0 +1,760 @@
+"""The job store on PostgreSQL (and its SQLite specifics): every operation and transition."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+from sqlalchemy import text
+
+from toonq.shared.db import create_db_engine, session_factory
+from toonq.shared.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    InvalidTransitionError,
+    JobNotFoundError,
+)
+from toonq.shared.jobstore import Claim, Job, JobSpec, JobStore
+from toonq.shared.models import EventKind, JobStatus
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
+
+LEASE_S = 60.0
+T = TypeVar("T")
+
+
+def make_spec(**overrides: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "input_uri": "s3://in/cat.png",
+        "output_uri": "s3://out/cat.png",
+        "bg_color": "#808080",
+        "output_format": "png",
+        "resolution": 1024,
+        "max_attempts": 3,
+    }
+    return JobSpec(**(fields | overrides))
+
+
+def create(store: JobStore, **overrides: Any) -> Job:
+    job, created = store.create(make_spec(**overrides), actor="producer")
+    assert created
+    return job
+
+
+def claim(store: JobStore, job: Job, worker: str = "w1") -> Claim:
+    result = store.claim(job.id, worker=worker, lease_s=LEASE_S)
+    assert result is not None
+    return result
+
+
+def kinds(store: JobStore, job: Job) -> list[EventKind]:
+    return [event.kind for event in store.events(job.id)]
+
+
+def finish(store: JobStore, job: Job, status: JobStatus) -> Job:
+    """Bring a new job to a finished `status`."""
+    if status is JobStatus.CANCELLED:
+        return store.cancel(job.id, actor="cli:test@host")
+    current = claim(store, job)
+    if status is JobStatus.SUCCEEDED:
+        assert store.mark_succeeded(
+            current,
+            model_name="toonout",
+            model_revision="abc123",
+            image_width=640,
+            image_height=480,
+            timings={"inference": 12.5},
+        )
+    else:
+        assert store.mark_failed(current, error_code="input_not_found", error_message="gone")
+    return store.get(job.id)
+
+
+FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+
+
+# --- Create and read ------------------------------------------------------------------------------
+
+
+def test_create_queues_a_job_with_its_created_event(jobstore: JobStore) -> None:
+    job = create(jobstore, priority=7, mask_only=True, idempotency_key="k1")
+
+    assert job.status is JobStatus.QUEUED
+    assert (job.attempts, job.max_attempts, job.priority) == (0, 3, 7)
+    assert job.params == {
+        "bg_color": "#808080",
+        "format": "png",
+        "resolution": 1024,
+        "refine_foreground": False,
+        "mask_only": True,
+    }
+    assert job.created_at.tzinfo is UTC
+    assert jobstore.get(job.id) == job
+    [event] = jobstore.events(job.id)
+    assert (event.kind, event.actor, event.job_id) == (EventKind.CREATED, "producer", job.id)
+
+
+def test_create_with_an_id_chosen_by_the_caller(jobstore: JobStore) -> None:
+    chosen = uuid.uuid4()
+    assert create(jobstore, id=chosen).id == chosen
+
+
+def test_create_with_a_known_idempotency_key_returns_the_existing_job(jobstore: JobStore) -> None:
+    first = create(jobstore, idempotency_key="same")
+
+    # Delivery options may differ; what the output depends on may not.
+    again, created = jobstore.create(
+        make_spec(idempotency_key="same", priority=9), actor="producer"
+    )
+
+    assert (again, created) == (first, False)
+    assert [job.id for job in jobstore.list()] == [first.id]
+    assert kinds(jobstore, first) == [EventKind.CREATED]
+
+
+def test_create_with_a_known_key_and_other_parameters_conflicts(jobstore: JobStore) -> None:
+    first = create(jobstore, idempotency_key="same")
+
+    with pytest.raises(IdempotencyConflictError, match=str(first.id)):
+        jobstore.create(make_spec(idempotency_key="same", bg_color="#000000"), actor="producer")
+
+    assert [job.id for job in jobstore.list()] == [first.id]
+
+
+def test_concurrent_creates_with_one_key_make_one_job(jobstore: JobStore) -> None:
+    results = run_concurrently(
+        8, lambda: jobstore.create(make_spec(idempotency_key="raced"), actor="producer")
+    )
+
+    assert len({job.id for job, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 7 + [True]
+
+
+def test_create_many_in_one_transaction(jobstore: JobStore) -> None:
+    existing = create(jobstore, idempotency_key="old")
+
+    results = jobstore.create_many(
+        [
+            make_spec(idempotency_key="old"),
+            make_spec(idempotency_key="new"),
+            make_spec(idempotency_key="new"),
+            make_spec(),
+        ],
+        actor="producer",
+    )
+
+    assert [created for _, created in results] == [False, True, False, True]
+    assert results[0][0] == existing
+    assert results[1][0] == results[2][0]
+    assert len(jobstore.list()) == 3
+
+
+def test_create_many_with_a_conflict_writes_nothing(jobstore: JobStore) -> None:
+    create(jobstore, idempotency_key="old")
+
+    with pytest.raises(IdempotencyConflictError):
+        jobstore.create_many(
+            [make_spec(), make_spec(idempotency_key="old", output_format="webp")],
+            actor="producer",
+        )
+
+    assert len(jobstore.list()) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"output_format": "gif"},
+        {"priority": 10},
+        {"priority": -1},
+        {"resolution": 0},
+        {"max_attempts": 0},
+        {"idempotency_key": ""},
+    ],
+)
+def test_spec_rejects_what_the_schema_forbids(overrides: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError):
+        make_spec(**overrides)
+
+
+def test_unknown_job(jobstore: JobStore) -> None:
+    unknown = uuid.uuid4()
+    for call in (
+        lambda: jobstore.get(unknown),
+        lambda: jobstore.events(unknown),
+        lambda: jobstore.claim(unknown, worker="w1", lease_s=LEASE_S),
+        lambda: jobstore.cancel(unknown, actor="cli"),
+        lambda: jobstore.requeue([unknown], actor="cli"),
+    ):
+        with pytest.raises(JobNotFoundError, match=str(unknown)):
+            call()
+
+
+def test_list_newest_first_with_filters(jobstore: JobStore, clock: ManualClock) -> None:
+    oldest = create(jobstore)
+    clock.advance(10)
+    middle = finish(jobstore, create(jobstore), JobStatus.FAILED)
+    clock.advance(10)
+    newest = create(jobstore)
+
+    assert [job.id for job in jobstore.list()] == [newest.id, middle.id, oldest.id]
+    assert [job.id for job in jobstore.list(limit=1)] == [newest.id]
+    assert [job.id for job in jobstore.list(status="failed")] == [middle.id]
+    assert [job.id for job in jobstore.list(error_code="input_not_found")] == [middle.id]
+    assert [job.id for job in jobstore.list(since=middle.created_at)] == [newest.id, middle.id]
+    with pytest.raises(InvalidRequestError, match="unknown status"):
+        jobstore.list(status="done")
+    with pytest.raises(InvalidRequestError, match="timezone"):
+        jobstore.list(since=datetime(2024, 1, 1))
+
+
+def test_to_dict_is_json_with_utc_times(jobstore: JobStore) -> None:
+    job = finish(jobstore, create(jobstore, idempotency_key="k"), JobStatus.SUCCEEDED)
+
+    data = json.loads(json.dumps(job.to_dict()))
+
+    assert data["id"] == str(job.id)
+    assert data["status"] == "succeeded"
+    assert data["model"] == "toonout@abc123"
+    assert data["image"] == {"width": 640, "height": 480}
+    assert data["timings"] == {"inference": 12.5}
+    assert data["params"]["format"] == "png"
+    assert data["worker"] == "w1"
+    assert data["next_attempt_at"] is None
+    for key in ("created_at", "updated_at", "started_at", "finished_at"):
+        assert datetime.fromisoformat(data[key]).utcoffset() == timedelta(0)
+    assert {
+        "input_uri",
+        "output_uri",
+        "attempts",
+        "max_attempts",
+        "error_code",
+        "error_message",
+        "idempotency_key",
+        "priority",
+    } <= data.keys()
+
+
+def test_model_and_image_of_an_unfinished_job(jobstore: JobStore) -> None:
+    data = create(jobstore).to_dict()
+    assert (data["model"], data["image"], data["timings"]) == (None, None, None)
+
+
+# --- Claims ---------------------------------------------------------------------------------------
+
+
+def test_claim_starts_an_attempt(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+
+    current = claim(jobstore, job, worker="gpu-0")
+
+    assert current.attempt == 1
+    assert current.worker == "gpu-0"
+    running = current.job
+    assert (running.status, running.attempts, running.worker) == (JobStatus.RUNNING, 1, "gpu-0")
+    assert running.started_at is not None
+    assert running.lease_expires_at == running.started_at + timedelta(seconds=LEASE_S)
+    assert running.started_at - clock() < timedelta(seconds=1)
+    assert kinds(jobstore, job) == [EventKind.CREATED, EventKind.STARTED]
+    started = jobstore.events(job.id)[-1]
+    assert (started.kind, started.actor, started.details) == (
+        EventKind.STARTED,
+        "gpu-0",
+        {"attempt": 1},
+    )
+
+
+def test_a_duplicate_message_cannot_claim_a_running_job(jobstore: JobStore) -> None:
+    job = create(jobstore)
+    claim(jobstore, job, worker="w1")
+
+    assert jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None
+    assert jobstore.claim(job.id, worker="w1", lease_s=LEASE_S) is None
+    assert jobstore.get(job.id).attempts == 1
+    assert kinds(jobstore, job) == [EventKind.CREATED, EventKind.STARTED]
+
+
+@pytest.mark.parametrize("status", FINISHED)
+def test_a_finished_job_cannot_be_claimed(jobstore: JobStore, status: JobStatus) -> None:
+    job = finish(jobstore, create(jobstore), status)
+
+    assert jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None
+    assert jobstore.get(job.id) == job
+
+
+def test_a_job_whose_worker_was_lost_is_reclaimed(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    lost = claim(jobstore, job, worker="w1")
+    clock.advance(LEASE_S - 1)
+    assert jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None  # lease still live
+
+    clock.advance(2)
+    taken = claim(jobstore, job, worker="w2")
+
+    assert (taken.attempt, taken.job.worker) == (2, "w2")
+    reclaimed = jobstore.events(job.id)[-2]
+    assert (reclaimed.kind, reclaimed.actor) == (EventKind.RECLAIMED, "w2")
+    assert reclaimed.details == {"lost_worker": "w1", "lost_attempt": 1}
+    # The lost worker comes back: its outcome no longer counts.
+    assert not jobstore.mark_succeeded(
+        lost,
+        model_name="m",
+        model_revision=None,
+        image_width=1,
+        image_height=1,
+        timings={},
+    )
+    assert jobstore.get(job.id).status is JobStatus.RUNNING
+
+
+def test_a_job_that_lost_its_worker_on_every_attempt_fails(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    job = create(jobstore, max_attempts=2)
+    claim(jobstore, job, worker="w1")
+    clock.advance(LEASE_S + 1)
+    claim(jobstore, job, worker="w2")
+    clock.advance(LEASE_S + 1)
+
+    assert jobstore.claim(job.id, worker="w3", lease_s=LEASE_S) is None
+
+    failed = jobstore.get(job.id)
+    assert (failed.status, failed.error_code, failed.attempts) == (
+        JobStatus.FAILED,
+        "worker_lost",
+        2,
+    )
+    assert failed.finished_at is not None
+    assert failed.lease_expires_at is None
+    event = jobstore.events(job.id)[-1]
+    assert (event.kind, event.actor) == (EventKind.FAILED, "w3")
+    assert event.details == {"error_code": "worker_lost", "attempt": 2, "lost_worker": "w2"}
+
+
+def test_extend_lease_keeps_a_long_job(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    clock.advance(LEASE_S - 5)
+
+    assert jobstore.extend_lease(current, LEASE_S)
+
+    clock.advance(10)
+    assert jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None
+    assert jobstore.due_for_redelivery(unsent_grace_s=0, lost_after_s=3600) == []
+
+
+def test_concurrent_claims_have_one_winner(jobstore: JobStore) -> None:
+    for _ in range(10):
+        job = create(jobstore)
+        claims = run_concurrently(
+            2, functools.partial(jobstore.claim, job.id, worker="w", lease_s=LEASE_S)
+        )
+        assert sum(result is not None for result in claims) == 1
+        assert jobstore.get(job.id).attempts == 1
+        assert kinds(jobstore, job).count(EventKind.STARTED) == 1
+
+
+# --- Outcomes -------------------------------------------------------------------------------------
+
+
+def test_mark_succeeded(jobstore: JobStore) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job, worker="gpu-1")
+
+    assert jobstore.mark_succeeded(
+        current,
+        model_name="toonout",
+        model_revision=None,
+        image_width=800,
+        image_height=600,
+        timings={"download": 3.5, "inference": 40.0},
+    )
+
+    done = jobstore.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert (done.model, done.image_width, done.image_height) == ("toonout", 800, 600)
+    assert done.timings == {"download": 3.5, "inference": 40.0}
+    assert done.finished_at is not None
+    assert done.lease_expires_at is None
+    event = jobstore.events(job.id)[-1]
+    assert (event.kind, event.actor, event.details) == (
+        EventKind.SUCCEEDED,
+        "gpu-1",
+        {"attempt": 1},
+    )
+
+
+def test_mark_retrying_then_the_next_attempt(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    first = claim(jobstore, job)
+    due = clock() + timedelta(seconds=30)
+
+    assert jobstore.mark_retrying(
+        first, error_code="storage_unavailable", error_message="503", next_attempt_at=due
+    )
+
+    retrying = jobstore.get(job.id)
+    assert (retrying.status, retrying.error_code, retrying.next_attempt_at) == (
+        JobStatus.RETRYING,
+        "storage_unavailable",
+        due,
+    )
+    assert retrying.lease_expires_at is None
+    event = jobstore.events(job.id)[-1]
+    assert (event.kind, event.reason) == (EventKind.RETRIED, "503")
+    assert event.details == {
+        "error_code": "storage_unavailable",
+        "attempt": 1,
+        "next_attempt_at": due.isoformat(),
+    }
+
+    second = claim(jobstore, job, worker="w2")
+    assert second.attempt == 2
+    assert second.job.next_attempt_at is None
+    assert not jobstore.mark_failed(first, error_code="x", error_message="stale claim")
+
+
+def test_mark_failed(jobstore: JobStore) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+
+    assert jobstore.mark_failed(current, error_code="invalid_image", error_message="truncated")
+
+    failed = jobstore.get(job.id)
+    assert (failed.status, failed.error_code, failed.error_message) == (
+        JobStatus.FAILED,
+        "invalid_image",
+        "truncated",
+    )
+    assert failed.finished_at is not None
+    event = jobstore.events(job.id)[-1]
+    assert (event.kind, event.reason, event.details) == (
+        EventKind.FAILED,
+        "truncated",
+        {"error_code": "invalid_image", "attempt": 1},
+    )
+
+
+OUTCOMES: dict[str, Callable[[JobStore, Claim], bool]] = {
+    "succeeded": lambda store, current: store.mark_succeeded(
+        current, model_name="m", model_revision="r", image_width=1, image_height=1, timings={}
+    ),
+    "retrying": lambda store, current: store.mark_retrying(
+        current,
+        error_code="storage_unavailable",
+        error_message="503",
+        next_attempt_at=datetime.now(UTC),
+    ),
+    "failed": lambda store, current: store.mark_failed(
+        current, error_code="invalid_image", error_message="bad"
+    ),
+    "extend_lease": lambda store, current: store.extend_lease(current, LEASE_S),
+}
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_an_outcome_after_cancel_changes_nothing(jobstore: JobStore, outcome: str) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    cancelled = jobstore.cancel(job.id, actor="cli:ops@laptop", reason="wrong input")
+    history = jobstore.events(job.id)
+
+    assert OUTCOMES[outcome](jobstore, current) is False
+
+    assert jobstore.get(job.id) == cancelled
+    assert jobstore.events(job.id) == history
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_an_outcome_cannot_overwrite_a_recorded_one(jobstore: JobStore, outcome: str) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    assert jobstore.mark_failed(current, error_code="invalid_image", error_message="bad")
+    failed = jobstore.get(job.id)
+
+    assert OUTCOMES[outcome](jobstore, current) is False
+    assert jobstore.get(job.id) == failed
+
+
+# --- Cancel ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_cancel(jobstore: JobStore, running: bool) -> None:
+    job = create(jobstore)
+    if running:
+        claim(jobstore, job)
+
+    cancelled = jobstore.cancel(job.id, actor="cli:ops@laptop", reason="wrong input")
+
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    assert cancelled.lease_expires_at is None
+    event = jobstore.events(job.id)[-1]
+    assert (event.kind, event.actor, event.reason) == (
+        EventKind.CANCELLED,
+        "cli:ops@laptop",
+        "wrong input",
+    )
+
+
+@pytest.mark.parametrize("status", FINISHED)
+def test_a_finished_job_cannot_be_cancelled(jobstore: JobStore, status: JobStatus) -> None:
+    job = finish(jobstore, create(jobstore), status)
+
+    with pytest.raises(InvalidTransitionError, match=status.value):
+        jobstore.cancel(job.id, actor="cli")
+    assert jobstore.get(job.id) == job
+
+
+# --- Requeue --------------------------------------------------------------------------------------
+
+
+def test_requeue_by_ids(jobstore: JobStore) -> None:
+    failed = finish(jobstore, create(jobstore), JobStatus.FAILED)
+    cancelled = finish(jobstore, create(jobstore), JobStatus.CANCELLED)
+
+    requeued = jobstore.requeue([cancelled.id, failed.id], actor="cli:ops@laptop", reason="fixed")
+
+    assert {job.id for job in requeued} == {failed.id, cancelled.id}
+    for job in requeued:
+        assert job == jobstore.get(job.id)
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+        assert job.error_code is job.error_message is job.worker is None
+        assert job.started_at is job.finished_at is job.lease_expires_at is None
+    event = jobstore.events(failed.id)[-1]
+    assert (event.kind, event.actor, event.reason) == (
+        EventKind.REQUEUED,
+        "cli:ops@laptop",
+        "fixed",
+    )
+    assert event.details == {"from": "failed", "error_code": "input_not_found", "attempts": 1}
+    assert claim(jobstore, failed).attempt == 1
+
+
+@pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED])
+def test_requeue_by_ids_refuses_other_statuses(jobstore: JobStore, status: JobStatus) -> None:
+    failed = finish(jobstore, create(jobstore), JobStatus.FAILED)
+    other = create(jobstore)
+    if status is JobStatus.RUNNING:
+        claim(jobstore, other)
+    elif status is JobStatus.SUCCEEDED:
+        finish(jobstore, other, status)
+
+    with pytest.raises(InvalidTransitionError, match=str(other.id)):
+        jobstore.requeue([failed.id, other.id], actor="cli")
+
+    assert jobstore.get(failed.id) == failed
+
+
+def test_requeue_by_filter_and_dry_run(jobstore: JobStore, clock: ManualClock) -> None:
+    old = finish(jobstore, create(jobstore), JobStatus.FAILED)
+    clock.advance(60)
+    recent = finish(jobstore, create(jobstore), JobStatus.FAILED)
+    other_code = create(jobstore)
+    assert jobstore.mark_failed(
+        claim(jobstore, other_code), error_code="invalid_image", error_message="bad"
+    )
+    cancelled = finish(jobstore, create(jobstore), JobStatus.CANCELLED)
+    history = {job.id: jobstore.events(job.id) for job in (old, recent, other_code, cancelled)}
+    selection: dict[str, Any] = {"error_code": "input_not_found", "since": recent.created_at}
+
+    preview = jobstore.requeue(actor="cli", dry_run=True, **selection)
+
+    assert [job.id for job in preview] == [recent.id]
+    assert preview[0].status is JobStatus.FAILED
+    assert {job_id: jobstore.events(job_id) for job_id in history} == history
+
+    requeued = jobstore.requeue(actor="cli", **selection)
+
+    assert [job.id for job in requeued] == [recent.id]
+    assert requeued[0].status is JobStatus.QUEUED
+    assert jobstore.get(old.id).status is JobStatus.FAILED
+    assert [job.id for job in jobstore.requeue(status="cancelled", actor="cli")] == [cancelled.id]
+    assert [job.id for job in jobstore.requeue(actor="cli")] == [old.id, other_code.id]
+
+
+def test_requeue_only_selects_failed_or_cancelled(jobstore: JobStore) -> None:
+    with pytest.raises(InvalidRequestError):
+        jobstore.requeue(status=JobStatus.QUEUED, actor="cli")
+
+
+# --- Delivery bookkeeping -------------------------------------------------------------------------
+
+
+def test_due_for_redelivery(jobstore: JobStore, clock: ManualClock) -> None:
+    unsent = create(jobstore)
+    sent = create(jobstore)
+    assert jobstore.mark_enqueued(sent.id)
+    running = create(jobstore)
+    claim(jobstore, running)
+    retrying = create(jobstore)
+    assert jobstore.mark_retrying(
+        claim(jobstore, retrying),
+        error_code="storage_unavailable",
+        error_message="503",
+        next_attempt_at=clock() + timedelta(seconds=30),
+    )
+    finish(jobstore, create(jobstore), JobStatus.FAILED)
+
+    def due(after_s: float) -> set[uuid.UUID]:
+        now = clock() + timedelta(seconds=after_s)
+        found = jobstore.due_for_redelivery(unsent_grace_s=10, lost_after_s=600, now=now)
+        return {job.id for job in found}
+
+    assert due(0) == set()
+    assert due(11) == {unsent.id}  # never sent: the grace period is over
+    assert due(41) == {unsent.id, retrying.id}  # due 30 s from now, and never sent
+    assert due(LEASE_S + 1) == {unsent.id, retrying.id, running.id}  # lease expired
+    assert due(601) == {unsent.id, sent.id, retrying.id, running.id}  # presumed lost
+
+
+def test_mark_enqueued_only_applies_to_waiting_jobs(jobstore: JobStore) -> None:
+    queued = create(jobstore)
+    running = create(jobstore)
+    claim(jobstore, running)
+
+    assert jobstore.mark_enqueued(queued.id)
+    assert jobstore.get(queued.id).enqueued_at is not None
+    assert not jobstore.mark_enqueued(running.id)
+    assert jobstore.get(running.id).enqueued_at is None
+
+
+# --- History --------------------------------------------------------------------------------------
+
+
+def test_events_tell_the_story_oldest_first(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    first = claim(jobstore, job, worker="w1")
+    jobstore.mark_retrying(
+        first, error_code="storage_unavailable", error_message="503", next_attempt_at=clock()
+    )
+    second = claim(jobstore, job, worker="w2")
+    jobstore.mark_failed(second, error_code="invalid_image", error_message="bad")
+    jobstore.requeue([job.id], actor="cli:ops@laptop")
+    jobstore.cancel(job.id, actor="cli:ops@laptop")
+
+    events = jobstore.events(job.id)
+
+    assert [(event.kind, event.actor) for event in events] == [
+        (EventKind.CREATED, "producer"),
+        (EventKind.STARTED, "w1"),
+        (EventKind.RETRIED, "w1"),
+        (EventKind.STARTED, "w2"),
+        (EventKind.FAILED, "w2"),
+        (EventKind.REQUEUED, "cli:ops@laptop"),
+        (EventKind.CANCELLED, "cli:ops@laptop"),
+    ]
+    assert [event.id for event in events] == sorted(event.id for event in events)
+    assert all(earlier.at <= later.at for earlier, later in itertools.pairwise(events))
+    assert json.loads(json.dumps(events[2].to_dict()))["kind"] == "retried"
+
+
+# --- SQLite and failures --------------------------------------------------------------------------
+
+
+def test_sqlite_store_works_in_utc(sqlite_jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(sqlite_jobstore, idempotency_key="k")
+    current = claim(sqlite_jobstore, job)
+    assert current.job.lease_expires_at is not None
+    assert current.job.lease_expires_at.tzinfo is UTC
+    clock.advance(LEASE_S + 1)
+
+    assert claim(sqlite_jobstore, job, worker="w2").attempt == 2
+
+    assert sqlite_jobstore.create(make_spec(idempotency_key="k"), actor="p") == (
+        sqlite_jobstore.get(job.id),
+        False,
+    )
+    assert datetime.fromisoformat(sqlite_jobstore.get(job.id).to_dict()["started_at"]).tzinfo
+
+
+def test_sqlite_concurrent_claims_have_one_winner(sqlite_jobstore: JobStore) -> None:
+    job = create(sqlite_jobstore)
+
+    claims = run_concurrently(4, lambda: sqlite_jobstore.claim(job.id, worker="w", lease_s=LEASE_S))
+
+    assert sum(result is not None for result in claims) == 1
+
+
+def test_sqlite_engine_is_shareable_between_processes(sqlite_url: str) -> None:
+    engine = create_db_engine(sqlite_url)
+    with engine.connect() as connection:
+        pragma = {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout")
+        }
+    engine.dispose()
+    assert pragma["journal_mode"] == "wal"
+    assert pragma["foreign_keys"] == 1
+    assert isinstance(pragma["busy_timeout"], int)
+    assert pragma["busy_timeout"] > 0
+
+
+def test_deleting_a_job_deletes_its_events(sqlite_jobstore: JobStore, sqlite_url: str) -> None:
+    job = create(sqlite_jobstore)
+    engine = create_db_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM jobs"))
+        assert connection.execute(text("SELECT count(*) FROM job_events")).scalar() == 0
+    engine.dispose()
+    with pytest.raises(JobNotFoundError):
+        sqlite_jobstore.events(job.id)
+
+
+def test_an_unreachable_database_is_unavailable() -> None:
+    engine = create_db_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
+    store = JobStore(session_factory(engine))
+
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        store.list()
+    assert raised.value.code == "database_unavailable"
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["fresh_postgres_url", "sqlite_url"])
+def test_an_unmigrated_database_asks_for_migrations(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    engine = create_db_engine(request.getfixturevalue(backend))
+    store = JobStore(session_factory(engine))
+
+    with pytest.raises(ConfigurationError, match="toonq migrate"):
+        store.get(uuid.uuid4())
+    engine.dispose()
+
+
+# --- Helpers --------------------------------------------------------------------------------------
+
+
+def run_concurrently(threads: int, call: Callable[[], T]) -> list[T]:
+    """Run `call` in `threads` threads released together; re-raises the first error."""
+    start = threading.Barrier(threads)
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -1,0 +1,24 @@
+"""BiRefNet (ToonOut configuration) in plain PyTorch, loadable from the official checkpoints."""
+
+from .checkpoint import (
+    StateDictMismatchError,
+    load_birefnet_checkpoint,
+    load_birefnet_state_dict,
+    strip_checkpoint_prefixes,
+)
+from .configuration_birefnet import PRESETS, BiRefNetConfig, config_from_state_dict
+from .deform_conv import deform_conv2d, deform_conv2d_torch
+from .modeling_birefnet import BiRefNet
+
+__all__ = [
+    "PRESETS",
+    "BiRefNet",
+    "BiRefNetConfig",
+    "StateDictMismatchError",
+    "config_from_state_dict",
+    "deform_conv2d",
+    "deform_conv2d_torch",
+    "load_birefnet_checkpoint",
+    "load_birefnet_state_dict",
+    "strip_checkpoint_prefixes",
+]

@@ -1,0 +1,144 @@
+"""Decode untrusted image bytes into one 8-bit RGBA Pillow image.
+
+Every input ends up in the same shape (mode "RGBA", 8 bits per channel, EXIF orientation applied,
+first frame of an animation) so the rest of the pipeline handles a single case. Failures raise the
+job error taxonomy: `InvalidImageError` (empty, corrupt, truncated, zero-size),
+`UnsupportedFormatError` (not one of `ALLOWED_FORMATS`) and `ImageTooLargeError` (pixel limit).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from toonq.shared.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+
+#: Pillow format names tried, in this order. Restricting them keeps Pillow's other parsers
+#: (EPS runs Ghostscript, PSD, ...) away from untrusted data.
+ALLOWED_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+# Leading bytes of the allowed formats (WebP, a RIFF container, is checked apart). They tell a
+# supported file that Pillow cannot read (invalid_image) from data of another kind
+# (unsupported_format), which Pillow reports with the same exception.
+_SIGNATURES: Final = (
+    ("PNG", (b"\x89PNG\r\n\x1a\n",)),
+    ("JPEG", (b"\xff\xd8\xff",)),
+    ("GIF", (b"GIF87a", b"GIF89a")),
+    ("BMP", (b"BM",)),
+    ("TIFF", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")),  # classic and BigTIFF
+)
+
+# What Pillow raises on malformed data, besides OSError (which covers UnidentifiedImageError).
+_DECODE_ERRORS: Final = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+# Single-channel modes deeper than 8 bits, which Pillow's own convert() clips instead of scaling.
+_DEEP_GRAY_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode `data` (PNG, JPEG, WebP, GIF, BMP or TIFF) into a new 8-bit "RGBA" image.
+
+    The pixel count is checked against `max_pixels` from the header, before any pixel data is
+    decoded. Pillow's own bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`, where it warns, and
+    twice that, where it refuses) counts as a limit too, so the effective limit is the smaller of
+    the two. The EXIF orientation is applied, so width and height are those of the upright image;
+    animations (GIF, APNG, WebP) and multi-page TIFFs give their first frame.
+
+    Mode conversions: tRNS transparency (palette entries, or one grey or RGB colour) becomes
+    alpha; 16-bit grey ("I;16*", and "I" taken as 16-bit) is scaled with rounding,
+    0..65535 -> 0..255; float "F" is taken as 0..1; 16-bit RGB(A) PNGs keep the high byte of each
+    sample (done by Pillow's decoder); CMYK is converted without colour management.
+    """
+    if not data:
+        raise InvalidImageError("the image data is empty (0 bytes)")
+    image = _open(data)
+    _check_pixel_count(image.size, max_pixels)
+    try:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    except _DECODE_ERRORS as exc:
+        raise InvalidImageError(f"the {image.format} image is corrupt or truncated: {exc}") from exc
+    return _to_rgba(image)
+
+
+def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
+    """Pixels of an "RGBA" image as a writable H×W×4 uint8 array (a copy, so `torch.from_numpy`
+    can share it: NumPy's view of a Pillow image is read-only)."""
+    if image.mode != "RGBA":
+        raise ValueError(f"expected an RGBA image, got mode {image.mode!r}")
+    return np.array(image, dtype=np.uint8)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Identify the format and read the header only (Pillow decodes lazily)."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        kind = _sniff_format(data)
+        if kind is None:
+            raise UnsupportedFormatError(
+                "the data is not a PNG, JPEG, WebP, GIF, BMP or TIFF image"
+            ) from exc
+        # Pillow refuses headers with a zero width or height here as well.
+        raise InvalidImageError(
+            f"the {kind} image cannot be read: its header is corrupt or truncated, "
+            "or it has a zero width or height"
+        ) from exc
+
+
+def _sniff_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for name, magics in _SIGNATURES:
+        if data.startswith(magics):
+            return name
+    return None
+
+
+def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
+    # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that. Checking its threshold here
+    # turns the warning into an error without touching the process-wide warning filters, which
+    # are not thread-safe.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+    width, height = size
+    if width * height > limit:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height} pixels, "
+            f"over the limit of {limit} pixels"
+        )
+
+
+def _to_rgba(image: Image.Image) -> Image.Image:
+    if image.mode == "RGBA":
+        return image
+    if image.mode in _DEEP_GRAY_MODES:
+        return _deep_gray_to_rgba(image)
+    if image.mode == "La":
+        # Premultiplied grey + alpha (TIFF): Pillow converts it only to straight "LA".
+        image = image.convert("LA")
+    # Pillow turns tRNS transparency (palette entries, or one grey/RGB colour) into alpha.
+    return image.convert("RGBA")
+
+
+def _deep_gray_to_rgba(image: Image.Image) -> Image.Image:
+    raw = np.asarray(image)  # uint16 of either byte order, int32 or float32
+    if image.mode == "F":
+        gray = np.rint(np.clip(raw, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        # round(v * 255 / 65535) in integers; v / 257 is never exactly halfway, so no tie rule.
+        wide = np.clip(raw, 0, 65535).astype(np.uint32)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    rgba = np.empty((*raw.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = gray[..., np.newaxis]
+    transparent = image.info.get("transparency")
+    # A tRNS grey value marks the samples equal to it, compared at full depth.
+    rgba[..., 3] = 255 if transparent is None else np.where(raw == transparent, 0, 255)
+    return Image.fromarray(rgba)

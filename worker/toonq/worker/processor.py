@@ -1,0 +1,143 @@
+"""One job, start to finish: claim -> fetch -> matte -> store -> record.
+
+Each step is a call into a part that knows one thing (the job store, the object store, the
+engine); this module only decides what an outcome means for the job:
+
+* success: the output object is written first, then the job is marked succeeded;
+* a permanent error: the job fails at once with the error's code;
+* a transient error (or an unexpected one): the job is retried with backoff while attempts
+  remain, then fails with the last error's code.
+
+Every database write is a compare-and-set on (job, attempt), so a duplicated message, a stale
+worker or a cancel that raced the work can never overwrite a recorded outcome.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from toonq.shared.colors import parse_color
+from toonq.shared.dispatch import Dispatcher
+from toonq.shared.errors import PermanentJobError, ToonqError, TransientJobError
+from toonq.shared.jobstore import Claim, Job, JobStore
+from toonq.shared.logging import get_logger
+from toonq.shared.settings import Settings
+from toonq.shared.storage import ObjectStore
+from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
+from toonq.worker.retries import backoff_delay
+
+log = get_logger(__name__)
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not claimable: a duplicate message, or the job is finished/cancelled
+    DISCARDED = "discarded"  # the claim was lost (e.g. cancelled) before the outcome was recorded
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a worker process holds for the whole of its life."""
+
+    settings: Settings
+    store: JobStore
+    objects: ObjectStore
+    engine: MattingEngine
+    dispatcher: Dispatcher
+    worker_name: str
+
+
+def options_for(job: Job) -> MatteOptions:
+    return MatteOptions(
+        bg_color=parse_color(job.params["bg_color"]),
+        output_format=job.params["format"],
+        mask_only=job.params["mask_only"],
+        refine_foreground=job.params["refine_foreground"],
+    )
+
+
+def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+    claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.job_timeout_s)
+    if claim is None:
+        log.info("job_skipped", reason="not claimable (duplicate message or finished job)")
+        return Outcome.SKIPPED
+    log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
+    try:
+        result, timings = _run(ctx, claim.job)
+    except PermanentJobError as exc:
+        return _fail(ctx, claim, exc)
+    except TransientJobError as exc:
+        return _retry_or_fail(ctx, claim, exc)
+    except Exception as exc:
+        # A bug or a device fault (e.g. CUDA out of memory): bounded retries, then a typed failure.
+        log.exception("job_crashed")
+        return _retry_or_fail(ctx, claim, ToonqError(f"{type(exc).__name__}: {exc}"))
+    recorded = ctx.store.mark_succeeded(
+        claim,
+        model_name=ctx.engine.model_name,
+        model_revision=ctx.engine.model_revision,
+        image_width=result.width,
+        image_height=result.height,
+        timings=timings,
+    )
+    if not recorded:
+        log.warning("job_outcome_discarded", outcome="succeeded")
+        return Outcome.DISCARDED
+    log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=timings)
+    return Outcome.SUCCEEDED
+
+
+def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
+    start = time.perf_counter()
+    data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
+    download_ms = (time.perf_counter() - start) * 1000
+    result = ctx.engine.matte(data, options_for(job))
+    start = time.perf_counter()
+    ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
+    upload_ms = (time.perf_counter() - start) * 1000
+    timings = {"download": download_ms, **result.timings_ms, "upload": upload_ms}
+    return result, {stage: round(ms, 2) for stage, ms in timings.items()}
+
+
+def _fail(
+    ctx: WorkerContext, claim: Claim, exc: ToonqError, *, message: str | None = None
+) -> Outcome:
+    message = message or exc.message
+    if not ctx.store.mark_failed(claim, error_code=exc.code, error_message=message):
+        log.warning("job_outcome_discarded", outcome="failed")
+        return Outcome.DISCARDED
+    log.warning("job_failed", error_code=exc.code, error_message=message, attempt=claim.attempt)
+    return Outcome.FAILED
+
+
+def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome:
+    if claim.attempt >= claim.job.max_attempts:
+        return _fail(
+            ctx, claim, exc, message=f"gave up after {claim.attempt} attempts: {exc.message}"
+        )
+    delay = backoff_delay(
+        claim.attempt,
+        base_s=ctx.settings.retry_backoff_s,
+        cap_s=ctx.settings.retry_backoff_max_s,
+    )
+    next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+    if not ctx.store.mark_retrying(
+        claim, error_code=exc.code, error_message=exc.message, next_attempt_at=next_attempt_at
+    ):
+        log.warning("job_outcome_discarded", outcome="retrying")
+        return Outcome.DISCARDED
+    log.warning(
+        "job_retrying",
+        error_code=exc.code,
+        error_message=exc.message,
+        attempt=claim.attempt,
+        delay_s=round(delay, 2),
+    )
+    ctx.dispatcher.send(ctx.store.get(claim.job.id), countdown=delay)
+    return Outcome.RETRYING
