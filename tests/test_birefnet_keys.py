@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tests.birefnet_recipe import FIXTURE, TOONOUT_KEYS, read_keys
 from toonq.worker.birefnet import (
@@ -13,6 +15,7 @@ from toonq.worker.birefnet import (
     BiRefNetConfig,
     StateDictMismatchError,
     config_from_state_dict,
+    load_birefnet_checkpoint,
     load_birefnet_state_dict,
 )
 
@@ -100,6 +103,20 @@ def test_loader_strips_training_prefixes(tiny_state: dict[str, torch.Tensor]) ->
         torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tiny_state.items()
     )
     assert not any(t.is_meta for t in loaded.values())
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_checkpoint_file_loader(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"birefnet{suffix}"
+    if suffix == ".pth":
+        torch.save({f"module._orig_mod.{k}": v for k, v in tiny_state.items()}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in tiny_state.items()}, path)
+    loaded = load_birefnet_checkpoint(path).state_dict()
+    assert list(loaded) == list(tiny_state)
+    assert all(torch.equal(loaded[k], v) for k, v in tiny_state.items())
 
 
 def test_loader_reports_missing_key(tiny_state: dict[str, torch.Tensor]) -> None:

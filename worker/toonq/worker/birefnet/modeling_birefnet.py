@@ -40,7 +40,7 @@ def image2patches(image: Tensor, size: Sequence[int]) -> Tensor:
     b, c, height, width = image.shape
     h, w = int(size[0]), int(size[1])
     gh, gw = height // h, width // w
-    patches = image.view(b, c, gh, h, gw, w).permute(0, 1, 2, 4, 3, 5)
+    patches = image.reshape(b, c, gh, h, gw, w).permute(0, 1, 2, 4, 3, 5)
     return patches.reshape(b, c * gh * gw, h, w)
 
 

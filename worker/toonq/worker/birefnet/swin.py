@@ -38,7 +38,7 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     """``B x Hp x Wp x C`` -> ``(B*nW) x ws*ws x C``, windows batch-major then row-major."""
     b, h, w, c = x.shape
     ws = window_size
-    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, ws * ws, c)
 
 
@@ -46,7 +46,7 @@ def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -
     """Inverse of :func:`window_partition`: ``(B*nW) x ws*ws x C`` -> ``B x H x W x C``."""
     ws = window_size
     c = windows.shape[-1]
-    x = windows.view(-1, height // ws, width // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    x = windows.reshape(-1, height // ws, width // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, height, width, c)
 
 

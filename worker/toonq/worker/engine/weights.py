@@ -24,7 +24,6 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.constants import HF_HUB_CACHE
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-from safetensors.torch import load_file as load_safetensors
 
 from toonq.shared.errors import ChecksumMismatchError, ModelUnavailableError
 from toonq.shared.logging import get_logger
@@ -32,7 +31,8 @@ from toonq.shared.storage import ObjectStore, ObjectURI
 from toonq.worker.birefnet import (
     BiRefNet,
     BiRefNetConfig,
-    load_birefnet_state_dict,
+    StateDictMismatchError,
+    load_birefnet_checkpoint,
 )
 
 log = get_logger(__name__)
@@ -137,19 +137,15 @@ def _load_path(path: Path, *, name: str) -> LoadedModel:
 
 
 def _load_file(path: Path) -> BiRefNet:
+    if path.suffix not in (*_STATE_DICT_SUFFIXES, ".safetensors"):
+        raise ModelUnavailableError(
+            f"{path}: unknown weights format (expected .pth, .pt, .bin or .safetensors)"
+        )
     try:
-        if path.suffix == ".safetensors":
-            state_dict = load_safetensors(str(path))
-        elif path.suffix in _STATE_DICT_SUFFIXES:
-            # weights_only: a checkpoint is data, never code to unpickle.
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        else:
-            raise ModelUnavailableError(
-                f"{path}: unknown weights format (expected .pth, .pt, .bin or .safetensors)"
-            )
-    except (OSError, RuntimeError) as exc:
-        raise ModelUnavailableError(f"{path}: cannot read weights: {exc}") from exc
-    return load_birefnet_state_dict(state_dict)
+        # A .pth is unpickled with weights_only: a checkpoint is data, never code.
+        return load_birefnet_checkpoint(path)
+    except (OSError, RuntimeError, StateDictMismatchError) as exc:
+        raise ModelUnavailableError(f"{path}: cannot load weights: {exc}") from exc
 
 
 def _fetch_s3(uri: str, store: ObjectStore) -> Path:

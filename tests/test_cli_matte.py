@@ -1,0 +1,88 @@
+"""`toonq matte` on files and folders, and `toonq demo` on the embedded defaults: real CLI
+processes on a tiny model."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.support import png_bytes, run_toonq
+from toonq.worker.engine.weights import random_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    random_model("tiny").save_pretrained(path)
+    return str(path)
+
+
+def matte(*args: str, tiny_model: str) -> tuple[int, str]:
+    env = dict(os.environ, TOONQ_LOG_FORMAT="json")
+    result = run_toonq(
+        "matte", *args, "--model", tiny_model, "--resolution", "64", "--device", "cpu", env=env
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_matte_writes_one_cutout_per_input_and_reports_bad_files(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    (inputs / "nested").mkdir(parents=True)
+    (inputs / "a.png").write_bytes(png_bytes((64, 48)))
+    buffer = io.BytesIO()
+    Image.new("CMYK", (30, 20), (10, 20, 30, 0)).save(buffer, "JPEG")
+    (inputs / "nested" / "b.jpg").write_bytes(buffer.getvalue())
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+
+    code, output = matte(str(inputs), "--out", str(out), "--batch-size", "2", tiny_model=tiny_model)
+
+    assert code == 1  # one input failed
+    assert "broken.png" in output
+    assert "invalid_image" in output
+    assert "2/3 succeeded" in output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    for name, size in (("a.png", (64, 48)), ("b.png", (30, 20))):
+        image = Image.open(out / name)
+        assert (image.mode, image.size) == ("RGBA", size)
+
+
+def test_matte_mask_only_and_webp(tiny_model: str, tmp_path: Path) -> None:
+    source = tmp_path / "pic.png"
+    source.write_bytes(png_bytes((40, 30)))
+
+    code, output = matte(
+        str(source), "--out", str(tmp_path / "m"), "--mask-only", tiny_model=tiny_model
+    )
+    assert code == 0, output
+    mask = Image.open(tmp_path / "m" / "pic.png")
+    assert (mask.mode, mask.size) == ("L", (40, 30))
+
+    code, output = matte(
+        str(source), "--out", str(tmp_path / "w"), "--format", "webp", tiny_model=tiny_model
+    )
+    assert code == 0, output
+    assert Image.open(tmp_path / "w" / "pic.webp").format == "WEBP"
+
+
+def test_demo_runs_end_to_end_on_the_embedded_defaults(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TOONQ_")} | {
+        "TOONQ_HOME": str(tmp_path / "home"),
+        "TOONQ_MODEL": "random:tiny",
+        "TOONQ_RESOLUTION": "64",
+        "TOONQ_DEVICE": "cpu",
+    }
+    result = run_toonq("demo", "--images", "3", env=env, timeout=300)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3/3 succeeded" in result.stdout
+    outputs = sorted((tmp_path / "home" / "outputs").glob("*.png"))
+    assert len(outputs) == 3
+    assert all(Image.open(path).mode == "RGBA" for path in outputs)
+    assert (tmp_path / "home" / "toonq.db").is_file()  # SQLite, no server

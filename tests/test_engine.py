@@ -1,0 +1,129 @@
+"""The matting engine end to end in-process, on a tiny random model at a small resolution."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from toonq.shared.errors import ImageTooLargeError, InvalidImageError
+from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.worker.engine.weights import load_model
+
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module")
+def engine() -> MattingEngine:
+    return MattingEngine(load_model("random:tiny"), device="cpu", resolution=RESOLUTION)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def sticker(size: tuple[int, int] = (90, 70)) -> Image.Image:
+    """Random colours under a half-transparent, half-opaque alpha."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    pixels[:, : size[0] // 2, 3] = 0
+    pixels[:, size[0] // 2 :, 3] = 255
+    return Image.fromarray(pixels, "RGBA")
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_cutout_has_the_input_size_and_keeps_the_original_colours(engine: MattingEngine) -> None:
+    source = sticker()
+    result = engine.matte(encode(source), MatteOptions())
+
+    output = decode(result.data)
+    assert (output.mode, output.size) == ("RGBA", source.size)
+    assert (result.width, result.height, result.content_type) == (90, 70, "image/png")
+    out, src = np.asarray(output), np.asarray(source)
+    visible = out[..., 3] > 0
+    assert visible.any()
+    # The cut-out carries the input's own RGB, never the gray composite the model saw.
+    np.testing.assert_array_equal(out[..., :3][visible], src[..., :3][visible])
+    assert set(result.timings_ms) == {"decode", "preprocess", "inference", "postprocess", "encode"}
+
+
+def test_mask_only_writes_an_8bit_mask_of_the_input_size(engine: MattingEngine) -> None:
+    result = engine.matte(encode(sticker((33, 47))), MatteOptions(mask_only=True))
+    mask = decode(result.data)
+    assert (mask.mode, mask.size, result.content_type) == ("L", (33, 47), "image/png")
+
+
+def test_webp_output_is_lossless(engine: MattingEngine) -> None:
+    source = sticker()
+    png = decode(engine.matte(encode(source), MatteOptions()).data)
+    webp = decode(engine.matte(encode(source), MatteOptions(output_format="webp")).data)
+    assert webp.format == "WEBP"
+    np.testing.assert_array_equal(np.asarray(webp.convert("RGBA")), np.asarray(png))
+
+
+def test_the_background_colour_reaches_the_model(engine: MattingEngine) -> None:
+    transparent = engine.to_tensor(sticker())
+    gray, white = engine.predict_alphas(
+        [transparent, transparent], [(128, 128, 128), (255, 255, 255)]
+    )
+    assert not torch.equal(gray, white)
+    # An opaque image has nothing to composite: the colour changes nothing.
+    opaque = engine.to_tensor(sticker().convert("RGB").convert("RGBA"))
+    gray, white = engine.predict_alphas([opaque, opaque], [(128, 128, 128), (255, 255, 255)])
+    assert torch.equal(gray, white)
+
+
+def test_a_batch_gives_the_masks_of_one_by_one(engine: MattingEngine) -> None:
+    images = [engine.to_tensor(sticker((90, 70))), engine.to_tensor(sticker((40, 64)))]
+    together = engine.predict_alphas(images, [(128, 128, 128)] * 2)
+    alone = [engine.predict_alphas([image], [(128, 128, 128)])[0] for image in images]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.shape == single.shape
+        assert (batched.int() - single.int()).abs().max() <= 1
+
+
+def test_refine_foreground_changes_only_the_colours(engine: MattingEngine) -> None:
+    source = encode(sticker())
+    plain = np.asarray(decode(engine.matte(source, MatteOptions()).data))
+    refined = np.asarray(decode(engine.matte(source, MatteOptions(refine_foreground=True)).data))
+    np.testing.assert_array_equal(refined[..., 3], plain[..., 3])
+    assert not np.array_equal(refined[..., :3], plain[..., :3])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precisions_run_on_cpu(precision: str) -> None:
+    try:
+        engine = MattingEngine(
+            load_model("random:tiny"), device="cpu", precision=precision, resolution=RESOLUTION
+        )
+        result = engine.matte(encode(sticker()), MatteOptions(mask_only=True))
+    except RuntimeError as exc:  # an op this CPU build lacks in that dtype
+        pytest.skip(f"{precision} unsupported on this CPU: {exc}")
+    assert decode(result.data).size == (90, 70)
+
+
+def test_bad_inputs_raise_typed_errors(engine: MattingEngine) -> None:
+    with pytest.raises(InvalidImageError):
+        engine.matte(b"", MatteOptions())
+    with pytest.raises(InvalidImageError):
+        engine.matte(encode(sticker())[:50], MatteOptions())
+    small = MattingEngine(
+        load_model("random:tiny"), device="cpu", resolution=RESOLUTION, max_image_pixels=1000
+    )
+    with pytest.raises(ImageTooLargeError):
+        small.matte(encode(sticker()), MatteOptions())
+
+
+def test_resolution_must_be_a_multiple_of_32() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        MattingEngine(load_model("random:tiny"), device="cpu", resolution=100)

@@ -1,0 +1,171 @@
+"""The producer client against real PostgreSQL, Redis and S3, with no worker running: what it
+writes, what it enqueues, and what it rejects before writing anything."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.support import png_bytes
+from toonq.producer import SubmitRequest, ToonqClient, WaitTimeoutError
+from toonq.shared.errors import (
+    IdempotencyConflictError,
+    InvalidRequestError,
+    InvalidURIError,
+    UnknownBucketError,
+)
+from toonq.shared.models import JobStatus
+from toonq.shared.settings import Settings
+from toonq.shared.sweeper import sweep
+
+
+@pytest.fixture
+def settings(
+    migrated_pg_url: str,
+    pg_sessions: sessionmaker[Session],
+    redis_url: str,
+    s3_server: str,
+    s3_bucket: str,
+) -> Settings:
+    return Settings.from_env(
+        {
+            "TOONQ_DATABASE_URL": migrated_pg_url,
+            "TOONQ_BROKER_URL": redis_url,
+            "TOONQ_QUEUE": "producer-test",
+            "TOONQ_S3_ENDPOINT_URL": s3_server,
+            "TOONQ_OUTPUT_PREFIX": f"s3://{s3_bucket}/out",
+        }
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[ToonqClient]:
+    with ToonqClient(settings) as client:
+        yield client
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+def queued_messages(connection: redis.Redis, name: str = "producer-test") -> int:
+    # Kombu's Redis transport keeps each priority level in a list of its own.
+    return sum(int(connection.llen(key)) for key in connection.scan_iter(f"{name}*"))
+
+
+def test_submit_writes_a_queued_job_and_sends_one_message(
+    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+) -> None:
+    job = client.submit(f"s3://{s3_bucket}/in/a.png", bg_color="#FFF", format="webp", priority=5)
+
+    assert job.status == JobStatus.QUEUED
+    assert job.output_uri == f"s3://{s3_bucket}/out/{job.id}.webp"
+    assert job.params["bg_color"] == "#ffffff"
+    assert job.enqueued_at is not None
+    assert queued_messages(queue) == 1
+
+
+def test_resubmitting_with_the_same_idempotency_key_enqueues_nothing(
+    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+) -> None:
+    uri = f"s3://{s3_bucket}/in/a.png"
+    first = client.submit(uri, idempotency_key="sticker-42")
+    second = client.submit(uri, idempotency_key="sticker-42")
+
+    assert second.id == first.id
+    assert queued_messages(queue) == 1
+    with pytest.raises(IdempotencyConflictError):
+        client.submit(f"s3://{s3_bucket}/in/other.png", idempotency_key="sticker-42")
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("https://example.com/a.png", InvalidURIError),
+        ("s3://", InvalidURIError),
+        ("s3://bucket-only", InvalidURIError),
+        ("s3://no-such-bucket-toonq/a.png", UnknownBucketError),
+    ],
+)
+def test_bad_input_is_rejected_before_any_row_is_written(
+    client: ToonqClient, queue: redis.Redis, uri: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        client.submit(uri)
+    assert client.list() == []
+    assert queued_messages(queue) == 0
+
+
+def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
+    client: ToonqClient, s3_bucket: str
+) -> None:
+    requests = [
+        SubmitRequest(f"s3://{s3_bucket}/in/a.png"),
+        SubmitRequest(f"s3://{s3_bucket}/in/b.png", resolution=100),
+    ]
+    with pytest.raises(InvalidRequestError, match="multiple of 32"):
+        client.submit_many(requests)
+    assert client.list() == []
+
+    jobs = client.submit_many([requests[0], SubmitRequest(f"s3://{s3_bucket}/in/c.png")])
+    assert [job.status for job in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
+
+
+def test_a_job_whose_message_could_not_be_sent_is_sent_by_the_sweeper(
+    settings: Settings, queue: redis.Redis, s3_bucket: str, s3_server: str
+) -> None:
+    broker_down = Settings.from_env(
+        {
+            "TOONQ_DATABASE_URL": settings.database_url,
+            "TOONQ_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens there
+            "TOONQ_QUEUE": settings.queue,
+            "TOONQ_S3_ENDPOINT_URL": s3_server,
+            "TOONQ_OUTPUT_PREFIX": settings.output_prefix,
+        }
+    )
+    with ToonqClient(broker_down) as offline:
+        offline.dispatcher.app.conf.broker_connection_max_retries = 0
+        offline.dispatcher.app.conf.broker_transport_options |= {"max_retries": 0}
+        job = offline.submit(f"s3://{s3_bucket}/in/a.png")
+    assert job.status == JobStatus.QUEUED
+    assert job.enqueued_at is None  # accepted and durable, but not yet announced
+
+    with ToonqClient(settings) as client:
+        assert sweep(client.store, client.dispatcher, grace_s=0, lost_after_s=3600) == 1
+        assert client.get(job.id).enqueued_at is not None
+        assert sweep(client.store, client.dispatcher, grace_s=0, lost_after_s=3600) == 0
+    assert queued_messages(queue) == 1
+
+
+def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:
+    job = client.submit(f"s3://{s3_bucket}/in/a.png")
+    with pytest.raises(WaitTimeoutError):
+        client.wait(job.id, timeout=0.2, poll_interval=0.05)
+
+    cancelled = client.cancel(job.id, reason="test")
+
+    assert cancelled.status == JobStatus.CANCELLED
+    assert client.wait(job.id, timeout=1).status == JobStatus.CANCELLED
+    assert [event.kind for event in client.events(job.id)] == ["created", "cancelled"]
+
+
+def test_file_uris_need_no_bucket(client: ToonqClient, tmp_path) -> None:
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    job = client.submit(source.as_uri(), output_uri=(tmp_path / "out.png").as_uri())
+    assert job.input_uri == source.as_uri()
+
+
+def test_unknown_job_ids_are_typed_errors(client: ToonqClient) -> None:
+    with pytest.raises(InvalidRequestError, match="not a job id"):
+        client.get("not-a-uuid")
+    with pytest.raises(Exception, match=str(uuid.UUID(int=1))) as caught:
+        client.get(uuid.UUID(int=1))
+    assert getattr(caught.value, "code", None) == "job_not_found"
