@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -45,7 +46,7 @@ def run_toonq(
     )
 
 
-def run_json(*args: str, env: dict[str, str]) -> object:
+def run_json(*args: str, env: dict[str, str]) -> Any:
     result = run_toonq(*args, "--json", env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

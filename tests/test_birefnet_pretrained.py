@@ -13,9 +13,6 @@ from tests.birefnet_recipe import FIXTURE, fixture_state_dict
 from toonq.worker.birefnet import BiRefNet, BiRefNetConfig, load_birefnet_state_dict
 from toonq.worker.birefnet.modeling_birefnet import DeformableConv2d
 
-# Half precision on CPU is slow; 64x64 still runs every stage (grids 16/8/4/2 and 8/4/2/1).
-HALF_SIZE = 64
-
 
 @pytest.fixture(scope="module")
 def model() -> BiRefNet:
@@ -25,6 +22,14 @@ def model() -> BiRefNet:
 @pytest.fixture(scope="module")
 def image() -> torch.Tensor:
     return torch.from_numpy(np.load(FIXTURE / "input_128x192.npy"))
+
+
+@pytest.fixture(scope="module")
+def small_image(image: torch.Tensor) -> torch.Tensor:
+    """64 x 96: every stage still runs, with a quarter of the work (CPU half kernels are slow)."""
+    return torch.nn.functional.interpolate(
+        image, size=(64, 96), mode="bilinear", align_corners=True
+    )
 
 
 def _realigned(model: BiRefNet) -> BiRefNet:
@@ -98,11 +103,9 @@ def test_fresh_model_init_is_sane() -> None:
     ("dtype", "max_mask_error"), [(torch.float16, 0.05), (torch.bfloat16, 0.25)]
 )
 def test_half_precision_forward(
-    model: BiRefNet, image: torch.Tensor, dtype: torch.dtype, max_mask_error: float
+    model: BiRefNet, small_image: torch.Tensor, dtype: torch.dtype, max_mask_error: float
 ) -> None:
-    x = torch.nn.functional.interpolate(
-        image, size=(HALF_SIZE, HALF_SIZE), mode="bilinear", align_corners=True
-    )
+    x = small_image
     half = load_birefnet_state_dict(fixture_state_dict()).to(dtype)
     try:
         with torch.no_grad():
@@ -111,10 +114,20 @@ def test_half_precision_forward(
     except RuntimeError as exc:  # an op without a CPU kernel for this dtype
         pytest.skip(f"{dtype} not supported on this CPU: {exc}")
     assert logits.dtype == dtype
-    assert logits.shape == (1, 1, HALF_SIZE, HALF_SIZE)
+    assert logits.shape == (1, 1, 64, 96)
     assert torch.isfinite(logits).all()
     mask_error = (torch.sigmoid(logits.float()) - torch.sigmoid(reference)).abs().max()
     assert mask_error < max_mask_error
+
+
+def test_bfloat16_autocast(model: BiRefNet, small_image: torch.Tensor) -> None:
+    """Mixed precision keeps fp32 weights: the attention mask must follow q's dtype."""
+    with torch.no_grad():
+        reference = model(small_image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(small_image)
+    assert torch.isfinite(logits).all()
+    assert (torch.sigmoid(logits.float()) - torch.sigmoid(reference)).abs().max() < 0.25
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 100, 128), (1, 3, 128, 48), (1, 4, 64, 64), (3, 64, 64)])
@@ -123,8 +136,8 @@ def test_rejects_bad_input_shapes(model: BiRefNet, shape: tuple[int, ...]) -> No
         model(torch.zeros(shape))
 
 
-def test_batch_matches_single_images(model: BiRefNet, image: torch.Tensor) -> None:
-    batch = torch.cat([image, image.flip(-1)])
+def test_batch_matches_single_images(model: BiRefNet, small_image: torch.Tensor) -> None:
+    batch = torch.cat([small_image, small_image.flip(-1)])
     with torch.no_grad():
         together = model(batch)
         apart = torch.cat([model(batch[:1]), model(batch[1:])])
@@ -133,10 +146,10 @@ def test_batch_matches_single_images(model: BiRefNet, image: torch.Tensor) -> No
 
 def test_odd_stage_grids_and_non_contiguous_input(model: BiRefNet) -> None:
     """160 = 5 x 32 gives odd grids into patch merging (not covered by the fixture)."""
-    x = torch.randn(1, 160, 96, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)
+    x = torch.randn(1, 160, 64, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)
     with torch.no_grad():
         logits = model(x)
         # A channels-last input makes the convs round differently, hence no exact equality.
         torch.testing.assert_close(logits, model(x.contiguous()), atol=1e-4, rtol=1e-4)
-    assert logits.shape == (1, 1, 160, 96)
+    assert logits.shape == (1, 1, 160, 64)
     assert torch.isfinite(logits).all()

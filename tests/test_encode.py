@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from toonq.shared.errors import ImageTooLargeError
 from toonq.worker.engine.encode import CONTENT_TYPES, encode_mask, encode_rgba
 
 
@@ -109,6 +110,6 @@ def test_rejects_unknown_formats():
 
 def test_webp_size_limit_is_explicit():
     wide_rgb = np.zeros((3, 1, 16_384), np.uint8)
-    with pytest.raises(ValueError, match="16383"):
+    with pytest.raises(ImageTooLargeError, match="16383"):
         encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="webp")
     assert encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="png")

@@ -218,18 +218,18 @@ def test_requeue_failed_jobs_by_id_and_by_filter_with_dry_run(system: System) ->
 
     # By id.
     requeued = run_json("requeue", str(first.id), env=env)
-    assert [job["id"] for job in requeued] == [str(first.id)]  # type: ignore[union-attr]
+    assert [job["id"] for job in requeued] == [str(first.id)]
     assert system.client.wait(first.id, timeout=WAIT_S).status == JobStatus.SUCCEEDED
 
     # By filter, first as a dry run that changes nothing.
     since = first.created_at.isoformat()
     flags = ["--status", "failed", "--error-code", "input_not_found", "--since", since]
     preview = run_json("requeue", *flags, "--dry-run", env=env)
-    assert [job["id"] for job in preview] == [str(second.id)]  # type: ignore[union-attr]
+    assert [job["id"] for job in preview] == [str(second.id)]
     assert system.client.get(second.id).status == JobStatus.FAILED
 
     requeued = run_json("requeue", *flags, env=env)
-    assert [job["id"] for job in requeued] == [str(second.id)]  # type: ignore[union-attr]
+    assert [job["id"] for job in requeued] == [str(second.id)]
     done = system.client.wait(second.id, timeout=WAIT_S)
     assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1)
     assert EventKind.REQUEUED in system.kinds(second.id)
@@ -254,7 +254,7 @@ def test_cli_submit_wait_and_status_print_the_json_contract(system: System) -> N
     assert [event["kind"] for event in status["events"]] == ["created", "started", "succeeded"]
 
     listed = run_json("jobs", "--status", "succeeded", "--limit", "500", env=system.env)
-    assert submitted["id"] in {job["id"] for job in listed}  # type: ignore[union-attr]
+    assert submitted["id"] in {job["id"] for job in listed}
 
     again = run_toonq("submit", uri, "--idempotency-key", "cli-1", "--json", env=system.env)
     assert again.returncode == 0

@@ -766,7 +766,11 @@ class JobStore:
                     and_(queued, unsent, JobRow.updated_at < unsent_before),
                     and_(retrying, unsent, JobRow.next_attempt_at < unsent_before),
                     and_(queued, JobRow.enqueued_at < lost_before),
-                    and_(retrying, JobRow.next_attempt_at < lost_before),
+                    and_(
+                        retrying,
+                        JobRow.enqueued_at < lost_before,
+                        JobRow.next_attempt_at < lost_before,
+                    ),
                     and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now),
                 )
             )

@@ -27,6 +27,7 @@ from toonq.shared.jobstore import Claim, Job, JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
+from toonq.worker import metrics
 from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
 from toonq.worker.retries import backoff_delay
 
@@ -59,6 +60,7 @@ def options_for(job: Job) -> MatteOptions:
         output_format=job.params["format"],
         mask_only=job.params["mask_only"],
         refine_foreground=job.params["refine_foreground"],
+        resolution=job.params["resolution"],
     )
 
 
@@ -89,6 +91,7 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     if not recorded:
         log.warning("job_outcome_discarded", outcome="succeeded")
         return Outcome.DISCARDED
+    metrics.observe_stages(timings)
     log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=timings)
     return Outcome.SUCCEEDED
 

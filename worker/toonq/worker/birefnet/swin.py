@@ -2,8 +2,9 @@
 
 Differences from the classification Swin that matter for exact outputs: inputs of any size are
 zero-padded (image to the patch size, token grids to the window size, after ``norm1`` and without
-masking the padded tokens), the window is never shrunk for small grids, shifted blocks use a
--100 region mask, and every stage output goes through its own LayerNorm ``norm{s}``.
+masking the padded tokens), the window is never shrunk for small grids, shifted blocks mask
+token pairs from different regions, and every stage output goes through its own LayerNorm
+``norm{s}``.
 
 Token grids are kept channel-last, ``B x H x W x C``, which is the official ``B x (H*W) x C``
 sequence viewed as a grid.
@@ -58,9 +59,9 @@ def shift_mask(
 
     After the cyclic shift, the last window row/column holds tokens from up to three regions per
     axis that are not neighbours in the image; pairs from different regions are masked out (every
-    token keeps at least itself, so no row is fully masked). Cached
-    because every shifted block of a stage (and every forward at the same size) reuses it; the
-    returned tensor is shared and must not be modified in place.
+    token keeps at least itself, so no row is fully masked). Cached because every shifted block
+    of a stage, and every forward at the same size, reuses it: the returned tensor is shared and
+    must not be modified in place.
     """
 
     def bands(size: int) -> Tensor:
@@ -118,15 +119,17 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(windows).view(bw, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         index = self.relative_position_index.view(-1)
-        bias = self.relative_position_bias_table[index].view(n, n, -1).permute(2, 0, 1)
-        attn_mask = bias.to(q.dtype)
+        attn_mask = self.relative_position_bias_table[index].view(n, n, -1).permute(2, 0, 1)
         if mask is not None:
             nw = mask.shape[0]
             per_window = attn_mask[None] + mask[:, None]
             # Windows are batch-major: repeat the per-window mask for each image (no copy if B=1).
             attn_mask = per_window.expand(bw // nw, -1, -1, -1, -1).reshape(bw, -1, n, n)
+        # SDPA matches the official explicit softmax(q k^T * scale + bias) @ v to ~1e-6 and uses
+        # fused kernels; its mask must be in q's dtype, which differs from the parameters' under
+        # autocast.
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, scale=self.head_dim**-0.5
+            q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.head_dim**-0.5
         )
         projected: Tensor = self.proj(out.transpose(1, 2).reshape(bw, n, c))
         return projected

@@ -16,6 +16,8 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from toonq.shared.errors import ImageTooLargeError
+
 OutputFormat = Literal["png", "webp"]
 
 CONTENT_TYPES: Final[Mapping[OutputFormat, str]] = {"png": "image/png", "webp": "image/webp"}
@@ -47,7 +49,7 @@ def encode_rgba(
         raise ValueError(f"unknown output format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
     height, width = mask.shape
     if fmt == "webp" and max(height, width) > WEBP_MAX_SIDE:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"WebP cannot store a {width}x{height} image (at most {WEBP_MAX_SIDE} pixels "
             "per side); use PNG"
         )

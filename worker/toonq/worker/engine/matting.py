@@ -39,6 +39,8 @@ class MatteOptions:
     output_format: OutputFormat = "png"
     mask_only: bool = False
     refine_foreground: bool = False
+    #: Model input size (a multiple of 32); None means the engine's default.
+    resolution: int | None = None
 
     @property
     def content_type(self) -> str:
@@ -104,16 +106,20 @@ class MattingEngine:
         return decode_image(data, max_pixels=self.max_image_pixels)
 
     def predict_alphas(
-        self, images: Sequence[torch.Tensor], bg_colors: Sequence[tuple[int, int, int]]
+        self,
+        images: Sequence[torch.Tensor],
+        bg_colors: Sequence[tuple[int, int, int]],
+        resolution: int | None = None,
     ) -> list[torch.Tensor]:
         """Alpha mattes (uint8 H×W, on the engine's device) for a batch of uint8 4×H×W RGBA
         images of any sizes, each composited onto its own background colour first."""
+        size = resolution or self.resolution
+        if size % 32:
+            raise ValueError(f"resolution must be a multiple of 32, got {size}")
         with torch.inference_mode():
             batch = torch.cat(
                 [
-                    to_model_input(
-                        _swap_bg_to_gray(image.unsqueeze(0), color), self.resolution, self.dtype
-                    )
+                    to_model_input(_swap_bg_to_gray(image.unsqueeze(0), color), size, self.dtype)
                     for image, color in zip(images, bg_colors, strict=True)
                 ]
             )
@@ -126,12 +132,18 @@ class MattingEngine:
     def matte_images(
         self, images: Sequence[Image.Image], options: Sequence[MatteOptions]
     ) -> list[MatteResult]:
-        """Matte decoded RGBA images in one batch through the model."""
+        """Matte decoded RGBA images in one batch through the model; the options may differ
+        per image except in resolution, which a batch shares."""
+        resolutions = {o.resolution for o in options}
+        if len(resolutions) != 1:
+            raise ValueError(
+                f"one batch runs at one resolution, got {sorted(map(str, resolutions))}"
+            )
         watch = _Stopwatch(self.device)
         with watch.stage("preprocess"):
             tensors = [self.to_tensor(image) for image in images]
         with watch.stage("inference"):
-            alphas = self.predict_alphas(tensors, [o.bg_color for o in options])
+            alphas = self.predict_alphas(tensors, [o.bg_color for o in options], resolutions.pop())
         results = []
         for image, alpha, opts in zip(tensors, alphas, options, strict=True):
             item = _Stopwatch(self.device)
