@@ -103,12 +103,13 @@ class WorkerProcess:
 
 
 class FaultyS3Proxy:
-    """An HTTP proxy in front of the S3 server that answers 503 SlowDown to the first
-    `failures` GET requests whose path ends with `path_suffix`, and forwards everything else."""
+    """An HTTP proxy in front of the S3 server that forwards every request, except that it can
+    answer 503 SlowDown to, or hold for a while, the next GETs of a given object."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.failures_left: dict[str, int] = {}
+        self.delays_left: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -122,6 +123,10 @@ class FaultyS3Proxy:
         with self.lock:
             self.failures_left[path_suffix] = failures
 
+    def hold_next_get(self, path_suffix: str, seconds: float) -> None:
+        with self.lock:
+            self.delays_left.setdefault(path_suffix, []).append(seconds)
+
     def _should_fail(self, method: str, path: str) -> bool:
         with self.lock:
             for suffix, left in self.failures_left.items():
@@ -129,6 +134,13 @@ class FaultyS3Proxy:
                     self.failures_left[suffix] = left - 1
                     return True
         return False
+
+    def _delay(self, method: str, path: str) -> float:
+        with self.lock:
+            for suffix, delays in self.delays_left.items():
+                if method == "GET" and path.split("?")[0].endswith(suffix) and delays:
+                    return delays.pop(0)
+        return 0.0
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
@@ -140,6 +152,7 @@ class FaultyS3Proxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                time.sleep(proxy._delay(self.command, self.path))
                 if proxy._should_fail(self.command, self.path):
                     payload = b"<Error><Code>SlowDown</Code><Message>Slow down</Message></Error>"
                     self.send_response(503)

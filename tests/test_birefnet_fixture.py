@@ -40,7 +40,7 @@ def deform_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     path: str = request.param
     if path == "torchvision" and not deform_conv.has_torchvision_op():
         pytest.skip("torchvision's deform_conv2d is not available")
-    monkeypatch.setattr(deform_conv, "FORCE_PURE", path == "pure")
+    monkeypatch.setattr(deform_conv, "BACKEND", path)
     return path
 
 

@@ -155,10 +155,15 @@ def test_half_precision_keeps_dtype(op: Callable[..., torch.Tensor], dtype: torc
     torch.testing.assert_close(out.float(), expected, atol=0.5, rtol=0.05)
 
 
-def test_force_pure_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_dispatch_uses_the_pure_op_unless_torchvision_is_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     args = _case(CASES[1], seed=6)
-    monkeypatch.setattr(deform_conv, "FORCE_PURE", True)
     assert torch.equal(deform_conv2d(**args), deform_conv2d_torch(**args))
+    if deform_conv.has_torchvision_op():
+        monkeypatch.setattr(deform_conv, "BACKEND", "torchvision")
+        ops = pytest.importorskip("torchvision.ops")
+        assert torch.equal(deform_conv2d(**args), ops.deform_conv2d(**args))
 
 
 def test_rejects_mismatched_offsets() -> None:

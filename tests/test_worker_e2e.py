@@ -259,3 +259,41 @@ def test_cli_submit_wait_and_status_print_the_json_contract(system: System) -> N
     again = run_toonq("submit", uri, "--idempotency-key", "cli-1", "--json", env=system.env)
     assert again.returncode == 0
     assert '"id": "' + submitted["id"] in again.stdout
+
+
+def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(
+    system: System, tmp_path: Path
+) -> None:
+    env = system.env | {
+        "TOONQ_QUEUE": f"lost-{uuid.uuid4().hex[:8]}",
+        "TOONQ_JOB_TIMEOUT_S": "3",
+        "TOONQ_SWEEP_INTERVAL_S": "1",
+    }
+    doomed = WorkerProcess(env | {"TOONQ_WORKER_NAME": "doomed"}, tmp_path / "doomed.log")
+    doomed.wait_ready()
+    uri = system.put_input("slow.png", png_bytes())
+    system.proxy.hold_next_get("/in/slow.png", seconds=20)  # the first download hangs
+    with ToonqClient(Settings.from_env(env)) as client:
+        job = client.submit(uri)
+        doomed.wait_for_log(
+            lambda line: line.get("event") == "job_started" and line.get("job_id") == str(job.id)
+        )
+        doomed.process.kill()  # SIGKILL mid-job: nothing gets recorded, the message is unacked
+        doomed.stop()
+        assert client.get(job.id).status == JobStatus.RUNNING
+
+        rescuer = WorkerProcess(env | {"TOONQ_WORKER_NAME": "rescuer"}, tmp_path / "rescuer.log")
+        try:
+            done = client.wait(job.id, timeout=WAIT_S)
+        finally:
+            rescuer.stop()
+        kinds = [event.kind for event in client.events(job.id)]
+
+    assert (done.status, done.worker, done.attempts) == (JobStatus.SUCCEEDED, "rescuer", 2)
+    assert kinds == [
+        EventKind.CREATED,
+        EventKind.STARTED,
+        EventKind.RECLAIMED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]

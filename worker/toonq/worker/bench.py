@@ -58,7 +58,7 @@ class Bench:
     def codecs(self) -> None:
         png, jpeg = _encode(self.image, "PNG"), _encode(self.image.convert("RGB"), "JPEG")
         array = np.asarray(self.image)
-        rgb, alpha = array[..., :3], array[..., 3]
+        rgb, alpha = array[..., :3].transpose(2, 0, 1), array[..., 3]
         no_limit = 1 << 40
         self._group(
             "decode",

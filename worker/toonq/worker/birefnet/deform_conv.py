@@ -1,9 +1,10 @@
 """Modulated deformable convolution (DCNv2) with torchvision's semantics, torchvision optional.
 
-``deform_conv2d`` uses ``torchvision.ops.deform_conv2d`` when torchvision imports and runs, else
-``deform_conv2d_torch``, a pure-PyTorch version built on ``grid_sample``. Set the environment
-variable ``TOONQ_PURE_DEFORM_CONV=1`` (read at import) or assign ``FORCE_PURE = True`` to always
-use the pure version.
+``deform_conv2d`` dispatches on ``BACKEND`` (the environment variable ``TOONQ_DEFORM_CONV``, read
+at import): ``auto`` (the default) runs ``torchvision.ops.deform_conv2d`` on a GPU when torchvision
+imports and runs, and ``deform_conv2d_torch``, a pure-PyTorch version built on ``grid_sample``,
+everywhere else: on the CPU the pure version measured about 1.5x faster end to end than
+torchvision's CPU kernel. ``torchvision`` and ``pure`` force one implementation.
 
 Semantics (torchvision's, weight groups = 1): for output pixel (ho, wo) and kernel tap
 k = i * kw + j, the sampling point is ``py = ho*s - p + i*d + dy_k``, ``px = wo*s - p + j*d + dx_k``
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FORCE_PURE: bool = os.environ.get("TOONQ_PURE_DEFORM_CONV", "") == "1"
+Backend = Literal["auto", "torchvision", "pure"]
+BACKEND: Backend = cast(Backend, os.environ.get("TOONQ_DEFORM_CONV") or "auto")
+if BACKEND not in get_args(Backend):
+    raise ValueError(f"TOONQ_DEFORM_CONV must be auto, torchvision or pure; got {BACKEND!r}")
 
 # Upper bound on the elements of the sampled "column" tensor per chunk of kernel taps; a 7x7
 # kernel over 64 channels at 256x256 would otherwise need 0.8 GB in float32.
@@ -68,38 +73,28 @@ def deform_conv2d(
     dilation: IntPair = 1,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Deformable conv: torchvision's op when available, else :func:`deform_conv2d_torch`.
+    """Deformable conv through the ``BACKEND`` implementation (see the module docstring).
 
     Shapes: input B x Cin x H x W, offset B x 2*G*kh*kw x Ho x Wo, weight Cout x Cin x kh x kw,
     mask B x G*kh*kw x Ho x Wo; returns B x Cout x Ho x Wo in the input dtype.
     """
-    if _TORCHVISION_OP is None or FORCE_PURE:
+    op = _TORCHVISION_OP
+    wanted = BACKEND == "torchvision" or (BACKEND == "auto" and input.device.type == "cuda")
+    if op is None or not wanted:
         return deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
-    dtype = input.dtype
-    if dtype in _TORCHVISION_DTYPES:
-        out: Tensor = _TORCHVISION_OP(
-            input,
-            offset,
-            weight,
-            bias,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            mask=mask,
-        )
-        return out
-    # bfloat16: run torchvision in float32 and cast back.
-    out = _TORCHVISION_OP(
-        input.float(),
-        offset.float(),
-        weight.float(),
-        None if bias is None else bias.float(),
+    # torchvision rejects bfloat16: such inputs run in float32 and are cast back.
+    work = input.dtype if input.dtype in _TORCHVISION_DTYPES else torch.float32
+    out: Tensor = op(
+        input.to(work),
+        offset.to(work),
+        weight.to(work),
+        None if bias is None else bias.to(work),
         stride=stride,
         padding=padding,
         dilation=dilation,
-        mask=None if mask is None else mask.float(),
+        mask=None if mask is None else mask.to(work),
     )
-    return out.to(dtype)
+    return out.to(input.dtype)
 
 
 def deform_conv2d_torch(
