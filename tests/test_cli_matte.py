@@ -71,13 +71,19 @@ def test_matte_mask_only_and_webp(tiny_model: str, tmp_path: Path) -> None:
     assert Image.open(tmp_path / "w" / "pic.webp").format == "WEBP"
 
 
-def test_demo_runs_end_to_end_on_the_embedded_defaults(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TOONQ_")} | {
-        "TOONQ_HOME": str(tmp_path / "home"),
-        "TOONQ_MODEL": "random:tiny",
+def embedded_env(home: Path, model: str) -> dict[str, str]:
+    """No TOONQ_* configuration but these: the embedded defaults."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TOONQ_")}
+    return env | {
+        "TOONQ_HOME": str(home),
+        "TOONQ_MODEL": model,
         "TOONQ_RESOLUTION": "64",
         "TOONQ_DEVICE": "cpu",
     }
+
+
+def test_demo_runs_end_to_end_on_the_embedded_defaults(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path / "home", "random:tiny")
     result = run_toonq("demo", "--images", "3", env=env, timeout=300)
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -86,3 +92,12 @@ def test_demo_runs_end_to_end_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert len(outputs) == 3
     assert all(Image.open(path).mode == "RGBA" for path in outputs)
     assert (tmp_path / "home" / "toonq.db").is_file()  # SQLite, no server
+
+
+def test_demo_without_its_model_fails_before_submitting_anything(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path / "home", str(tmp_path / "missing.pth"))
+    result = run_toonq("demo", env=env, timeout=120)
+
+    assert result.returncode == 1
+    assert "error [model_unavailable]" in result.stdout
+    assert run_toonq("jobs", "--json", env=env).stdout.strip() == "[]"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -54,6 +55,7 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
     click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}")
     worker = _start_worker(settings.home, worker_log)
     try:
+        _wait_until_ready(worker, worker_log, timeout)
         jobs = [client.submit(uri, bg_color=settings.bg_color) for uri in input_uris]
         click.echo(f"submitted {len(jobs)} jobs to queue {settings.queue!r}")
         jobs = _follow(client, jobs, worker, worker_log, timeout)
@@ -107,6 +109,25 @@ def _start_worker(home: Path, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def _wait_until_ready(worker: subprocess.Popen[bytes], worker_log: Path, timeout: float) -> None:
+    """Submit nothing until the worker has its model: a missing model fails here, not jobs."""
+    deadline = time.monotonic() + timeout
+    while "worker_ready" not in worker_log.read_text(errors="replace"):
+        if worker.poll() is not None:
+            _worker_died(worker_log)
+        if time.monotonic() > deadline:
+            click.echo(f"the worker was not ready after {timeout:g} s; see {worker_log}")
+            raise SystemExit(1)
+        time.sleep(0.2)
+    click.echo("worker ready")
+
+
+def _worker_died(worker_log: Path) -> NoReturn:
+    tail = worker_log.read_text(errors="replace").splitlines()[-15:]
+    click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
+    raise SystemExit(1)
+
+
 def _follow(
     client: ToonqClient,
     jobs: list[Job],
@@ -126,9 +147,7 @@ def _follow(
             if done == len(jobs):
                 return list(latest.values())
             if worker.poll() is not None:
-                tail = worker_log.read_text(errors="replace").splitlines()[-15:]
-                click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
-                raise SystemExit(1)
+                _worker_died(worker_log)
             if time.monotonic() > deadline:
                 click.echo(f"timed out after {timeout:g} s; see {worker_log}")
                 raise SystemExit(1)
