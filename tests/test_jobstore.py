@@ -619,15 +619,36 @@ def test_due_for_redelivery(jobstore: JobStore, clock: ManualClock) -> None:
     assert due(601) == {unsent.id, sent.id, retrying.id, running.id}  # presumed lost
 
 
-def test_mark_enqueued_only_applies_to_waiting_jobs(jobstore: JobStore) -> None:
+def test_mark_enqueued_applies_to_waiting_jobs_and_lost_running_ones(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
     queued = create(jobstore)
     running = create(jobstore)
     claim(jobstore, running)
 
     assert jobstore.mark_enqueued(queued.id)
     assert jobstore.get(queued.id).enqueued_at is not None
-    assert not jobstore.mark_enqueued(running.id)
+    assert not jobstore.mark_enqueued(running.id)  # its worker holds a live lease
     assert jobstore.get(running.id).enqueued_at is None
+    clock.advance(LEASE_S + 1)
+    assert jobstore.mark_enqueued(running.id)  # the message that will reclaim it
+
+
+def test_a_lost_running_job_is_resent_once_not_at_every_sweep(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    running = create(jobstore)
+    claim(jobstore, running)
+    clock.advance(LEASE_S + 1)
+
+    def due() -> set[uuid.UUID]:
+        return {job.id for job in jobstore.due_for_redelivery(unsent_grace_s=10, lost_after_s=600)}
+
+    assert due() == {running.id}
+    assert jobstore.mark_enqueued(running.id)
+    assert due() == set()
+    clock.advance(601)  # that message is presumed lost too
+    assert due() == {running.id}
 
 
 # --- History --------------------------------------------------------------------------------------
@@ -758,3 +779,27 @@ def run_concurrently(threads: int, call: Callable[[], T]) -> list[T]:
     if errors:
         raise errors[0]
     return results
+
+
+def test_a_stale_worker_cannot_record_over_the_attempt_of_a_requeued_job(
+    jobstore: JobStore,
+) -> None:
+    job = create(jobstore)
+    stale = claim(jobstore, job, worker="w1")
+    jobstore.cancel(job.id, actor="cli:test@host")
+    jobstore.requeue([job.id], actor="cli:test@host")
+    current = claim(jobstore, job, worker="w2")
+    assert current.attempt == stale.attempt == 1  # the attempt count alone cannot tell them apart
+
+    assert not jobstore.mark_failed(stale, error_code="input_not_found", error_message="gone")
+    assert not jobstore.extend_lease(stale, LEASE_S)
+    assert jobstore.mark_succeeded(
+        current,
+        model_name="m",
+        model_revision=None,
+        image_width=1,
+        image_height=1,
+        timings={},
+    )
+    done = jobstore.get(job.id)
+    assert (done.status, done.worker, done.error_code) == (JobStatus.SUCCEEDED, "w2", None)

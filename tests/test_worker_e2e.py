@@ -297,3 +297,30 @@ def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(
         EventKind.STARTED,
         EventKind.SUCCEEDED,
     ]
+
+
+def test_a_slow_job_keeps_its_lease_and_runs_once(system: System, tmp_path: Path) -> None:
+    env = system.env | {
+        "TOONQ_QUEUE": f"slow-{uuid.uuid4().hex[:8]}",
+        "TOONQ_JOB_TIMEOUT_S": "2",  # the download below takes four leases
+        "TOONQ_SWEEP_INTERVAL_S": "1",
+    }
+    # Two workers: were the lease to lapse, the idle one would take the job over.
+    workers = [
+        WorkerProcess(env | {"TOONQ_WORKER_NAME": name}, tmp_path / f"{name}.log")
+        for name in ("w1", "w2")
+    ]
+    uri = system.put_input("slower.png", png_bytes())
+    system.proxy.hold_next_get("/in/slower.png", seconds=8)
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        with ToonqClient(Settings.from_env(env)) as client:
+            done = client.wait(client.submit(uri).id, timeout=WAIT_S)
+            kinds = [event.kind for event in client.events(done.id)]
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert kinds == [EventKind.CREATED, EventKind.STARTED, EventKind.SUCCEEDED]

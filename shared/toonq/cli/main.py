@@ -228,12 +228,7 @@ def sweep(ctx: Context) -> None:
     from toonq.shared.sweeper import sweep as run_sweep
 
     client = ctx.client
-    sent = run_sweep(
-        client.store,
-        client.dispatcher,
-        grace_s=ctx.settings.sweep_interval_s,
-        lost_after_s=ctx.settings.visibility_timeout_s,
-    )
+    sent = run_sweep(client.store, client.dispatcher, resend_after_s=ctx.settings.resend_after_s)
     click.echo(f"re-sent {sent} job message(s)")
 
 

@@ -726,13 +726,17 @@ class JobStore:
     # --- Delivery bookkeeping --------------------------------------------------------------
 
     def mark_enqueued(self, job_id: uuid.UUID) -> bool:
-        """Record that a wake-up message for the waiting job was handed to the broker."""
+        """Record that a wake-up message was handed to the broker for a waiting job, or for a
+        running job whose lease expired (the message that will reclaim it)."""
         with self._transaction() as session:
             now = self._clock()
             return self._cas(
                 session,
                 job_id,
-                JobRow.status.in_(WAITING_STATUSES),
+                or_(
+                    JobRow.status.in_(WAITING_STATUSES),
+                    and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now),
+                ),
                 enqueued_at=now,
                 updated_at=now,
             )
@@ -751,7 +755,8 @@ class JobStore:
           between commit and send), once `unsent_grace_s` passed since they became due;
         * waiting jobs due for longer than `lost_after_s` (their message is presumed lost);
         * running jobs whose lease expired (their worker is presumed lost; the claim of the new
-          message reclaims the job or fails it with `worker_lost`).
+          message reclaims the job or fails it with `worker_lost`), unless a message for that
+          was sent less than `lost_after_s` ago.
         """
         now = _aware(now, "now") or self._clock()
         unsent_before = now - timedelta(seconds=unsent_grace_s)
@@ -771,7 +776,11 @@ class JobStore:
                         JobRow.enqueued_at < lost_before,
                         JobRow.next_attempt_at < lost_before,
                     ),
-                    and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now),
+                    and_(
+                        JobRow.status == JobStatus.RUNNING,
+                        JobRow.lease_expires_at < now,
+                        or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < lost_before),
+                    ),
                 )
             )
             .order_by(JobRow.priority.desc(), JobRow.created_at)
@@ -794,11 +803,14 @@ class JobStore:
         return session.connection().execute(statement).rowcount == 1
 
     def _cas_claim(self, session: Session, claim: Claim, **values: Any) -> bool:
+        # started_at is stamped anew by every claim: with attempts it fences off a stale worker
+        # even after a requeue reset the attempt count.
         return self._cas(
             session,
             claim.job.id,
             JobRow.status == JobStatus.RUNNING,
             JobRow.attempts == claim.attempt,
+            JobRow.started_at == claim.job.started_at,
             **values,
         )
 

@@ -18,6 +18,7 @@ DEFAULT_MODEL = "joelseytre/toonout"
 DEFAULT_QUEUE = "matting"
 DEFAULT_BG_COLOR = "#808080"
 EMBEDDED_BROKER = "filesystem://localhost/"
+MAX_RESOLUTION = 4096
 
 
 def normalize_database_url(url: str) -> str:
@@ -90,6 +91,7 @@ class Settings:
     job_timeout_s: int = 900
     visibility_timeout_s: int = 3600
     sweep_interval_s: int = 30
+    resend_after_s: int = 21600
     # Operations.
     worker_name: str | None = None
     log_format: str = "auto"
@@ -126,18 +128,25 @@ class Settings:
             job_timeout_s=_int(env, "TOONQ_JOB_TIMEOUT_S", 900, minimum=1),
             visibility_timeout_s=_int(env, "TOONQ_VISIBILITY_TIMEOUT_S", 3600, minimum=1),
             sweep_interval_s=_int(env, "TOONQ_SWEEP_INTERVAL_S", 30),
+            resend_after_s=_int(env, "TOONQ_RESEND_AFTER_S", 21600, minimum=1),
             worker_name=env.get("TOONQ_WORKER_NAME") or None,
             log_format=_choice(env, "TOONQ_LOG_FORMAT", "auto", ("auto", "json", "console")),
-            log_level=(env.get("TOONQ_LOG_LEVEL") or "INFO").upper(),
+            log_level=_choice(
+                {"TOONQ_LOG_LEVEL": (env.get("TOONQ_LOG_LEVEL") or "INFO").upper()},
+                "TOONQ_LOG_LEVEL",
+                "INFO",
+                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            ),
             metrics_port=_int(env, "TOONQ_METRICS_PORT", 0),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        if self.resolution % 32:
+        if self.resolution % 32 or self.resolution > MAX_RESOLUTION:
             raise ConfigurationError(
-                f"TOONQ_RESOLUTION must be a multiple of 32, got {self.resolution}"
+                f"TOONQ_RESOLUTION must be a multiple of 32 up to {MAX_RESOLUTION}, "
+                f"got {self.resolution}"
             )
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigurationError("TOONQ_PNG_COMPRESS_LEVEL must be between 0 and 9")
@@ -146,6 +155,12 @@ class Settings:
             # message while it is still waiting: duplicate runs (kombu #337).
             raise ConfigurationError(
                 "TOONQ_RETRY_BACKOFF_MAX_S must be below TOONQ_VISIBILITY_TIMEOUT_S"
+            )
+        if self.resend_after_s < self.visibility_timeout_s:
+            # A message waiting in the queue is not lost: only re-send after Redis would have
+            # redelivered an unacknowledged one.
+            raise ConfigurationError(
+                "TOONQ_RESEND_AFTER_S must be at least TOONQ_VISIBILITY_TIMEOUT_S"
             )
 
     @property

@@ -71,7 +71,7 @@ def run_worker(settings: Settings, *, gpu: int | None = None, concurrency: int =
             ctx.store,
             ctx.dispatcher,
             interval_s=settings.sweep_interval_s,
-            lost_after_s=settings.visibility_timeout_s,
+            resend_after_s=settings.resend_after_s,
         )
         sweeper.start()
     metrics.READY.set(1)

@@ -29,6 +29,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
 from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
+from toonq.worker.lease import kept_lease
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
@@ -71,7 +72,8 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         return Outcome.SKIPPED
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
     try:
-        result, timings = _run(ctx, claim.job)
+        with kept_lease(ctx.store, claim, ctx.settings.job_timeout_s):
+            result, timings = _run(ctx, claim.job)
     except PermanentJobError as exc:
         return _fail(ctx, claim, exc)
     except TransientJobError as exc:
