@@ -111,7 +111,9 @@ def test_half_precision_forward(
         with torch.no_grad():
             logits = half(x.to(dtype))
             reference = model(x)
-    except RuntimeError as exc:  # an op without a CPU kernel for this dtype
+    except RuntimeError as exc:
+        if "not implemented for" not in str(exc):  # only a missing CPU kernel is a skip
+            raise
         pytest.skip(f"{dtype} not supported on this CPU: {exc}")
     assert logits.dtype == dtype
     assert logits.shape == (1, 1, 64, 96)

@@ -107,7 +107,9 @@ def test_half_precisions_run_on_cpu(precision: str) -> None:
             load_model("random:tiny"), device="cpu", precision=precision, resolution=RESOLUTION
         )
         result = engine.matte(encode(sticker()), MatteOptions(mask_only=True))
-    except RuntimeError as exc:  # an op this CPU build lacks in that dtype
+    except RuntimeError as exc:
+        if "not implemented for" not in str(exc):  # only a missing CPU kernel is a skip
+            raise
         pytest.skip(f"{precision} unsupported on this CPU: {exc}")
     assert decode(result.data).size == (90, 70)
 

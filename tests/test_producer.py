@@ -169,3 +169,20 @@ def test_unknown_job_ids_are_typed_errors(client: ToonqClient) -> None:
     with pytest.raises(Exception, match=str(uuid.UUID(int=1))) as caught:
         client.get(uuid.UUID(int=1))
     assert getattr(caught.value, "code", None) == "job_not_found"
+
+
+def test_higher_priorities_are_served_first(client: ToonqClient, s3_bucket: str) -> None:
+    jobs = {
+        priority: client.submit(f"s3://{s3_bucket}/in/p{priority}.png", priority=priority)
+        for priority in (0, 5, 9)
+    }
+    app = client.dispatcher.app
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(client.settings.queue)
+        served = []
+        for _ in jobs:
+            message = queue.get(timeout=5)
+            served.append(message.payload[0][0])  # the task's args: [job id]
+            message.ack()
+        queue.close()
+    assert served == [str(jobs[9].id), str(jobs[5].id), str(jobs[0].id)]

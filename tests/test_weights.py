@@ -64,7 +64,7 @@ def test_an_s3_object_is_downloaded_once_into_the_cache(
 
 def test_random_presets_are_named_and_unknown_ones_rejected() -> None:
     loaded = load_model("random:tiny")
-    assert (loaded.name, loaded.revision, loaded.is_random) == ("random:tiny", "random", True)
+    assert (loaded.name, loaded.revision) == ("random:tiny", "random")
     with pytest.raises(ModelUnavailableError, match="unknown preset"):
         load_model("random:huge")
 

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from toonq.producer.validation import InputValidator
 from toonq.shared.colors import normalize_color
@@ -27,12 +26,10 @@ from toonq.shared.db import create_db_engine, session_factory
 from toonq.shared.dispatch import Dispatcher
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
-from toonq.shared.models import JobStatus
-from toonq.shared.queue import MAX_PRIORITY, create_celery_app
-from toonq.shared.settings import Settings
+from toonq.shared.models import JobStatus, OutputFormat
+from toonq.shared.queue import create_celery_app
+from toonq.shared.settings import MAX_RESOLUTION, Settings
 from toonq.shared.storage import ObjectStore, open_store
-
-OutputFormat = Literal["png", "webp"]
 
 
 class WaitTimeoutError(ToonqError):
@@ -75,8 +72,9 @@ class ToonqClient:
         self._validator = InputValidator(self.objects)
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database and broker connections."""
         self._database.dispose()
+        self.dispatcher.app.close()
 
     def __enter__(self) -> ToonqClient:
         return self
@@ -131,15 +129,11 @@ class ToonqClient:
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
         self._validator.check_input(request.input_uri)
-        if request.format not in ("png", "webp"):
-            raise InvalidRequestError(f"format must be png or webp, got {request.format!r}")
         resolution = request.resolution or self.settings.resolution
-        if resolution % 32 or not 32 <= resolution <= 4096:
+        if resolution % 32 or not 32 <= resolution <= MAX_RESOLUTION:
             raise InvalidRequestError(
-                f"resolution must be a multiple of 32 between 32 and 4096, got {resolution}"
+                f"resolution must be a multiple of 32 up to {MAX_RESOLUTION}, got {resolution}"
             )
-        if not 0 <= request.priority <= MAX_PRIORITY:
-            raise InvalidRequestError(f"priority must be 0..{MAX_PRIORITY}, got {request.priority}")
         job_id = _job_id(request.idempotency_key)
         extension = "png" if request.mask_only else request.format
         output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{extension}"
@@ -175,7 +169,7 @@ class ToonqClient:
         limit: int = 100,
     ) -> builtins.list[Job]:
         return self.store.list(
-            status=JobStatus(status) if status else None,
+            status=status,
             error_code=error_code,
             since=since,
             limit=limit,
@@ -214,8 +208,8 @@ class ToonqClient:
         """Put failed (or cancelled) jobs back in the queue with fresh attempts: the given ids,
         or every job matching the filter. With `dry_run`, report what would be requeued."""
         jobs = self.store.requeue(
-            [_as_uuid(j) for j in job_ids] if job_ids else None,
-            status=JobStatus(status),
+            None if job_ids is None else [_as_uuid(j) for j in job_ids],
+            status=status,
             error_code=error_code,
             since=since,
             actor=self.actor,

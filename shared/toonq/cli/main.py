@@ -19,7 +19,7 @@ from toonq.cli.demo import demo
 from toonq.cli.engine_commands import ENGINE_COMMANDS
 from toonq.cli.render import print_job_detail, print_jobs_table, print_json
 from toonq.producer import WaitTimeoutError
-from toonq.shared.errors import ToonqError
+from toonq.shared.errors import JOB_ERROR_CODES, ToonqError
 from toonq.shared.models import JobStatus, OutputFormat
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
@@ -55,6 +55,7 @@ def _parse_since(_: click.Context, __: click.Parameter, value: str | None) -> da
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 status_choice = click.Choice([s.value for s in JobStatus])
+error_code_choice = click.Choice(sorted(JOB_ERROR_CODES))
 
 
 @cli.command()
@@ -143,7 +144,7 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--status", "status_", type=status_choice, help="Only jobs in this status.")
-@click.option("--error-code", help="Only jobs that failed with this code.")
+@click.option("--error-code", type=error_code_choice, help="Only jobs that failed with this code.")
 @click.option("--since", callback=_parse_since, help="Only jobs created at or after (ISO 8601).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
@@ -174,7 +175,9 @@ def jobs(
     show_default=True,
     help="Without JOB_IDs: requeue jobs in this status.",
 )
-@click.option("--error-code", help="Without JOB_IDs: only jobs that failed with this code.")
+@click.option(
+    "--error-code", type=error_code_choice, help="Without JOB_IDs: only jobs failed with this code."
+)
 @click.option("--since", callback=_parse_since, help="Without JOB_IDs: created at or after.")
 @click.option("--reason", help="Recorded in each job's history.")
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
@@ -190,7 +193,10 @@ def requeue(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Put failed (or cancelled) jobs back in the queue with fresh attempts."""
+    """Put failed (or cancelled) jobs back in the queue with fresh attempts: the JOB_IDs given,
+    or every job matching the filters."""
+    if job_ids and (error_code or since):
+        raise click.UsageError("give JOB_IDs or filters (--error-code, --since), not both")
     found = ctx.client.requeue(
         list(job_ids) or None,
         status=status_,

@@ -140,12 +140,11 @@ class ChecksumMismatchError(ModelUnavailableError):
     code = "checksum_mismatch"
 
 
-#: Codes an operator may see in `error_code`, for validation of `--error-code` filters.
+#: Every code a job's `error_code` can hold (validates `--error-code` filters).
 JOB_ERROR_CODES: frozenset[str] = frozenset(
     cls.code
     for cls in (
-        JobError,
-        TransientJobError,
+        JobError,  # internal_error: an unexpected exception, after its retries
         InputNotFoundError,
         InputAccessDeniedError,
         OutputAccessDeniedError,

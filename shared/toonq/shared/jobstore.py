@@ -32,6 +32,7 @@ from toonq.shared.errors import (
     WorkerLostError,
 )
 from toonq.shared.models import (
+    MAX_PRIORITY,
     OUTPUT_FORMATS,
     EventKind,
     JobEventRow,
@@ -97,8 +98,10 @@ class JobSpec:
                 f"output format must be one of {', '.join(OUTPUT_FORMATS)}; "
                 f"got {self.output_format!r}"
             )
-        if not 0 <= self.priority <= 9:
-            raise InvalidRequestError(f"priority must be between 0 and 9, got {self.priority}")
+        if not 0 <= self.priority <= MAX_PRIORITY:
+            raise InvalidRequestError(
+                f"priority must be between 0 and {MAX_PRIORITY}, got {self.priority}"
+            )
         if self.resolution <= 0:
             raise InvalidRequestError(f"resolution must be positive, got {self.resolution}")
         if self.max_attempts < 1:

@@ -42,6 +42,8 @@ NAMING_CONVENTION = {
 }
 
 OutputFormat = Literal["png", "webp"]
+#: Job priorities run 0 (the default) to 9 (served first).
+MAX_PRIORITY = 9
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "webp")
 
 

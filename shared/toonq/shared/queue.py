@@ -13,23 +13,23 @@ from typing import Any
 
 from celery import Celery
 
+from toonq.shared.models import MAX_PRIORITY
 from toonq.shared.settings import Settings
 
 TASK_NAME = "toonq.matte"
-
-#: Job priorities run 0 (lowest, the default) to 9 (most urgent).
-MAX_PRIORITY = 9
+PRIORITY_STEPS = [0, 3, 6, 9]
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.is_embedded_broker:
         folder = settings.broker_folder
-        for sub in ("in", "processed"):
+        for sub in ("in", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "in"),
             "data_folder_out": str(folder / "in"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     return {
@@ -37,7 +37,9 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         # longer than it (Settings.validate), or Redis would redeliver them early.
         "visibility_timeout": settings.visibility_timeout_s,
         "queue_order_strategy": "priority",
-        "priority_steps": list(range(MAX_PRIORITY + 1)),
+        # Four bands, one Redis list each ("matting" then "matting\x06\x163", "...6", "...9"):
+        # toonq priorities 9-7 are served first, then 6-4, 3-1, and 0.
+        "priority_steps": PRIORITY_STEPS,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 from toonq.shared.errors import ImageTooLargeError
-
-OutputFormat = Literal["png", "webp"]
+from toonq.shared.models import OutputFormat
 
 CONTENT_TYPES: Final[Mapping[OutputFormat, str]] = {"png": "image/png", "webp": "image/webp"}
 

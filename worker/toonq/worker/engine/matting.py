@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 
 from toonq.shared.logging import get_logger
+from toonq.shared.models import OutputFormat
 from toonq.worker.engine.compositing import _swap_bg_to_gray
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
-from toonq.worker.engine.encode import CONTENT_TYPES, OutputFormat, encode_mask, encode_rgba
+from toonq.worker.engine.encode import CONTENT_TYPES, encode_mask, encode_rgba
 from toonq.worker.engine.refine import refine_foreground
 from toonq.worker.engine.transforms import logits_to_alpha, to_model_input
 from toonq.worker.engine.weights import LoadedModel
@@ -198,9 +199,7 @@ class MattingEngine:
     ) -> torch.Tensor:
         """The cut-out's colours: the original RGB (never the gray composite), or its
         blur-fusion foreground estimate when asked for."""
-        if options.mask_only:
-            return image[:3]
-        if options.refine_foreground:
+        if options.refine_foreground and not options.mask_only:
             return refine_foreground(image[:3], alpha)
         return image[:3]
 

@@ -71,10 +71,6 @@ class LoadedModel:
     name: str
     revision: str | None
 
-    @property
-    def is_random(self) -> bool:
-        return self.name.startswith(RANDOM_PREFIX)
-
 
 def load_model(spec: str, *, store: ObjectStore | None = None) -> LoadedModel:
     """Resolve `spec` (see the module docstring) to a model in eval mode on the CPU.
