@@ -36,3 +36,12 @@ def test_the_client_and_the_queue_commands_need_no_torch(tmp_path) -> None:
     listed = run("jobs", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.strip() == "[]"
+
+
+def test_engine_commands_explain_what_to_install(tmp_path) -> None:
+    env = {"TOONQ_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for command in (["worker"], ["matte", str(tmp_path), "--out", str(tmp_path)], ["demo"]):
+        result = run(*command, env=env)
+        assert result.returncode == 1, command
+        assert "error [configuration_error]" in result.stderr
+        assert "pip install 'toonq[worker]'" in result.stderr

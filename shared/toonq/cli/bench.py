@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from toonq.cli.context import Context, pass_context
+from toonq.cli.context import Context, needs_engine, pass_context
 
 
 def _csv(kind: type, value: str) -> list:  # type: ignore[type-arg]
@@ -25,6 +25,7 @@ def _csv(kind: type, value: str) -> list:  # type: ignore[type-arg]
 @click.option("--repeat", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--json-out", type=click.Path(path_type=Path), help="Also write the figures here.")
 @pass_context
+@needs_engine
 def bench(
     ctx: Context,
     model_spec: str,

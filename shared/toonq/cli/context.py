@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import socket
+from collections.abc import Callable
 from functools import cached_property
+from typing import ParamSpec, TypeVar
 
 import click
 
 from toonq.producer import ToonqClient
+from toonq.shared.errors import ConfigurationError
 from toonq.shared.logging import configure_logging
 from toonq.shared.settings import Settings
 
@@ -28,3 +32,24 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def needs_engine(command: Callable[P, R]) -> Callable[P, R]:
+    """For commands that run the matting engine: a clear error, not an ImportError, where only
+    the producer is installed (torch comes with the `worker` extra)."""
+
+    @functools.wraps(command)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "this command runs the matting engine, which needs the worker extra: "
+                "pip install 'toonq[worker]'"
+            ) from None
+        return command(*args, **kwargs)
+
+    return checked

@@ -16,11 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from toonq.cli.context import Context, pass_context
+from toonq.cli.context import Context, needs_engine, pass_context
 from toonq.cli.render import print_jobs_table
 from toonq.producer import ToonqClient
 from toonq.shared.jobstore import Job
@@ -34,6 +33,7 @@ _SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 
 @click.option("--images", type=click.IntRange(1, 50), default=6, show_default=True)
 @click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds.")
 @pass_context
+@needs_engine
 def demo(ctx: Context, images: int, timeout: float) -> None:
     """Matte a few generated anime-style images through the queue, end to end."""
     from toonq.shared.db import migrate
@@ -113,19 +113,22 @@ def _wait_until_ready(worker: subprocess.Popen[bytes], worker_log: Path, timeout
     """Submit nothing until the worker has its model: a missing model fails here, not jobs."""
     deadline = time.monotonic() + timeout
     while "worker_ready" not in worker_log.read_text(errors="replace"):
-        if worker.poll() is not None:
-            _worker_died(worker_log)
-        if time.monotonic() > deadline:
-            click.echo(f"the worker was not ready after {timeout:g} s; see {worker_log}")
-            raise SystemExit(1)
+        _check_worker(worker, worker_log, deadline, "the worker to be ready")
         time.sleep(0.2)
     click.echo("worker ready")
 
 
-def _worker_died(worker_log: Path) -> NoReturn:
-    tail = worker_log.read_text(errors="replace").splitlines()[-15:]
-    click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
-    raise SystemExit(1)
+def _check_worker(
+    worker: subprocess.Popen[bytes], worker_log: Path, deadline: float, waiting_for: str
+) -> None:
+    """Stop the demo if the worker died or the deadline passed."""
+    if worker.poll() is not None:
+        tail = worker_log.read_text(errors="replace").splitlines()[-15:]
+        click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
+        raise SystemExit(1)
+    if time.monotonic() > deadline:
+        click.echo(f"timed out waiting for {waiting_for}; see {worker_log}")
+        raise SystemExit(1)
 
 
 def _follow(
@@ -146,11 +149,7 @@ def _follow(
             bar.update(done - bar.n)
             if done == len(jobs):
                 return list(latest.values())
-            if worker.poll() is not None:
-                _worker_died(worker_log)
-            if time.monotonic() > deadline:
-                click.echo(f"timed out after {timeout:g} s; see {worker_log}")
-                raise SystemExit(1)
+            _check_worker(worker, worker_log, deadline, "the jobs to finish")
             time.sleep(0.5)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from toonq.cli.context import Context, pass_context
+from toonq.cli.context import Context, needs_engine, pass_context
 from toonq.shared.colors import parse_color
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ resolution_option = click.option(
 @click.option("--gpu", type=click.IntRange(min=0), help="Pin this process to GPU N.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
 @pass_context
+@needs_engine
 def worker(ctx: Context, gpu: int | None, concurrency: int) -> None:
     """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM."""
     if gpu is not None:
@@ -61,6 +62,7 @@ def worker(ctx: Context, gpu: int | None, concurrency: int) -> None:
 @click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @pass_context
+@needs_engine
 def matte(
     ctx: Context,
     inputs: tuple[Path, ...],
@@ -140,6 +142,7 @@ def model() -> None:
 @model.command("random")
 @click.option("--preset", type=click.Choice(_PRESETS), required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@needs_engine
 def model_random(preset: str, out_dir: Path) -> None:
     """Write a RANDOMLY initialised model directory, to smoke-test deployments."""
     from toonq.worker.engine.weights import random_model
@@ -160,6 +163,7 @@ def model_random(preset: str, out_dir: Path) -> None:
 @model.command("fetch")
 @model_option
 @pass_context
+@needs_engine
 def model_fetch(ctx: Context, model_spec: str | None) -> None:
     """Download and verify the weights now (e.g. while building an image), then load them once."""
     from toonq.shared.storage import open_store
