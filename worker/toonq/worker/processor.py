@@ -25,6 +25,7 @@ from toonq.shared.dispatch import Dispatcher
 from toonq.shared.errors import PermanentJobError, ToonqError, TransientJobError
 from toonq.shared.jobstore import Claim, Job, JobStore
 from toonq.shared.logging import get_logger
+from toonq.shared.models import JobStatus
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
@@ -65,7 +66,20 @@ def options_for(job: Job) -> MatteOptions:
     )
 
 
+#: A retry message may arrive this much before its job is due (clock skew between hosts).
+EARLY_TOLERANCE_S = 1.0
+
+
 def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+    job = ctx.store.get(job_id)
+    if job.status == JobStatus.RETRYING and job.next_attempt_at is not None:
+        early_s = (job.next_attempt_at - datetime.now(UTC)).total_seconds()
+        if early_s > EARLY_TOLERANCE_S:
+            # A duplicate arrived before the backoff ran out: keep the backoff, re-announce the
+            # job for when it is due rather than dropping the message.
+            log.info("job_not_due", early_s=round(early_s, 2))
+            ctx.dispatcher.send(job, countdown=early_s)
+            return Outcome.SKIPPED
     claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.job_timeout_s)
     if claim is None:
         log.info("job_skipped", reason="not claimable (duplicate message or finished job)")

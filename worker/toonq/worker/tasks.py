@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from celery import Celery, Task
 
-from toonq.shared.errors import DatabaseUnavailableError
+from toonq.shared.errors import DatabaseUnavailableError, JobNotFoundError
 from toonq.shared.logging import bound_job, get_logger
 from toonq.shared.queue import TASK_NAME
 from toonq.worker import metrics
@@ -38,6 +38,10 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
         with bound_job(job_uuid, worker=ctx.worker_name):
             try:
                 outcome = process_job(ctx, job_uuid)
+            except JobNotFoundError:
+                log.error("message_rejected", reason="no such job")
+                metrics.JOBS.labels(outcome="rejected").inc()
+                return "rejected"
             except DatabaseUnavailableError as exc:
                 retries = task.request.retries
                 delay = backoff_delay(

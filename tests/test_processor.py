@@ -1,0 +1,61 @@
+"""`process_job` decisions that need no object store: messages that arrive too early."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+
+from tests.conftest import ManualClock
+from toonq.shared.dispatch import Dispatcher
+from toonq.shared.jobstore import JobSpec, JobStore
+from toonq.shared.models import JobStatus
+from toonq.shared.queue import create_celery_app
+from toonq.shared.settings import Settings
+from toonq.shared.storage import open_store
+from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.engine.weights import load_model
+from toonq.worker.processor import Outcome, WorkerContext, process_job
+
+
+def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
+    jobstore: JobStore, clock: ManualClock, redis_url: str
+) -> None:
+    settings = Settings.from_env({"TOONQ_BROKER_URL": redis_url, "TOONQ_QUEUE": "early"})
+    app = create_celery_app(settings)
+    ctx = WorkerContext(
+        settings=settings,
+        store=jobstore,
+        objects=open_store(settings),
+        engine=MattingEngine(load_model("random:tiny"), device="cpu", resolution=64),
+        dispatcher=Dispatcher(app, jobstore, queue="early"),
+        worker_name="w1",
+    )
+    job, _ = jobstore.create(
+        JobSpec(
+            input_uri="s3://in/a.png",
+            output_uri="s3://out/a.png",
+            bg_color="#808080",
+            output_format="png",
+            resolution=64,
+            max_attempts=3,
+        ),
+        actor="test",
+    )
+    first = jobstore.claim(job.id, worker="w1", lease_s=60)
+    assert first is not None
+    assert jobstore.mark_retrying(
+        first,
+        error_code="storage_unavailable",
+        error_message="503",
+        next_attempt_at=clock() + timedelta(seconds=30),
+    )
+
+    assert process_job(ctx, job.id) == Outcome.SKIPPED
+
+    after = jobstore.get(job.id)
+    assert (after.status, after.attempts) == (JobStatus.RETRYING, 1)
+    assert after.enqueued_at is not None  # announced again, for when it is due
+    queued = redis.Redis.from_url(redis_url)
+    assert sum(int(queued.llen(key)) for key in queued.scan_iter("early*")) == 1
+    app.close()
