@@ -56,8 +56,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    choices: tuple[str, ...],
+    *,
+    upper: bool = False,
+) -> str:
     value = env.get(name) or default
+    if upper:
+        value = value.upper()
     if value not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
@@ -132,10 +141,11 @@ class Settings:
             worker_name=env.get("TOONQ_WORKER_NAME") or None,
             log_format=_choice(env, "TOONQ_LOG_FORMAT", "auto", ("auto", "json", "console")),
             log_level=_choice(
-                {"TOONQ_LOG_LEVEL": (env.get("TOONQ_LOG_LEVEL") or "INFO").upper()},
+                env,
                 "TOONQ_LOG_LEVEL",
                 "INFO",
                 ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                upper=True,
             ),
             metrics_port=_int(env, "TOONQ_METRICS_PORT", 0),
         )

@@ -114,9 +114,7 @@ class MattingEngine:
     ) -> list[torch.Tensor]:
         """Alpha mattes (uint8 H×W, on the engine's device) for a batch of uint8 4×H×W RGBA
         images of any sizes, each composited onto its own background colour first."""
-        size = resolution or self.resolution
-        if size % 32:
-            raise ValueError(f"resolution must be a multiple of 32, got {size}")
+        size = resolution or self.resolution  # to_model_input checks it
         with torch.inference_mode():
             batch = torch.cat(
                 [

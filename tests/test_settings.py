@@ -1,0 +1,58 @@
+"""Settings from the environment: embedded defaults, URL forms, and typed refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toonq.shared.errors import ConfigurationError
+from toonq.shared.settings import Settings
+
+
+def test_no_configuration_means_embedded_defaults_under_toonq_home(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TOONQ_HOME": str(tmp_path)})
+
+    assert settings.database_url == f"sqlite:///{tmp_path / 'toonq.db'}"
+    assert settings.is_embedded_broker
+    assert settings.output_prefix == (tmp_path / "outputs").as_uri()
+    assert (settings.queue, settings.model, settings.resolution) == (
+        "matting",
+        "joelseytre/toonout",
+        1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://toonq@db/jobs", "postgresql+psycopg://toonq@db/jobs"),
+        ("postgres://toonq@db/jobs", "postgresql+psycopg://toonq@db/jobs"),
+        ("postgresql+psycopg://toonq@db/jobs", "postgresql+psycopg://toonq@db/jobs"),
+        ("sqlite:////var/lib/toonq.db", "sqlite:////var/lib/toonq.db"),
+    ],
+)
+def test_database_urls_in_plain_and_driver_forms(url: str, expected: str) -> None:
+    assert Settings.from_env({"TOONQ_DATABASE_URL": url}).database_url == expected
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert Settings.from_env({"TOONQ_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOONQ_RESOLUTION": "1000"}, "multiple of 32"),
+        ({"TOONQ_RESOLUTION": "8192"}, "up to 4096"),
+        ({"TOONQ_MAX_ATTEMPTS": "three"}, "must be an integer"),
+        ({"TOONQ_MAX_ATTEMPTS": "0"}, ">= 1"),
+        ({"TOONQ_PRECISION": "fp8"}, "TOONQ_PRECISION must be one of"),
+        ({"TOONQ_LOG_LEVEL": "loud"}, "TOONQ_LOG_LEVEL must be one of"),
+        ({"TOONQ_RETRY_BACKOFF_MAX_S": "4000"}, "below TOONQ_VISIBILITY_TIMEOUT_S"),
+        ({"TOONQ_RESEND_AFTER_S": "60"}, "at least TOONQ_VISIBILITY_TIMEOUT_S"),
+    ],
+)
+def test_bad_values_are_refused_with_a_typed_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env(env)
