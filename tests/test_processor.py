@@ -13,8 +13,10 @@ from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
+from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model
+from toonq.worker.lease import LeaseKeeper
 from toonq.worker.processor import Outcome, WorkerContext, process_job
 
 
@@ -23,11 +25,14 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
 ) -> None:
     settings = Settings.from_env({"TOONQ_BROKER_URL": redis_url, "TOONQ_QUEUE": "early"})
     app = create_celery_app(settings)
+    engine = MattingEngine(load_model("random:tiny"), device="cpu", resolution=64)
     ctx = WorkerContext(
         settings=settings,
         store=jobstore,
         objects=open_store(settings),
-        engine=MattingEngine(load_model("random:tiny"), device="cpu", resolution=64),
+        engine=engine,
+        batcher=InferenceBatcher(engine.infer, max_batch_size=1, max_wait_s=0),
+        leases=LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900),
         dispatcher=Dispatcher(app, jobstore, queue="early"),
         worker_name="w1",
     )

@@ -23,7 +23,7 @@ def tiny() -> BiRefNet:
     return random_model("tiny")
 
 
-def same_weights(a: BiRefNet, b: BiRefNet) -> bool:
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     left, right = a.state_dict(), b.state_dict()
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
@@ -110,4 +110,6 @@ def test_model_random_writes_a_loadable_directory_and_says_so_loudly(tmp_path: P
 
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" in result.stderr
-    assert load_model(str(tmp_path / "m")).model.config.embed_dim == 32
+    model = load_model(str(tmp_path / "m")).model
+    assert isinstance(model, BiRefNet)
+    assert model.config.embed_dim == 32

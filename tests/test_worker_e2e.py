@@ -4,6 +4,7 @@ a fault-injecting proxy) and a real `toonq worker` process running a tiny random
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from toonq.shared.settings import Settings
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-REDIS_E2E_URL = "redis://127.0.0.1:6379/14"
+#: A Redis database of its own: the module flushes it once at start.
+REDIS_E2E_URL = os.environ.get("TOONQ_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 WAIT_S = 120
 
 
@@ -266,7 +268,7 @@ def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(
 ) -> None:
     env = system.env | {
         "TOONQ_QUEUE": f"lost-{uuid.uuid4().hex[:8]}",
-        "TOONQ_JOB_TIMEOUT_S": "3",
+        "TOONQ_LEASE_SECONDS": "3",
         "TOONQ_SWEEP_INTERVAL_S": "1",
     }
     doomed = WorkerProcess(env | {"TOONQ_WORKER_NAME": "doomed"}, tmp_path / "doomed.log")
@@ -302,7 +304,7 @@ def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(
 def test_a_slow_job_keeps_its_lease_and_runs_once(system: System, tmp_path: Path) -> None:
     env = system.env | {
         "TOONQ_QUEUE": f"slow-{uuid.uuid4().hex[:8]}",
-        "TOONQ_JOB_TIMEOUT_S": "2",  # the download below takes four leases
+        "TOONQ_LEASE_SECONDS": "2",  # the download below takes four leases
         "TOONQ_SWEEP_INTERVAL_S": "1",
     }
     # Two workers: were the lease to lapse, the idle one would take the job over.

@@ -35,10 +35,14 @@ resolution_option = click.option(
 
 @click.command()
 @click.option("--gpu", type=click.IntRange(min=0), help="Pin this process to GPU N.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Jobs in flight [default: TOONQ_CONCURRENCY, or 2 x the batch size + 2].",
+)
 @pass_context
 @needs_engine
-def worker(ctx: Context, gpu: int | None, concurrency: int) -> None:
+def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
     """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM."""
     if gpu is not None:
         from toonq.worker.gpu import pin_gpu

@@ -715,6 +715,35 @@ class JobStore:
             )
             return True
 
+    def hand_back(self, claim: Claim, *, reason: str) -> Job | None:
+        """Give a running attempt back to the queue unfinished (its worker is shutting down):
+        the job waits again without having spent the attempt. Returns the queued job, or None
+        if the claim is no longer current (the attempt finished or was taken away)."""
+        with self._transaction() as session:
+            now = self._clock()
+            if not self._cas_claim(
+                session,
+                claim,
+                status=JobStatus.QUEUED,
+                attempts=claim.attempt - 1,
+                worker=None,
+                started_at=None,
+                lease_expires_at=None,
+                enqueued_at=None,
+                updated_at=now,
+            ):
+                return None
+            self._event(
+                session,
+                claim.job.id,
+                EventKind.REQUEUED,
+                actor=claim.worker,
+                at=now,
+                reason=reason,
+                details={"handed_back_attempt": claim.attempt},
+            )
+            return Job.from_row(_load(session, claim.job.id))
+
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
         with self._transaction() as session:

@@ -20,6 +20,16 @@ TASK_NAME = "toonq.matte"
 PRIORITY_STEPS = [0, 3, 6, 9]
 
 
+#: kombu's separator between a queue's name and the priority step of its extra Redis lists.
+PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists a queue's messages wait in, most urgent first (toonq priority 9-7,
+    6-4, 3-1, then 0): what a queue-depth gauge or autoscaler has to count."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.is_embedded_broker:
         folder = settings.broker_folder
@@ -60,7 +70,9 @@ def create_celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events feed Flower; the folder broker of the embedded mode has no fanout for them.
+        worker_send_task_events=not settings.is_embedded_broker,
+        task_send_sent_event=not settings.is_embedded_broker,
         worker_enable_remote_control=not settings.is_embedded_broker,
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),

@@ -56,6 +56,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _choice(
     env: Mapping[str, str],
     name: str,
@@ -97,15 +106,23 @@ class Settings:
     max_attempts: int = 5
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
+    lease_s: int = 60
     job_timeout_s: int = 900
     visibility_timeout_s: int = 3600
-    sweep_interval_s: int = 30
+    sweep_interval_s: int = 15
     resend_after_s: int = 21600
+    shutdown_grace_s: float = 30.0
+    # Pipeline: jobs in flight per worker and the GPU loop's batching (0 = chosen for the device).
+    concurrency: int = 0
+    max_batch_size: int = 0
+    max_batch_wait_ms: float = 10.0
     # Operations.
     worker_name: str | None = None
     log_format: str = "auto"
     log_level: str = "INFO"
     metrics_port: int = 0
+    metrics_queue_depth: bool = False
+    liveness_timeout_s: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,10 +151,15 @@ class Settings:
             max_attempts=_int(env, "TOONQ_MAX_ATTEMPTS", 5, minimum=1),
             retry_backoff_s=_float(env, "TOONQ_RETRY_BACKOFF_S", 2.0),
             retry_backoff_max_s=_float(env, "TOONQ_RETRY_BACKOFF_MAX_S", 300.0),
+            lease_s=_int(env, "TOONQ_LEASE_SECONDS", 60, minimum=1),
             job_timeout_s=_int(env, "TOONQ_JOB_TIMEOUT_S", 900, minimum=1),
             visibility_timeout_s=_int(env, "TOONQ_VISIBILITY_TIMEOUT_S", 3600, minimum=1),
-            sweep_interval_s=_int(env, "TOONQ_SWEEP_INTERVAL_S", 30),
+            sweep_interval_s=_int(env, "TOONQ_SWEEP_INTERVAL_S", 15),
             resend_after_s=_int(env, "TOONQ_RESEND_AFTER_S", 21600, minimum=1),
+            shutdown_grace_s=_float(env, "TOONQ_SHUTDOWN_GRACE_S", 30.0),
+            concurrency=_int(env, "TOONQ_CONCURRENCY", 0),
+            max_batch_size=_int(env, "TOONQ_MAX_BATCH_SIZE", 0),
+            max_batch_wait_ms=_float(env, "TOONQ_MAX_BATCH_WAIT_MS", 10.0),
             worker_name=env.get("TOONQ_WORKER_NAME") or None,
             log_format=_choice(env, "TOONQ_LOG_FORMAT", "auto", ("auto", "json", "console")),
             log_level=_choice(
@@ -148,6 +170,8 @@ class Settings:
                 upper=True,
             ),
             metrics_port=_int(env, "TOONQ_METRICS_PORT", 0),
+            metrics_queue_depth=_flag(env, "TOONQ_METRICS_QUEUE_DEPTH"),
+            liveness_timeout_s=_float(env, "TOONQ_LIVENESS_TIMEOUT_S", 120.0),
         )
         settings.validate()
         return settings
@@ -166,6 +190,8 @@ class Settings:
             raise ConfigurationError(
                 "TOONQ_RETRY_BACKOFF_MAX_S must be below TOONQ_VISIBILITY_TIMEOUT_S"
             )
+        if self.job_timeout_s < self.lease_s:
+            raise ConfigurationError("TOONQ_JOB_TIMEOUT_S must be at least TOONQ_LEASE_SECONDS")
         if self.resend_after_s < self.visibility_timeout_s:
             # A message waiting in the queue is not lost: only re-send after Redis would have
             # redelivered an unacknowledged one.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from toonq.shared.dispatch import Dispatcher
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -27,12 +27,12 @@ def sweep(
     *,
     resend_after_s: float,
     unsent_grace_s: float = UNSENT_GRACE_S,
-) -> int:
-    """Send a message for every job that needs one; returns how many were sent."""
-    sent = 0
+) -> list[Job]:
+    """Send a message for every job that needs one; returns the jobs it sent."""
+    sent = []
     for job in store.due_for_redelivery(unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s):
         if dispatcher.send(job):
-            sent += 1
+            sent.append(job)
             log.info("job_redelivered", job_id=str(job.id), status=job.status)
     return sent
 

@@ -1,25 +1,306 @@
-"""Prometheus metrics of a worker process, served on `TOONQ_METRICS_PORT` when it is set."""
+"""Prometheus metrics of a worker process.
+
+Names and labels are a contract with the dashboard (docker/grafana/) and with alerting rules:
+never rename one. The worker records into `WORKER_METRICS`, on prometheus-client's default
+registry, through the module-level functions at the bottom (`record_job`, `observe_stages`...);
+tests build a `WorkerMetrics` on a registry of their own. Values that live outside the worker's
+code (GPU memory, queue depth) are read by collectors when Prometheus scrapes, so nothing polls in
+between and a stopped scraper costs nothing.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-JOBS = Counter("toonq_jobs_total", "Job messages handled, by outcome.", ["outcome"])
-STAGE_SECONDS = Histogram(
-    "toonq_job_stage_seconds",
-    "Time spent per job stage (download, decode, preprocess, inference, postprocess, encode, "
-    "upload).",
-    ["stage"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    import torch
+
+JOB_STATUSES = (
+    "succeeded",
+    "failed",
+    "retrying",
+    "skipped",
+    "discarded",
+    "rejected",
+    "handed_back",
 )
-READY = Gauge("toonq_worker_ready", "1 once the model is loaded and warmed up.")
+# Only these outcomes carry an error code: the others keep the label empty, which bounds the
+# number of series.
+ERROR_STATUSES = frozenset({"failed", "retrying"})
+STAGES = (
+    "queue_wait",
+    "download",
+    "decode",
+    "preprocess",
+    "batch_wait",
+    "inference",
+    "postprocess",
+    "encode",
+    "upload",
+    "total",
+)
+# From a few milliseconds (decode of a small image) to the job timeout (queue_wait, total).
+STAGE_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    900.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# A scrape must answer well within Prometheus' default 10 s scrape timeout, Redis down or not.
+QUEUE_DEPTH_TIMEOUT_S = 0.5
+
+GPU_MEMORY_ALLOCATED = "toonq_gpu_memory_allocated_bytes"
+GPU_MEMORY_RESERVED = "toonq_gpu_memory_reserved_bytes"
+QUEUE_DEPTH = "toonq_queue_depth"
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port)
+class GpuMemoryCollector(Collector):
+    """Memory that torch holds on one CUDA device: allocated to tensors, and reserved by its
+    caching allocator (what other processes cannot use). Absent until CUDA is initialised, and on
+    other devices."""
+
+    def __init__(self, device: torch.device, errors: Counter) -> None:
+        self._device = device
+        self._errors = errors
+
+    def describe(self) -> list[Metric]:
+        return self._families()
+
+    def collect(self) -> list[Metric]:
+        import torch  # already imported by whoever built `self._device`
+
+        # Before the engine initialised CUDA there is nothing to report (torch would say zero).
+        cuda_in_use = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        if self._device.type != "cuda" or not cuda_in_use:
+            return []
+        try:
+            allocated = torch.cuda.memory_allocated(self._device)
+            reserved = torch.cuda.memory_reserved(self._device)
+        except RuntimeError:
+            self._errors.inc()
+            return []
+        return self._families(allocated, reserved)
+
+    @staticmethod
+    def _families(allocated: int | None = None, reserved: int | None = None) -> list[Metric]:
+        return [
+            GaugeMetricFamily(
+                GPU_MEMORY_ALLOCATED, "Bytes of GPU memory allocated to tensors.", value=allocated
+            ),
+            GaugeMetricFamily(
+                GPU_MEMORY_RESERVED,
+                "Bytes of GPU memory held by torch's caching allocator.",
+                value=reserved,
+            ),
+        ]
 
 
-def observe_stages(timings_ms: dict[str, float]) -> None:
-    for stage, ms in timings_ms.items():
-        STAGE_SECONDS.labels(stage=stage).observe(ms / 1000)
+class QueueDepthCollector(Collector):
+    """Messages waiting in Redis lists (a queue's base list and its priority lists), read with
+    LLEN at scrape time. When Redis does not answer within the timeout the gauge is left out of
+    that scrape, so the rest of the scrape still succeeds, and `errors` counts the miss."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        list_names: Sequence[str],
+        errors: Counter,
+        *,
+        timeout_s: float = QUEUE_DEPTH_TIMEOUT_S,
+    ) -> None:
+        self._list_names = list(list_names)
+        self._errors = errors
+        self._client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # Never retried within a scrape: the next scrape is the retry.
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        try:
+            with self._client.pipeline(transaction=False) as pipeline:
+                for name in self._list_names:
+                    pipeline.llen(name)
+                depths = pipeline.execute()
+        except redis.RedisError:
+            self._errors.inc()
+            return []
+        family = self._family()
+        for name, depth in zip(self._list_names, depths, strict=True):
+            family.add_metric([printable_list_name(name)], int(depth))
+        return [family]
+
+    def close(self) -> None:
+        self._client.close()
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            QUEUE_DEPTH, "Messages waiting in each Redis list of the queue.", labels=["queue"]
+        )
+
+
+def printable_list_name(name: str) -> str:
+    """The `queue` label of a Redis list: kombu's priority lists have control characters in their
+    names ("matting\\x06\\x163"), shown escaped as redis-cli shows them."""
+    return name.encode("unicode_escape").decode("ascii")
+
+
+class WorkerMetrics:
+    """Every metric of a worker, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self._jobs = Counter(
+            "toonq_jobs_total",
+            "Job messages handled, by outcome, and by error code for failed and retrying ones.",
+            ["status", "error_code"],
+            registry=registry,
+        )
+        self._stage_seconds = Histogram(
+            "toonq_job_stage_seconds",
+            "Time a job spent in each stage, from waiting in the queue to the upload.",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=registry,
+        )
+        self._batch_size = Histogram(
+            "toonq_batch_size",
+            "Images per model batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self._oom_splits = Counter(
+            "toonq_batch_oom_splits_total",
+            "Batches split in two after running out of GPU memory.",
+            registry=registry,
+        )
+        self._max_batch_size = Gauge(
+            "toonq_max_batch_size",
+            "Largest batch the worker forms now (lowered by out-of-memory splits).",
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "toonq_jobs_in_flight", "Jobs this worker holds right now.", registry=registry
+        )
+        self._model_load_seconds = Gauge(
+            "toonq_model_load_seconds",
+            "Seconds the worker took to load and warm up its model.",
+            registry=registry,
+        )
+        self._scrape_errors = Counter(
+            "toonq_metrics_scrape_errors_total",
+            "Scrape-time reads that failed (their metrics were left out of that scrape).",
+            ["collector"],
+            registry=registry,
+        )
+        # Series that exist from the start, at zero, so that rate() and absent() see them.
+        for status in JOB_STATUSES:
+            if status not in ERROR_STATUSES:
+                self._jobs.labels(status=status, error_code="")
+        for stage in STAGES:
+            self._stage_seconds.labels(stage=stage)
+
+    def record_job(self, status: str, error_code: str = "") -> None:
+        """Count one handled job message. `status` is one of `JOB_STATUSES`; only failed and
+        retrying jobs carry an `error_code` (a `ToonqError.code`)."""
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}, expected one of {JOB_STATUSES}")
+        if error_code and status not in ERROR_STATUSES:
+            raise ValueError(f"a {status} job has no error code, got {error_code!r}")
+        self._jobs.labels(status=status, error_code=error_code).inc()
+
+    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
+        """Record the duration of each stage of one job, in milliseconds, by stage name. Only the
+        stages of `STAGES` are exported: other timings a job records stay in its database row."""
+        for stage in STAGES:
+            if stage in timings_ms:
+                self._stage_seconds.labels(stage=stage).observe(timings_ms[stage] / 1000)
+
+    def observe_batch(self, size: int) -> None:
+        self._batch_size.observe(size)
+
+    def record_oom_split(self, new_limit: int) -> None:
+        """Count a batch split after an out-of-memory error, which lowered the limit to
+        `new_limit` images."""
+        self._oom_splits.inc()
+        self._max_batch_size.set(new_limit)
+
+    def set_max_batch_size(self, n: int) -> None:
+        self._max_batch_size.set(n)
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a job as in flight for the duration of the block."""
+        self._in_flight.inc()
+        try:
+            yield
+        finally:
+            self._in_flight.dec()
+
+    def set_model_load_seconds(self, seconds: float) -> None:
+        self._model_load_seconds.set(seconds)
+
+    def watch_gpu_memory(self, device: torch.device) -> GpuMemoryCollector:
+        """Report the GPU memory torch uses on `device` at every scrape."""
+        collector = GpuMemoryCollector(device, self._scrape_errors.labels(collector="gpu_memory"))
+        self.registry.register(collector)
+        return collector
+
+    def watch_queue_depth(
+        self,
+        redis_url: str,
+        list_names: Sequence[str],
+        *,
+        timeout_s: float = QUEUE_DEPTH_TIMEOUT_S,
+    ) -> QueueDepthCollector:
+        """Report the length of each Redis list in `list_names` at every scrape."""
+        collector = QueueDepthCollector(
+            redis_url,
+            list_names,
+            self._scrape_errors.labels(collector="queue_depth"),
+            timeout_s=timeout_s,
+        )
+        self.registry.register(collector)
+        return collector
+
+
+# The worker's metrics, on the default registry, and the functions it records them with (the same
+# pattern as the `random` module's functions bound to one hidden instance).
+WORKER_METRICS = WorkerMetrics()
+record_job = WORKER_METRICS.record_job
+observe_stages = WORKER_METRICS.observe_stages
+observe_batch = WORKER_METRICS.observe_batch
+record_oom_split = WORKER_METRICS.record_oom_split
+set_max_batch_size = WORKER_METRICS.set_max_batch_size
+in_flight = WORKER_METRICS.in_flight
+set_model_load_seconds = WORKER_METRICS.set_model_load_seconds
+watch_gpu_memory = WORKER_METRICS.watch_gpu_memory
+watch_queue_depth = WORKER_METRICS.watch_queue_depth

@@ -1,7 +1,9 @@
-"""One job, start to finish: claim -> fetch -> matte -> store -> record.
+"""One job, start to finish: claim -> fetch -> prepare -> (GPU loop) -> finish -> store -> record.
 
-Each step is a call into a part that knows one thing (the job store, the object store, the
-engine); this module only decides what an outcome means for the job:
+Many jobs run this at once, each in its own thread: their downloads, decodes, encodes and
+uploads overlap, while the model runs in the one GPU loop that batches them. Each step is a call
+into a part that knows one thing (the job store, the object store, the engine, the batcher);
+this module only decides what an outcome means for the job:
 
 * success: the output object is written first, then the job is marked succeeded;
 * a permanent error: the job fails at once with the error's code;
@@ -29,8 +31,9 @@ from toonq.shared.models import JobStatus
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
+from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
-from toonq.worker.lease import kept_lease
+from toonq.worker.lease import LeaseKeeper
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
@@ -52,6 +55,8 @@ class WorkerContext:
     store: JobStore
     objects: ObjectStore
     engine: MattingEngine
+    batcher: InferenceBatcher
+    leases: LeaseKeeper
     dispatcher: Dispatcher
     worker_name: str
 
@@ -79,14 +84,14 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             # job for when it is due rather than dropping the message.
             log.info("job_not_due", early_s=round(early_s, 2))
             ctx.dispatcher.send(job, countdown=early_s)
-            return Outcome.SKIPPED
-    claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.job_timeout_s)
+            return _counted(Outcome.SKIPPED)
+    claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.lease_s)
     if claim is None:
         log.info("job_skipped", reason="not claimable (duplicate message or finished job)")
-        return Outcome.SKIPPED
+        return _counted(Outcome.SKIPPED)
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
     try:
-        with kept_lease(ctx.store, claim, ctx.settings.job_timeout_s):
+        with ctx.leases.holding(claim), metrics.in_flight():
             result, timings = _run(ctx, claim.job)
     except PermanentJobError as exc:
         return _fail(ctx, claim, exc)
@@ -96,6 +101,7 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         # A bug or a device fault (e.g. CUDA out of memory): bounded retries, then a typed failure.
         log.exception("job_crashed")
         return _retry_or_fail(ctx, claim, ToonqError(f"{type(exc).__name__}: {exc}"))
+    timings = {"queue_wait": round(_queue_wait_ms(job, claim), 2), **timings}
     recorded = ctx.store.mark_succeeded(
         claim,
         model_name=ctx.engine.model_name,
@@ -106,22 +112,37 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     )
     if not recorded:
         log.warning("job_outcome_discarded", outcome="succeeded")
-        return Outcome.DISCARDED
+        return _counted(Outcome.DISCARDED)
     metrics.observe_stages(timings)
     log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=timings)
-    return Outcome.SUCCEEDED
+    return _counted(Outcome.SUCCEEDED)
 
 
 def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
-    start = time.perf_counter()
+    began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
-    result = ctx.engine.matte(data, options_for(job))
+    prepared = ctx.engine.prepare(data, options_for(job))
+    batch = ctx.batcher.run(prepared.model_input)
+    prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
+    result = ctx.engine.finish(prepared, batch.logits)
     start = time.perf_counter()
     ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
     upload_ms = (time.perf_counter() - start) * 1000
-    timings = {"download": download_ms, **result.timings_ms, "upload": upload_ms}
+    timings = {
+        "download": download_ms,
+        **result.timings_ms,
+        "upload": upload_ms,
+        "total": (time.perf_counter() - began) * 1000,
+    }
     return result, {stage: round(ms, 2) for stage, ms in timings.items()}
+
+
+def _queue_wait_ms(waiting: Job, claim: Claim) -> float:
+    """From when the waiting job's message was sent (or its retry came due) to its claim."""
+    due = waiting.next_attempt_at or waiting.enqueued_at or waiting.updated_at
+    assert claim.job.started_at is not None, "a claimed job has started"
+    return max(0.0, (claim.job.started_at - due).total_seconds() * 1000)
 
 
 def _fail(
@@ -130,9 +151,9 @@ def _fail(
     message = message or exc.message
     if not ctx.store.mark_failed(claim, error_code=exc.code, error_message=message):
         log.warning("job_outcome_discarded", outcome="failed")
-        return Outcome.DISCARDED
+        return _counted(Outcome.DISCARDED)
     log.warning("job_failed", error_code=exc.code, error_message=message, attempt=claim.attempt)
-    return Outcome.FAILED
+    return _counted(Outcome.FAILED, exc.code)
 
 
 def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome:
@@ -150,7 +171,7 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
         claim, error_code=exc.code, error_message=exc.message, next_attempt_at=next_attempt_at
     ):
         log.warning("job_outcome_discarded", outcome="retrying")
-        return Outcome.DISCARDED
+        return _counted(Outcome.DISCARDED)
     log.warning(
         "job_retrying",
         error_code=exc.code,
@@ -159,4 +180,9 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
         delay_s=round(delay, 2),
     )
     ctx.dispatcher.send(ctx.store.get(claim.job.id), countdown=delay)
-    return Outcome.RETRYING
+    return _counted(Outcome.RETRYING, exc.code)
+
+
+def _counted(outcome: Outcome, error_code: str = "") -> Outcome:
+    metrics.record_job(outcome.value, error_code)
+    return outcome

@@ -32,7 +32,7 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
         except (ValueError, TypeError, AttributeError):
             # Never trust a message beyond its job id: anything else is dropped, loudly.
             log.error("message_rejected", reason="not a job id", payload=repr(job_id)[:200])
-            metrics.JOBS.labels(outcome="rejected").inc()
+            metrics.record_job("rejected")
             return "rejected"
         ctx = context()
         with bound_job(job_uuid, worker=ctx.worker_name):
@@ -40,7 +40,7 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
                 outcome = process_job(ctx, job_uuid)
             except JobNotFoundError:
                 log.error("message_rejected", reason="no such job")
-                metrics.JOBS.labels(outcome="rejected").inc()
+                metrics.record_job("rejected")
                 return "rejected"
             except DatabaseUnavailableError as exc:
                 retries = task.request.retries
@@ -51,5 +51,4 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
                 )
                 log.warning("database_unavailable", error=str(exc), delay_s=round(delay, 2))
                 raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
-        metrics.JOBS.labels(outcome=outcome.value).inc()
         return outcome.value

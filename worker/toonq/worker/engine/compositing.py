@@ -14,10 +14,9 @@ def _swap_bg_to_gray(
 ) -> torch.Tensor:
     """Composite a uint8 B×4×H×W batch (any device) onto `color`; returns uint8 B×3×H×W.
 
-    out = round(rgb·a + color·(1 − a)) with a = alpha / 255, in float32. The exact value
-    (rgb·alpha + color·(255 − alpha)) / 255 is never within 1/510 of a half-integer, far beyond
-    float32 error, so the result is that value correctly rounded on every device. In particular,
-    opaque pixels keep their RGB bit-exactly and fully transparent ones become `color`.
+    out = round((rgb·alpha + color·(255 − alpha)) / 255), in integers: the numerator is never
+    255·k + 127.5, so adding 127 and flooring rounds it exactly, several times faster than in
+    floats. Opaque pixels keep their RGB bit-exactly and fully transparent ones become `color`.
     """
     if rgba.dtype != torch.uint8 or rgba.ndim != 4 or rgba.shape[1] != 4:
         raise ValueError(
@@ -25,7 +24,7 @@ def _swap_bg_to_gray(
         )
     if not all(0 <= channel <= 255 for channel in color):
         raise ValueError(f"colour channels must be in 0..255, got {color}")
-    rgb = rgba[:, :3].float()
-    alpha = rgba[:, 3:].float() / 255.0
-    background = torch.tensor(color, dtype=torch.float32, device=rgba.device).view(1, 3, 1, 1)
-    return (rgb * alpha + background * (1.0 - alpha)).round_().to(torch.uint8)
+    alpha = rgba[:, 3:].to(torch.int32)
+    background = torch.tensor(color, dtype=torch.int32, device=rgba.device).view(1, 3, 1, 1)
+    mixed = rgba[:, :3].to(torch.int32) * alpha + background * (255 - alpha) + 127
+    return torch.div(mixed, 255, rounding_mode="floor").to(torch.uint8)

@@ -58,6 +58,18 @@ class MatteResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PreparedImage:
+    """One image ready for the model: what `finish` needs after inference."""
+
+    #: The decoded image, uint8 4×H×W on the engine's device.
+    image: torch.Tensor
+    #: 1×3×h×w in the engine's dtype, composited, resized and normalised.
+    model_input: torch.Tensor
+    options: MatteOptions
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
 class _Stopwatch:
     """Per-stage wall times; on a GPU each stage ends with a sync so its kernels count."""
 
@@ -106,6 +118,51 @@ class MattingEngine:
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_image_pixels)
 
+    # The three steps of a job. A pipelined worker runs `prepare` and `finish` in many threads
+    # at once and `infer` in one GPU loop that batches what the threads prepared.
+
+    def prepare(self, source: bytes | Image.Image, options: MatteOptions) -> PreparedImage:
+        """Decode (when given bytes), move to the device, composite onto the job's background
+        colour, resize and normalise: everything before the model, for one image."""
+        watch = _Stopwatch(self.device)
+        image = source
+        if isinstance(image, bytes):
+            with watch.stage("decode"):
+                image = self.decode(image)
+        with watch.stage("preprocess"):
+            rgba = self.to_tensor(image)
+            with torch.inference_mode():
+                flat = _swap_bg_to_gray(rgba.unsqueeze(0), options.bg_color)
+                model_input = to_model_input(
+                    flat, options.resolution or self.resolution, self.dtype
+                )
+        return PreparedImage(rgba, model_input, options, watch.ms)
+
+    def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the model on prepared inputs of one shape as a single batch; returns each image's
+        mask logits (1×1×h×w, on the device)."""
+        with torch.inference_mode():
+            return list(torch.split(self.model(torch.cat(list(inputs))), 1))
+
+    def finish(self, prepared: PreparedImage, logits: torch.Tensor) -> MatteResult:
+        """Everything after the model, for one image: the alpha at the original size, the
+        cut-out's colours and the encoded output."""
+        watch = _Stopwatch(self.device)
+        image, options = prepared.image, prepared.options
+        with torch.inference_mode():
+            with watch.stage("postprocess"):
+                alpha = logits_to_alpha(logits, (image.shape[-2], image.shape[-1]))
+                rgb = self._foreground(image, alpha, options)
+            with watch.stage("encode"):
+                data = self._encode(rgb, alpha, options)
+        return MatteResult(
+            data=data,
+            content_type=options.content_type,
+            width=image.shape[-1],
+            height=image.shape[-2],
+            timings_ms=prepared.timings_ms | watch.ms,
+        )
+
     def predict_alphas(
         self,
         images: Sequence[torch.Tensor],
@@ -116,16 +173,13 @@ class MattingEngine:
         images of any sizes, each composited onto its own background colour first."""
         size = resolution or self.resolution  # to_model_input checks it
         with torch.inference_mode():
-            batch = torch.cat(
-                [
-                    to_model_input(_swap_bg_to_gray(image.unsqueeze(0), color), size, self.dtype)
-                    for image, color in zip(images, bg_colors, strict=True)
-                ]
-            )
-            logits = self.model(batch)
+            inputs = [
+                to_model_input(_swap_bg_to_gray(image.unsqueeze(0), color), size, self.dtype)
+                for image, color in zip(images, bg_colors, strict=True)
+            ]
             return [
                 logits_to_alpha(logit, (image.shape[-2], image.shape[-1]))
-                for logit, image in zip(logits, images, strict=True)
+                for logit, image in zip(self.infer(inputs), images, strict=True)
             ]
 
     def matte_images(
@@ -138,59 +192,50 @@ class MattingEngine:
             raise ValueError(
                 f"one batch runs at one resolution, got {sorted(map(str, resolutions))}"
             )
+        prepared = [self.prepare(image, opts) for image, opts in zip(images, options, strict=True)]
         watch = _Stopwatch(self.device)
-        with watch.stage("preprocess"):
-            tensors = [self.to_tensor(image) for image in images]
         with watch.stage("inference"):
-            alphas = self.predict_alphas(tensors, [o.bg_color for o in options], resolutions.pop())
+            logits = self.infer([p.model_input for p in prepared])
+        shared = {stage: ms / len(prepared) for stage, ms in watch.ms.items()}
         results = []
-        for image, alpha, opts in zip(tensors, alphas, options, strict=True):
-            item = _Stopwatch(self.device)
-            with item.stage("postprocess"):
-                rgb = self._foreground(image, alpha, opts)
-            with item.stage("encode"):
-                data = self._encode(rgb, alpha, opts)
-            shared = {k: v / len(images) for k, v in watch.ms.items()}
-            results.append(
-                MatteResult(
-                    data=data,
-                    content_type=opts.content_type,
-                    width=image.shape[-1],
-                    height=image.shape[-2],
-                    timings_ms=shared | item.ms,
-                )
-            )
+        for item, logit in zip(prepared, logits, strict=True):
+            item.timings_ms |= shared
+            results.append(self.finish(item, logit))
         return results
 
     def matte(self, data: bytes, options: MatteOptions) -> MatteResult:
         """Decode, matte and encode one image."""
-        start = time.perf_counter()
-        image = self.decode(data)
-        decode_ms = (time.perf_counter() - start) * 1000
-        (result,) = self.matte_images([image], [options])
-        result.timings_ms = {"decode": decode_ms, **result.timings_ms}
-        return result
+        prepared = self.prepare(data, options)
+        watch = _Stopwatch(self.device)
+        with watch.stage("inference"):
+            (logits,) = self.infer([prepared.model_input])
+        prepared.timings_ms |= watch.ms
+        return self.finish(prepared, logits)
 
-    def warmup(self) -> None:
-        """One real inference, so that the first job pays no allocation or autotuning cost."""
+    def warmup(self, batch_size: int = 1) -> None:
+        """Real inferences at the largest batch the worker will run, so that the first jobs pay
+        no allocation, autotuning or compilation cost."""
         start = time.perf_counter()
         sample = Image.new("RGBA", (self.resolution, self.resolution), (200, 120, 60, 255))
-        self.matte_images([sample], [MatteOptions()])
+        for size in sorted({1, batch_size}):
+            self.matte_images([sample] * size, [MatteOptions()] * size)
         log.info(
             "engine_warm",
             model=self.model_name,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             resolution=self.resolution,
+            batch_size=batch_size,
             ms=round((time.perf_counter() - start) * 1000, 1),
         )
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        return (
-            torch.from_numpy(image_to_array(image))
-            .permute(2, 0, 1)
-            .to(self.device, non_blocking=True)
-        )
+        """A uint8 4×H×W tensor on the engine's device. On a GPU the host copy is pinned so the
+        upload runs asynchronously."""
+        host = torch.from_numpy(image_to_array(image)).permute(2, 0, 1)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
 
     def _foreground(
         self, image: torch.Tensor, alpha: torch.Tensor, options: MatteOptions

@@ -48,7 +48,8 @@ def to_model_input(
         batch = torch.cat([_resize(image.unsqueeze(0).float(), target) for image in rgb])
     mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return ((batch / 255.0 - mean) / std).to(dtype)
+    # (x / 255 - mean) / std as one multiply-add: one pass over the image instead of three.
+    return torch.addcmul(-mean / std, batch, 1.0 / (255.0 * std)).to(dtype)
 
 
 def logits_to_alpha(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

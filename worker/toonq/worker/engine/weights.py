@@ -6,7 +6,8 @@ A spec is one of:
 * a `save_pretrained` directory (config.json + model.safetensors);
 * an `s3://bucket/key` object (downloaded once into the model cache, then a file);
 * a Hugging Face hub id `org/name[@revision]` (downloaded once into the standard HF cache);
-* `random:PRESET` (`tiny`, `lite`, `toonout`): random weights, for smoke tests only.
+* `random:PRESET` (`tiny`, `lite`, `toonout`): random weights, for smoke tests only;
+* `standin:MS`: no network at all, a fixed wait of MS milliseconds per batch (benchmarks).
 
 The default, `joelseytre/toonout`, is ToonOut's official checkpoint at a pinned revision,
 verified against its known SHA-256.
@@ -34,6 +35,7 @@ from toonq.worker.birefnet import (
     StateDictMismatchError,
     load_birefnet_checkpoint,
 )
+from toonq.worker.engine.standin import STANDIN_PREFIX, StandInModel
 
 log = get_logger(__name__)
 
@@ -67,7 +69,7 @@ KNOWN_CHECKPOINTS: dict[str, HubCheckpoint] = {
 class LoadedModel:
     """A model in eval mode on the CPU, with the identity recorded on every job it processes."""
 
-    model: BiRefNet
+    model: torch.nn.Module
     name: str
     revision: str | None
 
@@ -80,6 +82,8 @@ def load_model(spec: str, *, store: ObjectStore | None = None) -> LoadedModel:
     """
     if spec.startswith(RANDOM_PREFIX):
         return _random_model(spec.removeprefix(RANDOM_PREFIX))
+    if spec.startswith(STANDIN_PREFIX):
+        return _standin_model(spec.removeprefix(STANDIN_PREFIX))
     if spec.startswith("s3://"):
         if store is None:
             raise ModelUnavailableError(f"{spec}: an object store is needed to fetch s3:// weights")
@@ -113,6 +117,17 @@ def _random_model(preset: str) -> LoadedModel:
     )
     torch.manual_seed(0)
     return LoadedModel(random_model(preset), name=RANDOM_PREFIX + preset, revision="random")
+
+
+def _standin_model(latency: str) -> LoadedModel:
+    try:
+        model = StandInModel(float(latency.removesuffix("ms")))
+    except ValueError:
+        raise ModelUnavailableError(
+            f"{STANDIN_PREFIX}{latency}: expected a latency in milliseconds, e.g. standin:50"
+        ) from None
+    log.warning("standin_model", latency_ms=model.latency_ms, detail="NO MODEL: masks are blank")
+    return LoadedModel(model, name=STANDIN_PREFIX + latency, revision="standin")
 
 
 def _load_path(path: Path, *, name: str) -> LoadedModel:

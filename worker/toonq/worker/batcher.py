@@ -1,0 +1,178 @@
+"""The GPU loop: one thread owns the model and runs dynamic batches of what the jobs prepared.
+
+Job threads call `submit` with a prepared model input and block on the returned future while
+other jobs download, decode, encode and upload. The loop takes whatever is ready, up to the
+batch limit, waiting at most `max_wait_s` for a batch to fill; inputs of different shapes (jobs
+at other resolutions) run as separate batches. On CUDA out-of-memory the batch is split in two
+and retried, and the lower limit is kept for the rest of the process's life.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from toonq.shared.logging import get_logger
+from toonq.worker import metrics
+
+log = get_logger(__name__)
+
+InferFn = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+
+#: How often the idle loop wakes up to beat and to notice a stop.
+_IDLE_TICK_S = 1.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    logits: torch.Tensor
+    #: This image's batch: its size, the model time and how long the image waited for it.
+    batch_size: int
+    inference_ms: float
+    wait_ms: float
+
+
+@dataclass
+class _Request:
+    model_input: torch.Tensor
+    future: Future[BatchResult] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.model_input.shape)
+
+
+class BatcherStoppedError(RuntimeError):
+    """The GPU loop was stopped: the job cannot run in this process any more."""
+
+
+class InferenceBatcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._on_beat = on_beat or (lambda: None)
+        self._requests: queue.Queue[_Request] = queue.Queue()
+        #: Ready requests of another shape than the last batch's, served next.
+        self._held: list[_Request] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="toonq-gpu-loop", daemon=True)
+        metrics.set_max_batch_size(max_batch_size)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the batch in progress; requests still waiting fail."""
+        self._stopped.set()
+        self._thread.join(timeout)
+        for request in self._drain():
+            request.future.set_exception(BatcherStoppedError("the GPU loop stopped"))
+
+    def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
+        """Queue one image's model input (1×C×H×W); the future holds its logits."""
+        if self._stopped.is_set():
+            raise BatcherStoppedError("the GPU loop stopped")
+        request = _Request(model_input)
+        self._requests.put(request)
+        return request.future
+
+    def run(self, model_input: torch.Tensor) -> BatchResult:
+        """Submit and wait: what a job thread calls."""
+        return self.submit(model_input).result()
+
+    # --- The loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._on_beat()
+            batch = self._next_batch()
+            if batch:
+                self._run(batch)
+
+    def _next_batch(self) -> list[_Request]:
+        """The first ready request, then everything of its shape that is ready or arrives
+        within the wait, up to the batch limit."""
+        try:
+            first = self._held.pop(0) if self._held else self._requests.get(timeout=_IDLE_TICK_S)
+        except queue.Empty:
+            return []
+        batch = [first]
+        same_shape_held = [r for r in self._held if r.shape == first.shape]
+        for request in same_shape_held[: self.max_batch_size - 1]:
+            self._held.remove(request)
+            batch.append(request)
+        deadline = time.perf_counter() + self._max_wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                # Whatever is ready now never waits; the wait only applies to an empty queue.
+                request = self._requests.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if request.shape == first.shape:
+                batch.append(request)
+            else:
+                self._held.append(request)
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        try:
+            logits = self._infer([request.model_input for request in batch])
+        except torch.cuda.OutOfMemoryError as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            self._lower_limit((len(batch) + 1) // 2)
+            torch.cuda.empty_cache()
+            step = self.max_batch_size
+            for start in range(0, len(batch), step):
+                self._run(batch[start : start + step])
+            return
+        except BaseException as exc:
+            for request in batch:
+                request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        inference_ms = (time.perf_counter() - started) * 1000
+        metrics.observe_batch(len(batch))
+        for request, logit in zip(batch, logits, strict=True):
+            request.future.set_result(
+                BatchResult(
+                    logits=logit,
+                    batch_size=len(batch),
+                    inference_ms=inference_ms,
+                    wait_ms=(started - request.submitted) * 1000,
+                )
+            )
+
+    def _lower_limit(self, limit: int) -> None:
+        if limit < self.max_batch_size:
+            self.max_batch_size = limit
+            log.warning("batch_limit_lowered", max_batch_size=limit, reason="CUDA out of memory")
+            metrics.record_oom_split(limit)
+
+    def _drain(self) -> list[_Request]:
+        drained, self._held = self._held, []
+        while True:
+            try:
+                drained.append(self._requests.get_nowait())
+            except queue.Empty:
+                return drained
