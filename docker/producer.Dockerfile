@@ -1,16 +1,35 @@
-# Producer/admin image: the `toonq` CLI and the Python client, without torch.
+# syntax=docker/dockerfile:1
+#
+# Producer/admin image: the `toonq` CLI (migrate, submit, status, jobs, requeue, cancel, recover)
+# and the Python client, without torch: the project's core dependencies only, no worker extra.
+#
 #   docker build -f docker/producer.Dockerfile -t toonq .
-#   docker run --rm -e TOONQ_DATABASE_URL=... toonq migrate
-FROM python:3.11-slim
+#   docker run --rm -e TOONQ_DATABASE_URL=postgresql://... toonq migrate
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TOONQ_LOG_FORMAT=json
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY producer producer
 COPY worker worker
 COPY migrations migrations
-RUN pip install . && rm -rf /src
-RUN useradd --create-home --uid 10001 toonq
-USER toonq
+# hadolint ignore=DL3013
+RUN pip install .
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    TOONQ_LOG_FORMAT=json
+# A numeric user, so that Kubernetes' runAsNonRoot can verify it.
+RUN useradd --create-home --uid 10001 --user-group toonq
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /home/toonq
+# Exec form: signals reach toonq itself.
 ENTRYPOINT ["toonq"]
+CMD ["--help"]
