@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
-from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from tests.image_corpus import chunk, exif_block, grey, opaque, png, save
 from toonq.shared.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -23,49 +22,10 @@ LIMIT = 10_000_000
 RNG = np.random.default_rng(1234)
 
 
-def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload)
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png(
-    width: int,
-    height: int,
-    *,
-    bit_depth: int = 8,
-    color_type: int = 2,
-    rows: list[bytes] | None = None,
-    extra: bytes = b"",
-) -> bytes:
-    """A hand-made PNG (for what Pillow will not write); `rows=None` leaves out the pixel data."""
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    body = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra
-    if rows is not None:
-        body += _chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in rows)))
-    return body + _chunk(b"IEND", b"")
-
-
 def _decode(data: bytes, max_pixels: int = LIMIT) -> np.ndarray:
     image = decode_image(data, max_pixels=max_pixels)
     assert image.mode == "RGBA"
     return image_to_array(image)
-
-
-def _opaque(rgb: np.ndarray) -> np.ndarray:
-    return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-
-
-def _gray(values: np.ndarray, alpha: np.ndarray | int = 255) -> np.ndarray:
-    rgba = np.empty((*values.shape, 4), np.uint8)
-    rgba[..., :3] = values[..., None]
-    rgba[..., 3] = alpha
-    return rgba
 
 
 # --- 8-bit modes ---------------------------------------------------------------------------------
@@ -75,7 +35,7 @@ def _gray(values: np.ndarray, alpha: np.ndarray | int = 255) -> np.ndarray:
 def test_rgb_becomes_opaque_rgba(fmt):
     rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     options = {"lossless": True} if fmt == "WEBP" else {}
-    assert np.array_equal(_decode(_save(Image.fromarray(rgb), fmt, **options)), _opaque(rgb))
+    assert np.array_equal(_decode(save(Image.fromarray(rgb), fmt, **options)), opaque(rgb))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
@@ -83,22 +43,22 @@ def test_rgba_is_kept(fmt):
     rgba = RNG.integers(0, 256, (5, 7, 4), dtype=np.uint8)
     rgba[0, 0, 3] = 0
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
-    assert np.array_equal(_decode(_save(Image.fromarray(rgba), fmt, **options)), rgba)
+    assert np.array_equal(_decode(save(Image.fromarray(rgba), fmt, **options)), rgba)
 
 
 def test_l_and_la():
     gray = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
     alpha = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
-    assert np.array_equal(_decode(_save(Image.fromarray(gray), "PNG")), _gray(gray))
+    assert np.array_equal(_decode(save(Image.fromarray(gray), "PNG")), grey(gray))
     la = Image.fromarray(np.dstack([gray, alpha]), mode="LA")
-    assert np.array_equal(_decode(_save(la, "PNG")), _gray(gray, alpha))
+    assert np.array_equal(_decode(save(la, "PNG")), grey(gray, alpha))
 
 
 def test_one_bit():
     bits = Image.new("1", (3, 2))
     bits.putpixel((1, 0), 1)
-    expected = _gray(np.array([[0, 255, 0], [0, 0, 0]], np.uint8))
-    assert np.array_equal(_decode(_save(bits, "PNG")), expected)
+    expected = grey(np.array([[0, 255, 0], [0, 0, 0]], np.uint8))
+    assert np.array_equal(_decode(save(bits, "PNG")), expected)
 
 
 def test_palette_without_transparency():
@@ -106,14 +66,14 @@ def test_palette_without_transparency():
     image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
     image.putdata([2, 0, 1])
     expected = np.array([[[0, 0, 255, 255], [255, 0, 0, 255], [0, 255, 0, 255]]], np.uint8)
-    assert np.array_equal(_decode(_save(image, "PNG")), expected)
+    assert np.array_equal(_decode(save(image, "PNG")), expected)
 
 
 def test_palette_trns_becomes_alpha():
     # tRNS shorter than the palette: the entries it leaves out are opaque.
-    palette = _chunk(b"PLTE", bytes([255, 0, 0, 0, 255, 0, 0, 0, 255]))
-    trns = _chunk(b"tRNS", bytes([0, 128]))
-    data = _png(3, 1, color_type=3, rows=[bytes([0, 1, 2])], extra=palette + trns)
+    palette = chunk(b"PLTE", bytes([255, 0, 0, 0, 255, 0, 0, 0, 255]))
+    trns = chunk(b"tRNS", bytes([0, 128]))
+    data = png(3, 1, color_type=3, rows=[bytes([0, 1, 2])], extra=palette + trns)
     expected = np.array([[[255, 0, 0, 0], [0, 255, 0, 128], [0, 0, 255, 255]]], np.uint8)
     assert np.array_equal(_decode(data), expected)
 
@@ -122,23 +82,23 @@ def test_gif_transparent_index():
     image = Image.new("P", (2, 1))
     image.putpalette([10, 20, 30, 40, 50, 60])
     image.putdata([0, 1])
-    decoded = _decode(_save(image, "GIF", transparency=1))
+    decoded = _decode(save(image, "GIF", transparency=1))
     assert decoded[0, 0].tolist() == [10, 20, 30, 255]
     assert decoded[0, 1, 3] == 0
 
 
 def test_grey_and_rgb_trns_colour_becomes_alpha():
-    grey = _png(3, 1, color_type=0, rows=[bytes([0, 5, 200])], extra=_chunk(b"tRNS", b"\x00\x05"))
+    grey = png(3, 1, color_type=0, rows=[bytes([0, 5, 200])], extra=chunk(b"tRNS", b"\x00\x05"))
     assert _decode(grey)[0, :, 3].tolist() == [255, 0, 255]
-    rgb_trns = _chunk(b"tRNS", struct.pack(">HHH", 4, 5, 6))
-    rgb = _png(2, 1, color_type=2, rows=[bytes([1, 2, 3, 4, 5, 6])], extra=rgb_trns)
+    rgb_trns = chunk(b"tRNS", struct.pack(">HHH", 4, 5, 6))
+    rgb = png(2, 1, color_type=2, rows=[bytes([1, 2, 3, 4, 5, 6])], extra=rgb_trns)
     assert _decode(rgb).tolist() == [[[1, 2, 3, 255], [4, 5, 6, 0]]]
 
 
 def test_cmyk_jpeg():
     cmyk = Image.new("CMYK", (16, 8), (0, 255, 255, 0))
     cmyk.paste((0, 0, 0, 0), (8, 0, 16, 8))
-    decoded = _decode(_save(cmyk, "JPEG", quality=100)).astype(int)
+    decoded = _decode(save(cmyk, "JPEG", quality=100)).astype(int)
     assert np.abs(decoded[:, :8] - [255, 0, 0, 255]).max() <= 3  # C=0 M=Y=100%: red
     assert np.abs(decoded[:, 8:] - [255, 255, 255, 255]).max() <= 3  # no ink: white
 
@@ -146,11 +106,22 @@ def test_cmyk_jpeg():
 def test_cmyk_tiff_exact():
     cmyk = Image.frombytes("CMYK", (3, 1), bytes([0, 255, 255, 0, 0, 0, 0, 255, 64, 0, 0, 0]))
     expected = [[[255, 0, 0, 255], [0, 0, 0, 255], [191, 255, 255, 255]]]
-    assert _decode(_save(cmyk, "TIFF")).tolist() == expected
+    assert _decode(save(cmyk, "TIFF")).tolist() == expected
+
+
+def test_cielab_tiff_becomes_srgb():
+    # L* on 0..255, signed a* and b*: white, black, L* 50.2 grey (sRGB 119.4), and sRGB red
+    # (L* 53.2, a* 80.1, b* 67.2), which Pillow's conversion only approximates.
+    samples = bytes([255, 0, 0, 0, 0, 0, 128, 0, 0, 136, 80, 67])
+    decoded = _decode(save(Image.frombytes("LAB", (4, 1), samples), "TIFF")).astype(int)
+    greys = np.array([[255] * 3, [0] * 3, [119] * 3])
+    assert np.abs(decoded[0, :3, :3] - greys).max() <= 1
+    assert np.abs(decoded[0, 3, :3] - [255, 0, 0]).max() <= 12
+    assert decoded[0, :, 3].tolist() == [255] * 4
 
 
 def test_premultiplied_grey_alpha_tiff():
-    data = bytearray(_save(Image.frombytes("LA", (2, 1), bytes([50, 102, 0, 0])), "TIFF"))
+    data = bytearray(save(Image.frombytes("LA", (2, 1), bytes([50, 102, 0, 0])), "TIFF"))
     # Flip ExtraSamples from 2 (straight alpha) to 1 (premultiplied): Pillow opens it as "La".
     entry = struct.pack("<HHIH", 338, 3, 1, 2)
     at = data.index(entry)
@@ -169,14 +140,12 @@ SIXTEEN_TO_8 = np.array([[0, 1, 255, 128, 0, 1]], np.uint8)
 def test_sixteen_bit_grey_png_is_scaled():
     image = Image.fromarray(SIXTEEN)
     assert image.mode == "I;16"
-    assert np.array_equal(_decode(_save(image, "PNG")), _gray(SIXTEEN_TO_8))
+    assert np.array_equal(_decode(save(image, "PNG")), grey(SIXTEEN_TO_8))
 
 
 def test_sixteen_bit_grey_trns_compares_full_depth():
-    trns = _chunk(b"tRNS", struct.pack(">H", 128))
-    data = _png(
-        6, 1, bit_depth=16, color_type=0, rows=[SIXTEEN.astype(">u2").tobytes()], extra=trns
-    )
+    trns = chunk(b"tRNS", struct.pack(">H", 128))
+    data = png(6, 1, bit_depth=16, color_type=0, rows=[SIXTEEN.astype(">u2").tobytes()], extra=trns)
     # 128 and 129 both become 0 and 1 on 8 bits; only the exact 16-bit 128 is transparent.
     assert _decode(data)[0, :, 3].tolist() == [255, 255, 255, 255, 0, 255]
 
@@ -185,26 +154,26 @@ def test_sixteen_bit_grey_trns_compares_full_depth():
 def test_sixteen_bit_grey_tiff(mode):
     image = Image.new(mode, (6, 1))
     image.putdata(SIXTEEN.ravel().tolist())
-    assert np.array_equal(_decode(_save(image, "TIFF")), _gray(SIXTEEN_TO_8))
+    assert np.array_equal(_decode(save(image, "TIFF")), grey(SIXTEEN_TO_8))
 
 
 def test_mode_i_outside_sixteen_bits_is_clipped():
     image = Image.new("I", (2, 1))
     image.putdata([-5, 70000])
-    assert _decode(_save(image, "TIFF"))[0, :, 0].tolist() == [0, 255]
+    assert _decode(save(image, "TIFF"))[0, :, 0].tolist() == [0, 255]
 
 
 def test_float_grey_is_taken_as_unit_range():
     image = Image.new("F", (4, 1))
     image.putdata([0.0, 0.25, 1.0, 3.0])
-    assert _decode(_save(image, "TIFF"))[0, :, 0].tolist() == [0, 64, 255, 255]
+    assert _decode(save(image, "TIFF"))[0, :, 0].tolist() == [0, 64, 255, 255]
 
 
 def test_sixteen_bit_rgb_and_rgba_png_keep_the_high_byte():
     samples = np.array([[0, 257, 65535, 32768, 511, 256]], np.uint16)
-    rgb = _png(2, 1, bit_depth=16, color_type=2, rows=[samples.astype(">u2").tobytes()])
+    rgb = png(2, 1, bit_depth=16, color_type=2, rows=[samples.astype(">u2").tobytes()])
     assert _decode(rgb).tolist() == [[[0, 1, 255, 255], [128, 1, 1, 255]]]
-    rgba = _png(1, 1, bit_depth=16, color_type=6, rows=[samples[:, :4].astype(">u2").tobytes()])
+    rgba = png(1, 1, bit_depth=16, color_type=6, rows=[samples[:, :4].astype(">u2").tobytes()])
     assert _decode(rgba).tolist() == [[[0, 1, 255, 128]]]
 
 
@@ -227,15 +196,35 @@ def test_exif_orientation_is_applied(orientation):
     stored = RNG.integers(0, 256, (2, 3, 4), dtype=np.uint8)  # 3 wide, 2 high
     exif = Image.Exif()
     exif[0x0112] = orientation
-    data = _save(Image.fromarray(stored), "PNG", exif=exif.tobytes())
+    data = save(Image.fromarray(stored), "PNG", exif=exif.tobytes())
     assert np.array_equal(_decode(data), UPRIGHT[orientation](stored))
 
 
 def test_exif_orientation_jpeg_swaps_the_size():
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = _save(Image.new("RGB", (30, 20)), "JPEG", exif=exif.tobytes())
+    data = save(Image.new("RGB", (30, 20)), "JPEG", exif=exif.tobytes())
     assert decode_image(data, max_pixels=LIMIT).size == (20, 30)
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_orientation_outside_one_to_eight_leaves_the_pixels_as_stored(orientation):
+    stored = RNG.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+    data = save(Image.fromarray(stored), "PNG", exif=exif_block(orientation))
+    assert np.array_equal(_decode(data), stored)
+
+
+def test_xmp_orientation_is_applied_without_exif():
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    stored = RNG.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+    data = save(Image.fromarray(stored), "PNG", pnginfo=info)
+    assert np.array_equal(_decode(data), np.rot90(stored, -1))
 
 
 @pytest.mark.parametrize(
@@ -245,7 +234,7 @@ def test_exif_orientation_jpeg_swaps_the_size():
 )
 def test_animation_gives_the_first_frame(fmt, options):
     first, second = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
-    data = _save(first, fmt, save_all=True, append_images=[second], **options)
+    data = save(first, fmt, save_all=True, append_images=[second], **options)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
     assert np.array_equal(_decode(data), np.full((4, 4, 4), [255, 0, 0, 255], np.uint8))
 
@@ -271,8 +260,8 @@ def test_empty_data_is_invalid():
     [
         RNG.integers(0, 256, 1000, dtype=np.uint8).tobytes(),
         b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
-        _save(Image.new("RGB", (4, 4)), "PPM"),  # Pillow reads it, but it is not allowed
-        _save(Image.new("RGB", (16, 16)), "ICO"),
+        save(Image.new("RGB", (4, 4)), "PPM"),  # Pillow reads it, but it is not allowed
+        save(Image.new("RGB", (16, 16)), "ICO"),
     ],
     ids=["random", "eps", "ppm", "ico"],
 )
@@ -283,7 +272,7 @@ def test_unrecognised_data_is_unsupported(data):
 
 
 def _noise(fmt: str) -> bytes:
-    return _save(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), fmt)
+    return save(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), fmt)
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, on the cut TIFF header
@@ -298,14 +287,14 @@ def test_truncated_files_are_invalid(fmt, keep):
 
 
 def test_zero_size_is_invalid():
-    error = _error(_png(0, 5, rows=[]))
+    error = _error(png(0, 5, rows=[]))
     assert type(error) is InvalidImageError
     assert "zero width or height" in str(error)
 
 
 def test_pixel_limit_checked_from_the_header_alone():
     # No pixel data at all: decoding it would fail as truncated (invalid_image), not too large.
-    header_only = _png(5000, 5000)
+    header_only = png(5000, 5000)
     error = _error(header_only, max_pixels=1_000_000)
     assert isinstance(error, ImageTooLargeError)
     assert error.code == "image_too_large"
@@ -314,19 +303,19 @@ def test_pixel_limit_checked_from_the_header_alone():
 
 def test_pillow_bomb_error_becomes_too_large():
     # 50000² is over twice Pillow's MAX_IMAGE_PIXELS: Pillow refuses it at open.
-    error = _error(_png(50_000, 50_000), max_pixels=10**12)
+    error = _error(png(50_000, 50_000), max_pixels=10**12)
     assert isinstance(error, ImageTooLargeError)
 
 
 def test_pillow_bomb_warning_threshold_is_a_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.warns(Image.DecompressionBombWarning):
-        error = _error(_save(Image.new("RGB", (11, 10)), "PNG"), max_pixels=LIMIT)
+        error = _error(save(Image.new("RGB", (11, 10)), "PNG"), max_pixels=LIMIT)
     assert isinstance(error, ImageTooLargeError)
 
 
 def test_pixel_limit_is_inclusive():
-    data = _save(Image.new("RGB", (100, 50)), "PNG")
+    data = save(Image.new("RGB", (100, 50)), "PNG")
     assert decode_image(data, max_pixels=5000).size == (100, 50)
     assert isinstance(_error(data, max_pixels=4999), ImageTooLargeError)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -30,9 +31,11 @@ def settings(
     redis_url: str,
     s3_server: str,
     s3_bucket: str,
+    tmp_path: Path,
 ) -> Settings:
     return Settings.from_env(
         {
+            "TOONQ_HOME": str(tmp_path),
             "TOONQ_DATABASE_URL": migrated_pg_url,
             "TOONQ_BROKER_URL": redis_url,
             "TOONQ_QUEUE": "producer-test",
@@ -138,7 +141,8 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_the_sweeper(
     assert job.enqueued_at is None  # accepted and durable, but not yet announced
 
     with ToonqClient(settings) as client:
-        assert len(sweep(client.store, client.dispatcher, resend_after_s=3600, unsent_grace_s=0)) == 1
+        sent = sweep(client.store, client.dispatcher, resend_after_s=3600, unsent_grace_s=0)
+        assert [j.id for j in sent] == [job.id]
         assert client.get(job.id).enqueued_at is not None
         assert sweep(client.store, client.dispatcher, resend_after_s=3600, unsent_grace_s=0) == []
     assert queued_messages(queue) == 1

@@ -274,7 +274,7 @@ def test_translate_s3_error(
 
 
 def test_local_put_get_round_trip(tmp_path: Path) -> None:
-    store = LocalStore()
+    store = LocalStore([tmp_path])
     uri = (tmp_path / "new" / "folders" / "cat.png").as_uri()
 
     store.put(uri, PNG, content_type="image/png")
@@ -286,9 +286,9 @@ def test_local_put_get_round_trip(tmp_path: Path) -> None:
 
 def test_local_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputNotFoundError, match="does not exist"):
-        LocalStore().get((tmp_path / "missing.png").as_uri(), max_bytes=100)
+        LocalStore([tmp_path]).get((tmp_path / "missing.png").as_uri(), max_bytes=100)
     with pytest.raises(InputNotFoundError):
-        LocalStore().get(tmp_path.as_uri(), max_bytes=100)  # a folder
+        LocalStore([tmp_path]).get(tmp_path.as_uri(), max_bytes=100)  # a folder
 
 
 def test_local_file_over_the_limit(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_local_file_over_the_limit(tmp_path: Path) -> None:
     path.write_bytes(PNG)
 
     with pytest.raises(ImageTooLargeError):
-        LocalStore().get(path.as_uri(), max_bytes=len(PNG) - 1)
+        LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG) - 1)
 
 
 def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,21 +305,22 @@ def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     path = tmp_path / "cat.png"
     path.write_bytes(PNG)
-    monkeypatch.setattr(Path, "open", deny)
+    monkeypatch.setattr("toonq.shared.storage.os.open", deny)  # how get opens
+    monkeypatch.setattr(Path, "open", deny)  # how put opens
 
     with pytest.raises(InputAccessDeniedError):
-        LocalStore().get(path.as_uri(), max_bytes=len(PNG))
+        LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG))
     with pytest.raises(OutputAccessDeniedError):
-        LocalStore().put(path.as_uri(), PNG, content_type="image/png")
+        LocalStore([tmp_path]).put(path.as_uri(), PNG, content_type="image/png")
 
 
 def test_local_put_under_a_file_is_denied(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     uri = (tmp_path / "file" / "cat.png").as_uri()
 
-    assert not LocalStore().exists_bucket(uri)
+    assert not LocalStore([tmp_path]).exists_bucket(uri)
     with pytest.raises(OutputAccessDeniedError):
-        LocalStore().put(uri, PNG, content_type="image/png")
+        LocalStore([tmp_path]).put(uri, PNG, content_type="image/png")
 
 
 def test_local_failed_put_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,12 +330,12 @@ def test_local_failed_put_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("toonq.shared.storage.os.replace", fail)
 
     with pytest.raises(StorageUnavailableError, match="No space"):
-        LocalStore().put((tmp_path / "cat.png").as_uri(), PNG, content_type="image/png")
+        LocalStore([tmp_path]).put((tmp_path / "cat.png").as_uri(), PNG, content_type="image/png")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_local_exists_bucket(tmp_path: Path) -> None:
-    assert LocalStore().exists_bucket((tmp_path / "not" / "yet" / "cat.png").as_uri())
+    assert LocalStore([tmp_path]).exists_bucket((tmp_path / "not" / "yet" / "cat.png").as_uri())
 
 
 # --- Routing --------------------------------------------------------------------------------------

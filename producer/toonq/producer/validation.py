@@ -1,4 +1,9 @@
-"""Submit-time checks: a job that can never succeed is rejected before any row is written."""
+"""Submit-time checks: a job that can never succeed is rejected before any row is written.
+
+URIs are parsed and validated by `ObjectURI.parse` (S3 bucket naming rules, key length and
+characters, no '.' or '..' segments), and their containers are asked about: an S3 bucket must
+exist, and a file must lie under the object store's root folders (`LocalStore`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ class InputValidator:
     def _check(self, uri: str, *, role: str) -> None:
         parsed = ObjectURI.parse(uri)
         if parsed.scheme == "file":
+            # The local store refuses paths outside its roots with InvalidURIError.
+            if not self._objects.exists_bucket(uri):
+                raise UnknownBucketError(f"{role} URI {uri!r}: its folder cannot be created")
             return
         if parsed.key.endswith("/"):
             raise InvalidURIError(f"{role} URI {uri!r} names a folder, not an object")

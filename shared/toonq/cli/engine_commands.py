@@ -9,12 +9,12 @@ import click
 
 from toonq.cli.context import Context, needs_engine, pass_context
 from toonq.shared.colors import parse_color
+from toonq.shared.models import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from toonq.worker.engine.matting import MattingEngine
 
 _PRESETS = ("tiny", "lite", "toonout")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 model_option = click.option(
     "--model",
@@ -96,7 +96,7 @@ def matte(
         mask_only=mask_only,
         refine_foreground=refine_foreground,
     )
-    engine = _engine(ctx, model_spec, device, precision, resolution)
+    engine = build_engine(ctx, model_spec, device, precision, resolution)
     files = _expand(inputs)
     failures = matte_files(engine, files, out_dir, options, batch_size=batch_size)
     click.echo(f"{len(files) - failures}/{len(files)} succeeded; outputs in {out_dir}")
@@ -108,13 +108,13 @@ def _expand(inputs: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             files.append(path)
     return files
 
 
-def _engine(
+def build_engine(
     ctx: Context,
     model_spec: str | None,
     device: str | None,

@@ -152,6 +152,7 @@ JOB_ERROR_CODES: frozenset[str] = frozenset(
         UnsupportedFormatError,
         ImageTooLargeError,
         WorkerLostError,
+        InvalidURIError,  # a job row whose URI a newer worker no longer accepts
         StorageUnavailableError,
         DatabaseUnavailableError,
     )

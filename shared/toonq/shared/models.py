@@ -42,6 +42,8 @@ NAMING_CONVENTION = {
 }
 
 OutputFormat = Literal["png", "webp"]
+#: File suffixes the CLI treats as images when it walks a folder.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 #: Job priorities run 0 (the default) to 9 (served first).
 MAX_PRIORITY = 9
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "webp")

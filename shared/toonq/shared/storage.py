@@ -3,12 +3,19 @@
 
 Every failure surfaces as toonq's error taxonomy, so the worker can tell a missing input (fail the
 job now) from S3 throttling (retry later) without knowing which store it talked to.
+
+URIs are untrusted: `ObjectURI.parse` enforces S3's bucket naming rules and a safe subset of
+object keys, and `LocalStore` only touches files under its root folders.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import stat
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -37,6 +44,7 @@ from toonq.shared.errors import (
 from toonq.shared.settings import Settings
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
 S3Operation = Literal["get", "put", "head_bucket"]
@@ -67,6 +75,16 @@ _TRANSIENT_CODES = frozenset(
 )
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
 
+# S3's rules for bucket names: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
+# ending with a letter or digit. Names ending in -s3alias, --ol-s3 or --x-s3 (access point
+# aliases, directory buckets) are accepted: GetObject and PutObject take them as bucket names.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+MAX_KEY_BYTES = 1024
+# C0 and C1 control characters, DEL included: never part of a legitimate name, and a way to forge
+# log lines or cut a path short (NUL).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 
 @dataclass(frozen=True)
 class ObjectURI:
@@ -79,12 +97,17 @@ class ObjectURI:
 
     @classmethod
     def parse(cls, uri: str) -> ObjectURI:
+        """Parse and validate `uri`; InvalidURIError says what is wrong with it."""
+        if _CONTROL_CHARACTERS.search(uri):
+            raise InvalidURIError(f"{uri!r}: control characters are not allowed in URIs")
         if uri.startswith("s3://"):
             bucket, _, key = uri.removeprefix("s3://").partition("/")
             if not bucket or not key:
                 raise InvalidURIError(
                     f"{uri!r}: an S3 URI needs a bucket and a key (s3://bucket/key)"
                 )
+            _check_bucket_name(uri, bucket)
+            _check_key(uri, key)
             return cls("s3", bucket, key)
         if uri.startswith("file://"):
             return cls("file", "", _file_path(uri))
@@ -103,6 +126,50 @@ class ObjectURI:
         return self.path.as_uri()
 
 
+def _check_bucket_name(uri: str, bucket: str) -> None:
+    problem = None
+    if not _BUCKET_NAME.fullmatch(bucket):
+        problem = (
+            "must be 3 to 63 lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    elif ".." in bucket:
+        problem = "must not hold two adjacent dots"
+    elif _is_ipv4_address(bucket):
+        problem = "must not be an IP address"
+    elif bucket.startswith(_RESERVED_BUCKET_PREFIXES):
+        problem = f"must not start with {', '.join(_RESERVED_BUCKET_PREFIXES)}"
+    if problem:
+        raise InvalidURIError(f"{uri!r}: invalid S3 bucket name {bucket!r}: it {problem}")
+
+
+def _is_ipv4_address(name: str) -> bool:
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_key(uri: str, key: str) -> None:
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates, e.g. from undecodable file names
+        raise InvalidURIError(f"{uri!r}: the S3 key is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidURIError(
+            f"{uri[:80]!r}...: the S3 key is {size} bytes of UTF-8, over S3's {MAX_KEY_BYTES}"
+        )
+    if _has_dot_segments(key):
+        # S3 stores them verbatim, but HTTP clients, proxies and file-system mirrors may
+        # collapse them into another key.
+        raise InvalidURIError(f"{uri!r}: '.' and '..' are not allowed as S3 key segments")
+
+
+def _has_dot_segments(path: str) -> bool:
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
 def _file_path(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
@@ -111,6 +178,11 @@ def _file_path(uri: str) -> str:
     path = url2pathname(parts.path)
     if not path.startswith("/") or path.endswith("/"):
         raise InvalidURIError(f"{uri!r}: a file URI must name a file by its absolute path")
+    # Checked after the decoding, so that "%2e%2e" and "%00" count too.
+    if _has_dot_segments(path):
+        raise InvalidURIError(f"{uri!r}: '.' and '..' are not allowed in file URIs")
+    if _CONTROL_CHARACTERS.search(path):
+        raise InvalidURIError(f"{uri!r}: control characters are not allowed in file URIs")
     return path
 
 
@@ -197,11 +269,10 @@ class S3Store:
             body = response["Body"]
             try:
                 # The headers arrive before the body: refuse a huge object without reading it.
-                if response["ContentLength"] > max_bytes:
-                    raise ImageTooLargeError(
-                        f"{uri}: {response['ContentLength']} bytes, over the {max_bytes} limit"
-                    )
-                return body.read()
+                announced = response.get("ContentLength")
+                if announced is not None and announced > max_bytes:
+                    raise _too_large(uri, max_bytes, size=announced)
+                return _read_at_most(body, max_bytes, uri)
             finally:
                 body.close()
         except (ClientError, BotoCoreError) as exc:
@@ -232,30 +303,81 @@ class S3Store:
         return True
 
 
+_READ_CHUNK_BYTES = 1 << 20
+
+
+def _read_at_most(body: StreamingBody, max_bytes: int, uri: str) -> bytes:
+    """The whole body, or ImageTooLargeError as soon as it passes `max_bytes`, whatever the
+    headers announced (an S3-compatible server may send no length, or a wrong one)."""
+    chunks: list[bytes] = []
+    size = 0
+    # Ends with an empty read, on which botocore checks the announced length: a body cut short
+    # is a transient StorageUnavailableError, not a truncated image.
+    while chunk := body.read(min(_READ_CHUNK_BYTES, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(uri, max_bytes)
+    return b"".join(chunks)
+
+
+def _too_large(uri: str, max_bytes: int, *, size: int | None = None) -> ImageTooLargeError:
+    what = "larger" if size is None else f"{size} bytes"
+    return ImageTooLargeError(f"{uri}: {what}, over the limit of {max_bytes} bytes")
+
+
 # --- Local files ----------------------------------------------------------------------------------
 
 
 class LocalStore:
-    """`file://` URIs on a local (or mounted) file system."""
+    """`file://` URIs on a local (or mounted) file system, confined to root folders.
+
+    A path is resolved (symbolic links followed, as the kernel would) before anything is read or
+    written, and refused with InvalidURIError unless it lies under one of the roots. Paths with
+    '.' or '..' segments are refused when parsed. This guards against URIs that point elsewhere,
+    not against a local user who swaps in a symbolic link between the check and the access.
+    """
+
+    def __init__(self, roots: Iterable[Path]) -> None:
+        self.roots = tuple(Path(os.path.realpath(root)) for root in roots)
+        if not self.roots:
+            raise ValueError("a LocalStore needs at least one root folder")
+
+    def _resolve(self, uri: str) -> Path:
+        """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
+        resolved = Path(os.path.realpath(_require(uri, "file").path))
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            allowed = ", ".join(str(root) for root in self.roots)
+            raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
+        return resolved
 
     def get(self, uri: str, *, max_bytes: int) -> bytes:
-        path = _require(uri, "file").path
+        path = self._resolve(uri)
         try:
-            with path.open("rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if size > max_bytes:
-                    raise ImageTooLargeError(f"{uri}: {size} bytes, over the {max_bytes} limit")
-                return file.read()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: the path was
+            # resolved, so a link here was planted since.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            with open(fd, "rb") as file:
+                status = os.fstat(file.fileno())
+                if not stat.S_ISREG(status.st_mode):
+                    raise InputNotFoundError(f"{uri} is not a regular file")
+                if status.st_size > max_bytes:
+                    raise _too_large(uri, max_bytes, size=status.st_size)
+                # At most one byte more than allowed, in case the file grew since fstat.
+                data = file.read(max_bytes + 1)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise InputNotFoundError(f"{uri} does not exist") from exc
         except PermissionError as exc:
             raise InputAccessDeniedError(f"{uri}: permission denied") from exc
         except OSError as exc:
             raise StorageUnavailableError(f"{uri}: read failed: {exc}") from exc
+        if len(data) > max_bytes:
+            raise _too_large(uri, max_bytes)
+        return data
 
     def put(self, uri: str, data: bytes, *, content_type: str) -> None:
         """Write atomically: readers see the old file or the whole new one, never a part."""
-        path = _require(uri, "file").path
+        path = self._resolve(uri)
         # A unique name beside the target (same file system, so os.replace is atomic), created
         # with open() so that it gets the usual umask permissions, unlike mkstemp's 0600.
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -275,8 +397,9 @@ class LocalStore:
             raise StorageUnavailableError(f"{uri}: write failed: {exc}") from exc
 
     def exists_bucket(self, uri: str) -> bool:
-        """Whether `put` could create the file's folder: nothing but folders above it."""
-        folder = _require(uri, "file").path.parent
+        """Whether `put` could create the file's folder: nothing but folders above it.
+        InvalidURIError if `uri` lies outside the roots."""
+        folder = self._resolve(uri).parent
         while not folder.exists():
             folder = folder.parent
         return folder.is_dir()
@@ -304,8 +427,17 @@ class Storage:
         return self._store(uri).exists_bucket(uri)
 
 
+def local_roots(settings: Settings) -> list[Path]:
+    """The folders `file://` URIs may point into: TOONQ_HOME, and the output folder when
+    TOONQ_OUTPUT_PREFIX is a file URI."""
+    roots = [settings.home]
+    if settings.output_prefix.startswith("file://"):
+        roots.append(ObjectURI.parse(settings.output_prefix).path)
+    return roots
+
+
 def open_store(settings: Settings) -> Storage:
     return Storage(
         s3=S3Store(settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts),
-        local=LocalStore(),
+        local=LocalStore(local_roots(settings)),
     )

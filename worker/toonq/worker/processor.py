@@ -24,7 +24,12 @@ from enum import StrEnum
 
 from toonq.shared.colors import parse_color
 from toonq.shared.dispatch import Dispatcher
-from toonq.shared.errors import PermanentJobError, ToonqError, TransientJobError
+from toonq.shared.errors import (
+    InvalidRequestError,
+    PermanentJobError,
+    ToonqError,
+    TransientJobError,
+)
 from toonq.shared.jobstore import Claim, Job, JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.models import JobStatus
@@ -93,7 +98,9 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     try:
         with ctx.leases.holding(claim), metrics.in_flight():
             result, timings = _run(ctx, claim.job)
-    except PermanentJobError as exc:
+    except (PermanentJobError, InvalidRequestError) as exc:
+        # InvalidRequestError: a job row whose URI this worker refuses (e.g. written by an
+        # older producer): retrying cannot help.
         return _fail(ctx, claim, exc)
     except TransientJobError as exc:
         return _retry_or_fail(ctx, claim, exc)

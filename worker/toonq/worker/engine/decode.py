@@ -9,12 +9,11 @@ job error taxonomy: `InvalidImageError` (empty, corrupt, truncated, zero-size),
 from __future__ import annotations
 
 import io
-import struct
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image
 
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
@@ -33,11 +32,19 @@ _SIGNATURES: Final = (
     ("TIFF", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")),  # classic and BigTIFF
 )
 
-# What Pillow raises on malformed data, besides OSError (which covers UnidentifiedImageError).
-_DECODE_ERRORS: Final = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
-
 # Single-channel modes deeper than 8 bits, which Pillow's own convert() clips instead of scaling.
 _DEEP_GRAY_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+#: EXIF orientation -> the transpose that shows the stored pixels upright (EXIF 2.32, tag 0x0112).
+_UPRIGHT: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -46,8 +53,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     The pixel count is checked against `max_pixels` from the header, before any pixel data is
     decoded. Pillow's own bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`, where it warns, and
     twice that, where it refuses) counts as a limit too, so the effective limit is the smaller of
-    the two. The EXIF orientation is applied, so width and height are those of the upright image;
-    animations (GIF, APNG, WebP) and multi-page TIFFs give their first frame.
+    the two. The EXIF orientation (or the XMP `tiff:Orientation`, or the TIFF tag) is applied, so
+    width and height are those of the upright image; an orientation outside 1..8 counts as 1.
+    Animations (GIF, APNG, WebP) and multi-page TIFFs give their first frame.
 
     Mode conversions: tRNS transparency (palette entries, or one grey or RGB colour) becomes
     alpha; 16-bit grey ("I;16*", and "I" taken as 16-bit) is scaled with rounding,
@@ -60,10 +68,14 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     _check_pixel_count(image.size, max_pixels)
     try:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-    except _DECODE_ERRORS as exc:
+        return _to_rgba(_upright(image))
+    except MemoryError:
+        raise  # the machine's state, not the data's: the job is retried
+    except Exception as exc:
+        # Pillow's parsers raise many types on malformed data (OSError, SyntaxError, ValueError,
+        # EOFError, struct.error, TypeError from a TIFF tag of the wrong type...): all of them
+        # mean that these bytes are not a decodable image.
         raise InvalidImageError(f"the {image.format} image is corrupt or truncated: {exc}") from exc
-    return _to_rgba(image)
 
 
 def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
@@ -79,8 +91,10 @@ def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from exc
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        raise ImageTooLargeError(f"the image has too many pixels: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, or a parser error (see decode_image)
         kind = _sniff_format(data)
         if kind is None:
             raise UnsupportedFormatError(
@@ -114,6 +128,14 @@ def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
             f"the image is {width}x{height} = {width * height} pixels, "
             f"over the limit of {limit} pixels"
         )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    # Only the orientation is read: Pillow's ImageOps.exif_transpose also rewrites the EXIF
+    # block, which raises TypeError on some malformed (but readable) tags.
+    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
 
 
 def _to_rgba(image: Image.Image) -> Image.Image:

@@ -1,0 +1,181 @@
+"""`toonq eval`: score masks against ground truth, or compare two sources (A/B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from toonq.cli.context import Context, needs_engine, pass_context
+from toonq.cli.engine_commands import device_option, precision_option, resolution_option
+from toonq.cli.render import print_json
+from toonq.shared.colors import parse_color
+from toonq.shared.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from toonq.worker.evaluation.dataset import EvalDataset
+    from toonq.worker.evaluation.runner import PredictionSource
+
+#: Where an A/B comparison writes its report when --report is not given.
+DEFAULT_REPORT_DIR = Path("eval-report")
+
+folder = click.Path(path_type=Path)
+
+
+@click.command("eval")
+@click.option("--gt", "gt_dir", required=True, type=folder, help="Ground-truth masks (gt/).")
+@click.option(
+    "--pred",
+    "pred_dirs",
+    multiple=True,
+    type=folder,
+    help="Predicted masks (or cut-outs), matched to --gt by file stem. Twice for A/B.",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=folder,
+    help="Input images (im/): needed by --model, and for the halo score.",
+)
+@click.option(
+    "--model",
+    "model_specs",
+    multiple=True,
+    help="Run this model on --images first (a `toonq matte --model` spec). Twice for A/B.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=folder,
+    help=f"A/B only: the report folder [default: {DEFAULT_REPORT_DIR}].",
+)
+@click.option(
+    "--allow-empty-gt",
+    is_flag=True,
+    help="Score ground truths without foreground (pixel_accuracy null) instead of failing.",
+)
+@resolution_option
+@device_option
+@precision_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+def eval_command(
+    ctx: Context,
+    gt_dir: Path,
+    pred_dirs: tuple[Path, ...],
+    images_dir: Path | None,
+    model_specs: tuple[str, ...],
+    report_dir: Path | None,
+    allow_empty_gt: bool,
+    resolution: int | None,
+    device: str | None,
+    precision: str | None,
+    as_json: bool,
+) -> None:
+    """Score predicted masks against ground truth: ToonOut's Pixel Accuracy, IoU, MAE,
+    boundary F and halo (with --images), per image and on average.
+
+    Give --pred DIR (masks on disk) or --model SPEC (run on --images). With two of either,
+    also compare them: a Markdown report with a paired sign test, a chart and a contact sheet
+    of the images where they differ most, in --report.
+    """
+    sources_given = len(pred_dirs) + len(model_specs)
+    if pred_dirs and model_specs:
+        raise click.UsageError("give --pred folders or --model specs, not both")
+    if sources_given not in (1, 2):
+        raise click.UsageError("give one or two --pred folders, or one or two --model specs")
+    if model_specs and images_dir is None:
+        raise click.UsageError("--model runs on the input images: give --images too")
+    if report_dir is not None and sources_given == 1:
+        raise click.UsageError("--report is for A/B comparisons: give two --pred or --model")
+
+    # Scoring mask folders needs NumPy, Pillow and matplotlib, not torch: only --model does.
+    try:
+        from toonq.worker.evaluation.comparison import compare
+        from toonq.worker.evaluation.dataset import open_dataset
+        from toonq.worker.evaluation.report import (
+            ContactSheet,
+            ab_payload,
+            scores_table,
+            summary_table,
+            write_ab_report,
+        )
+        from toonq.worker.evaluation.runner import evaluate
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"toonq eval needs the worker extra ({exc}): pip install 'toonq[worker]'"
+        ) from None
+
+    max_pixels = ctx.settings.max_image_pixels
+    dataset = open_dataset(gt_dir, images_dir)
+    if pred_dirs:
+        sources = _folder_sources(dataset, pred_dirs, max_pixels=max_pixels)
+    else:
+        sources = _model_sources(ctx, model_specs, device, precision, resolution)
+
+    if len(sources) == 1:
+        (result,) = evaluate(dataset, sources, max_pixels=max_pixels, allow_empty_gt=allow_empty_gt)
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            click.echo(scores_table(result))
+        return
+
+    sheet = ContactSheet((sources[0].label, sources[1].label))
+    a, b = evaluate(
+        dataset, sources, max_pixels=max_pixels, allow_empty_gt=allow_empty_gt, observer=sheet
+    )
+    comparisons = compare(a.scores, b.scores)
+    files = write_ab_report(report_dir or DEFAULT_REPORT_DIR, dataset, (a, b), comparisons, sheet)
+    if as_json:
+        print_json(ab_payload((a, b), comparisons, files))
+    else:
+        click.echo(summary_table(a, b, comparisons))
+        click.echo(f"\nreport: {files.markdown}")
+
+
+def _folder_sources(
+    dataset: EvalDataset, folders: tuple[Path, ...], *, max_pixels: int
+) -> list[PredictionSource]:
+    from toonq.worker.evaluation.runner import FolderSource
+
+    labels = _labels([path.name for path in folders], [str(path) for path in folders])
+    sources: list[PredictionSource] = []
+    for path, label in zip(folders, labels, strict=True):
+        source = FolderSource.open(path, dataset, label=label, max_pixels=max_pixels)
+        if source.unused:
+            click.echo(
+                f"note: {len(source.unused)} file(s) in {path} have no ground truth and are "
+                "left out",
+                err=True,
+            )
+        sources.append(source)
+    return sources
+
+
+@needs_engine
+def _model_sources(
+    ctx: Context,
+    specs: tuple[str, ...],
+    device: str | None,
+    precision: str | None,
+    resolution: int | None,
+) -> list[PredictionSource]:
+    from toonq.cli.engine_commands import build_engine
+    from toonq.worker.evaluation.runner import EngineSource
+
+    bg_color = parse_color(ctx.settings.bg_color)
+    return [
+        EngineSource(label, build_engine(ctx, spec, device, precision, resolution), bg_color)
+        for spec, label in zip(specs, _labels(list(specs), list(specs)), strict=True)
+    ]
+
+
+def _labels(short: list[str], full: list[str]) -> list[str]:
+    """Names for the sources in tables: the short names unless two are equal, then the full
+    ones, then the full ones marked A and B."""
+    for names in (short, full):
+        if len(set(names)) == len(names):
+            return names
+    return [f"{name} ({side})" for name, side in zip(full, "AB", strict=False)]

@@ -1,0 +1,220 @@
+"""`toonq eval` through the real CLI, on small datasets written to disk: scores, the A/B report,
+a model run, and the errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import run_json, run_toonq
+
+ENV = dict(os.environ, TOONQ_LOG_FORMAT="json", TOONQ_DEVICE="cpu")
+SIZE = 48
+COUNT = 6
+BLUE, WHITE = (40, 60, 200), (250, 250, 250)
+
+
+def disc(radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    inside = (yy - SIZE / 2 + 0.5) ** 2 + (xx - SIZE / 2 + 0.5) ** 2 < radius**2
+    return np.where(inside, 255, 0).astype(np.uint8)
+
+
+def save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """gt/ holds discs of radius 8..13; im/ blue discs on white; good/ the ground truths
+    themselves; bad/ discs 6 px too large (a wrong ring wider than the 5×5 erosion, and an edge
+    band on the white background)."""
+    for index in range(COUNT):
+        name, gt = f"img{index}", disc(8 + index)
+        save(tmp_path / "gt" / f"{name}.png", gt)
+        image = np.empty((SIZE, SIZE, 3), np.uint8)
+        image[:] = WHITE
+        image[gt > 0] = BLUE
+        save(tmp_path / "im" / f"{name}.png", image)
+        save(tmp_path / "good" / f"{name}.png", gt)
+        save(tmp_path / "bad" / f"{name}.png", disc(14 + index))
+    return tmp_path
+
+
+def eval_json(*args: str) -> Any:
+    return run_json("eval", *args, env=ENV)
+
+
+def test_scores_masks_by_stem(dataset: Path) -> None:
+    gt = np.asarray(Image.open(dataset / "gt" / "img0.png"))
+    foreground = int(np.count_nonzero(gt))
+    holed = gt.copy()
+    holed[22:27, 22:27] = 0  # a 5×5 hole inside the disc
+    save(dataset / "good" / "img0.png", holed)
+    # A half-size prediction of a square, aligned so that upscaling blurs only its 1-px rim.
+    square = np.zeros((SIZE, SIZE), np.uint8)
+    square[16:32, 16:32] = 255
+    save(dataset / "gt" / "img1.png", square)
+    save(dataset / "good" / "img1.png", square[::2, ::2])
+
+    result = eval_json("--gt", str(dataset / "gt"), "--pred", str(dataset / "good"))
+
+    images = {item["name"]: item for item in result["images"]}
+    assert sorted(images) == [f"img{i}" for i in range(COUNT)]
+    hole = images["img0"]
+    assert hole["pixel_accuracy"] == pytest.approx((1 - 1 / foreground) ** 2)
+    assert hole["iou"] == pytest.approx((foreground - 25) / foreground)
+    assert hole["mae"] == pytest.approx(25 / SIZE**2)
+    assert hole["halo"] is None  # no --images
+    resized = images["img1"]
+    assert resized["pixel_accuracy"] == 1.0
+    assert resized["iou"] == 1.0
+    assert 0 < resized["mae"] < 0.1
+    exact = images["img2"]
+    assert (exact["pixel_accuracy"], exact["iou"], exact["mae"], exact["boundary_f"]) == (
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+    )
+    values = [item["pixel_accuracy"] for item in result["images"]]
+    assert result["mean"]["pixel_accuracy"] == pytest.approx(sum(values) / COUNT)
+    assert result["mean"]["halo"] is None
+
+
+def test_ab_report_names_the_better_source(dataset: Path) -> None:
+    report = dataset / "report"
+    result = eval_json(
+        "--gt",
+        str(dataset / "gt"),
+        "--images",
+        str(dataset / "im"),
+        "--pred",
+        str(dataset / "good"),
+        "--pred",
+        str(dataset / "bad"),
+        "--report",
+        str(report),
+    )
+
+    good, bad = result["sources"]
+    assert (good["label"], bad["label"]) == ("good", "bad")
+    assert good["mean"]["halo"] == 0.0  # the band inside the edge is blue: dark
+    assert bad["mean"]["halo"] > 1.0  # the band lies on the white background
+    for name in ("pixel_accuracy", "iou", "mae", "boundary_f", "halo"):
+        comparison = result["comparison"][name]
+        assert (comparison["a_better"], comparison["b_better"]) == (COUNT, 0), name
+        assert comparison["better"] == "A"
+        assert comparison["p_value"] == pytest.approx(2 / 2**COUNT)
+    assert json.loads((report / "report.json").read_text()) == result
+
+    markdown = (report / "report.md").read_text()
+    summary = {line.split("|")[1].strip(): line for line in markdown.splitlines() if "|" in line}
+    for row in ("Pixel accuracy ↑", "IoU ↑", "MAE ↓", "Boundary F ↑", "Halo ↓"):
+        assert summary[row].rstrip().endswith("| **good** |"), summary[row]
+    assert "![Contact sheet](contact-sheet.png)" in markdown
+    with Image.open(report / "chart.png") as chart:
+        assert chart.format == "PNG"
+    with Image.open(report / "contact-sheet.png") as sheet:
+        # image, ground truth, A and B in 192-px cells; every image differs, up to 8 rows.
+        assert sheet.width == 4 * 192
+        assert sheet.height > COUNT * 192
+
+
+def test_runs_a_model_on_the_images(dataset: Path) -> None:
+    # One thread: on a few shared cores, CPU inference with more thrashes.
+    env = dict(ENV, TOONQ_RESOLUTION="64", OMP_NUM_THREADS="1")
+    result = run_json(
+        "eval",
+        "--gt",
+        str(dataset / "gt"),
+        "--images",
+        str(dataset / "im"),
+        "--model",
+        "random:tiny",
+        env=env,
+    )
+
+    assert result["source"] == "model random:tiny"
+    assert len(result["images"]) == COUNT
+    for item in result["images"]:
+        assert item["pixel_accuracy"] >= 0
+        assert 0 <= item["iou"] <= 1
+        assert 0 <= item["mae"] <= 1
+        assert item["halo"] is not None  # the images are there
+    assert set(result["mean"]) == {"pixel_accuracy", "iou", "mae", "boundary_f", "halo"}
+
+
+def test_empty_ground_truth_fails_unless_allowed(dataset: Path) -> None:
+    save(dataset / "gt" / "img3.png", np.full((SIZE, SIZE), 128, np.uint8))
+    args = ("eval", "--gt", str(dataset / "gt"), "--pred", str(dataset / "good"))
+
+    failed = run_toonq(*args, env=ENV)
+    assert failed.returncode == 1
+    assert "error [empty_ground_truth]" in failed.stderr
+    assert "img3.png" in failed.stderr
+
+    result = run_json(*args, "--allow-empty-gt", env=ENV)
+    images = {item["name"]: item for item in result["images"]}
+    assert images["img3"]["pixel_accuracy"] is None
+    assert result["mean"]["pixel_accuracy"] == pytest.approx(1.0)  # over the other five
+
+
+@pytest.mark.parametrize(
+    ("breakage", "code", "detail"),
+    [
+        ("missing_folder", "dataset_not_found", "does not exist"),
+        ("other_stems", "unmatched_files", "no file stem"),
+        ("missing_prediction", "unmatched_files", "img4"),
+        ("unreadable", "unreadable_image", "img2.png"),
+        ("size_mismatch", "image_size_mismatch", "img1"),
+    ],
+)
+def test_bad_inputs_fail_with_a_typed_error(
+    dataset: Path, breakage: str, code: str, detail: str
+) -> None:
+    pred, images = dataset / "good", dataset / "im"
+    if breakage == "missing_folder":
+        pred = dataset / "nowhere"
+    elif breakage == "other_stems":
+        pred = dataset / "renamed"
+        save(pred / "other.png", disc(5))
+    elif breakage == "missing_prediction":
+        (pred / "img4.png").unlink()
+    elif breakage == "unreadable":
+        (pred / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    else:
+        save(images / "img1.png", np.zeros((SIZE, SIZE + 1, 3), np.uint8))
+
+    result = run_toonq(
+        "eval",
+        "--gt",
+        str(dataset / "gt"),
+        "--pred",
+        str(pred),
+        "--images",
+        str(images),
+        env=ENV,
+    )
+
+    assert result.returncode == 1, result.stdout
+    assert f"error [{code}]" in result.stderr
+    assert detail in result.stderr
+
+
+def test_usage_errors(dataset: Path) -> None:
+    gt = str(dataset / "gt")
+    no_images = run_toonq("eval", "--gt", gt, "--model", "random:tiny", env=ENV)
+    assert no_images.returncode == 2
+    assert "--images" in no_images.stderr
+    report_alone = run_toonq(
+        "eval", "--gt", gt, "--pred", str(dataset / "good"), "--report", "r", env=ENV
+    )
+    assert report_alone.returncode == 2
