@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError
-from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.worker.engine.matting import MatteOptions, MattingEngine, batch_bucket
 from toonq.worker.engine.weights import load_model
 
 RESOLUTION = 64
@@ -129,3 +129,17 @@ def test_bad_inputs_raise_typed_errors(engine: MattingEngine) -> None:
 def test_resolution_must_be_a_multiple_of_32() -> None:
     with pytest.raises(ValueError, match="multiple of 32"):
         MattingEngine(load_model("random:tiny"), device="cpu", resolution=100)
+
+
+def test_prepare_infer_finish_is_matte(engine: MattingEngine) -> None:
+    source = encode(sticker())
+    prepared = engine.prepare(source, MatteOptions())
+    (logits,) = engine.infer([prepared.model_input])
+    staged = engine.finish(prepared, logits)
+    assert staged.data == engine.matte(source, MatteOptions()).data
+    assert {"decode", "preprocess", "postprocess", "encode"} <= staged.timings_ms.keys()
+
+
+@pytest.mark.parametrize(("count", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16)])
+def test_compiled_batches_are_padded_to_powers_of_two(count: int, bucket: int) -> None:
+    assert batch_bucket(count) == bucket

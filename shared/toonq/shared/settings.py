@@ -100,6 +100,8 @@ class Settings:
     resolution: int = 1024
     bg_color: str = DEFAULT_BG_COLOR
     png_compress_level: int = 1
+    compile_mode: str = "off"
+    channels_last: bool = False
     max_image_pixels: int = 50_000_000
     max_input_bytes: int = 100 * 1024 * 1024
     # Delivery and retries.
@@ -146,6 +148,13 @@ class Settings:
             resolution=_int(env, "TOONQ_RESOLUTION", 1024, minimum=32),
             bg_color=env.get("TOONQ_BG_COLOR") or DEFAULT_BG_COLOR,
             png_compress_level=_int(env, "TOONQ_PNG_COMPRESS_LEVEL", 1),
+            compile_mode=_choice(
+                env,
+                "TOONQ_COMPILE",
+                "off",
+                ("off", "default", "reduce-overhead", "max-autotune"),
+            ),
+            channels_last=_flag(env, "TOONQ_CHANNELS_LAST"),
             max_image_pixels=_int(env, "TOONQ_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
             max_input_bytes=_int(env, "TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, minimum=1),
             max_attempts=_int(env, "TOONQ_MAX_ATTEMPTS", 5, minimum=1),

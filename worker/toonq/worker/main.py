@@ -85,6 +85,8 @@ def build_context(
         resolution=settings.resolution,
         max_image_pixels=settings.max_image_pixels,
         png_compress_level=settings.png_compress_level,
+        compile_mode=settings.compile_mode,
+        channels_last=settings.channels_last,
     )
     pipeline = Pipeline.for_device(settings, engine, concurrency)
     engine.warmup(pipeline.max_batch_size)

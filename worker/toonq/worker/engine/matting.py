@@ -10,7 +10,7 @@ Images are batched through the model; decoding and encoding stay per image.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +58,17 @@ class MatteResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def batch_bucket(count: int) -> int:
+    """The padded size a batch of `count` runs at when the model is compiled: the next power
+    of two, so that a worker batching up to N images compiles about log2(N) graphs."""
+    if count < 1:
+        raise ValueError(f"a batch holds at least one image, got {count}")
+    return 1 << (count - 1).bit_length()
+
+
 @dataclass
 class PreparedImage:
     """One image ready for the model: what `finish` needs after inference."""
@@ -101,14 +112,28 @@ class MattingEngine:
         resolution: int = 1024,
         max_image_pixels: int = 50_000_000,
         png_compress_level: int = 1,
+        compile_mode: str = "off",
+        channels_last: bool = False,
     ) -> None:
         if resolution % 32:
             raise ValueError(f"resolution must be a multiple of 32, got {resolution}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         configure_numerics(self.dtype)
-        self.model: torch.nn.Module = loaded.model.to(device=self.device, dtype=self.dtype)
-        self.model.eval()
+        model = loaded.model.to(device=self.device, dtype=self.dtype).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.compiled = compile_mode != "off"
+        # Compiled graphs (and the CUDA graphs of "reduce-overhead") are specialised to shapes:
+        # batches are padded to a few fixed sizes, each compiled once during the warm-up.
+        self.model: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+            if self.compiled
+            else model
+        )
         self.model_name = loaded.name
         self.model_revision = loaded.revision
         self.resolution = resolution
@@ -141,8 +166,15 @@ class MattingEngine:
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the model on prepared inputs of one shape as a single batch; returns each image's
         mask logits (1×1×h×w, on the device)."""
+        batch = torch.cat(list(inputs))
+        count = len(batch)
+        if self.compiled:
+            padding = batch_bucket(count) - count
+            batch = torch.cat([batch, batch.new_zeros((padding, *batch.shape[1:]))])
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return list(torch.split(self.model(torch.cat(list(inputs))), 1))
+            return list(torch.split(self.model(batch)[:count], 1))
 
     def finish(self, prepared: PreparedImage, logits: torch.Tensor) -> MatteResult:
         """Everything after the model, for one image: the alpha at the original size, the
@@ -217,7 +249,8 @@ class MattingEngine:
         no allocation, autotuning or compilation cost."""
         start = time.perf_counter()
         sample = Image.new("RGBA", (self.resolution, self.resolution), (200, 120, 60, 255))
-        for size in sorted({1, batch_size}):
+        sizes = {batch_bucket(n) for n in range(1, batch_size + 1)} if self.compiled else {1}
+        for size in sorted(sizes | {batch_size}):
             self.matte_images([sample] * size, [MatteOptions()] * size)
         log.info(
             "engine_warm",

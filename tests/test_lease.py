@@ -1,0 +1,97 @@
+"""The lease keeper: heartbeats while a job runs, the job timeout, and the hand-back at shutdown."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+
+from tests.conftest import ManualClock
+from toonq.shared.dispatch import Dispatcher
+from toonq.shared.jobstore import Claim, JobSpec, JobStore
+from toonq.shared.models import EventKind, JobStatus
+from toonq.shared.queue import create_celery_app, queue_lists
+from toonq.shared.settings import Settings
+from toonq.worker.lease import LeaseKeeper
+
+
+def claimed(store: JobStore, *, worker: str = "w1") -> Claim:
+    job, _ = store.create(
+        JobSpec(
+            input_uri=f"s3://in/{uuid.uuid4().hex}.png",
+            output_uri=f"s3://out/{uuid.uuid4().hex}.png",
+            bg_color="#808080",
+            output_format="png",
+            resolution=64,
+            max_attempts=3,
+        ),
+        actor="test",
+    )
+    claim = store.claim(job.id, worker=worker, lease_s=1)
+    assert claim is not None
+    return claim
+
+
+def test_a_held_claim_is_renewed_and_a_released_one_is_not(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    keeper = LeaseKeeper(jobstore, lease_s=0.6, job_timeout_s=60)
+    keeper.start()
+    try:
+        claim = claimed(jobstore)
+        with keeper.holding(claim):
+            time.sleep(1.5)  # well past the first lease
+            assert jobstore.get(claim.job.id).lease_expires_at > clock()  # type: ignore[operator]
+        time.sleep(1.0)
+        assert jobstore.get(claim.job.id).lease_expires_at < clock()  # type: ignore[operator]
+    finally:
+        keeper.stop()
+
+
+def test_an_attempt_past_the_job_timeout_loses_its_lease(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    keeper = LeaseKeeper(jobstore, lease_s=0.6, job_timeout_s=0.5)
+    keeper.start()
+    try:
+        claim = claimed(jobstore)
+        with keeper.holding(claim):
+            time.sleep(1.5)
+            assert jobstore.get(claim.job.id).lease_expires_at < clock()  # type: ignore[operator]
+    finally:
+        keeper.stop()
+
+
+def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
+    jobstore: JobStore, redis_url: str
+) -> None:
+    settings = Settings.from_env({"TOONQ_BROKER_URL": redis_url, "TOONQ_QUEUE": "handback"})
+    app = create_celery_app(settings)
+    keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
+    held, finished = claimed(jobstore), claimed(jobstore)
+    with keeper.holding(held), keeper.holding(finished):
+        assert jobstore.mark_succeeded(
+            finished,
+            model_name="m",
+            model_revision=None,
+            image_width=1,
+            image_height=1,
+            timings={},
+        )
+        handed = keeper.hand_back_all(
+            Dispatcher(app, jobstore, queue="handback"), reason="shutting down"
+        )
+
+    assert handed == 1  # the finished job stays finished
+    job = jobstore.get(held.job.id)
+    assert (job.status, job.attempts, job.worker) == (JobStatus.QUEUED, 0, None)
+    assert job.enqueued_at is not None  # announced again at once
+    last = jobstore.events(job.id)[-1]
+    assert (last.kind, last.reason) == (EventKind.REQUEUED, "shutting down")
+    queued = redis.Redis.from_url(redis_url)
+    assert sum(int(queued.llen(name)) for name in queue_lists("handback")) == 1
+    # The worker that handed the job back can no longer record an outcome for it.
+    assert not jobstore.mark_failed(held, error_code="internal_error", error_message="late")
+    assert jobstore.claim(job.id, worker="w2", lease_s=60) is not None
+    app.close()
