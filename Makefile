@@ -33,8 +33,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Reports go to .toonq/bench/; e.g. make bench BENCH_ARGS="--sections stages --quick".
 bench: install
-	$(BIN)/toonq bench
+	$(BIN)/toonq bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .toonq .mypy_cache .ruff_cache .pytest_cache

@@ -1,28 +1,140 @@
-"""The benchmark harness measures what it says, on a tiny model (not a speed test)."""
+"""`toonq bench` runs the sections it is asked for and writes its reports; never a speed test."""
 
 from __future__ import annotations
 
-from toonq.worker.bench import Bench
-from toonq.worker.engine.matting import MatteOptions, MattingEngine
-from toonq.worker.engine.weights import load_model
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import base_env, run_toonq
+from toonq.worker.bench.deployment import steady_rate
+from toonq.worker.bench.machine import describe_machine
+from toonq.worker.bench.model import _measure
+from toonq.worker.bench.report import PIPELINE_EFFICIENCY, Section, write_report
+from toonq.worker.engine.encode import default_png_encoder
+
+# One OpenMP thread: on a busy two-core machine, two threads wait on each other for seconds.
+QUIET_ENV = {"OMP_NUM_THREADS": "1", "TOONQ_LOG_FORMAT": "json"}
 
 
-def test_bench_reports_every_group_relative_to_its_baseline() -> None:
-    engine = MattingEngine(load_model("random:tiny"), device="cpu", resolution=64)
-    bench = Bench(engine, image_size=(96, 64), repeat=1)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Path]:
+    out = tmp_path_factory.mktemp("bench") / "reports"
+    result = run_toonq(
+        "bench", "--quick", "--sections", "model,stages", "--out", str(out),
+        env=base_env(**QUIET_ENV), timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return (
+        result.stdout.strip().splitlines(),
+        out,
+        Path(result.stdout.split("report: ")[-1].strip()),
+    )
 
-    bench.codecs()
-    bench.processing()
-    bench.model(["fp32", "bf16"], [1, 2])
-    stages = bench.end_to_end(MatteOptions())
 
-    groups: dict[str, list[float]] = {}
-    for measurement in bench.results:
-        groups.setdefault(measurement.group, []).append(measurement.ratio)
-        assert measurement.ms_per_image > 0
-    assert set(groups) == {"decode", "encode", "processing", "model forward 64x64"}
-    assert all(ratios[0] == 1.0 for ratios in groups.values())
-    assert len(groups["model forward 64x64"]) == 4
-    assert set(stages) == {"decode", "preprocess", "inference", "postprocess", "encode"}
-    # The engine's own model is untouched by the per-precision copies.
-    assert next(engine.model.parameters()).dtype == engine.dtype
+def test_prints_the_machine_first_and_the_report_path_last(quick_run):
+    lines, out, report = quick_run
+    assert lines[0].startswith("machine: CPU ")
+    assert lines[-1] == f"report: {report}"
+    assert report.parent == out
+    assert report.suffix == ".json"
+    assert report.with_suffix(".md").exists()
+
+
+def test_json_report_holds_the_machine_and_each_section(quick_run):
+    _, _, path = quick_run
+    report = json.loads(path.read_text())
+    # Without the pipeline section there are no efficiency ratios to copy to the top level.
+    assert set(report) == {"machine", "sections"}
+    assert list(report["sections"]) == ["model", "stages"]
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["torch"] == torch.__version__
+    assert machine["pillow"]
+    assert "cuda_device" not in machine or torch.cuda.is_available()
+
+
+def test_model_section_times_each_configuration(quick_run):
+    _, _, path = quick_run
+    model = json.loads(path.read_text())["sections"]["model"]
+    assert model["model"] == ("random:toonout" if torch.cuda.is_available() else "random:tiny")
+    (row,) = model["rows"]  # --quick: one precision, eager, batch 1
+    assert (row["compiled"], row["batch_size"], row["error"]) == (False, 1, None)
+    assert row["images_per_s"] > 0
+    assert row["relative"] == 1.0
+    assert row["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=1e-2)
+
+
+def test_stages_section_covers_every_stage_image_and_encoding(quick_run):
+    _, _, path = quick_run
+    stages = json.loads(path.read_text())["sections"]["stages"]
+    rows = stages["rows"]
+    assert stages["png_encoder"] == default_png_encoder()
+    assert {row["stage"] for row in rows} == {"decode", "preprocess", "postprocess", "encode"}
+    images = {row["image"] for row in rows}
+    assert len(images) == 4  # anime and photo, two sizes each
+    for image in images:
+        for stage in ("decode", "preprocess", "postprocess", "encode"):
+            first, *_ = [row for row in rows if row["image"] == image and row["stage"] == stage]
+            assert first["relative"] == 1.0
+    encodings = [row for row in rows if row["stage"] == "encode"]
+    assert all(row["bytes"] > 0 and row["ms_per_megapixel"] > 0 for row in encodings)
+    cases = {row["case"] for row in encodings}
+    assert {"png pillow level 6", f"png {default_png_encoder()} level 1"} <= cases
+    assert any(case.startswith("webp lossless") for case in cases)
+    decodes = {row["case"] for row in rows if row["stage"] == "decode"}
+    assert decodes == {"png", "jpeg", "webp"}
+
+
+def test_markdown_report_has_a_part_per_section(quick_run):
+    _, _, path = quick_run
+    markdown = path.with_suffix(".md").read_text()
+    assert "## Model throughput" in markdown
+    assert "## CPU cost per stage" in markdown
+    assert "| png pillow level 6 |" in markdown
+
+
+def test_unknown_sections_are_refused_before_anything_runs(tmp_path):
+    result = run_toonq(
+        "bench", "--sections", "model,nope", "--out", str(tmp_path), env=base_env(**QUIET_ENV)
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_pipeline_efficiency_is_copied_to_the_top_level(tmp_path):
+    efficiency = {"1": 0.93, "4": 0.88}
+    sections = [
+        Section("stages", "Stages", {"rows": []}, ""),
+        Section("pipeline", "Pipeline", {PIPELINE_EFFICIENCY: efficiency, "runs": []}, "x"),
+    ]
+    path = write_report(sections, describe_machine(), out_dir=tmp_path)
+    report = json.loads(path.read_text())
+    assert report[PIPELINE_EFFICIENCY] == efficiency
+    assert report["sections"]["pipeline"][PIPELINE_EFFICIENCY] == efficiency
+
+
+def test_a_compile_failure_is_a_row_with_its_error():
+    def failing_backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> None:
+        raise RuntimeError("no compiler here")
+
+    compiled = torch.compile(torch.nn.Conv2d(3, 1, 1), backend=failing_backend)
+    row = _measure(compiled, "fp32", True, 1, 32, torch.device("cpu"), repeat=1)
+    assert (row.images_per_s, row.ms_per_image) == (None, None)
+    assert row.error is not None
+    assert "no compiler here" in row.error
+
+
+def test_steady_rate_fits_batched_completions_and_leaves_out_fill_and_drain() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Batches of 4 complete every second; then a slow tail as the pipeline drains.
+    steps = [start + timedelta(seconds=1 + i // 4, milliseconds=10 * (i % 4)) for i in range(40)]
+    tail = [steps[-1] + timedelta(seconds=5 * (i + 1)) for i in range(4)]
+    rate = steady_rate([start, *steps, *tail], fill=1, drain=4)
+    assert rate == pytest.approx(4.0, rel=0.1)
+    with pytest.raises(ValueError, match="too few"):
+        steady_rate(steps[:4], fill=1, drain=1)

@@ -1,4 +1,4 @@
-"""encode_rgba (PNG, lossless WebP) and encode_mask (grey PNG)."""
+"""encode_rgba (PNG, lossless WebP) and encode_mask (grey PNG), with either PNG encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import torch
 from PIL import Image
 
 from toonq.shared.errors import ImageTooLargeError
-from toonq.worker.engine.encode import CONTENT_TYPES, encode_mask, encode_rgba
+from toonq.worker.engine import encode
+from toonq.worker.engine.encode import (
+    CONTENT_TYPES,
+    available_png_encoders,
+    default_png_encoder,
+    encode_mask,
+    encode_rgba,
+)
+
+PNG_ENCODERS = available_png_encoders()
 
 
 def _planes(height: int = 24, width: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,15 +75,20 @@ def test_mask_is_an_8_bit_grey_png():
     assert encode_mask(torch.from_numpy(alpha)) == encode_mask(alpha)
 
 
-def test_compress_level_trades_size():
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_compress_level_trades_size(encoder):
     # Smooth gradients compress well, so the levels differ clearly.
     ys, xs = np.mgrid[0:128, 0:128]
     rgb = np.stack([xs * 2, ys * 2, (xs + ys) % 256]).astype(np.uint8)
     alpha = np.full((128, 128), 255, np.uint8)
-    sizes = [len(encode_rgba(rgb, alpha, fmt="png", png_compress_level=n)) for n in (0, 1, 9)]
+    sizes = [
+        len(encode_rgba(rgb, alpha, fmt="png", png_compress_level=n, png_encoder=encoder))
+        for n in (0, 1, 9)
+    ]
     assert sizes[0] > sizes[1] > sizes[2]
     mask = (xs + ys).astype(np.uint8)
-    assert len(encode_mask(mask, png_compress_level=0)) > len(encode_mask(mask))
+    stored = encode_mask(mask, png_compress_level=0, png_encoder=encoder)
+    assert len(stored) > len(encode_mask(mask, png_encoder=encoder))
 
 
 def test_content_types():
@@ -113,3 +127,56 @@ def test_webp_size_limit_is_explicit():
     with pytest.raises(ImageTooLargeError, match="16383"):
         encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="webp")
     assert encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="png")
+
+
+@pytest.mark.parametrize("level", [0, 1, 3, 4, 9])
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_every_png_encoder_and_level_is_lossless(encoder, level):
+    rgb, alpha = _planes(height=33, width=47, seed=4)
+    # Flat areas and runs as well as noise, so the filters and run-length paths all matter.
+    rgb[:, 10:20] = 200
+    alpha[20:] = 255
+    image = _open(encode_rgba(rgb, alpha, fmt="png", png_compress_level=level, png_encoder=encoder))
+    assert (image.format, image.mode) == ("PNG", "RGBA")
+    assert np.array_equal(np.asarray(image), _expected_rgba(rgb, alpha))
+    mask = _open(encode_mask(alpha, png_compress_level=level, png_encoder=encoder))
+    assert (mask.format, mask.mode) == ("PNG", "L")
+    assert np.array_equal(np.asarray(mask), alpha)
+
+
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+def test_strided_planes_encode_with_every_png_encoder(encoder):
+    pixels = np.random.default_rng(5).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    rgb, alpha = pixels[..., :3].transpose(2, 0, 1)[:, ::-1], pixels[::-1, :, 3]
+    image = _open(encode_rgba(rgb, alpha, fmt="png", png_encoder=encoder))
+    assert np.array_equal(np.asarray(image), _expected_rgba(rgb, alpha))
+    assert np.array_equal(np.asarray(_open(encode_mask(alpha, png_encoder=encoder))), alpha)
+
+
+def test_imagecodecs_is_the_default_png_encoder_when_installed():
+    pytest.importorskip("imagecodecs")
+    assert PNG_ENCODERS == ("imagecodecs", "pillow")
+    rgb, alpha = _planes(seed=6)
+    assert encode_rgba(rgb, alpha, fmt="png") == encode_rgba(
+        rgb, alpha, fmt="png", png_encoder="imagecodecs"
+    )
+
+
+def test_without_imagecodecs_pillow_encodes_the_same_pixels(monkeypatch):
+    rgb, alpha = _planes(seed=7)
+    fast = encode_rgba(rgb, alpha, fmt="png")
+    monkeypatch.setattr(encode, "imagecodecs", None)  # as where the package is not installed
+    assert available_png_encoders() == ("pillow",)
+    assert default_png_encoder() == "pillow"
+    fallback = encode_rgba(rgb, alpha, fmt="png")
+    assert fallback == encode_rgba(rgb, alpha, fmt="png", png_encoder="pillow")
+    assert np.array_equal(np.asarray(_open(fallback)), np.asarray(_open(fast)))
+    with pytest.raises(ValueError, match="not installed"):
+        encode_rgba(rgb, alpha, fmt="png", png_encoder="imagecodecs")
+
+
+@pytest.mark.parametrize(("method", "quality"), [(0, 0), (0, 80), (4, 25)])
+def test_every_webp_setting_is_lossless(method, quality):
+    rgb, alpha = _planes(seed=8)
+    data = encode_rgba(rgb, alpha, fmt="webp", webp_method=method, webp_quality=quality)
+    assert np.array_equal(np.asarray(_open(data)), _expected_rgba(rgb, alpha))

@@ -1,85 +1,119 @@
-"""`toonq bench` (and `make bench`): engine benchmarks on this machine's device."""
+"""`toonq bench` (and `make bench`): measure this machine, write a JSON and a Markdown report."""
 
 from __future__ import annotations
 
-import json
-import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
-from toonq.cli.context import Context, needs_engine, pass_context
+from toonq.cli.context import needs_engine
+
+T = TypeVar("T")
 
 
-def _csv(kind: type, value: str) -> list:  # type: ignore[type-arg]
-    return [kind(v) for v in value.split(",") if v]
+def _csv(
+    kind: Callable[[str], T],
+) -> Callable[[click.Context, click.Parameter, str | None], list[T] | None]:
+    def parse(_: click.Context, param: click.Parameter, value: str | None) -> list[T] | None:
+        if value is None:
+            return None
+        try:
+            return [kind(item.strip()) for item in value.split(",") if item.strip()]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+
+    return parse
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError(f"expected on or off, got {value!r}")
+    return value == "on"
 
 
 @click.command()
-@click.option("--model", "model_spec", default="random:tiny", show_default=True)
-@click.option("--resolution", type=int, default=1024, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precisions", help="Comma-separated [default: fp32 on CPU; fp16,bf16 on GPU].")
-@click.option("--batch-sizes", default="1,2", show_default=True)
-@click.option("--image-size", default="1024x1024", show_default=True, help="WxH of the sample.")
-@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--json-out", type=click.Path(path_type=Path), help="Also write the figures here.")
-@pass_context
+@click.option(
+    "--sections",
+    callback=_csv(str),
+    help="Comma-separated sections to run, in their order [default: all].",
+)
+@click.option("--quick", is_flag=True, help="Small sizes, one run per case: a check, not figures.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".toonq/bench",
+    show_default=True,
+    help="Where the reports go.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--model",
+    "model_spec",
+    help="Weights to time [default: random:toonout on a GPU, random:tiny on a CPU].",
+)
+@click.option("--resolution", type=int, help="Model input size [default: 1024].")
+@click.option(
+    "--precisions", callback=_csv(str), help="[default: fp16,bf16,fp32 on a GPU; fp32 on a CPU]."
+)
+@click.option(
+    "--batch-sizes", callback=_csv(int), help="[default: 1,2,4,8,16 on a GPU; 1,2 on a CPU]."
+)
+@click.option(
+    "--compile",
+    "compile_",
+    callback=_csv(_on_off),
+    help="torch.compile: on, off [default: off,on on a GPU; off on a CPU].",
+)
+@click.option("--repeat", type=click.IntRange(1), default=5, show_default=True)
 @needs_engine
 def bench(
-    ctx: Context,
-    model_spec: str,
-    resolution: int,
+    sections: list[str] | None,
+    quick: bool,
+    out_dir: Path,
     device: str,
-    precisions: str | None,
-    batch_sizes: str,
-    image_size: str,
+    model_spec: str | None,
+    resolution: int | None,
+    precisions: list[str] | None,
+    batch_sizes: list[int] | None,
+    compile_: list[bool] | None,
     repeat: int,
-    json_out: Path | None,
 ) -> None:
-    """Time codecs, processing, and the model per precision and batch size."""
-    import torch
+    """Measure model throughput, pipeline efficiency, per-stage CPU cost and queue overhead.
 
-    from toonq.worker.bench import Bench
-    from toonq.worker.engine.matting import MatteOptions, MattingEngine
-    from toonq.worker.engine.weights import load_model
+    Prints the machine, each section as it finishes, and last the line `report: PATH`.
+    """
+    from toonq.worker.bench import SECTIONS
+    from toonq.worker.bench.machine import describe_machine
+    from toonq.worker.bench.report import BenchOptions, describe_machine_line, write_report
 
-    loaded = load_model(model_spec)
-    engine = MattingEngine(loaded, device=device, precision="fp32", resolution=resolution)
-    width, height = (int(v) for v in image_size.lower().split("x"))
-    on_gpu = engine.device.type == "cuda"
-    card = torch.cuda.get_device_name(engine.device) if on_gpu else platform.processor() or "cpu"
-    click.echo(f"device: {card}; model {loaded.name}; torch {torch.__version__}")
-    if not on_gpu:
-        click.echo("CPU run: compare ratios within this run; absolute times are not GPU figures.")
-    bench_ = Bench(engine, image_size=(width, height), repeat=repeat)
-    bench_.codecs()
-    bench_.processing()
-    # Half precision on a CPU runs tens of times slower than fp32: not worth timing there.
-    default_precisions = "fp16,bf16" if on_gpu else "fp32"
-    bench_.model(_csv(str, precisions or default_precisions), _csv(int, batch_sizes))
-    stages = bench_.end_to_end(MatteOptions())
-    group = None
-    for m in bench_.results:
-        if m.group != group:
-            group = m.group
-            click.echo(f"\n{group}")
-        click.echo(
-            f"  {m.name:<34} {m.ms_per_image:>10.2f} ms/img  x{m.ratio:<7.3f}"
-            f" {m.images_per_s:>8.2f} img/s"
+    names = sections or list(SECTIONS)
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}",
+            param_hint="--sections",
         )
-    click.echo(f"\nengine.matte, one {width}x{height} PNG, fp32, per stage (ms):")
-    click.echo("  " + "  ".join(f"{k} {v}" for k, v in stages.items()))
-    if json_out:
-        json_out.write_text(
-            json.dumps(
-                {
-                    "device": card,
-                    "model": loaded.name,
-                    "resolution": resolution,
-                    "results": [m.to_dict() for m in bench_.results],
-                    "matte_stages_ms": stages,
-                },
-                indent=2,
-            )
-        )
+    options = BenchOptions(
+        device=device,
+        model=model_spec,
+        resolution=resolution,
+        precisions=precisions,
+        batch_sizes=batch_sizes,
+        compile=compile_,
+        repeat=repeat,
+        quick=quick,
+        out_dir=out_dir,
+    )
+    machine = describe_machine()
+    click.echo(describe_machine_line(machine))
+    done = []
+    for name in names:
+        click.echo(f"\n== {name} ==")
+        section = SECTIONS[name](options)
+        click.echo(section.markdown)
+        done.append(section)
+    path = write_report(done, machine, out_dir=out_dir)
+    click.echo(f"\nreport: {path}")

@@ -1,0 +1,48 @@
+"""Timing cases: a warm-up run each, then the median of `repeat` runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    #: The warm-up run, which pays one-off costs (allocation, autotuning, compilation).
+    first_ms: float
+    #: The median of the timed runs after it.
+    median_ms: float
+
+
+def time_call(
+    fn: Callable[[], object], *, repeat: int, device: torch.device | None = None
+) -> Timing:
+    """Time `fn`; on a CUDA `device`, each run ends with a sync so its kernels count."""
+
+    def run_ms() -> float:
+        start = time.perf_counter()
+        fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1000
+
+    first = run_ms()
+    return Timing(first, statistics.median(run_ms() for _ in range(repeat)))
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], *, repeat: int) -> list[float]:
+    """The median milliseconds of each of `fns` (CPU work), run in turns after one warm-up each,
+    so that a change in the machine's load weighs on all of them alike."""
+    for fn in fns:
+        fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, times in zip(fns, samples, strict=True):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(times) for times in samples]
