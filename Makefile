@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench soak clean
 
 install: $(INSTALLED)
 
@@ -36,6 +36,10 @@ format: install
 # Reports go to .toonq/bench/; e.g. make bench BENCH_ARGS="--sections stages --quick".
 bench: install
 	$(BIN)/toonq bench $(BENCH_ARGS)
+
+# 1000+ jobs through 3 workers with random SIGKILLs; prints a JSON summary, exits 1 on any loss.
+soak: install
+	$(BIN)/python -m tests.soak --jobs 1000 --workers 3 --kills 10
 
 clean:
 	rm -rf $(VENV) .toonq .mypy_cache .ruff_cache .pytest_cache

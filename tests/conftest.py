@@ -16,6 +16,8 @@ Fixtures, by service:
 * Redis: `redis_url`.
 * S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`.
 * Time: `clock`, which every job store fixture uses.
+* Servers of the session's own, which tests may kill and restart: `private_postgres`,
+  `private_redis` (skipped only where PostgreSQL's or Redis's programs are not installed).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
 from toonq.shared.db import create_db_engine, migrate, session_factory
 from toonq.shared.jobstore import JobStore
 from toonq.shared.models import utc_now
@@ -289,3 +292,30 @@ def s3_bucket(s3_client: S3Client) -> str:
     name = f"toonq-test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+# --- Private servers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the session's own, on a free port; a test that stops it must
+    start it again."""
+    try:
+        server = PrivatePostgres()
+    except ServerUnavailableError as exc:
+        pytest.skip(f"no private PostgreSQL: {exc}")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[PrivateRedis]:
+    """A Redis server of the session's own, on a free port, without persistence; a test that
+    kills it must start it again."""
+    try:
+        server = PrivateRedis()
+    except ServerUnavailableError as exc:
+        pytest.skip(f"no private Redis: {exc}")
+    with server:
+        yield server

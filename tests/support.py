@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import http.server
 import io
@@ -12,13 +13,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image
+
+from toonq.shared.jobstore import JobSpec
 
 TOONQ = [sys.executable, "-m", "toonq.cli.main"]
 
@@ -36,6 +41,19 @@ def png_bytes(size: tuple[int, int] = (200, 150), *, mode: str = "RGBA") -> byte
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def job_spec(name: str | None = None, *, max_attempts: int = 3) -> JobSpec:
+    """A job row's specification with S3 URIs named after `name` (unique by default)."""
+    name = name or uuid.uuid4().hex
+    return JobSpec(
+        input_uri=f"s3://in/{name}.png",
+        output_uri=f"s3://out/{name}.png",
+        bg_color="#808080",
+        output_format="png",
+        resolution=64,
+        max_attempts=max_attempts,
+    )
 
 
 def run_toonq(
@@ -62,6 +80,11 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [*TOONQ, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
+
+    @property
+    def ready(self) -> bool:
+        """Whether the worker has said it consumes (it may have died since)."""
+        return any(line.get("event") == "worker_ready" for line in self.log_lines())
 
     def wait_ready(self, timeout: float = 120) -> None:
         self.wait_for_log(lambda line: line.get("event") == "worker_ready", timeout=timeout)
@@ -90,6 +113,11 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"log line not seen within {timeout} s:\n{self.log_path.read_text()}")
 
+    def kill(self) -> None:
+        """SIGKILL: the worker records nothing, hands nothing back and acknowledges nothing."""
+        self.process.kill()
+        self.stop()
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -102,16 +130,49 @@ class WorkerProcess:
         return self.process.returncode
 
 
+class _ProxyServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a killed worker, a request that timed out) is no proxy error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@dataclass
+class _Fault:
+    """What the proxy does to the next `times` requests for `method` on a path ending with
+    `path_suffix`, in this order: wait for `gate`, sleep `delay_s`, then drop the connection
+    (`drop`), answer an S3 error (`error`: status and code) or forward the request."""
+
+    method: str
+    path_suffix: str
+    times: int = 1
+    gate: threading.Event | None = None
+    delay_s: float = 0.0
+    drop: bool = False
+    error: tuple[int, str] | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and method == self.method and path.endswith(self.path_suffix)
+
+
 class FaultyS3Proxy:
-    """An HTTP proxy in front of the S3 server that forwards every request, except that it can
-    answer 503 SlowDown to, or hold for a while, the next GETs of a given object."""
+    """An HTTP proxy in front of the S3 server that forwards every request, except those it was
+    told to break: answered with an S3 error, held for a while, held until the test opens a gate,
+    or left hanging then dropped (a timeout). `slow_down` delays every request (a slow endpoint).
+
+    It also remembers a digest of every object body it stored (`writes`), so that a test can
+    tell one write from two writes of different content."""
+
+    #: How long a gated request waits at most, so that a forgotten gate cannot hang a test run.
+    GATE_TIMEOUT_S = 300.0
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
-        self.failures_left: dict[str, int] = {}
-        self.delays_left: dict[str, list[float]] = {}
+        self.latency_s = 0.0
         self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._faults: list[_Fault] = []
+        self._writes: dict[str, list[str]] = {}
+        self.server = _ProxyServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -119,53 +180,102 @@ class FaultyS3Proxy:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def fail_next_gets(self, path_suffix: str, failures: int) -> None:
+    def _add(self, fault: _Fault) -> None:
         with self.lock:
-            self.failures_left[path_suffix] = failures
+            self._faults.append(fault)
+
+    def fail_next_gets(self, path_suffix: str, failures: int) -> None:
+        """Answer 503 SlowDown to the next `failures` GETs of the object."""
+        self.fail_next(path_suffix, failures)
+
+    def fail_next(
+        self,
+        path_suffix: str,
+        failures: int,
+        *,
+        method: str = "GET",
+        status: int = 503,
+        code: str = "SlowDown",
+    ) -> None:
+        """Answer `status` with the S3 error `code` to the next `failures` matching requests."""
+        self._add(_Fault(method, path_suffix, times=failures, error=(status, code)))
 
     def hold_next_get(self, path_suffix: str, seconds: float) -> None:
-        with self.lock:
-            self.delays_left.setdefault(path_suffix, []).append(seconds)
+        """Hold the next GET of the object for `seconds`, then serve it."""
+        self._add(_Fault("GET", path_suffix, delay_s=seconds))
 
-    def _should_fail(self, method: str, path: str) -> bool:
-        with self.lock:
-            for suffix, left in self.failures_left.items():
-                if method == "GET" and path.split("?")[0].endswith(suffix) and left > 0:
-                    self.failures_left[suffix] = left - 1
-                    return True
-        return False
+    def gate_next_get(self, path_suffix: str) -> threading.Event:
+        """Hold the next GET of the object until the returned event is set, then serve it."""
+        gate = threading.Event()
+        self._add(_Fault("GET", path_suffix, gate=gate))
+        return gate
 
-    def _delay(self, method: str, path: str) -> float:
+    def hang_next(
+        self, path_suffix: str, seconds: float, *, method: str = "GET", times: int = 1
+    ) -> None:
+        """Leave the next `times` matching requests unanswered for `seconds`, then close their
+        connections without a response: a client whose read timeout is shorter gives up first."""
+        self._add(_Fault(method, path_suffix, times=times, delay_s=seconds, drop=True))
+
+    def slow_down(self, seconds: float) -> None:
+        """Delay every request by `seconds` before forwarding it (0 to stop)."""
+        self.latency_s = seconds
+
+    def writes(self, uri: str) -> list[str]:
+        """The SHA-256 of every body stored at `uri` (s3://bucket/key) through the proxy, in
+        order."""
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
         with self.lock:
-            for suffix, delays in self.delays_left.items():
-                if method == "GET" and path.split("?")[0].endswith(suffix) and delays:
-                    return delays.pop(0)
-        return 0.0
+            return list(self._writes.get(f"/{bucket}/{key}", []))
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _record_write(self, path: str, body: bytes) -> None:
+        with self.lock:
+            self._writes.setdefault(path, []).append(hashlib.sha256(body).hexdigest())
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # HTTP/1.1 answers boto3's "Expect: 100-continue" at once; under HTTP/1.0 every
+            # upload would first wait a second for it.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                time.sleep(proxy._delay(self.command, self.path))
-                if proxy._should_fail(self.command, self.path):
-                    payload = b"<Error><Code>SlowDown</Code><Message>Slow down</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
+                path = self.path.split("?")[0]
+                time.sleep(proxy.latency_s)
+                fault = proxy._take_fault(self.command, path)
+                if fault is not None:
+                    if fault.gate is not None:
+                        fault.gate.wait(proxy.GATE_TIMEOUT_S)
+                    time.sleep(fault.delay_s)
+                    if fault.drop:
+                        self.close_connection = True
+                        return
+                    if fault.error is not None:
+                        self._answer_error(*fault.error)
+                        return
                 upstream = http.client.HTTPConnection(
                     proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=30
                 )
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                if self.command == "PUT" and response.status == 200 and body is not None:
+                    proxy._record_write(path, body)
                 self.send_response(response.status)
                 for name, value in response.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -175,6 +285,13 @@ class FaultyS3Proxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 upstream.close()
+
+            def _answer_error(self, status: int, code: str) -> None:
+                payload = f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             # http.server dispatches on these names.
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import redis
 
 from tests.conftest import ManualClock
+from tests.support import job_spec
 from toonq.shared.dispatch import Dispatcher
-from toonq.shared.jobstore import Claim, JobSpec, JobStore
+from toonq.shared.jobstore import Claim, JobStore
 from toonq.shared.models import EventKind, JobStatus
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.settings import Settings
@@ -17,17 +17,7 @@ from toonq.worker.lease import LeaseKeeper
 
 
 def claimed(store: JobStore, *, worker: str = "w1") -> Claim:
-    job, _ = store.create(
-        JobSpec(
-            input_uri=f"s3://in/{uuid.uuid4().hex}.png",
-            output_uri=f"s3://out/{uuid.uuid4().hex}.png",
-            bg_color="#808080",
-            output_format="png",
-            resolution=64,
-            max_attempts=3,
-        ),
-        actor="test",
-    )
+    job, _ = store.create(job_spec(), actor="test")
     claim = store.claim(job.id, worker=worker, lease_s=1)
     assert claim is not None
     return claim

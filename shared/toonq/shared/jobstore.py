@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -817,6 +817,26 @@ class JobStore:
             )
             .order_by(JobRow.priority.desc(), JobRow.created_at)
             .limit(limit)
+        )
+        with self._transaction() as session:
+            return [Job.from_row(row) for row in session.scalars(query)]
+
+    def still_waiting(
+        self, job_ids: Collection[uuid.UUID], *, due_before: datetime
+    ) -> builtins.list[Job]:
+        """Of `job_ids`, the jobs still waiting for a worker since before `due_before`: queued
+        (sent before then), or retrying and due before then."""
+        if not job_ids:
+            return []
+        query = select(JobRow).where(
+            JobRow.id.in_(job_ids),
+            or_(
+                and_(
+                    JobRow.status == JobStatus.QUEUED,
+                    or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < due_before),
+                ),
+                and_(JobRow.status == JobStatus.RETRYING, JobRow.next_attempt_at < due_before),
+            ),
         )
         with self._transaction() as session:
             return [Job.from_row(row) for row in session.scalars(query)]

@@ -92,6 +92,8 @@ class Settings:
     queue: str = DEFAULT_QUEUE
     s3_endpoint_url: str | None = None
     s3_max_attempts: int = 4
+    s3_connect_timeout_s: float = 5.0
+    s3_read_timeout_s: float = 60.0
     output_prefix: str = ""
     # Engine.
     model: str = DEFAULT_MODEL
@@ -139,6 +141,8 @@ class Settings:
             queue=env.get("TOONQ_QUEUE") or DEFAULT_QUEUE,
             s3_endpoint_url=env.get("TOONQ_S3_ENDPOINT_URL") or None,
             s3_max_attempts=_int(env, "TOONQ_S3_MAX_ATTEMPTS", 4, minimum=1),
+            s3_connect_timeout_s=_float(env, "TOONQ_S3_CONNECT_TIMEOUT_S", 5.0),
+            s3_read_timeout_s=_float(env, "TOONQ_S3_READ_TIMEOUT_S", 60.0),
             output_prefix=(env.get("TOONQ_OUTPUT_PREFIX") or (home / "outputs").as_uri()).rstrip(
                 "/"
             ),

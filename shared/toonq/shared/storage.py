@@ -438,6 +438,11 @@ def local_roots(settings: Settings) -> list[Path]:
 
 def open_store(settings: Settings) -> Storage:
     return Storage(
-        s3=S3Store(settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts),
+        s3=S3Store(
+            settings.s3_endpoint_url,
+            max_attempts=settings.s3_max_attempts,
+            connect_timeout_s=settings.s3_connect_timeout_s,
+            read_timeout_s=settings.s3_read_timeout_s,
+        ),
         local=LocalStore(local_roots(settings)),
     )

@@ -1,18 +1,22 @@
 """Re-sends the wake-up messages of jobs that would otherwise wait for ever.
 
 A job needs a new message when its message was never sent (the broker was down when the job
-was created, requeued or scheduled for retry), when its message is presumed lost (sent longer
-ago than `TOONQ_RESEND_AFTER_S`), or when its worker died mid-job (its lease expired).
-Duplicates are harmless, so every worker may sweep.
+was created, requeued or scheduled for retry), when its worker died mid-job (its lease expired),
+when the worker that received its message died before claiming it (the message is stranded,
+unacknowledged, for a lease or longer), or when its message is presumed lost (sent longer ago
+than `TOONQ_RESEND_AFTER_S`). Duplicates are harmless, so every worker may sweep.
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.logging import get_logger
+from toonq.shared.models import utc_now
+from toonq.shared.stranded import UnackedMessages
 
 log = get_logger(__name__)
 
@@ -27,10 +31,22 @@ def sweep(
     *,
     resend_after_s: float,
     unsent_grace_s: float = UNSENT_GRACE_S,
+    unacked: UnackedMessages | None = None,
+    stranded_after_s: float = 60.0,
 ) -> list[Job]:
-    """Send a message for every job that needs one; returns the jobs it sent."""
+    """Send a message for every job that needs one; returns the jobs it sent. With `unacked`
+    (a Redis broker), also the jobs whose message has been unacknowledged for
+    `stranded_after_s` (a lease) while the job still waits."""
+    due = store.due_for_redelivery(unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s)
+    if unacked is not None:
+        stranded = unacked.job_ids(received_before_s=stranded_after_s)
+        cutoff = utc_now() - timedelta(seconds=stranded_after_s)
+        known = {job.id for job in due}
+        due += [
+            job for job in store.still_waiting(stranded, due_before=cutoff) if job.id not in known
+        ]
     sent = []
-    for job in store.due_for_redelivery(unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s):
+    for job in due:
         if dispatcher.send(job):
             sent.append(job)
             log.info("job_redelivered", job_id=str(job.id), status=job.status)
@@ -42,19 +58,34 @@ class SweeperThread(threading.Thread):
     sweep tries again: the thread must outlive a database or broker outage."""
 
     def __init__(
-        self, store: JobStore, dispatcher: Dispatcher, *, interval_s: float, resend_after_s: float
+        self,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        *,
+        interval_s: float,
+        resend_after_s: float,
+        unacked: UnackedMessages | None = None,
+        stranded_after_s: float = 60.0,
     ) -> None:
         super().__init__(name="toonq-sweeper", daemon=True)
         self._store = store
         self._dispatcher = dispatcher
         self._interval_s = interval_s
         self._resend_after_s = resend_after_s
+        self._unacked = unacked
+        self._stranded_after_s = stranded_after_s
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self._interval_s):
             try:
-                sweep(self._store, self._dispatcher, resend_after_s=self._resend_after_s)
+                sweep(
+                    self._store,
+                    self._dispatcher,
+                    resend_after_s=self._resend_after_s,
+                    unacked=self._unacked,
+                    stranded_after_s=self._stranded_after_s,
+                )
             except Exception:
                 log.exception("sweep_failed")
 

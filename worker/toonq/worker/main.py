@@ -29,6 +29,7 @@ from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
+from toonq.shared.stranded import UnackedMessages
 from toonq.shared.sweeper import SweeperThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
@@ -170,6 +171,8 @@ def run_worker(
             ctx.dispatcher,
             interval_s=settings.sweep_interval_s,
             resend_after_s=settings.resend_after_s,
+            unacked=None if settings.is_embedded_broker else UnackedMessages(settings.broker_url),
+            stranded_after_s=settings.lease_s,
         )
         sweeper.start()
     ctx.leases.start()
