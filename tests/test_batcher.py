@@ -23,16 +23,19 @@ class RecordingModel:
         self.fail_next = False
         self.lock = threading.Lock()
 
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if self.oom_above is not None and len(inputs) > self.oom_above:
+    def stack(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(inputs))
+
+    def run(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        if self.oom_above is not None and len(batch) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("device fault")
         time.sleep(self.delay_s)
         with self.lock:
-            self.batches.append(len(inputs))
-        return list(torch.split(torch.cat(list(inputs)) * 2, 1))
+            self.batches.append(len(batch))
+        return list(torch.split(batch * 2, 1))
 
 
 def image(value: float, size: int = 8) -> torch.Tensor:
@@ -44,9 +47,10 @@ def model() -> RecordingModel:
     return RecordingModel()
 
 
-def started(model: RecordingModel, **options: float) -> InferenceBatcher:
+def started(model: RecordingModel, **options: float) -> InferenceBatcher[torch.Tensor]:
     batcher = InferenceBatcher(
-        model,
+        model.stack,
+        model.run,
         max_batch_size=int(options.get("max_batch_size", 4)),
         max_wait_s=options.get("max_wait_s", 0.2),
     )
@@ -55,20 +59,20 @@ def started(model: RecordingModel, **options: float) -> InferenceBatcher:
 
 
 @pytest.fixture
-def batcher(model: RecordingModel) -> Iterator[InferenceBatcher]:
+def batcher(model: RecordingModel) -> Iterator[InferenceBatcher[torch.Tensor]]:
     batcher = started(model)
     yield batcher
     batcher.stop(timeout=5)
 
 
-def test_each_job_gets_its_own_result(batcher: InferenceBatcher) -> None:
+def test_each_job_gets_its_own_result(batcher: InferenceBatcher[torch.Tensor]) -> None:
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda v: batcher.run(image(v)), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
     assert [float(r.logits.mean()) for r in results] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
 
 
 def test_requests_that_arrive_within_the_wait_share_a_batch_up_to_the_limit(
-    batcher: InferenceBatcher, model: RecordingModel
+    batcher: InferenceBatcher[torch.Tensor], model: RecordingModel
 ) -> None:
     futures = [batcher.submit(image(v)) for v in range(5)]
     results = [f.result(timeout=5) for f in futures]
@@ -77,7 +81,7 @@ def test_requests_that_arrive_within_the_wait_share_a_batch_up_to_the_limit(
 
 
 def test_a_lone_request_runs_after_the_wait_without_company(
-    batcher: InferenceBatcher, model: RecordingModel
+    batcher: InferenceBatcher[torch.Tensor], model: RecordingModel
 ) -> None:
     result = batcher.run(image(1.0))
     assert model.batches == [1]
@@ -85,7 +89,7 @@ def test_a_lone_request_runs_after_the_wait_without_company(
 
 
 def test_inputs_of_different_shapes_run_in_separate_batches(
-    batcher: InferenceBatcher, model: RecordingModel
+    batcher: InferenceBatcher[torch.Tensor], model: RecordingModel
 ) -> None:
     futures = [batcher.submit(image(1.0, size)) for size in (8, 16, 8, 16, 8)]
     results = [f.result(timeout=5) for f in futures]
@@ -121,7 +125,7 @@ def test_out_of_memory_on_a_single_image_fails_that_job() -> None:
 
 
 def test_a_model_error_fails_the_batch_and_the_loop_goes_on(
-    batcher: InferenceBatcher, model: RecordingModel
+    batcher: InferenceBatcher[torch.Tensor], model: RecordingModel
 ) -> None:
     model.fail_next = True
     with pytest.raises(RuntimeError, match="device fault"):
@@ -145,9 +149,40 @@ def test_stopping_fails_what_still_waits_and_refuses_new_work() -> None:
 
 def test_the_loop_beats_while_idle() -> None:
     beats = threading.Event()
-    batcher = InferenceBatcher(RecordingModel(), max_batch_size=1, max_wait_s=0, on_beat=beats.set)
+    model = RecordingModel()
+    batcher = InferenceBatcher(
+        model.stack, model.run, max_batch_size=1, max_wait_s=0, on_beat=beats.set
+    )
     batcher.start()
     try:
         assert beats.wait(timeout=5)
     finally:
         batcher.stop(timeout=5)
+
+
+def test_the_next_batch_is_stacked_while_the_model_runs_the_current_one() -> None:
+    events: list[tuple[str, float]] = []
+    model = RecordingModel(delay_s=0.5)
+
+    def stack(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        events.append(("stacked", time.perf_counter()))
+        return model.stack(inputs)
+
+    def run(batch: torch.Tensor) -> list[torch.Tensor]:
+        events.append(("run", time.perf_counter()))
+        return model.run(batch)
+
+    batcher = InferenceBatcher(stack, run, max_batch_size=1, max_wait_s=0)
+    batcher.start()
+    try:
+        first, second = batcher.submit(image(1.0)), batcher.submit(image(2.0))
+        first.result(timeout=5)
+        second.result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    stacked = [at for kind, at in events if kind == "stacked"]
+    runs = [at for kind, at in events if kind == "run"]
+    assert len(stacked) == len(runs) == 2
+    # The second batch was ready before the first one left the model (0.5 s), and ran at once.
+    assert stacked[1] < runs[0] + 0.4
+    assert runs[1] - runs[0] < 0.5 + 0.2

@@ -31,7 +31,9 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
         store=jobstore,
         objects=open_store(settings),
         engine=engine,
-        batcher=InferenceBatcher(engine.infer, max_batch_size=1, max_wait_s=0),
+        batcher=InferenceBatcher(
+            engine.stack_batch, engine.run_batch, max_batch_size=1, max_wait_s=0
+        ),
         leases=LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900),
         dispatcher=Dispatcher(app, jobstore, queue="early"),
         worker_name="w1",

@@ -1,10 +1,12 @@
-"""The GPU loop: one thread owns the model and runs dynamic batches of what the jobs prepared.
+"""The GPU loop: dynamic batches of what the jobs prepared, run by one thread that owns the model.
 
 Job threads call `submit` with a prepared model input and block on the returned future while
-other jobs download, decode, encode and upload. The loop takes whatever is ready, up to the
-batch limit, waiting at most `max_wait_s` for a batch to fill; inputs of different shapes (jobs
-at other resolutions) run as separate batches. On CUDA out-of-memory the batch is split in two
-and retried, and the lower limit is kept for the rest of the process's life.
+other jobs download, decode, encode and upload. The loop is itself a two-stage pipeline: one
+thread forms the next batch (whatever is ready, up to the batch limit, waiting at most
+`max_wait_s` for it to fill) and stacks it into the model's input while the other thread runs
+the model on the current one, so the model never waits for a batch to be formed. Inputs of
+different shapes (jobs at other resolutions) run as separate batches. On CUDA out-of-memory the
+batch is split in two and retried, and the lower limit is kept for the rest of the process's life.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
@@ -23,10 +26,12 @@ from toonq.worker import metrics
 
 log = get_logger(__name__)
 
-InferFn = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+Stacked = TypeVar("Stacked")
 
 #: How often the idle loop wakes up to beat and to notice a stop.
 _IDLE_TICK_S = 1.0
+#: How often a batch that is filling while the model is busy checks whether the model is free.
+_BUSY_TICK_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,14 @@ class BatcherStoppedError(RuntimeError):
     """The GPU loop was stopped: the job cannot run in this process any more."""
 
 
-class InferenceBatcher:
+class InferenceBatcher(Generic[Stacked]):
+    """`stack` turns the inputs of one batch into what `run` takes; `run` returns one output
+    per input. They run in different threads, one batch apart."""
+
     def __init__(
         self,
-        infer: InferFn,
+        stack: Callable[[Sequence[torch.Tensor]], Stacked],
+        run: Callable[[Stacked], list[torch.Tensor]],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -64,25 +73,37 @@ class InferenceBatcher:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self._infer = infer
+        self._stack = stack
+        self._run_stacked = run
         self.max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._on_beat = on_beat or (lambda: None)
         self._requests: queue.Queue[_Request] = queue.Queue()
         #: Ready requests of another shape than the last batch's, served next.
         self._held: list[_Request] = []
+        #: At most one formed batch waits for the model: memory stays bounded.
+        self._formed: queue.Queue[tuple[list[_Request], Stacked | BaseException]] = queue.Queue(1)
+        self._runner_idle = threading.Event()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="toonq-gpu-loop", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._form_batches, name="toonq-batcher", daemon=True),
+            threading.Thread(target=self._run_batches, name="toonq-gpu-loop", daemon=True),
+        ]
         metrics.set_max_batch_size(max_batch_size)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after the batch in progress; requests still waiting fail."""
         self._stopped.set()
-        self._thread.join(timeout)
-        for request in self._drain():
+        for thread in self._threads:
+            thread.join(timeout)
+        stranded = self._drain()
+        while not self._formed.empty():
+            stranded += self._formed.get_nowait()[0]
+        for request in stranded:
             request.future.set_exception(BatcherStoppedError("the GPU loop stopped"))
 
     def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
@@ -99,16 +120,48 @@ class InferenceBatcher:
 
     # --- The loop ------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _form_batches(self) -> None:
+        while not self._stopped.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                stacked: Stacked | BaseException = self._stack([r.model_input for r in batch])
+            except Exception as exc:
+                stacked = exc
+            while not self._stopped.is_set():
+                try:
+                    self._formed.put((batch, stacked), timeout=_IDLE_TICK_S)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                self._requests_back(batch)
+
+    def _run_batches(self) -> None:
+        # The liveness beat comes from here: a model call that hangs stops it.
         while not self._stopped.is_set():
             self._on_beat()
-            batch = self._next_batch()
-            if batch:
-                self._run(batch)
+            self._runner_idle.set()
+            try:
+                batch, stacked = self._formed.get(timeout=_IDLE_TICK_S)
+            except queue.Empty:
+                continue
+            self._runner_idle.clear()
+            if isinstance(stacked, BaseException):
+                for request in batch:
+                    request.future.set_exception(stacked)
+            else:
+                self._run(batch, stacked)
+
+    def _requests_back(self, batch: list[_Request]) -> None:
+        self._held = batch + self._held
 
     def _next_batch(self) -> list[_Request]:
-        """The first ready request, then everything of its shape that is ready or arrives
-        within the wait, up to the batch limit."""
+        """The first ready request, then everything of its shape that is ready or arrives up
+        to the batch limit: for as long as the model is busy with the previous batch (a
+        batch formed early would run half empty), then for at most the wait, counted from
+        the first request's arrival."""
         try:
             first = self._held.pop(0) if self._held else self._requests.get(timeout=_IDLE_TICK_S)
         except queue.Empty:
@@ -118,12 +171,16 @@ class InferenceBatcher:
         for request in same_shape_held[: self.max_batch_size - 1]:
             self._held.remove(request)
             batch.append(request)
-        deadline = time.perf_counter() + self._max_wait_s
+        deadline = first.submitted + self._max_wait_s
         while len(batch) < self.max_batch_size:
+            busy = not self._runner_idle.is_set()
+            timeout = _BUSY_TICK_S if busy else deadline - time.perf_counter()
             try:
                 # Whatever is ready now never waits; the wait only applies to an empty queue.
-                request = self._requests.get(timeout=max(0.0, deadline - time.perf_counter()))
+                request = self._requests.get(timeout=max(0.0, timeout))
             except queue.Empty:
+                if busy and not self._stopped.is_set():
+                    continue
                 break
             if request.shape == first.shape:
                 batch.append(request)
@@ -131,10 +188,12 @@ class InferenceBatcher:
                 self._held.append(request)
         return batch
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[_Request], stacked: Stacked | None = None) -> None:
         started = time.perf_counter()
         try:
-            logits = self._infer([request.model_input for request in batch])
+            if stacked is None:
+                stacked = self._stack([request.model_input for request in batch])
+            logits = self._run_stacked(stacked)
         except torch.cuda.OutOfMemoryError as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)

@@ -61,10 +61,16 @@ class Pipeline:
         # A GPU runs a batch of 8 at 1024² in well under its memory and far faster per image
         # than one at a time; a CPU gains little from batching and waits longer for it.
         batch = settings.max_batch_size or (8 if engine.device.type == "cuda" else 1)
-        # Enough jobs in hand that one full batch is on the device while the next is being
-        # prepared and the previous one encoded and uploaded.
-        jobs = concurrency or settings.concurrency or 2 * batch + 2
+        jobs = concurrency or settings.concurrency or default_concurrency(batch)
         return cls(jobs, batch, settings.max_batch_wait_ms / 1000)
+
+
+def default_concurrency(max_batch_size: int) -> int:
+    """Jobs in flight: one batch on the device, the next one formed and waiting, and two
+    batches' worth being downloaded and prepared or encoded and uploaded. With fewer, batches
+    leave half empty while jobs of the last batch are still being finished (measured with
+    `toonq bench`'s pipeline section)."""
+    return 4 * max_batch_size + 2
 
 
 def default_worker_name(gpu: int | None) -> str:
@@ -94,7 +100,8 @@ def build_context(
     metrics.set_model_load_seconds(time.perf_counter() - started)
     metrics.watch_gpu_memory(engine.device)
     batcher = InferenceBatcher(
-        engine.infer,
+        engine.stack_batch,
+        engine.run_batch,
         max_batch_size=pipeline.max_batch_size,
         max_wait_s=pipeline.max_wait_s,
         on_beat=health.beat,

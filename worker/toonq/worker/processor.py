@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from toonq.shared.colors import parse_color
 from toonq.shared.dispatch import Dispatcher
@@ -60,7 +61,7 @@ class WorkerContext:
     store: JobStore
     objects: ObjectStore
     engine: MattingEngine
-    batcher: InferenceBatcher
+    batcher: InferenceBatcher[Any]
     leases: LeaseKeeper
     dispatcher: Dispatcher
     worker_name: str

@@ -23,12 +23,13 @@ from typing import Any
 
 from toonq.worker.bench.deployment import Deployment, Throughput
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, BenchOptions, Section, markdown_table
+from toonq.worker.main import default_concurrency
 from toonq.worker.samples import anime_sample
 
 #: Image sizes by megapixels (the report's keys): 1024x1024 and 2048x2048.
 SIZES = {"1": (1024, 1024), "4": (2048, 2048)}
 MAX_BATCH = 8
-PIPELINED_CONCURRENCY = 2 * MAX_BATCH + 2
+PIPELINED_CONCURRENCY = default_concurrency(MAX_BATCH)
 #: The stand-in's limit as a share of what the CPU side sustains alone.
 MODEL_SHARE = 0.8
 #: Distinct input objects per size; jobs cycle through them.

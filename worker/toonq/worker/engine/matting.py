@@ -69,6 +69,14 @@ def batch_bucket(count: int) -> int:
     return 1 << (count - 1).bit_length()
 
 
+@dataclass(frozen=True)
+class StackedBatch:
+    """A batch as the model takes it; the first `count` rows are real images."""
+
+    tensor: torch.Tensor
+    count: int
+
+
 @dataclass
 class PreparedImage:
     """One image ready for the model: what `finish` needs after inference."""
@@ -166,15 +174,24 @@ class MattingEngine:
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the model on prepared inputs of one shape as a single batch; returns each image's
         mask logits (1×1×h×w, on the device)."""
-        batch = torch.cat(list(inputs))
-        count = len(batch)
-        if self.compiled:
-            padding = batch_bucket(count) - count
-            batch = torch.cat([batch, batch.new_zeros((padding, *batch.shape[1:]))])
+        return self.run_batch(self.stack_batch(inputs))
+
+    def stack_batch(self, inputs: Sequence[torch.Tensor]) -> StackedBatch:
+        """The model's input tensor for prepared inputs of one shape (padded when compiled)."""
+        count = len(inputs)
+        parts = list(inputs)
+        if self.compiled and batch_bucket(count) > count:
+            first = parts[0]
+            parts.append(first.new_zeros((batch_bucket(count) - count, *first.shape[1:])))
+        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        return StackedBatch(batch, count)
+
+    def run_batch(self, stacked: StackedBatch) -> list[torch.Tensor]:
+        """Each image's mask logits for a stacked batch."""
         with torch.inference_mode():
-            return list(torch.split(self.model(batch)[:count], 1))
+            return list(torch.split(self.model(stacked.tensor)[: stacked.count], 1))
 
     def finish(self, prepared: PreparedImage, logits: torch.Tensor) -> MatteResult:
         """Everything after the model, for one image: the alpha at the original size, the
