@@ -23,7 +23,6 @@ Fixtures, by service:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
+from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
 from toonq.shared.db import create_db_engine, migrate, session_factory
 from toonq.shared.jobstore import JobStore
 from toonq.shared.models import utc_now
@@ -233,13 +232,6 @@ def aws_env() -> Iterator[None]:
         yield
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _wait_until_serving(
     process: subprocess.Popen[bytes], endpoint: str, log: Path, timeout_s: float
 ) -> None:
@@ -259,7 +251,7 @@ def _wait_until_serving(
 def s3_server(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running in a subprocess for
     the session: boto3 talks real HTTP to it, so timeouts and retries behave as in production."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with log.open("wb") as output:

@@ -1,52 +1,118 @@
-"""Messages a dead worker took with it: found in Redis's unacknowledged set and sent again."""
+"""Messages a dead worker took with it, found in Redis and sent again; messages still waiting
+in the queue are left alone."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
+import pytest
 import redis
+from celery import Celery
 
 from tests.support import job_spec
 from toonq.shared.dispatch import Dispatcher
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.settings import Settings
 from toonq.shared.stranded import UnackedMessages
 from toonq.shared.sweeper import sweep
 
+QUEUE = "stranded"
+LISTS = queue_lists(QUEUE)
 
-def test_a_received_but_unacknowledged_message_is_found_and_its_job_sent_again(
-    jobstore: JobStore, redis_url: str
-) -> None:
-    settings = Settings.from_env({"TOONQ_BROKER_URL": redis_url, "TOONQ_QUEUE": "stranded"})
-    app = create_celery_app(settings)
-    dispatcher = Dispatcher(app, jobstore, queue="stranded")
-    stranded, claimed = (jobstore.create(job_spec(name), actor="test")[0] for name in ("a", "b"))
-    for job in (stranded, claimed):
-        assert dispatcher.send(job)
-    # A worker receives both messages without acknowledging them, claims one job, and dies.
-    with app.connection_for_read() as connection:
-        queue = connection.SimpleQueue("stranded", no_ack=False)
-        received = [queue.get(timeout=5), queue.get(timeout=5)]
-        assert len(received) == 2
-        assert jobstore.claim(claimed.id, worker="dead", lease_s=600) is not None
-        unacked = UnackedMessages(redis_url)
-        try:
-            assert unacked.job_ids(received_before_s=3600) == set()  # too recent to be stranded
-            assert unacked.job_ids(received_before_s=0) == {stranded.id, claimed.id}
 
-            sent = sweep(
-                jobstore, dispatcher, resend_after_s=3600, unacked=unacked, stranded_after_s=0
-            )
-            # Only the job still waiting is sent again; the running one is its lease's business.
-            assert [job.id for job in sent] == [stranded.id]
-            waiting = redis.Redis.from_url(redis_url)
-            assert sum(int(waiting.llen(name)) for name in queue_lists("stranded")) == 1
-        finally:
-            unacked.close()
-            queue.close()
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = create_celery_app(Settings.from_env({"TOONQ_BROKER_URL": redis_url}))
+    yield app
     app.close()
 
 
-def test_foreign_or_malformed_unacknowledged_entries_are_ignored(redis_url: str) -> None:
+@pytest.fixture
+def unacked(redis_url: str) -> Iterator[UnackedMessages]:
+    unacked = UnackedMessages(redis_url)
+    yield unacked
+    unacked.close()
+
+
+def sent_jobs(jobstore: JobStore, dispatcher: Dispatcher, count: int) -> list[Job]:
+    jobs = [jobstore.create(job_spec(), actor="test")[0] for _ in range(count)]
+    for job in jobs:
+        assert dispatcher.send(job)
+    return jobs
+
+
+def waiting(redis_url: str) -> int:
+    connection = redis.Redis.from_url(redis_url)
+    return sum(int(connection.llen(name)) for name in LISTS)
+
+
+def resweep(jobstore: JobStore, dispatcher: Dispatcher, unacked: UnackedMessages) -> list[Job]:
+    return sweep(
+        jobstore,
+        dispatcher,
+        resend_after_s=3600,
+        unacked=unacked,
+        queue_lists_=LISTS,
+        stranded_after_s=0,
+    )
+
+
+def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
+    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+) -> None:
+    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
+    stranded, claimed = sent_jobs(jobstore, dispatcher, 2)
+    # A worker receives both messages without acknowledging them, claims one job, and dies.
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(QUEUE, no_ack=False)
+        try:
+            queue.get(timeout=5)
+            queue.get(timeout=5)
+            assert jobstore.claim(claimed.id, worker="dead", lease_s=600) is not None
+            assert unacked.received_job_ids() == {stranded.id, claimed.id}
+            time.sleep(0.05)
+
+            sent = resweep(jobstore, dispatcher, unacked)
+
+            # Only the job still waiting is sent again; the running one is its lease's business.
+            assert [job.id for job in sent] == [stranded.id]
+            assert waiting(redis_url) == 1
+        finally:
+            queue.close()
+
+
+def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
+    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+) -> None:
+    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
+    (lost,) = sent_jobs(jobstore, dispatcher, 1)
+    time.sleep(1.2)  # more than the clock-skew margin between the two sends
+    (behind,) = sent_jobs(jobstore, dispatcher, 1)
+    # A worker popped the first message and was killed before recording it as unacknowledged.
+    popped = redis.Redis.from_url(redis_url).rpop(LISTS[-1])
+    assert popped is not None
+
+    sent = resweep(jobstore, dispatcher, unacked)
+
+    # The second message still waits in the list: its job is left alone.
+    assert [job.id for job in sent] == [lost.id]
+    assert behind.id not in {job.id for job in sent}
+    assert waiting(redis_url) == 2
+
+
+def test_messages_still_waiting_in_the_queue_are_not_sent_again(
+    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+) -> None:
+    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
+    sent_jobs(jobstore, dispatcher, 3)
+
+    assert resweep(jobstore, dispatcher, unacked) == []
+    assert waiting(redis_url) == 3
+
+
+def test_foreign_or_malformed_entries_are_ignored(redis_url: str, unacked: UnackedMessages) -> None:
     connection = redis.Redis.from_url(redis_url)
     connection.zadd("unacked_index", {"tag-1": 0, "tag-2": 0})
     connection.hset("unacked", "tag-1", b"not json")
@@ -55,8 +121,6 @@ def test_foreign_or_malformed_unacknowledged_entries_are_ignored(redis_url: str)
         "tag-2",
         b'[{"body": "W1tdXQ==", "headers": {"task": "other.task"}, "properties": {}}, "", ""]',
     )
-    unacked = UnackedMessages(redis_url)
-    try:
-        assert unacked.job_ids(received_before_s=0) == set()
-    finally:
-        unacked.close()
+    connection.rpush(LISTS[0], b"not json either")
+    assert unacked.received_job_ids() == set()
+    assert unacked.oldest_waiting_sent_at(LISTS) is not None  # counted as sent now: safe

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +16,10 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PostgresServer
+from tests.servers import free_port
 from tests.support import FaultyS3Proxy, WorkerProcess, base_env, png_bytes, run_json, run_toonq
 from toonq.producer import ToonqClient
 from toonq.shared.db import migrate
@@ -326,3 +330,54 @@ def test_a_slow_job_keeps_its_lease_and_runs_once(system: System, tmp_path: Path
 
     assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1)
     assert kinds == [EventKind.CREATED, EventKind.STARTED, EventKind.SUCCEEDED]
+
+
+def _scrape(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_running_worker_serves_its_probes_and_the_metrics_of_the_jobs_it_ran(
+    system: System, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = system.env | {
+        "TOONQ_QUEUE": f"metrics-{uuid.uuid4().hex[:8]}",
+        "TOONQ_METRICS_PORT": str(port),
+        "TOONQ_METRICS_QUEUE_DEPTH": "1",
+    }
+    worker = WorkerProcess(env, tmp_path / "metrics.log")
+    try:
+        worker.wait_ready()
+        base = f"http://127.0.0.1:{port}"
+        assert _scrape(f"{base}/readyz")[0] == 200
+        assert _scrape(f"{base}/livez")[0] == 200
+        with ToonqClient(Settings.from_env(env)) as client:
+            ok = client.submit(system.put_input("metrics-ok.png", png_bytes()))
+            bad = client.submit(system.put_input("metrics-bad.png", b"not an image"))
+            for job in (ok, bad):
+                client.wait(job.id, timeout=WAIT_S)
+        status, text = _scrape(f"{base}/metrics")
+    finally:
+        worker.stop()
+
+    assert status == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    jobs = "toonq_jobs_total"
+    assert samples[(jobs, (("error_code", ""), ("status", "succeeded")))] == 1
+    assert samples[(jobs, (("error_code", "unsupported_format"), ("status", "failed")))] == 1
+    for stage in ("queue_wait", "download", "decode", "inference", "encode", "upload", "total"):
+        assert samples[("toonq_job_stage_seconds_count", (("stage", stage),))] >= 1
+    assert samples[("toonq_batch_size_count", ())] >= 1
+    assert samples[("toonq_worker_ready", ())] == 1
+    assert samples[("toonq_model_load_seconds", ())] > 0
+    depths = {labels: v for (name, labels), v in samples.items() if name == "toonq_queue_depth"}
+    assert len(depths) == 4  # the queue's four priority lists, all drained
+    assert set(depths.values()) == {0}

@@ -235,6 +235,7 @@ def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None
 def recover(ctx: Context, as_json: bool) -> None:
     """Re-send the jobs that would otherwise wait for ever: messages never sent or lost, and
     running jobs whose worker stopped renewing its lease (workers also do this periodically)."""
+    from toonq.shared.queue import queue_lists
     from toonq.shared.stranded import UnackedMessages
     from toonq.shared.sweeper import sweep
 
@@ -245,6 +246,7 @@ def recover(ctx: Context, as_json: bool) -> None:
         client.dispatcher,
         resend_after_s=settings.resend_after_s,
         unacked=unacked,
+        queue_lists_=queue_lists(settings.queue),
         stranded_after_s=settings.lease_s,
     )
     by_status = Counter(str(job.status) for job in jobs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -821,22 +821,25 @@ class JobStore:
         with self._transaction() as session:
             return [Job.from_row(row) for row in session.scalars(query)]
 
-    def still_waiting(
-        self, job_ids: Collection[uuid.UUID], *, due_before: datetime
+    def waiting_since(
+        self, *, sent_before: datetime, due_before: datetime, limit: int = 1000
     ) -> builtins.list[Job]:
-        """Of `job_ids`, the jobs still waiting for a worker since before `due_before`: queued
-        (sent before then), or retrying and due before then."""
-        if not job_ids:
-            return []
-        query = select(JobRow).where(
-            JobRow.id.in_(job_ids),
-            or_(
-                and_(
-                    JobRow.status == JobStatus.QUEUED,
-                    or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < due_before),
-                ),
-                and_(JobRow.status == JobStatus.RETRYING, JobRow.next_attempt_at < due_before),
-            ),
+        """Jobs still waiting for a worker although their message went out long ago: queued
+        with the message sent before `sent_before`, or retrying and due before `due_before`."""
+        query = (
+            select(JobRow)
+            .where(
+                or_(
+                    and_(JobRow.status == JobStatus.QUEUED, JobRow.enqueued_at < sent_before),
+                    and_(
+                        JobRow.status == JobStatus.RETRYING,
+                        JobRow.enqueued_at.is_not(None),
+                        JobRow.next_attempt_at < due_before,
+                    ),
+                )
+            )
+            .order_by(JobRow.priority.desc(), JobRow.created_at)
+            .limit(limit)
         )
         with self._transaction() as session:
             return [Job.from_row(row) for row in session.scalars(query)]

@@ -8,6 +8,7 @@ never imports the worker (nor torch).
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,9 @@ from toonq.shared.models import MAX_PRIORITY
 from toonq.shared.settings import Settings
 
 TASK_NAME = "toonq.matte"
+#: Message header: when the message was sent (Unix seconds), so that the sweeper can tell
+#: which messages a queue has already handed out (see `toonq.shared.stranded`).
+SENT_AT_HEADER = "toonq_sent_at"
 PRIORITY_STEPS = [0, 3, 6, 9]
 
 
@@ -102,4 +106,5 @@ def enqueue(
         priority=_kombu_priority(priority),
         countdown=countdown,
         ignore_result=True,
+        headers={SENT_AT_HEADER: time.time()},
     )

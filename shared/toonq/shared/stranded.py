@@ -1,11 +1,18 @@
 """Messages that a dead worker took with it.
 
-With the Redis broker, a message a worker has received but not yet acknowledged waits in kombu's
-`unacked` hash (its receipt time in the `unacked_index` sorted set) until Redis hands it out again
-after the visibility timeout, an hour by default. A worker that dies after receiving a message but
-before claiming its job leaves no lease behind: the job stays queued with its message marked sent.
-This reads the job ids of messages received longer ago than a lease, so that the sweeper can send
-those jobs again; the claim makes any duplicate harmless.
+A worker that dies after taking a message but before claiming its job leaves no lease behind: the
+job stays queued with its message marked sent. With the Redis broker this happens two ways:
+
+* the message was received and waits, unacknowledged, in kombu's `unacked` hash (its receipt time
+  in the `unacked_index` sorted set) until Redis hands it out again after the visibility timeout,
+  an hour by default;
+* the worker was killed between Redis popping the message off the list and recording it as
+  unacknowledged: the message is gone.
+
+Both are found the same way. A queue's Redis lists are first in, first out, so a message sent
+before the oldest one still waiting has been handed out. A job still queued whose message was
+sent before that, more than a lease ago, and that no worker received within the last lease, has
+lost its message: the sweeper sends it again, and the claim makes any duplicate harmless.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, cast
 import redis
 
 from toonq.shared.logging import get_logger
-from toonq.shared.queue import TASK_NAME
+from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME
 
 log = get_logger(__name__)
 
@@ -34,37 +41,56 @@ class UnackedMessages:
     def __init__(self, broker_url: str) -> None:
         self._redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
 
-    def job_ids(self, *, received_before_s: float) -> set[uuid.UUID]:
-        """Job ids of the messages received more than `received_before_s` seconds ago and
-        still unacknowledged."""
-        cutoff = time.time() - received_before_s
-        tags: list[bytes] = cast(
-            list[bytes], self._redis.zrangebyscore(UNACKED_INDEX, "-inf", cutoff)
-        )
+    def received_job_ids(
+        self, *, since: float = float("-inf"), until: float | None = None
+    ) -> set[uuid.UUID]:
+        """Job ids of the unacknowledged messages received between `since` and `until` (Unix
+        seconds; `until` defaults to now)."""
+        until = time.time() if until is None else until
+        tags = cast(list[bytes], self._redis.zrangebyscore(UNACKED_INDEX, since, until))
         if not tags:
             return set()
         job_ids = set()
         for raw in cast(list[bytes | None], self._redis.hmget(UNACKED_HASH, tags)):
-            job_id = _job_id(raw) if raw is not None else None
-            if job_id is not None:
-                job_ids.add(job_id)
+            message = _message(raw) if raw is not None else None
+            if message is not None:
+                job_ids.add(message[0])
         return job_ids
+
+    def oldest_waiting_sent_at(self, lists: list[str]) -> float | None:
+        """When the oldest message still waiting in `lists` was sent (Unix seconds), or None
+        when they are empty. A message without the sent-at header counts as sent now."""
+        pipe = self._redis.pipeline()
+        for name in lists:
+            pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
+        oldest: float | None = None
+        for raw in cast(list[bytes | None], pipe.execute()):
+            if raw is None:
+                continue
+            message = _message(raw, wrapped=False)
+            sent_at = message[1] if message is not None and message[1] is not None else time.time()
+            oldest = sent_at if oldest is None else min(oldest, sent_at)
+        return oldest
 
     def close(self) -> None:
         self._redis.close()
 
 
-def _job_id(raw: bytes) -> uuid.UUID | None:
-    """The job id of one stored message, or None if it is not a well-formed toonq message."""
+def _message(raw: bytes, *, wrapped: bool = True) -> tuple[uuid.UUID, float | None] | None:
+    """The job id and sent-at time of one stored message (in the unacked hash, messages are
+    wrapped with their exchange and routing key), or None if it is not a toonq message."""
     try:
-        message: dict[str, Any] = json.loads(raw)[0]
-        if message["headers"].get("task") != TASK_NAME:
+        loaded = json.loads(raw)
+        message: dict[str, Any] = loaded[0] if wrapped else loaded
+        headers = message["headers"]
+        if headers.get("task") != TASK_NAME:
             return None
         body = message["body"]
         if message["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return uuid.UUID(args[0])
+        job_id = uuid.UUID(json.loads(body)[0][0])
+        sent_at = headers.get(SENT_AT_HEADER)
+        return job_id, float(sent_at) if sent_at is not None else None
     except (ValueError, LookupError, TypeError, AttributeError):
-        log.warning("unacked_message_unreadable", preview=repr(raw[:120]))
+        log.warning("queued_message_unreadable", preview=repr(raw[:120]))
         return None

@@ -10,12 +10,12 @@ than `TOONQ_RESEND_AFTER_S`). Duplicates are harmless, so every worker may sweep
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+import time
+from datetime import UTC, datetime
 
 from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.logging import get_logger
-from toonq.shared.models import utc_now
 from toonq.shared.stranded import UnackedMessages
 
 log = get_logger(__name__)
@@ -23,6 +23,8 @@ log = get_logger(__name__)
 #: How long a job may wait unsent before the sweeper sends it: long enough for the sender that
 #: has just committed it to send it itself.
 UNSENT_GRACE_S = 10.0
+#: Tolerated difference between the clocks of the hosts that send messages.
+CLOCK_SKEW_S = 1.0
 
 
 def sweep(
@@ -32,18 +34,19 @@ def sweep(
     resend_after_s: float,
     unsent_grace_s: float = UNSENT_GRACE_S,
     unacked: UnackedMessages | None = None,
+    queue_lists_: list[str] | None = None,
     stranded_after_s: float = 60.0,
 ) -> list[Job]:
     """Send a message for every job that needs one; returns the jobs it sent. With `unacked`
-    (a Redis broker), also the jobs whose message has been unacknowledged for
-    `stranded_after_s` (a lease) while the job still waits."""
+    and the queue's Redis lists (a Redis broker), also the jobs whose message a worker took
+    more than `stranded_after_s` (a lease) ago without claiming them."""
     due = store.due_for_redelivery(unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s)
-    if unacked is not None:
-        stranded = unacked.job_ids(received_before_s=stranded_after_s)
-        cutoff = utc_now() - timedelta(seconds=stranded_after_s)
+    if unacked is not None and queue_lists_:
         known = {job.id for job in due}
         due += [
-            job for job in store.still_waiting(stranded, due_before=cutoff) if job.id not in known
+            job
+            for job in _handed_out_and_unclaimed(store, unacked, queue_lists_, stranded_after_s)
+            if job.id not in known
         ]
     sent = []
     for job in due:
@@ -51,6 +54,23 @@ def sweep(
             sent.append(job)
             log.info("job_redelivered", job_id=str(job.id), status=job.status)
     return sent
+
+
+def _handed_out_and_unclaimed(
+    store: JobStore, unacked: UnackedMessages, lists: list[str], after_s: float
+) -> list[Job]:
+    now = time.time()
+    cutoff = now - after_s
+    oldest_waiting = unacked.oldest_waiting_sent_at(lists)
+    if oldest_waiting is not None:
+        # Sent before the oldest message still in the lists: handed out already.
+        cutoff = min(cutoff, oldest_waiting - CLOCK_SKEW_S)
+    candidates = store.waiting_since(
+        sent_before=datetime.fromtimestamp(cutoff, UTC),
+        due_before=datetime.fromtimestamp(now - after_s, UTC),
+    )
+    received_lately = unacked.received_job_ids(since=now - after_s)
+    return [job for job in candidates if job.id not in received_lately]
 
 
 class SweeperThread(threading.Thread):
@@ -65,6 +85,7 @@ class SweeperThread(threading.Thread):
         interval_s: float,
         resend_after_s: float,
         unacked: UnackedMessages | None = None,
+        queue_lists_: list[str] | None = None,
         stranded_after_s: float = 60.0,
     ) -> None:
         super().__init__(name="toonq-sweeper", daemon=True)
@@ -73,6 +94,7 @@ class SweeperThread(threading.Thread):
         self._interval_s = interval_s
         self._resend_after_s = resend_after_s
         self._unacked = unacked
+        self._queue_lists = queue_lists_
         self._stranded_after_s = stranded_after_s
         self._stopped = threading.Event()
 
@@ -84,6 +106,7 @@ class SweeperThread(threading.Thread):
                     self._dispatcher,
                     resend_after_s=self._resend_after_s,
                     unacked=self._unacked,
+                    queue_lists_=self._queue_lists,
                     stranded_after_s=self._stranded_after_s,
                 )
             except Exception:

@@ -179,6 +179,7 @@ def run_worker(
             interval_s=settings.sweep_interval_s,
             resend_after_s=settings.resend_after_s,
             unacked=None if settings.is_embedded_broker else UnackedMessages(settings.broker_url),
+            queue_lists_=queue_lists(settings.queue),
             stranded_after_s=settings.lease_s,
         )
         sweeper.start()
