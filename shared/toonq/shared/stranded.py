@@ -59,7 +59,8 @@ class UnackedMessages:
 
     def oldest_waiting_sent_at(self, lists: list[str]) -> float | None:
         """When the oldest message still waiting in `lists` was sent (Unix seconds), or None
-        when they are empty. A message without the sent-at header counts as sent now."""
+        when they are empty. A message without the sent-at header (from an older producer)
+        counts as sent at the epoch: nothing is then taken for lost until it has left."""
         pipe = self._redis.pipeline()
         for name in lists:
             pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
@@ -68,7 +69,7 @@ class UnackedMessages:
             if raw is None:
                 continue
             message = _message(raw, wrapped=False)
-            sent_at = message[1] if message is not None and message[1] is not None else time.time()
+            sent_at = message[1] if message is not None and message[1] is not None else 0.0
             oldest = sent_at if oldest is None else min(oldest, sent_at)
         return oldest
 
