@@ -23,11 +23,6 @@ Fixtures, by service:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -42,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
+from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError
 from toonq.shared.db import create_db_engine, migrate, session_factory
 from toonq.shared.jobstore import JobStore
 from toonq.shared.models import utc_now
@@ -55,7 +50,6 @@ POSTGRES_ADMIN_URL = normalize_database_url(
     os.environ.get("TOONQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 REDIS_URL = os.environ.get("TOONQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-MOTO_START_TIMEOUT_S = 30.0
 
 
 # --- Time -----------------------------------------------------------------------------------------
@@ -232,44 +226,12 @@ def aws_env() -> Iterator[None]:
         yield
 
 
-def _wait_until_serving(
-    process: subprocess.Popen[bytes], endpoint: str, log: Path, timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the moto server exited at start:\n{log.read_text()}", pytrace=False)
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    pytest.fail(f"the moto server did not answer within {timeout_s} s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="session")
-def s3_server(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_server(aws_env: None) -> Iterator[str]:
     """The endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running in a subprocess for
     the session: boto3 talks real HTTP to it, so timeouts and retries behave as in production."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_until_serving(process, endpoint, log, MOTO_START_TIMEOUT_S)
-        yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with MotoS3() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.settings import Settings
-from toonq.shared.stranded import UnackedMessages
+from toonq.shared.stranded import QueueMessages
 from toonq.shared.sweeper import sweep
 
 QUEUE = "stranded"
@@ -30,10 +30,10 @@ def app(redis_url: str) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def unacked(redis_url: str) -> Iterator[UnackedMessages]:
-    unacked = UnackedMessages(redis_url)
-    yield unacked
-    unacked.close()
+def messages(redis_url: str) -> Iterator[QueueMessages]:
+    messages = QueueMessages(redis_url, QUEUE)
+    yield messages
+    messages.close()
 
 
 def sent_jobs(jobstore: JobStore, dispatcher: Dispatcher, count: int) -> list[Job]:
@@ -48,19 +48,18 @@ def waiting(redis_url: str) -> int:
     return sum(int(connection.llen(name)) for name in LISTS)
 
 
-def resweep(jobstore: JobStore, dispatcher: Dispatcher, unacked: UnackedMessages) -> list[Job]:
+def resweep(jobstore: JobStore, dispatcher: Dispatcher, messages: QueueMessages) -> list[Job]:
     return sweep(
         jobstore,
         dispatcher,
         resend_after_s=3600,
-        unacked=unacked,
-        queue_lists_=LISTS,
+        messages=messages,
         stranded_after_s=0,
     )
 
 
 def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
-    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
     dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
     stranded, claimed = sent_jobs(jobstore, dispatcher, 2)
@@ -71,10 +70,10 @@ def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
             queue.get(timeout=5)
             queue.get(timeout=5)
             assert jobstore.claim(claimed.id, worker="dead", lease_s=600) is not None
-            assert unacked.received_job_ids() == {stranded.id, claimed.id}
+            assert messages.received_job_ids() == {stranded.id, claimed.id}
             time.sleep(0.05)
 
-            sent = resweep(jobstore, dispatcher, unacked)
+            sent = resweep(jobstore, dispatcher, messages)
 
             # Only the job still waiting is sent again; the running one is its lease's business.
             assert [job.id for job in sent] == [stranded.id]
@@ -84,7 +83,7 @@ def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
 
 
 def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
-    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
     dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
     (lost,) = sent_jobs(jobstore, dispatcher, 1)
@@ -94,7 +93,7 @@ def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
     popped = redis.Redis.from_url(redis_url).rpop(LISTS[-1])
     assert popped is not None
 
-    sent = resweep(jobstore, dispatcher, unacked)
+    sent = resweep(jobstore, dispatcher, messages)
 
     # The second message still waits in the list: its job is left alone.
     assert [job.id for job in sent] == [lost.id]
@@ -103,16 +102,16 @@ def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
 
 
 def test_messages_still_waiting_in_the_queue_are_not_sent_again(
-    jobstore: JobStore, app: Celery, unacked: UnackedMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
     dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
     sent_jobs(jobstore, dispatcher, 3)
 
-    assert resweep(jobstore, dispatcher, unacked) == []
+    assert resweep(jobstore, dispatcher, messages) == []
     assert waiting(redis_url) == 3
 
 
-def test_foreign_or_malformed_entries_are_ignored(redis_url: str, unacked: UnackedMessages) -> None:
+def test_foreign_or_malformed_entries_are_ignored(redis_url: str, messages: QueueMessages) -> None:
     connection = redis.Redis.from_url(redis_url)
     connection.zadd("unacked_index", {"tag-1": 0, "tag-2": 0})
     connection.hset("unacked", "tag-1", b"not json")
@@ -122,6 +121,6 @@ def test_foreign_or_malformed_entries_are_ignored(redis_url: str, unacked: Unack
         b'[{"body": "W1tdXQ==", "headers": {"task": "other.task"}, "properties": {}}, "", ""]',
     )
     connection.rpush(LISTS[0], b"not json either")
-    assert unacked.received_job_ids() == set()
+    assert messages.received_job_ids() == set()
     # Of unknown age: counted as the oldest possible, so that nothing is taken for lost.
-    assert unacked.oldest_waiting_sent_at(LISTS) == 0.0
+    assert messages.oldest_waiting_sent_at() == 0.0

@@ -235,20 +235,9 @@ def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None
 def recover(ctx: Context, as_json: bool) -> None:
     """Re-send the jobs that would otherwise wait for ever: messages never sent or lost, and
     running jobs whose worker stopped renewing its lease (workers also do this periodically)."""
-    from toonq.shared.queue import queue_lists
-    from toonq.shared.stranded import UnackedMessages
-    from toonq.shared.sweeper import sweep
+    from toonq.shared.sweeper import recover as recover_jobs
 
-    client, settings = ctx.client, ctx.settings
-    unacked = None if settings.is_embedded_broker else UnackedMessages(settings.broker_url)
-    jobs = sweep(
-        client.store,
-        client.dispatcher,
-        resend_after_s=settings.resend_after_s,
-        unacked=unacked,
-        queue_lists_=queue_lists(settings.queue),
-        stranded_after_s=settings.lease_s,
-    )
+    jobs = recover_jobs(ctx.client.store, ctx.client.dispatcher, ctx.settings)
     by_status = Counter(str(job.status) for job in jobs)
     if as_json:
         print_json({"recovered": len(jobs), "by_status": dict(by_status)})

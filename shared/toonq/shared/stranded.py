@@ -26,7 +26,8 @@ from typing import Any, cast
 import redis
 
 from toonq.shared.logging import get_logger
-from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME
+from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, queue_lists
+from toonq.shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -35,11 +36,18 @@ UNACKED_HASH = "unacked"
 UNACKED_INDEX = "unacked_index"
 
 
-class UnackedMessages:
-    """The unacknowledged toonq messages of one Redis broker."""
+class QueueMessages:
+    """One toonq queue's messages on a Redis broker: those waiting in its lists, and those
+    received but not yet acknowledged."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, queue: str) -> None:
         self._redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self._lists = queue_lists(queue)
+
+    @classmethod
+    def of(cls, settings: Settings) -> QueueMessages | None:
+        """The queue's messages, or None with the embedded broker (which has no such sets)."""
+        return None if settings.is_embedded_broker else cls(settings.broker_url, settings.queue)
 
     def received_job_ids(
         self, *, since: float = float("-inf"), until: float | None = None
@@ -57,12 +65,12 @@ class UnackedMessages:
                 job_ids.add(message[0])
         return job_ids
 
-    def oldest_waiting_sent_at(self, lists: list[str]) -> float | None:
-        """When the oldest message still waiting in `lists` was sent (Unix seconds), or None
-        when they are empty. A message without the sent-at header (from an older producer)
+    def oldest_waiting_sent_at(self) -> float | None:
+        """When the oldest message still waiting in the queue was sent (Unix seconds), or None
+        when it is empty. A message without the sent-at header (from an older producer)
         counts as sent at the epoch: nothing is then taken for lost until it has left."""
         pipe = self._redis.pipeline()
-        for name in lists:
+        for name in self._lists:
             pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
         oldest: float | None = None
         for raw in cast(list[bytes | None], pipe.execute()):

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.logging import get_logger
-from toonq.shared.stranded import UnackedMessages
+from toonq.shared.settings import Settings
+from toonq.shared.stranded import QueueMessages
 
 log = get_logger(__name__)
 
@@ -33,19 +34,18 @@ def sweep(
     *,
     resend_after_s: float,
     unsent_grace_s: float = UNSENT_GRACE_S,
-    unacked: UnackedMessages | None = None,
-    queue_lists_: list[str] | None = None,
+    messages: QueueMessages | None = None,
     stranded_after_s: float = 60.0,
 ) -> list[Job]:
-    """Send a message for every job that needs one; returns the jobs it sent. With `unacked`
-    and the queue's Redis lists (a Redis broker), also the jobs whose message a worker took
+    """Send a message for every job that needs one; returns the jobs it sent. With the queue's
+    `messages` (a Redis broker), also the jobs whose message a worker took
     more than `stranded_after_s` (a lease) ago without claiming them."""
     due = store.due_for_redelivery(unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s)
-    if unacked is not None and queue_lists_:
+    if messages is not None:
         known = {job.id for job in due}
         due += [
             job
-            for job in _handed_out_and_unclaimed(store, unacked, queue_lists_, stranded_after_s)
+            for job in _handed_out_and_unclaimed(store, messages, stranded_after_s)
             if job.id not in known
         ]
     sent = []
@@ -57,11 +57,11 @@ def sweep(
 
 
 def _handed_out_and_unclaimed(
-    store: JobStore, unacked: UnackedMessages, lists: list[str], after_s: float
+    store: JobStore, messages: QueueMessages, after_s: float
 ) -> list[Job]:
     now = time.time()
     cutoff = now - after_s
-    oldest_waiting = unacked.oldest_waiting_sent_at(lists)
+    oldest_waiting = messages.oldest_waiting_sent_at()
     if oldest_waiting is not None:
         # Sent before the oldest message still in the lists: handed out already.
         cutoff = min(cutoff, oldest_waiting - CLOCK_SKEW_S)
@@ -69,46 +69,44 @@ def _handed_out_and_unclaimed(
         sent_before=datetime.fromtimestamp(cutoff, UTC),
         due_before=datetime.fromtimestamp(now - after_s, UTC),
     )
-    received_lately = unacked.received_job_ids(since=now - after_s)
+    received_lately = messages.received_job_ids(since=now - after_s)
     return [job for job in candidates if job.id not in received_lately]
 
 
-class SweeperThread(threading.Thread):
-    """Sweeps every `interval_s` seconds until `stop()`. An error is logged and the next
-    sweep tries again: the thread must outlive a database or broker outage."""
+def recover(
+    store: JobStore,
+    dispatcher: Dispatcher,
+    settings: Settings,
+    messages: QueueMessages | None = None,
+) -> list[Job]:
+    """One sweep with the thresholds of `settings` (what `toonq recover` runs); `messages`
+    defaults to a new view of the settings' queue."""
+    return sweep(
+        store,
+        dispatcher,
+        resend_after_s=settings.resend_after_s,
+        messages=messages or QueueMessages.of(settings),
+        stranded_after_s=settings.lease_s,
+    )
 
-    def __init__(
-        self,
-        store: JobStore,
-        dispatcher: Dispatcher,
-        *,
-        interval_s: float,
-        resend_after_s: float,
-        unacked: UnackedMessages | None = None,
-        queue_lists_: list[str] | None = None,
-        stranded_after_s: float = 60.0,
-    ) -> None:
+
+class SweeperThread(threading.Thread):
+    """Recovers every `TOONQ_SWEEP_INTERVAL_S` seconds until `stop()`. An error is logged and
+    the next sweep tries again: the thread must outlive a database or broker outage."""
+
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, settings: Settings) -> None:
         super().__init__(name="toonq-sweeper", daemon=True)
         self._store = store
         self._dispatcher = dispatcher
-        self._interval_s = interval_s
-        self._resend_after_s = resend_after_s
-        self._unacked = unacked
-        self._queue_lists = queue_lists_
-        self._stranded_after_s = stranded_after_s
+        self._settings = settings
+        # One Redis connection for the thread's life, not one per sweep.
+        self._messages = QueueMessages.of(settings)
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self._interval_s):
+        while not self._stopped.wait(self._settings.sweep_interval_s):
             try:
-                sweep(
-                    self._store,
-                    self._dispatcher,
-                    resend_after_s=self._resend_after_s,
-                    unacked=self._unacked,
-                    queue_lists_=self._queue_lists,
-                    stranded_after_s=self._stranded_after_s,
-                )
+                recover(self._store, self._dispatcher, self._settings, self._messages)
             except Exception:
                 log.exception("sweep_failed")
 

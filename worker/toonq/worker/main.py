@@ -29,7 +29,6 @@ from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
-from toonq.shared.stranded import UnackedMessages
 from toonq.shared.sweeper import SweeperThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
@@ -173,15 +172,7 @@ def run_worker(
     shutdown.install()
     sweeper = None
     if settings.sweep_interval_s:
-        sweeper = SweeperThread(
-            ctx.store,
-            ctx.dispatcher,
-            interval_s=settings.sweep_interval_s,
-            resend_after_s=settings.resend_after_s,
-            unacked=None if settings.is_embedded_broker else UnackedMessages(settings.broker_url),
-            queue_lists_=queue_lists(settings.queue),
-            stranded_after_s=settings.lease_s,
-        )
+        sweeper = SweeperThread(ctx.store, ctx.dispatcher, settings)
         sweeper.start()
     ctx.leases.start()
     ctx.batcher.start()
