@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # Producer/admin image: the `toonq` CLI (migrate, submit, status, jobs, requeue, cancel, recover)
-# and the Python client, without torch: the project's core dependencies only, no worker extra.
+# and the Python client, without torch: the project's core dependencies only, no worker extra,
+# and no worker/ source root (its commands then say what to install).
 #
 #   docker build -f docker/producer.Dockerfile -t toonq .
 #   docker run --rm -e TOONQ_DATABASE_URL=postgresql://... toonq migrate
@@ -16,7 +17,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY producer producer
-COPY worker worker
 COPY migrations migrations
 # hadolint ignore=DL3013
 RUN pip install .

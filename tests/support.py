@@ -25,7 +25,7 @@ from PIL import Image
 
 from toonq.shared.jobstore import JobSpec
 
-TOONQ = [sys.executable, "-m", "toonq.cli.main"]
+TOONQ = [sys.executable, "-m", "toonq.producer.cli"]
 
 
 def png_bytes(size: tuple[int, int] = (200, 150), *, mode: str = "RGBA") -> bytes:

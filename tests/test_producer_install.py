@@ -11,7 +11,7 @@ import sys
 for name in ("torch", "torchvision", "transformers", "numpy", "PIL", "safetensors"):
     sys.modules[name] = None  # any import of them now raises ImportError
 from toonq.producer import ToonqClient
-from toonq.cli.main import cli
+from toonq.producer.cli.main import cli
 sys.argv = ["toonq", *sys.argv[1:]]
 cli(prog_name="toonq")
 """

@@ -223,7 +223,7 @@ class Deployment:
         port = _free_port()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "toonq.cli.main", "worker"],
+                [sys.executable, "-m", "toonq.producer.cli", "worker"],
                 env=self.env | {"TOONQ_METRICS_PORT": str(port)} | env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

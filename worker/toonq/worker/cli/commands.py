@@ -1,18 +1,20 @@
-"""CLI commands that run the engine: they import the worker package (and torch) when invoked."""
+"""The worker's commands: `toonq worker`, `toonq matte` and `toonq model`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from toonq.cli.context import Context, needs_engine, pass_context
+from toonq.producer.cli.context import Context, pass_context
 from toonq.shared.colors import parse_color
 from toonq.shared.models import IMAGE_SUFFIXES
-
-if TYPE_CHECKING:
-    from toonq.worker.engine.matting import MattingEngine
+from toonq.shared.storage import open_store
+from toonq.worker.cli.matte_files import matte_files
+from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.worker.engine.weights import load_model, random_model
+from toonq.worker.gpu import pin_gpu
+from toonq.worker.main import run_worker
 
 _PRESETS = ("tiny", "lite", "toonout")
 
@@ -41,15 +43,10 @@ resolution_option = click.option(
     help="Jobs in flight [default: TOONQ_CONCURRENCY, or 2 x the batch size + 2].",
 )
 @pass_context
-@needs_engine
 def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
     """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM."""
     if gpu is not None:
-        from toonq.worker.gpu import pin_gpu
-
         pin_gpu(gpu)
-    from toonq.worker.main import run_worker
-
     run_worker(ctx.settings, gpu=gpu, concurrency=concurrency)
 
 
@@ -66,7 +63,6 @@ def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
 @click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @pass_context
-@needs_engine
 def matte(
     ctx: Context,
     inputs: tuple[Path, ...],
@@ -86,9 +82,6 @@ def matte(
     Writes OUT/<stem>.png (or .webp). A bad file is reported and skipped; the exit status is 1
     if any file failed.
     """
-    from toonq.cli.matte_files import matte_files
-    from toonq.worker.engine.matting import MatteOptions
-
     settings = ctx.settings
     options = MatteOptions(
         bg_color=parse_color(bg_color or settings.bg_color),
@@ -121,10 +114,6 @@ def build_engine(
     precision: str | None,
     resolution: int | None,
 ) -> MattingEngine:
-    from toonq.shared.storage import open_store
-    from toonq.worker.engine.matting import MattingEngine
-    from toonq.worker.engine.weights import load_model
-
     settings = ctx.settings
     spec = model_spec or settings.model
     store = open_store(settings) if spec.startswith("s3://") else None
@@ -146,11 +135,8 @@ def model() -> None:
 @model.command("random")
 @click.option("--preset", type=click.Choice(_PRESETS), required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
-@needs_engine
 def model_random(preset: str, out_dir: Path) -> None:
     """Write a RANDOMLY initialised model directory, to smoke-test deployments."""
-    from toonq.worker.engine.weights import random_model
-
     random_model(preset).save_pretrained(out_dir)
     banner = "!" * 78
     click.secho(banner, fg="yellow", err=True)
@@ -167,16 +153,9 @@ def model_random(preset: str, out_dir: Path) -> None:
 @model.command("fetch")
 @model_option
 @pass_context
-@needs_engine
 def model_fetch(ctx: Context, model_spec: str | None) -> None:
     """Download and verify the weights now (e.g. while building an image), then load them once."""
-    from toonq.shared.storage import open_store
-    from toonq.worker.engine.weights import load_model
-
     spec = model_spec or ctx.settings.model
     store = open_store(ctx.settings) if spec.startswith("s3://") else None
     loaded = load_model(spec, store=store)
     click.echo(f"{loaded.name} revision {loaded.revision or '-'}: ready")
-
-
-ENGINE_COMMANDS = (worker, matte, model)

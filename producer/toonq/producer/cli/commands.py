@@ -1,48 +1,24 @@
-"""`toonq`: the operators' command line.
-
-Queue commands (submit, status, jobs, requeue, cancel, migrate, sweep) need only the producer
-install; engine commands (worker, matte, model, bench, demo) import the worker, and torch, when
-they run.
-"""
+"""The queue-side commands: they need the producer install only (no torch)."""
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import click
 
-from toonq.cli.bench import bench
-from toonq.cli.context import Context, pass_context
-from toonq.cli.demo import demo
-from toonq.cli.engine_commands import ENGINE_COMMANDS
-from toonq.cli.eval_command import eval_command
-from toonq.cli.render import print_job_detail, print_jobs_table, print_json
-from toonq.producer import WaitTimeoutError
-from toonq.shared.errors import JOB_ERROR_CODES, ToonqError
+from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_json
+from toonq.producer.client import WaitTimeoutError
+from toonq.shared.db import migrate as run_migrations
+from toonq.shared.errors import JOB_ERROR_CODES
 from toonq.shared.models import JobStatus, OutputFormat
+from toonq.shared.sweeper import recover as recover_jobs
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
 EXIT_TIMEOUT = 124
-
-
-class ToonqGroup(click.Group):
-    """Turns toonq's typed errors into one clear line and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ToonqError as exc:
-            click.echo(f"error [{exc.code}]: {exc}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=ToonqGroup)
-@click.version_option(package_name="toonq")
-def cli() -> None:
-    """toonq: background removal for anime images, as a distributed job queue."""
 
 
 def _parse_since(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -60,18 +36,16 @@ status_choice = click.Choice([s.value for s in JobStatus])
 error_code_choice = click.Choice(sorted(JOB_ERROR_CODES))
 
 
-@cli.command()
+@click.command()
 @click.option("--revision", default="head", show_default=True, help="Alembic revision.")
 @pass_context
 def migrate(ctx: Context, revision: str) -> None:
     """Upgrade the database schema (PostgreSQL or SQLite)."""
-    from toonq.shared.db import migrate as run_migrations
-
     run_migrations(ctx.settings.database_url, revision)
     click.echo(f"database at {revision}")
 
 
-@cli.command()
+@click.command()
 @click.argument("input_uri")
 @click.option("--output", "output_uri", help="Output URI [default: TOONQ_OUTPUT_PREFIX/<id>.png].")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
@@ -130,7 +104,7 @@ def submit(
         sys.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @json_option
 @pass_context
@@ -144,7 +118,7 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
         print_job_detail(job, events)
 
 
-@cli.command()
+@click.command()
 @click.option("--status", "status_", type=status_choice, help="Only jobs in this status.")
 @click.option("--error-code", type=error_code_choice, help="Only jobs that failed with this code.")
 @click.option("--since", callback=_parse_since, help="Only jobs created at or after (ISO 8601).")
@@ -167,7 +141,7 @@ def jobs(
         print_jobs_table(found)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_ids", nargs=-1)
 @click.option(
     "--status",
@@ -215,7 +189,7 @@ def requeue(
     click.echo(f"{verb} {len(found)} job(s)")
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--reason", help="Recorded in the job's history.")
 @json_option
@@ -229,14 +203,12 @@ def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None
         click.echo(f"{job.id} {job.status}")
 
 
-@cli.command()
+@click.command()
 @json_option
 @pass_context
 def recover(ctx: Context, as_json: bool) -> None:
     """Re-send the jobs that would otherwise wait for ever: messages never sent or lost, and
     running jobs whose worker stopped renewing its lease (workers also do this periodically)."""
-    from toonq.shared.sweeper import recover as recover_jobs
-
     jobs = recover_jobs(ctx.client.store, ctx.client.dispatcher, ctx.settings)
     by_status = Counter(str(job.status) for job in jobs)
     if as_json:
@@ -246,18 +218,4 @@ def recover(ctx: Context, as_json: bool) -> None:
         click.echo(f"re-sent {len(jobs)} job(s)" + (f": {detail}" if detail else ""))
 
 
-# The command's first name, kept for the scripts that call it.
-cli.add_command(recover, name="sweep")
-
-
-for command in (*ENGINE_COMMANDS, bench, demo):
-    cli.add_command(command)
-cli.add_command(eval_command)
-
-
-def main() -> None:
-    cli(prog_name="toonq")
-
-
-if __name__ == "__main__":
-    main()
+QUEUE_COMMANDS = (migrate, submit, status, jobs, requeue, cancel, recover)

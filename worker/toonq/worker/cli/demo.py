@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
-from toonq.cli.context import Context, needs_engine, pass_context
-from toonq.cli.render import print_jobs_table
-from toonq.producer import ToonqClient
+from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.render import print_jobs_table
+from toonq.producer.client import ToonqClient
+from toonq.shared.db import migrate
 from toonq.shared.jobstore import Job
 from toonq.shared.models import JobStatus
 from toonq.shared.storage import ObjectURI
+from toonq.worker.samples import anime_sample
 
 _SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 1200)]
 
@@ -33,11 +36,8 @@ _SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 
 @click.option("--images", type=click.IntRange(1, 50), default=6, show_default=True)
 @click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds.")
 @pass_context
-@needs_engine
 def demo(ctx: Context, images: int, timeout: float) -> None:
     """Matte a few generated anime-style images through the queue, end to end."""
-    from toonq.shared.db import migrate
-
     settings = ctx.settings
     logging.getLogger("alembic").setLevel(logging.WARNING)
     migrate(settings.database_url)
@@ -79,8 +79,6 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
 
 
 def _upload_samples(client: ToonqClient, prefix: str, count: int) -> list[str]:
-    from toonq.worker.samples import anime_sample
-
     uris = []
     for i in range(count):
         image = anime_sample(seed=i, size=_SIZES[i % len(_SIZES)], transparent=i % 2 == 1)
@@ -102,7 +100,7 @@ def _start_worker(home: Path, log_path: Path) -> subprocess.Popen[bytes]:
     env = os.environ | {"TOONQ_HOME": str(home), "TOONQ_LOG_FORMAT": "console"}
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "toonq.cli.main", "worker"],
+            [sys.executable, "-m", "toonq.producer.cli", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -138,8 +136,6 @@ def _follow(
     worker_log: Path,
     timeout: float,
 ) -> list[Job]:
-    from tqdm import tqdm
-
     deadline = time.monotonic() + timeout
     latest = {job.id: job for job in jobs}
     with tqdm(total=len(jobs), unit="job", desc="matting") as bar:

@@ -8,7 +8,9 @@ from typing import TypeVar
 
 import click
 
-from toonq.cli.context import needs_engine
+from toonq.worker.bench import SECTIONS
+from toonq.worker.bench.machine import describe_machine
+from toonq.worker.bench.report import BenchOptions, describe_machine_line, write_report
 
 T = TypeVar("T")
 
@@ -68,7 +70,6 @@ def _on_off(value: str) -> bool:
     help="torch.compile: on, off [default: off,on on a GPU; off on a CPU].",
 )
 @click.option("--repeat", type=click.IntRange(1), default=5, show_default=True)
-@needs_engine
 def bench(
     sections: list[str] | None,
     quick: bool,
@@ -85,10 +86,6 @@ def bench(
 
     Prints the machine, each section as it finishes, and last the line `report: PATH`.
     """
-    from toonq.worker.bench import SECTIONS
-    from toonq.worker.bench.machine import describe_machine
-    from toonq.worker.bench.report import BenchOptions, describe_machine_line, write_report
-
     names = sections or list(SECTIONS)
     unknown = [name for name in names if name not in SECTIONS]
     if unknown:

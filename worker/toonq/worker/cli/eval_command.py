@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from toonq.cli.context import Context, needs_engine, pass_context
-from toonq.cli.engine_commands import device_option, precision_option, resolution_option
-from toonq.cli.render import print_json
+from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.render import print_json
 from toonq.shared.colors import parse_color
-from toonq.shared.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from toonq.worker.evaluation.dataset import EvalDataset
-    from toonq.worker.evaluation.runner import PredictionSource
+from toonq.worker.cli.commands import (
+    build_engine,
+    device_option,
+    precision_option,
+    resolution_option,
+)
+from toonq.worker.evaluation.comparison import compare
+from toonq.worker.evaluation.dataset import EvalDataset, open_dataset
+from toonq.worker.evaluation.report import (
+    ContactSheet,
+    ab_payload,
+    scores_table,
+    summary_table,
+    write_ab_report,
+)
+from toonq.worker.evaluation.runner import EngineSource, FolderSource, PredictionSource, evaluate
 
 #: Where an A/B comparison writes its report when --report is not given.
 DEFAULT_REPORT_DIR = Path("eval-report")
@@ -90,23 +99,6 @@ def eval_command(
     if report_dir is not None and sources_given == 1:
         raise click.UsageError("--report is for A/B comparisons: give two --pred or --model")
 
-    # Scoring mask folders needs NumPy, Pillow and matplotlib, not torch: only --model does.
-    try:
-        from toonq.worker.evaluation.comparison import compare
-        from toonq.worker.evaluation.dataset import open_dataset
-        from toonq.worker.evaluation.report import (
-            ContactSheet,
-            ab_payload,
-            scores_table,
-            summary_table,
-            write_ab_report,
-        )
-        from toonq.worker.evaluation.runner import evaluate
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"toonq eval needs the worker extra ({exc}): pip install 'toonq[worker]'"
-        ) from None
-
     max_pixels = ctx.settings.max_image_pixels
     dataset = open_dataset(gt_dir, images_dir)
     if pred_dirs:
@@ -138,8 +130,6 @@ def eval_command(
 def _folder_sources(
     dataset: EvalDataset, folders: tuple[Path, ...], *, max_pixels: int
 ) -> list[PredictionSource]:
-    from toonq.worker.evaluation.runner import FolderSource
-
     labels = _labels([path.name for path in folders], [str(path) for path in folders])
     sources: list[PredictionSource] = []
     for path, label in zip(folders, labels, strict=True):
@@ -154,7 +144,6 @@ def _folder_sources(
     return sources
 
 
-@needs_engine
 def _model_sources(
     ctx: Context,
     specs: tuple[str, ...],
@@ -162,9 +151,6 @@ def _model_sources(
     precision: str | None,
     resolution: int | None,
 ) -> list[PredictionSource]:
-    from toonq.cli.engine_commands import build_engine
-    from toonq.worker.evaluation.runner import EngineSource
-
     bg_color = parse_color(ctx.settings.bg_color)
     return [
         EngineSource(label, build_engine(ctx, spec, device, precision, resolution), bg_color)

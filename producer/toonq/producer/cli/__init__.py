@@ -1,0 +1,1 @@
+"""The `toonq` command line: the queue commands, and the group other packages add to."""
