@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import inspect
 import json
 import re
 import shlex
@@ -206,7 +205,7 @@ def image_uid(path: Path) -> int:
 
 def settings_variables() -> set[str]:
     """The TOONQ_* variables that `Settings.from_env` reads."""
-    return set(re.findall(r'"(TOONQ_[A-Z0-9_]+)"', inspect.getsource(Settings.from_env)))
+    return set(Settings.variables())
 
 
 def deployed_variables() -> set[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import Field, fields
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,22 @@ def test_log_level_is_case_insensitive() -> None:
 def test_bad_values_are_refused_with_a_typed_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(env)
+
+
+def test_every_setting_is_documented_in_the_readme_configuration_table() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(TOONQ_[A-Z0-9_]+)`", table))
+    assert set(Settings.variables()) - documented == set()
+
+
+#: The settings whose default is a value one can write (unset means the others' defaults).
+_WRITTEN_DEFAULTS = [
+    f for f in fields(Settings) if f.default not in (None, False, "") and f.name != "home"
+]
+
+
+@pytest.mark.parametrize("field", _WRITTEN_DEFAULTS, ids=lambda field: field.name)
+def test_each_default_reads_back_from_its_variable(field: Field[object]) -> None:
+    env = {field.metadata["toonq_variable"]: str(field.default)}
+    assert getattr(Settings.from_env(env), field.name) == field.default

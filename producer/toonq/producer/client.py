@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from toonq.producer.validation import InputValidator
+from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.colors import normalize_color
 from toonq.shared.db import create_db_engine, session_factory
 from toonq.shared.dispatch import Dispatcher
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
-from toonq.shared.models import JobStatus, OutputFormat
+from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
-from toonq.shared.settings import MAX_RESOLUTION, Settings
+from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, open_store
 
 
@@ -129,11 +130,7 @@ class ToonqClient:
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
         self._validator.check_input(request.input_uri)
-        resolution = request.resolution or self.settings.resolution
-        if resolution % 32 or not 32 <= resolution <= MAX_RESOLUTION:
-            raise InvalidRequestError(
-                f"resolution must be a multiple of 32 up to {MAX_RESOLUTION}, got {resolution}"
-            )
+        resolution = check_resolution(request.resolution or self.settings.resolution)
         job_id = _job_id(request.idempotency_key)
         extension = "png" if request.mask_only else request.format
         output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{extension}"

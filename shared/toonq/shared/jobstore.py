@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
 from toonq.shared.db import translate_db_errors
 from toonq.shared.errors import (
     IdempotencyConflictError,
@@ -31,16 +32,7 @@ from toonq.shared.errors import (
     JobNotFoundError,
     WorkerLostError,
 )
-from toonq.shared.models import (
-    MAX_PRIORITY,
-    OUTPUT_FORMATS,
-    EventKind,
-    JobEventRow,
-    JobRow,
-    JobStatus,
-    OutputFormat,
-    utc_now,
-)
+from toonq.shared.models import EventKind, JobEventRow, JobRow, JobStatus, utc_now
 
 WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
 CANCELLABLE_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
@@ -98,9 +90,9 @@ class JobSpec:
                 f"output format must be one of {', '.join(OUTPUT_FORMATS)}; "
                 f"got {self.output_format!r}"
             )
-        if not 0 <= self.priority <= MAX_PRIORITY:
+        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
             raise InvalidRequestError(
-                f"priority must be between 0 and {MAX_PRIORITY}, got {self.priority}"
+                f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {self.priority}"
             )
         if self.resolution <= 0:
             raise InvalidRequestError(f"resolution must be positive, got {self.resolution}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -40,13 +42,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-OutputFormat = Literal["png", "webp"]
-#: File suffixes the CLI treats as images when it walks a folder.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-#: Job priorities run 0 (the default) to 9 (served first).
-MAX_PRIORITY = 9
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "webp")
 
 
 class JobStatus(StrEnum):
@@ -141,8 +136,13 @@ class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_status_created_at", "status", "created_at"),
-        CheckConstraint("output_format IN ('png', 'webp')", name="output_format"),
-        CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        CheckConstraint(
+            f"output_format IN ({', '.join(repr(f) for f in OUTPUT_FORMATS)})",
+            name="output_format",
+        ),
+        CheckConstraint(
+            f"priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}", name="priority_range"
+        ),
         CheckConstraint("resolution > 0", name="resolution_positive"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),

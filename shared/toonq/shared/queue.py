@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from toonq.shared.models import MAX_PRIORITY
+from toonq.shared.choices import MAX_PRIORITY
 from toonq.shared.settings import Settings
 
 TASK_NAME = "toonq.matte"

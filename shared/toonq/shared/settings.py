@@ -8,17 +8,25 @@ database, a folder-backed broker and a folder used as the object store. Producti
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from toonq.shared.choices import (
+    COMPILE_MODES,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    PRECISIONS,
+    RESOLUTION_MULTIPLE,
+    resolution_problem,
+)
 from toonq.shared.errors import ConfigurationError
 
 DEFAULT_MODEL = "joelseytre/toonout"
 DEFAULT_QUEUE = "matting"
 DEFAULT_BG_COLOR = "#808080"
 EMBEDDED_BROKER = "filesystem://localhost/"
-MAX_RESOLUTION = 4096
 
 
 def normalize_database_url(url: str) -> str:
@@ -30,23 +38,45 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
-    return value
+# --- Parsers: (variable name, non-empty raw value) -> value -----------------------------------
+
+#: Keys of a field's metadata: the variable it is read from, and how its text is parsed.
+VARIABLE = "toonq_variable"
+PARSER = "toonq_parser"
+
+Parser = Callable[[str, str], Any]
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _text(_: str, raw: str) -> str:
+    return raw
+
+
+def _path(_: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _prefix(_: str, raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def _database_url(_: str, raw: str) -> str:
+    return normalize_database_url(raw)
+
+
+def _int(minimum: int = 0) -> Parser:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -56,145 +86,109 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (env.get(name) or "0").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
         return True
-    if raw in ("0", "false", "no", "off"):
+    if value in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"{name} must be 1 or 0, got {raw!r}")
 
 
-def _choice(
-    env: Mapping[str, str],
-    name: str,
-    default: str,
-    choices: tuple[str, ...],
-    *,
-    upper: bool = False,
-) -> str:
-    value = env.get(name) or default
-    if upper:
-        value = value.upper()
-    if value not in choices:
-        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.upper() if upper else raw
+        if value not in choices:
+            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return parse
+
+
+def _setting(variable: str, default: Any, parse: Parser = _text) -> Any:
+    """A field read from `variable`; unset or empty means `default`."""
+    return field(default=default, metadata={VARIABLE: variable, PARSER: parse})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of toonq. Build it with `Settings.from_env()`; fields are documented in the
-    README's configuration table under their environment variable names."""
+    """Every knob of toonq, each declared once with its environment variable, default and
+    parser. Build it with `Settings.from_env()`; the README's configuration table documents the
+    variables. Empty `database_url` and `output_prefix` mean the embedded defaults under `home`.
+    """
 
-    home: Path = Path(".toonq")
-    database_url: str = ""
-    broker_url: str = EMBEDDED_BROKER
-    queue: str = DEFAULT_QUEUE
-    s3_endpoint_url: str | None = None
-    s3_max_attempts: int = 4
-    s3_connect_timeout_s: float = 5.0
-    s3_read_timeout_s: float = 60.0
-    output_prefix: str = ""
+    home: Path = _setting("TOONQ_HOME", Path(".toonq"), _path)  # noqa: RUF009 (a field)
+    database_url: str = _setting("TOONQ_DATABASE_URL", "", _database_url)
+    broker_url: str = _setting("TOONQ_BROKER_URL", EMBEDDED_BROKER)
+    queue: str = _setting("TOONQ_QUEUE", DEFAULT_QUEUE)
+    s3_endpoint_url: str | None = _setting("TOONQ_S3_ENDPOINT_URL", None)
+    s3_max_attempts: int = _setting("TOONQ_S3_MAX_ATTEMPTS", 4, _int(minimum=1))
+    s3_connect_timeout_s: float = _setting("TOONQ_S3_CONNECT_TIMEOUT_S", 5.0, _float)
+    s3_read_timeout_s: float = _setting("TOONQ_S3_READ_TIMEOUT_S", 60.0, _float)
+    output_prefix: str = _setting("TOONQ_OUTPUT_PREFIX", "", _prefix)
     # Engine.
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    precision: str = "auto"
-    resolution: int = 1024
-    bg_color: str = DEFAULT_BG_COLOR
-    png_compress_level: int = 1
-    compile_mode: str = "off"
-    channels_last: bool = False
-    max_image_pixels: int = 50_000_000
-    max_input_bytes: int = 100 * 1024 * 1024
+    model: str = _setting("TOONQ_MODEL", DEFAULT_MODEL)
+    device: str = _setting("TOONQ_DEVICE", "auto")
+    precision: str = _setting("TOONQ_PRECISION", "auto", _choice(PRECISIONS))
+    resolution: int = _setting("TOONQ_RESOLUTION", 1024, _int(minimum=RESOLUTION_MULTIPLE))
+    bg_color: str = _setting("TOONQ_BG_COLOR", DEFAULT_BG_COLOR)
+    png_compress_level: int = _setting("TOONQ_PNG_COMPRESS_LEVEL", 1, _int())
+    compile_mode: str = _setting("TOONQ_COMPILE", "off", _choice(COMPILE_MODES))
+    channels_last: bool = _setting("TOONQ_CHANNELS_LAST", False, _flag)
+    max_image_pixels: int = _setting("TOONQ_MAX_IMAGE_PIXELS", 50_000_000, _int(minimum=1))
+    max_input_bytes: int = _setting("TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, _int(minimum=1))
     # Delivery and retries.
-    max_attempts: int = 5
-    retry_backoff_s: float = 2.0
-    retry_backoff_max_s: float = 300.0
-    lease_s: int = 60
-    job_timeout_s: int = 900
-    visibility_timeout_s: int = 3600
-    sweep_interval_s: int = 15
-    resend_after_s: int = 21600
-    shutdown_grace_s: float = 30.0
+    max_attempts: int = _setting("TOONQ_MAX_ATTEMPTS", 5, _int(minimum=1))
+    retry_backoff_s: float = _setting("TOONQ_RETRY_BACKOFF_S", 2.0, _float)
+    retry_backoff_max_s: float = _setting("TOONQ_RETRY_BACKOFF_MAX_S", 300.0, _float)
+    lease_s: int = _setting("TOONQ_LEASE_SECONDS", 60, _int(minimum=1))
+    job_timeout_s: int = _setting("TOONQ_JOB_TIMEOUT_S", 900, _int(minimum=1))
+    visibility_timeout_s: int = _setting("TOONQ_VISIBILITY_TIMEOUT_S", 3600, _int(minimum=1))
+    sweep_interval_s: int = _setting("TOONQ_SWEEP_INTERVAL_S", 15, _int())
+    resend_after_s: int = _setting("TOONQ_RESEND_AFTER_S", 21600, _int(minimum=1))
+    shutdown_grace_s: float = _setting("TOONQ_SHUTDOWN_GRACE_S", 30.0, _float)
     # Pipeline: jobs in flight per worker and the GPU loop's batching (0 = chosen for the device).
-    concurrency: int = 0
-    max_batch_size: int = 0
-    max_batch_wait_ms: float = 10.0
+    concurrency: int = _setting("TOONQ_CONCURRENCY", 0, _int())
+    max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
+    max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
     # Operations.
-    worker_name: str | None = None
-    log_format: str = "auto"
-    log_level: str = "INFO"
-    metrics_port: int = 0
-    metrics_queue_depth: bool = False
-    liveness_timeout_s: float = 120.0
+    worker_name: str | None = _setting("TOONQ_WORKER_NAME", None)
+    log_format: str = _setting("TOONQ_LOG_FORMAT", "auto", _choice(LOG_FORMATS))
+    log_level: str = _setting("TOONQ_LOG_LEVEL", "INFO", _choice(LOG_LEVELS, upper=True))
+    metrics_port: int = _setting("TOONQ_METRICS_PORT", 0, _int())
+    metrics_queue_depth: bool = _setting("TOONQ_METRICS_QUEUE_DEPTH", False, _flag)
+    liveness_timeout_s: float = _setting("TOONQ_LIVENESS_TIMEOUT_S", 120.0, _float)
+
+    def __post_init__(self) -> None:
+        # The embedded defaults live under TOONQ_HOME, made absolute so that a worker started
+        # from another folder finds the same database and files.
+        home = self.home.expanduser().absolute()
+        object.__setattr__(self, "home", home)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{home / 'toonq.db'}")
+        if not self.output_prefix:
+            object.__setattr__(self, "output_prefix", (home / "outputs").as_uri())
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Each environment variable toonq reads, mapped to its field's name."""
+        return {f.metadata[VARIABLE]: f.name for f in fields(cls)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        home = Path(env.get("TOONQ_HOME") or ".toonq").expanduser().absolute()
-        settings = cls(
-            home=home,
-            database_url=normalize_database_url(
-                env.get("TOONQ_DATABASE_URL") or f"sqlite:///{home / 'toonq.db'}"
-            ),
-            broker_url=env.get("TOONQ_BROKER_URL") or EMBEDDED_BROKER,
-            queue=env.get("TOONQ_QUEUE") or DEFAULT_QUEUE,
-            s3_endpoint_url=env.get("TOONQ_S3_ENDPOINT_URL") or None,
-            s3_max_attempts=_int(env, "TOONQ_S3_MAX_ATTEMPTS", 4, minimum=1),
-            s3_connect_timeout_s=_float(env, "TOONQ_S3_CONNECT_TIMEOUT_S", 5.0),
-            s3_read_timeout_s=_float(env, "TOONQ_S3_READ_TIMEOUT_S", 60.0),
-            output_prefix=(env.get("TOONQ_OUTPUT_PREFIX") or (home / "outputs").as_uri()).rstrip(
-                "/"
-            ),
-            model=env.get("TOONQ_MODEL") or DEFAULT_MODEL,
-            device=env.get("TOONQ_DEVICE") or "auto",
-            precision=_choice(env, "TOONQ_PRECISION", "auto", ("auto", "fp32", "fp16", "bf16")),
-            resolution=_int(env, "TOONQ_RESOLUTION", 1024, minimum=32),
-            bg_color=env.get("TOONQ_BG_COLOR") or DEFAULT_BG_COLOR,
-            png_compress_level=_int(env, "TOONQ_PNG_COMPRESS_LEVEL", 1),
-            compile_mode=_choice(
-                env,
-                "TOONQ_COMPILE",
-                "off",
-                ("off", "default", "reduce-overhead", "max-autotune"),
-            ),
-            channels_last=_flag(env, "TOONQ_CHANNELS_LAST"),
-            max_image_pixels=_int(env, "TOONQ_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
-            max_input_bytes=_int(env, "TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, minimum=1),
-            max_attempts=_int(env, "TOONQ_MAX_ATTEMPTS", 5, minimum=1),
-            retry_backoff_s=_float(env, "TOONQ_RETRY_BACKOFF_S", 2.0),
-            retry_backoff_max_s=_float(env, "TOONQ_RETRY_BACKOFF_MAX_S", 300.0),
-            lease_s=_int(env, "TOONQ_LEASE_SECONDS", 60, minimum=1),
-            job_timeout_s=_int(env, "TOONQ_JOB_TIMEOUT_S", 900, minimum=1),
-            visibility_timeout_s=_int(env, "TOONQ_VISIBILITY_TIMEOUT_S", 3600, minimum=1),
-            sweep_interval_s=_int(env, "TOONQ_SWEEP_INTERVAL_S", 15),
-            resend_after_s=_int(env, "TOONQ_RESEND_AFTER_S", 21600, minimum=1),
-            shutdown_grace_s=_float(env, "TOONQ_SHUTDOWN_GRACE_S", 30.0),
-            concurrency=_int(env, "TOONQ_CONCURRENCY", 0),
-            max_batch_size=_int(env, "TOONQ_MAX_BATCH_SIZE", 0),
-            max_batch_wait_ms=_float(env, "TOONQ_MAX_BATCH_WAIT_MS", 10.0),
-            worker_name=env.get("TOONQ_WORKER_NAME") or None,
-            log_format=_choice(env, "TOONQ_LOG_FORMAT", "auto", ("auto", "json", "console")),
-            log_level=_choice(
-                env,
-                "TOONQ_LOG_LEVEL",
-                "INFO",
-                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-                upper=True,
-            ),
-            metrics_port=_int(env, "TOONQ_METRICS_PORT", 0),
-            metrics_queue_depth=_flag(env, "TOONQ_METRICS_QUEUE_DEPTH"),
-            liveness_timeout_s=_float(env, "TOONQ_LIVENESS_TIMEOUT_S", 120.0),
-        )
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata[VARIABLE])
+            if raw:
+                values[f.name] = f.metadata[PARSER](f.metadata[VARIABLE], raw)
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        if self.resolution % 32 or self.resolution > MAX_RESOLUTION:
-            raise ConfigurationError(
-                f"TOONQ_RESOLUTION must be a multiple of 32 up to {MAX_RESOLUTION}, "
-                f"got {self.resolution}"
-            )
+        if problem := resolution_problem(self.resolution):
+            raise ConfigurationError(f"TOONQ_RESOLUTION {problem}")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigurationError("TOONQ_PNG_COMPRESS_LEVEL must be between 0 and 9")
         if self.retry_backoff_max_s >= self.visibility_timeout_s:

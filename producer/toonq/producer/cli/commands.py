@@ -12,9 +12,10 @@ import click
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_json
 from toonq.producer.client import WaitTimeoutError
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
 from toonq.shared.db import migrate as run_migrations
 from toonq.shared.errors import JOB_ERROR_CODES
-from toonq.shared.models import JobStatus, OutputFormat
+from toonq.shared.models import JobStatus
 from toonq.shared.sweeper import recover as recover_jobs
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
@@ -50,11 +51,13 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.option("--output", "output_uri", help="Output URI [default: TOONQ_OUTPUT_PREFIX/<id>.png].")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
 @click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
-@click.option("--format", "fmt", type=click.Choice(["png", "webp"]), default="png")
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="png")
 @click.option("--resolution", type=int, help="Model input size, a multiple of 32.")
 @click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
 @click.option("--mask-only", is_flag=True, help="Write an 8-bit mask instead of the cut-out.")
-@click.option("--priority", type=click.IntRange(0, 9), default=0, show_default=True)
+@click.option(
+    "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
+)
 @click.option("--wait", is_flag=True, help="Wait until the job finishes.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @json_option

@@ -7,16 +7,15 @@ from pathlib import Path
 import click
 
 from toonq.producer.cli.context import Context, pass_context
+from toonq.shared.choices import IMAGE_SUFFIXES, OUTPUT_FORMATS, PRECISIONS
 from toonq.shared.colors import parse_color
-from toonq.shared.models import IMAGE_SUFFIXES
 from toonq.shared.storage import open_store
+from toonq.worker.birefnet import PRESETS
 from toonq.worker.cli.matte_files import matte_files
 from toonq.worker.engine.matting import MatteOptions, MattingEngine
 from toonq.worker.engine.weights import load_model, random_model
 from toonq.worker.gpu import pin_gpu
 from toonq.worker.main import run_worker
-
-_PRESETS = ("tiny", "lite", "toonout")
 
 model_option = click.option(
     "--model",
@@ -27,7 +26,7 @@ model_option = click.option(
 device_option = click.option("--device", help="auto, cpu, cuda or cuda:N [default: TOONQ_DEVICE].")
 precision_option = click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     help="[default: TOONQ_PRECISION or auto: fp16 on GPU, fp32 on CPU].",
 )
 resolution_option = click.option(
@@ -58,7 +57,7 @@ def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
 @device_option
 @precision_option
 @click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
-@click.option("--format", "fmt", type=click.Choice(["png", "webp"]), default="png")
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="png")
 @click.option("--mask-only", is_flag=True, help="Write 8-bit grayscale masks.")
 @click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
@@ -133,7 +132,7 @@ def model() -> None:
 
 
 @model.command("random")
-@click.option("--preset", type=click.Choice(_PRESETS), required=True)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 def model_random(preset: str, out_dir: Path) -> None:
     """Write a RANDOMLY initialised model directory, to smoke-test deployments."""

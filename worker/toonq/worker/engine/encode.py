@@ -21,8 +21,8 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from toonq.shared.choices import OutputFormat
 from toonq.shared.errors import ImageTooLargeError
-from toonq.shared.models import OutputFormat
 
 try:
     import imagecodecs

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from toonq.shared.choices import COMPILE_MODES, OutputFormat, resolution_problem
 from toonq.shared.logging import get_logger
-from toonq.shared.models import OutputFormat
 from toonq.worker.engine.compositing import _swap_bg_to_gray
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
@@ -56,9 +56,6 @@ class MatteResult:
     height: int
     #: Milliseconds per stage: decode, preprocess, inference, postprocess, encode.
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def batch_bucket(count: int) -> int:
@@ -123,8 +120,8 @@ class MattingEngine:
         compile_mode: str = "off",
         channels_last: bool = False,
     ) -> None:
-        if resolution % 32:
-            raise ValueError(f"resolution must be a multiple of 32, got {resolution}")
+        if problem := resolution_problem(resolution):
+            raise ValueError(f"resolution {problem}")
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.device = resolve_device(device)

@@ -13,11 +13,10 @@ from typing import Final
 import torch
 import torch.nn.functional as F
 
+from toonq.shared.choices import RESOLUTION_MULTIPLE
+
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
-
-#: BiRefNet's decoder cuts the input into a 32×32 grid of patches at 1/32 scale.
-RESOLUTION_MULTIPLE: Final = 32
 
 
 def to_model_input(

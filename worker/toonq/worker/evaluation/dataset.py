@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from toonq.shared.choices import IMAGE_SUFFIXES
 from toonq.shared.errors import ToonqError
-from toonq.shared.models import IMAGE_SUFFIXES
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.evaluation.errors import (
     DatasetNotFoundError,
