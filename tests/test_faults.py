@@ -38,7 +38,7 @@ GRACE_S = 3
 #: Room for a claim, one CPU inference and the writes on a small, busy machine.
 SLACK_S = 8
 #: Beyond any test's patience: within a test, neither does Redis redeliver an unacknowledged
-#: message nor does the sweeper re-send a queued job.
+#: message nor does recovery send a queued job again.
 UNREACHABLE = {"TOONQ_VISIBILITY_TIMEOUT_S": "3600", "TOONQ_RESEND_AFTER_S": "3600"}
 
 
@@ -221,7 +221,7 @@ def test_restarting_redis_and_postgres_under_load_loses_and_repeats_nothing(
     settings = {
         "TOONQ_LEASE_SECONDS": str(LEASE_S),
         "TOONQ_SWEEP_INTERVAL_S": str(SWEEP_S),
-        # Redis keeps nothing across the restart: the sweeper re-sends what it lost, after this.
+        # Redis keeps nothing across the restart: recovery sends again what it lost, after this.
         "TOONQ_VISIBILITY_TIMEOUT_S": "10",
         "TOONQ_RESEND_AFTER_S": "10",
     }

@@ -350,7 +350,7 @@ def test_extend_lease_keeps_a_long_job(jobstore: JobStore, clock: ManualClock) -
 
     clock.advance(10)
     assert jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None
-    assert jobstore.due_for_redelivery(unsent_grace_s=0, lost_after_s=3600) == []
+    assert jobstore.due_for_recovery(unsent_grace_s=0, lost_after_s=3600) == []
 
 
 def test_concurrent_claims_have_one_winner(jobstore: JobStore) -> None:
@@ -592,7 +592,7 @@ def test_requeue_only_selects_failed_or_cancelled(jobstore: JobStore) -> None:
 # --- Delivery bookkeeping -------------------------------------------------------------------------
 
 
-def test_due_for_redelivery(jobstore: JobStore, clock: ManualClock) -> None:
+def test_due_for_recovery(jobstore: JobStore, clock: ManualClock) -> None:
     unsent = create(jobstore)
     sent = create(jobstore)
     assert jobstore.mark_enqueued(sent.id)
@@ -609,7 +609,7 @@ def test_due_for_redelivery(jobstore: JobStore, clock: ManualClock) -> None:
 
     def due(after_s: float) -> set[uuid.UUID]:
         now = clock() + timedelta(seconds=after_s)
-        found = jobstore.due_for_redelivery(unsent_grace_s=10, lost_after_s=600, now=now)
+        found = jobstore.due_for_recovery(unsent_grace_s=10, lost_after_s=600, now=now)
         return {job.id for job in found}
 
     assert due(0) == set()
@@ -634,7 +634,7 @@ def test_mark_enqueued_applies_to_waiting_jobs_and_lost_running_ones(
     assert jobstore.mark_enqueued(running.id)  # the message that will reclaim it
 
 
-def test_a_lost_running_job_is_resent_once_not_at_every_sweep(
+def test_a_lost_running_job_is_recovered_once_not_at_every_pass(
     jobstore: JobStore, clock: ManualClock
 ) -> None:
     running = create(jobstore)
@@ -642,7 +642,7 @@ def test_a_lost_running_job_is_resent_once_not_at_every_sweep(
     clock.advance(LEASE_S + 1)
 
     def due() -> set[uuid.UUID]:
-        return {job.id for job in jobstore.due_for_redelivery(unsent_grace_s=10, lost_after_s=600)}
+        return {job.id for job in jobstore.due_for_recovery(unsent_grace_s=10, lost_after_s=600)}
 
     assert due() == {running.id}
     assert jobstore.mark_enqueued(running.id)

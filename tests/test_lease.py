@@ -8,10 +8,10 @@ import redis
 
 from tests.conftest import ManualClock
 from tests.support import job_spec
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Claim, JobStore
 from toonq.shared.models import EventKind, JobStatus
 from toonq.shared.queue import create_celery_app, queue_lists
+from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.worker.lease import LeaseKeeper
 
@@ -70,7 +70,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
             timings={},
         )
         handed = keeper.hand_back_all(
-            Dispatcher(app, jobstore, queue="handback"), reason="shutting down"
+            Sender(app, jobstore, queue="handback"), reason="shutting down"
         )
 
     assert handed == 1  # the finished job stays finished

@@ -7,10 +7,10 @@ from datetime import timedelta
 import redis
 
 from tests.conftest import ManualClock
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import JobSpec, JobStore
 from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
+from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
 from toonq.worker.batcher import InferenceBatcher
@@ -35,7 +35,7 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
             engine.stack_batch, engine.run_batch, max_batch_size=1, max_wait_s=0
         ),
         leases=LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900),
-        dispatcher=Dispatcher(app, jobstore, queue="early"),
+        sender=Sender(app, jobstore, queue="early"),
         worker_name="w1",
     )
     job, _ = jobstore.create(

@@ -3,25 +3,30 @@ writes, what it enqueues, and what it rejects before writing anything."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.support import png_bytes
-from toonq.producer import SubmitRequest, ToonqClient, WaitTimeoutError
+from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
+from toonq.producer.cli.main import cli
 from toonq.shared.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidURIError,
     UnknownBucketError,
 )
-from toonq.shared.models import JobStatus
+from toonq.shared.models import JobRow, JobStatus, utc_now
+from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
-from toonq.shared.sweeper import sweep
 
 
 @pytest.fixture
@@ -121,9 +126,9 @@ def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
     assert [job.status for job in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
 
 
-def test_a_job_whose_message_could_not_be_sent_is_sent_by_the_sweeper(
-    settings: Settings, queue: redis.Redis, s3_bucket: str, s3_server: str
-) -> None:
+@pytest.fixture
+def unsent_job(settings: Settings, s3_bucket: str, s3_server: str) -> Job:
+    """A job submitted while the broker was down: committed, but its message never sent."""
     broker_down = Settings.from_env(
         {
             "TOONQ_DATABASE_URL": settings.database_url,
@@ -134,17 +139,50 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_the_sweeper(
         }
     )
     with ToonqClient(broker_down) as offline:
-        offline.dispatcher.app.conf.broker_connection_max_retries = 0
-        offline.dispatcher.app.conf.broker_transport_options |= {"max_retries": 0}
-        job = offline.submit(f"s3://{s3_bucket}/in/a.png")
+        offline.sender.app.conf.broker_connection_max_retries = 0
+        offline.sender.app.conf.broker_transport_options |= {"max_retries": 0}
+        return offline.submit(f"s3://{s3_bucket}/in/a.png")
+
+
+def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
+    settings: Settings, queue: redis.Redis, unsent_job: Job
+) -> None:
+    job = unsent_job
     assert job.status == JobStatus.QUEUED
-    assert job.enqueued_at is None  # accepted and durable, but not yet announced
+    assert job.enqueued_at is None  # accepted and durable, but not yet sent
 
     with ToonqClient(settings) as client:
-        sent = sweep(client.store, client.dispatcher, resend_after_s=3600, unsent_grace_s=0)
-        assert [j.id for j in sent] == [job.id]
+        sent = recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0)
+        assert [(item.job.id, item.reason) for item in sent] == [(job.id, RecoveryReason.UNSENT)]
         assert client.get(job.id).enqueued_at is not None
-        assert sweep(client.store, client.dispatcher, resend_after_s=3600, unsent_grace_s=0) == []
+        assert recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0) == []
+    assert queued_messages(queue) == 1
+
+
+def test_toonq_recover_sends_an_unsent_job_and_says_why(
+    settings: Settings, pg_sessions: sessionmaker[Session], queue: redis.Redis, unsent_job: Job
+) -> None:
+    # Unsent for longer than the grace a sender has to send its job itself.
+    an_hour_ago = utc_now() - timedelta(hours=1)
+    with pg_sessions.begin() as session:
+        session.execute(
+            update(JobRow).where(JobRow.id == unsent_job.id).values(updated_at=an_hour_ago)
+        )
+    env = {
+        "TOONQ_DATABASE_URL": settings.database_url,
+        "TOONQ_BROKER_URL": settings.broker_url,
+        "TOONQ_QUEUE": settings.queue,
+        "TOONQ_OUTPUT_PREFIX": settings.output_prefix,
+    }
+
+    result = CliRunner().invoke(cli, ["recover", "--json"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "recovered": 1,
+        "by_status": {"queued": 1},
+        "by_reason": {"unsent": 1},
+    }
     assert queued_messages(queue) == 1
 
 
@@ -180,7 +218,7 @@ def test_higher_priorities_are_served_first(client: ToonqClient, s3_bucket: str)
         priority: client.submit(f"s3://{s3_bucket}/in/p{priority}.png", priority=priority)
         for priority in (0, 5, 9)
     }
-    app = client.dispatcher.app
+    app = client.sender.app
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue(client.settings.queue)
         served = []

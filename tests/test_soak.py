@@ -15,8 +15,8 @@ from tests.soak import SoakPlan, run_soak
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PLAN = SoakPlan(jobs=150, workers=3, kills=2, rate=5.0, drain_timeout_s=60)
-#: The jobs of a killed worker come back through their leases: within a lease, a sweep and the
-#: backlog of the queue, not after the broker's visibility timeout (an hour).
+#: The jobs of a killed worker come back through their leases: within a lease, a recovery pass
+#: and the backlog of the queue, not after the broker's visibility timeout (an hour).
 MAX_RECOVERY_S = 60
 
 

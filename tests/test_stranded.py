@@ -11,12 +11,10 @@ import redis
 from celery import Celery
 
 from tests.support import job_spec
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Job, JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
+from toonq.shared.recovery import QueueMessages, RecoveryReason, Sender, recover
 from toonq.shared.settings import Settings
-from toonq.shared.stranded import QueueMessages
-from toonq.shared.sweeper import sweep
 
 QUEUE = "stranded"
 LISTS = queue_lists(QUEUE)
@@ -36,10 +34,10 @@ def messages(redis_url: str) -> Iterator[QueueMessages]:
     messages.close()
 
 
-def sent_jobs(jobstore: JobStore, dispatcher: Dispatcher, count: int) -> list[Job]:
+def sent_jobs(jobstore: JobStore, sender: Sender, count: int) -> list[Job]:
     jobs = [jobstore.create(job_spec(), actor="test")[0] for _ in range(count)]
     for job in jobs:
-        assert dispatcher.send(job)
+        assert sender.send(job)
     return jobs
 
 
@@ -48,21 +46,24 @@ def waiting(redis_url: str) -> int:
     return sum(int(connection.llen(name)) for name in LISTS)
 
 
-def resweep(jobstore: JobStore, dispatcher: Dispatcher, messages: QueueMessages) -> list[Job]:
-    return sweep(
+def recover_stranded(jobstore: JobStore, sender: Sender, messages: QueueMessages) -> list[Job]:
+    """The jobs one recovery pass sends again, each of which it must find stranded."""
+    recovered = recover(
         jobstore,
-        dispatcher,
+        sender,
         resend_after_s=3600,
         messages=messages,
         stranded_after_s=0,
     )
+    assert {item.reason for item in recovered} <= {RecoveryReason.STRANDED}
+    return [item.job for item in recovered]
 
 
 def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
     jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
-    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
-    stranded, claimed = sent_jobs(jobstore, dispatcher, 2)
+    sender = Sender(app, jobstore, queue=QUEUE)
+    stranded, claimed = sent_jobs(jobstore, sender, 2)
     # A worker receives both messages without acknowledging them, claims one job, and dies.
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue(QUEUE, no_ack=False)
@@ -73,7 +74,7 @@ def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
             assert messages.received_job_ids() == {stranded.id, claimed.id}
             time.sleep(0.05)
 
-            sent = resweep(jobstore, dispatcher, messages)
+            sent = recover_stranded(jobstore, sender, messages)
 
             # Only the job still waiting is sent again; the running one is its lease's business.
             assert [job.id for job in sent] == [stranded.id]
@@ -85,15 +86,15 @@ def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
 def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
     jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
-    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
-    (lost,) = sent_jobs(jobstore, dispatcher, 1)
+    sender = Sender(app, jobstore, queue=QUEUE)
+    (lost,) = sent_jobs(jobstore, sender, 1)
     time.sleep(1.2)  # more than the clock-skew margin between the two sends
-    (behind,) = sent_jobs(jobstore, dispatcher, 1)
+    (behind,) = sent_jobs(jobstore, sender, 1)
     # A worker popped the first message and was killed before recording it as unacknowledged.
     popped = redis.Redis.from_url(redis_url).rpop(LISTS[-1])
     assert popped is not None
 
-    sent = resweep(jobstore, dispatcher, messages)
+    sent = recover_stranded(jobstore, sender, messages)
 
     # The second message still waits in the list: its job is left alone.
     assert [job.id for job in sent] == [lost.id]
@@ -104,10 +105,10 @@ def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
 def test_messages_still_waiting_in_the_queue_are_not_sent_again(
     jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
 ) -> None:
-    dispatcher = Dispatcher(app, jobstore, queue=QUEUE)
-    sent_jobs(jobstore, dispatcher, 3)
+    sender = Sender(app, jobstore, queue=QUEUE)
+    sent_jobs(jobstore, sender, 3)
 
-    assert resweep(jobstore, dispatcher, messages) == []
+    assert recover_stranded(jobstore, sender, messages) == []
     assert waiting(redis_url) == 3
 
 

@@ -24,11 +24,11 @@ from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.colors import normalize_color
 from toonq.shared.db import create_db_engine, session_factory
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
 from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
+from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, open_store
 
@@ -67,7 +67,7 @@ class ToonqClient:
         self._database = create_db_engine(self.settings.database_url)
         self.store = JobStore(session_factory(self._database))
         self.objects = objects or open_store(self.settings)
-        self.dispatcher = Dispatcher(
+        self.sender = Sender(
             create_celery_app(self.settings), self.store, queue=self.settings.queue
         )
         self._validator = InputValidator(self.objects)
@@ -75,7 +75,7 @@ class ToonqClient:
     def close(self) -> None:
         """Release the database and broker connections."""
         self._database.dispose()
-        self.dispatcher.app.close()
+        self.sender.app.close()
 
     def __enter__(self) -> ToonqClient:
         return self
@@ -125,7 +125,7 @@ class ToonqClient:
         for job, is_new in created:
             # A job found by its idempotency key whose message was never sent gets it now.
             if is_new or (job.status == JobStatus.QUEUED and job.enqueued_at is None):
-                self.dispatcher.send(job)
+                self.sender.send(job)
         return [self.store.get(job.id) for job, _ in created]
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
@@ -215,7 +215,7 @@ class ToonqClient:
         )
         if not dry_run:
             for job in jobs:
-                self.dispatcher.send(job)
+                self.sender.send(job)
         return jobs
 
 

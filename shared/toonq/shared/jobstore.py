@@ -765,7 +765,7 @@ class JobStore:
                 updated_at=now,
             )
 
-    def due_for_redelivery(
+    def due_for_recovery(
         self,
         *,
         unsent_grace_s: float,
@@ -813,7 +813,7 @@ class JobStore:
         with self._transaction() as session:
             return [Job.from_row(row) for row in session.scalars(query)]
 
-    def waiting_since(
+    def waiting_after_send(
         self, *, sent_before: datetime, due_before: datetime, limit: int = 1000
     ) -> builtins.list[Job]:
         """Jobs still waiting for a worker although their message went out long ago: queued

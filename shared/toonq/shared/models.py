@@ -179,7 +179,7 @@ class JobRow(Base):
     # When a running job's claim is considered lost (its worker died without reporting).
     lease_expires_at: Mapped[datetime | None]
     # When the wake-up message for the current queued/retrying state was handed to the broker;
-    # NULL while none was sent, so the sweeper can tell an unsent job from a waiting one.
+    # NULL while none was sent, so that recovery can tell an unsent job from a waiting one.
     enqueued_at: Mapped[datetime | None]
 
 
@@ -199,7 +199,7 @@ class JobEventRow(Base):
     )
     at: Mapped[datetime]
     kind: Mapped[EventKind] = mapped_column(_string_enum(EventKind, "event_kind"))
-    # A worker name, "producer", "sweeper" or "cli:<user>@<host>".
+    # A worker name, "producer" or "cli:<user>@<host>".
     actor: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]

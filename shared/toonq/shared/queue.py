@@ -18,8 +18,8 @@ from toonq.shared.choices import MAX_PRIORITY
 from toonq.shared.settings import Settings
 
 TASK_NAME = "toonq.matte"
-#: Message header: when the message was sent (Unix seconds), so that the sweeper can tell
-#: which messages a queue has already handed out (see `toonq.shared.stranded`).
+#: Message header: when the message was sent (Unix seconds), so that recovery can tell
+#: which messages a queue has already handed out (see `toonq.shared.recovery`).
 SENT_AT_HEADER = "toonq_sent_at"
 PRIORITY_STEPS = [0, 3, 6, 9]
 

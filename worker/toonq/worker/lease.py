@@ -1,7 +1,7 @@
 """Keeping the claims of running jobs alive, and handing them back when the worker stops.
 
 A running job's lease (`TOONQ_LEASE_SECONDS`) is how the system tells a slow job from a dead
-worker: once it expires, the sweeper re-sends the job and another worker reclaims it. One
+worker: once it expires, recovery sends the job again and another worker reclaims it. One
 heartbeat thread renews every claim this process holds, every third of the lease, until the
 attempt has run for `TOONQ_JOB_TIMEOUT_S`: a job stuck longer than that stops being renewed and
 is reclaimed (or failed with `worker_lost` once its attempts are spent).
@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import Claim, JobStore
 from toonq.shared.logging import get_logger
+from toonq.shared.recovery import Sender
 from toonq.worker import metrics
 
 log = get_logger(__name__)
@@ -55,7 +55,7 @@ class LeaseKeeper:
         with self._lock:
             return [claim for claim, _ in self._held.values()]
 
-    def hand_back_all(self, dispatcher: Dispatcher, *, reason: str) -> int:
+    def hand_back_all(self, sender: Sender, *, reason: str) -> int:
         """Return every job still held to the queue at once (a shutdown ran out of time), so
         another worker starts it now rather than after the lease expires. Returns how many."""
         handed = 0
@@ -67,7 +67,7 @@ class LeaseKeeper:
                 continue
             if job is None:
                 continue  # finished (or was taken away) in the meantime
-            dispatcher.send(job)
+            sender.send(job)
             metrics.record_job("handed_back")
             log.warning("job_handed_back", job_id=str(job.id), reason=reason)
             handed += 1

@@ -23,13 +23,12 @@ from typing import Any
 from celery import signals
 
 from toonq.shared.db import create_db_engine, session_factory
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
+from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
-from toonq.shared.sweeper import SweeperThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.engine.matting import MattingEngine
@@ -113,7 +112,7 @@ def build_context(
         engine=engine,
         batcher=batcher,
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
-        dispatcher=Dispatcher(app, store, queue=settings.queue),
+        sender=Sender(app, store, queue=settings.queue),
         worker_name=worker_name,
     )
     return context, pipeline
@@ -147,7 +146,7 @@ class GracefulShutdown:
 
     def _expire(self) -> None:
         handed = self._ctx.leases.hand_back_all(
-            self._ctx.dispatcher, reason="the worker shut down before the job finished"
+            self._ctx.sender, reason="the worker shut down before the job finished"
         )
         log.warning("worker_shutdown_grace_expired", handed_back=handed)
         # The job threads cannot be interrupted; their late outcomes would be fenced off anyway.
@@ -166,14 +165,14 @@ def run_worker(
     )
     if settings.metrics_queue_depth and not settings.is_embedded_broker:
         metrics.watch_queue_depth(settings.broker_url, queue_lists(settings.queue))
-    app = ctx.dispatcher.app
+    app = ctx.sender.app
     register_tasks(app, lambda: ctx)
     shutdown = GracefulShutdown(ctx, health, settings.shutdown_grace_s)
     shutdown.install()
-    sweeper = None
+    recovery = None
     if settings.sweep_interval_s:
-        sweeper = SweeperThread(ctx.store, ctx.dispatcher, settings)
-        sweeper.start()
+        recovery = RecoveryThread(ctx.store, ctx.sender, settings)
+        recovery.start()
     ctx.leases.start()
     ctx.batcher.start()
     health.mark_ready()
@@ -199,8 +198,8 @@ def run_worker(
     finally:
         shutdown.cancel()
         health.mark_not_ready()
-        if sweeper is not None:
-            sweeper.stop()
+        if recovery is not None:
+            recovery.stop()
         ctx.batcher.stop(timeout=5)
         ctx.leases.stop()
         if server is not None:

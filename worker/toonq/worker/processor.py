@@ -24,7 +24,6 @@ from enum import StrEnum
 from typing import Any
 
 from toonq.shared.colors import parse_color
-from toonq.shared.dispatch import Dispatcher
 from toonq.shared.errors import (
     InvalidRequestError,
     PermanentJobError,
@@ -34,6 +33,7 @@ from toonq.shared.errors import (
 from toonq.shared.jobstore import Claim, Job, JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.models import JobStatus
+from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
@@ -63,7 +63,7 @@ class WorkerContext:
     engine: MattingEngine
     batcher: InferenceBatcher[Any]
     leases: LeaseKeeper
-    dispatcher: Dispatcher
+    sender: Sender
     worker_name: str
 
 
@@ -86,10 +86,10 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     if job.status == JobStatus.RETRYING and job.next_attempt_at is not None:
         early_s = (job.next_attempt_at - datetime.now(UTC)).total_seconds()
         if early_s > EARLY_TOLERANCE_S:
-            # A duplicate arrived before the backoff ran out: keep the backoff, re-announce the
-            # job for when it is due rather than dropping the message.
+            # A duplicate arrived before the backoff ran out: keep the backoff, send the job's
+            # message again for when it is due rather than dropping it.
             log.info("job_not_due", early_s=round(early_s, 2))
-            ctx.dispatcher.send(job, countdown=early_s)
+            ctx.sender.send(job, countdown=early_s)
             return _counted(Outcome.SKIPPED)
     claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.lease_s)
     if claim is None:
@@ -187,7 +187,7 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
         attempt=claim.attempt,
         delay_s=round(delay, 2),
     )
-    ctx.dispatcher.send(ctx.store.get(claim.job.id), countdown=delay)
+    ctx.sender.send(ctx.store.get(claim.job.id), countdown=delay)
     return _counted(Outcome.RETRYING, exc.code)
 
 

@@ -16,7 +16,7 @@ from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, Out
 from toonq.shared.db import migrate as run_migrations
 from toonq.shared.errors import JOB_ERROR_CODES
 from toonq.shared.models import JobStatus
-from toonq.shared.sweeper import recover as recover_jobs
+from toonq.shared.recovery import recover_once
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
 EXIT_TIMEOUT = 124
@@ -210,15 +210,23 @@ def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None
 @json_option
 @pass_context
 def recover(ctx: Context, as_json: bool) -> None:
-    """Re-send the jobs that would otherwise wait for ever: messages never sent or lost, and
-    running jobs whose worker stopped renewing its lease (workers also do this periodically)."""
-    jobs = recover_jobs(ctx.client.store, ctx.client.dispatcher, ctx.settings)
-    by_status = Counter(str(job.status) for job in jobs)
+    """Send again the messages of jobs that would otherwise wait for ever: never sent, lost,
+    stranded with a dead worker, or of running jobs whose worker stopped renewing its lease
+    (every worker also does this periodically)."""
+    recovered = recover_once(ctx.client.store, ctx.client.sender, ctx.settings)
+    by_status = Counter(str(item.job.status) for item in recovered)
+    by_reason = Counter(str(item.reason) for item in recovered)
     if as_json:
-        print_json({"recovered": len(jobs), "by_status": dict(by_status)})
+        print_json(
+            {
+                "recovered": len(recovered),
+                "by_status": dict(by_status),
+                "by_reason": dict(by_reason),
+            }
+        )
     else:
-        detail = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
-        click.echo(f"re-sent {len(jobs)} job(s)" + (f": {detail}" if detail else ""))
+        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
+        click.echo(f"re-sent {len(recovered)} job(s)" + (f": {detail}" if detail else ""))
 
 
 QUEUE_COMMANDS = (migrate, submit, status, jobs, requeue, cancel, recover)

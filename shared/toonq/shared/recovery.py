@@ -1,0 +1,256 @@
+"""Sending a job's wake-up message, and recovering the jobs whose message went missing.
+
+The job row is the truth; a message is only a wake-up call. Two words cover everything here:
+
+* **send**: hand a job's message to the broker, then stamp the row's `enqueued_at`. The commit
+  that makes a job exist comes first, so a job whose message could not be sent (broker down,
+  process killed between commit and send) keeps `enqueued_at` empty. Every sender (the client,
+  the processor's retries, the hand-back, recovery) goes through `Sender.send`.
+* **recover**: send again the message of a job that would otherwise wait for ever, for one of
+  the reasons in `RecoveryReason`.
+
+Sending twice is harmless: workers claim jobs with a compare-and-set, so a duplicate message finds
+nothing to do, and every worker may recover.
+
+A *stranded* message is one that a worker took and died with before claiming its job. With the
+Redis broker it either waits, unacknowledged, in kombu's `unacked` hash until Redis hands it out
+again after the visibility timeout (an hour by default), or is gone, when the worker was killed
+between Redis popping it off the list and recording it. Both are found the same way: a queue's
+lists are first in, first out, so a message sent before the oldest one still waiting has been
+handed out; a job still queued whose message was sent before that, more than a lease ago, and
+that no worker received within the last lease, has lost its message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, cast
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from toonq.shared.jobstore import Job, JobStore
+from toonq.shared.logging import get_logger
+from toonq.shared.models import JobStatus
+from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, queue_lists
+from toonq.shared.settings import Settings
+
+log = get_logger(__name__)
+
+#: How long a job may wait unsent before recovery sends it: long enough for the sender that has
+#: just committed it to send it itself.
+UNSENT_GRACE_S = 10.0
+#: Tolerated difference between the clocks of the hosts that send messages.
+CLOCK_SKEW_S = 1.0
+#: Where kombu's Redis transport keeps unacknowledged messages (its default key names).
+UNACKED_HASH = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+
+class RecoveryReason(StrEnum):
+    """Why a job's message is sent again."""
+
+    UNSENT = "unsent"  # never sent: the broker was down, or the sender died after the commit
+    LEASE_EXPIRED = "lease_expired"  # running, but its worker stopped renewing the lease
+    STRANDED = "stranded"  # a worker took the message and died before claiming the job
+    LOST = "lost"  # sent longer than TOONQ_RESEND_AFTER_S ago and still waiting
+
+
+@dataclass(frozen=True)
+class Recovered:
+    job: Job
+    reason: RecoveryReason
+
+
+class Sender:
+    """Sends jobs' wake-up messages and records that they were sent."""
+
+    def __init__(self, app: Celery, store: JobStore, *, queue: str) -> None:
+        self.app = app
+        self.store = store
+        self.queue = queue
+
+    def send(self, job: Job, *, countdown: float | None = None) -> bool:
+        """Enqueue `job` and mark it sent. Returns False (and logs) when the broker is down:
+        the job stays durable in the database and recovery sends it later."""
+        try:
+            enqueue(self.app, job.id, queue=self.queue, priority=job.priority, countdown=countdown)
+        except (BrokerOperationalError, OSError) as exc:
+            log.warning("send_failed", job_id=str(job.id), error=str(exc))
+            return False
+        self.store.mark_enqueued(job.id)
+        return True
+
+
+class QueueMessages:
+    """One toonq queue's messages on a Redis broker: those waiting in its lists, and those
+    received but not yet acknowledged."""
+
+    def __init__(self, broker_url: str, queue: str) -> None:
+        self._redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self._lists = queue_lists(queue)
+
+    @classmethod
+    def of(cls, settings: Settings) -> QueueMessages | None:
+        """The queue's messages, or None with the embedded broker (which has no such sets)."""
+        return None if settings.is_embedded_broker else cls(settings.broker_url, settings.queue)
+
+    def received_job_ids(
+        self, *, since: float = float("-inf"), until: float | None = None
+    ) -> set[uuid.UUID]:
+        """Job ids of the unacknowledged messages received between `since` and `until` (Unix
+        seconds; `until` defaults to now)."""
+        until = time.time() if until is None else until
+        tags = cast(list[bytes], self._redis.zrangebyscore(UNACKED_INDEX, since, until))
+        if not tags:
+            return set()
+        job_ids = set()
+        for raw in cast(list[bytes | None], self._redis.hmget(UNACKED_HASH, tags)):
+            message = _message(raw) if raw is not None else None
+            if message is not None:
+                job_ids.add(message[0])
+        return job_ids
+
+    def oldest_waiting_sent_at(self) -> float | None:
+        """When the oldest message still waiting in the queue was sent (Unix seconds), or None
+        when it is empty. A message without the sent-at header (from an older producer)
+        counts as sent at the epoch: nothing is then taken for stranded until it has left."""
+        pipe = self._redis.pipeline()
+        for name in self._lists:
+            pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
+        oldest: float | None = None
+        for raw in cast(list[bytes | None], pipe.execute()):
+            if raw is None:
+                continue
+            message = _message(raw, wrapped=False)
+            sent_at = message[1] if message is not None and message[1] is not None else 0.0
+            oldest = sent_at if oldest is None else min(oldest, sent_at)
+        return oldest
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _message(raw: bytes, *, wrapped: bool = True) -> tuple[uuid.UUID, float | None] | None:
+    """The job id and sent-at time of one stored message (in the unacked hash, messages are
+    wrapped with their exchange and routing key), or None if it is not a toonq message."""
+    try:
+        loaded = json.loads(raw)
+        message: dict[str, Any] = loaded[0] if wrapped else loaded
+        headers = message["headers"]
+        if headers.get("task") != TASK_NAME:
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        job_id = uuid.UUID(json.loads(body)[0][0])
+        sent_at = headers.get(SENT_AT_HEADER)
+        return job_id, float(sent_at) if sent_at is not None else None
+    except (ValueError, LookupError, TypeError, AttributeError):
+        log.warning("queued_message_unreadable", preview=repr(raw[:120]))
+        return None
+
+
+def recover(
+    store: JobStore,
+    sender: Sender,
+    *,
+    resend_after_s: float,
+    unsent_grace_s: float = UNSENT_GRACE_S,
+    messages: QueueMessages | None = None,
+    stranded_after_s: float = 60.0,
+) -> list[Recovered]:
+    """Send the message of every job that needs one; returns those it sent. With the queue's
+    `messages` (a Redis broker), the stranded ones too: jobs whose message a worker took more
+    than `stranded_after_s` (a lease) ago without claiming them."""
+    due = [
+        Recovered(job, _reason(job))
+        for job in store.due_for_recovery(
+            unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s
+        )
+    ]
+    if messages is not None:
+        known = {item.job.id for item in due}
+        due += [
+            Recovered(job, RecoveryReason.STRANDED)
+            for job in _stranded(store, messages, stranded_after_s)
+            if job.id not in known
+        ]
+    sent = []
+    for item in due:
+        if sender.send(item.job):
+            sent.append(item)
+            log.info(
+                "job_recovered",
+                job_id=str(item.job.id),
+                status=item.job.status,
+                reason=item.reason,
+            )
+    return sent
+
+
+def recover_once(
+    store: JobStore, sender: Sender, settings: Settings, messages: QueueMessages | None = None
+) -> list[Recovered]:
+    """One recovery pass with the thresholds of `settings` (what `toonq recover` runs);
+    `messages` defaults to a new view of the settings' queue."""
+    return recover(
+        store,
+        sender,
+        resend_after_s=settings.resend_after_s,
+        messages=messages or QueueMessages.of(settings),
+        stranded_after_s=settings.lease_s,
+    )
+
+
+def _reason(job: Job) -> RecoveryReason:
+    if job.status == JobStatus.RUNNING:
+        return RecoveryReason.LEASE_EXPIRED
+    return RecoveryReason.UNSENT if job.enqueued_at is None else RecoveryReason.LOST
+
+
+def _stranded(store: JobStore, messages: QueueMessages, after_s: float) -> list[Job]:
+    now = time.time()
+    cutoff = now - after_s
+    oldest_waiting = messages.oldest_waiting_sent_at()
+    if oldest_waiting is not None:
+        # Sent before the oldest message still in the lists: handed out already.
+        cutoff = min(cutoff, oldest_waiting - CLOCK_SKEW_S)
+    candidates = store.waiting_after_send(
+        sent_before=datetime.fromtimestamp(cutoff, UTC),
+        due_before=datetime.fromtimestamp(now - after_s, UTC),
+    )
+    received_lately = messages.received_job_ids(since=now - after_s)
+    return [job for job in candidates if job.id not in received_lately]
+
+
+class RecoveryThread(threading.Thread):
+    """Recovers every `TOONQ_SWEEP_INTERVAL_S` seconds until `stop()`. An error is logged and
+    the next pass tries again: the thread must outlive a database or broker outage."""
+
+    def __init__(self, store: JobStore, sender: Sender, settings: Settings) -> None:
+        super().__init__(name="toonq-recovery", daemon=True)
+        self._store = store
+        self._sender = sender
+        self._settings = settings
+        # One Redis connection for the thread's life, not one per pass.
+        self._messages = QueueMessages.of(settings)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._settings.sweep_interval_s):
+            try:
+                recover_once(self._store, self._sender, self._settings, self._messages)
+            except Exception:
+                log.exception("recovery_failed")
+
+    def stop(self) -> None:
+        self._stopped.set()
