@@ -26,7 +26,7 @@ from toonq.producer import ToonqClient
 from toonq.shared.errors import StorageUnavailableError
 from toonq.shared.queue import TASK_NAME, create_celery_app
 from toonq.shared.settings import Settings
-from toonq.shared.storage import S3Store
+from toonq.shared.storage.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -34,7 +34,10 @@ from toonq.shared.errors import (
 )
 from toonq.shared.logging import REDACTED, configure_logging, get_logger
 from toonq.shared.settings import Settings
-from toonq.shared.storage import MAX_KEY_BYTES, LocalStore, ObjectURI, S3Store, local_roots
+from toonq.shared.storage import ObjectURI, local_roots
+from toonq.shared.storage.local import LocalStore
+from toonq.shared.storage.s3 import S3Store
+from toonq.shared.storage.uri import MAX_KEY_BYTES
 
 # --- S3 bucket names and keys ---------------------------------------------------------------------
 

@@ -28,14 +28,9 @@ from toonq.shared.errors import (
     ToonqError,
 )
 from toonq.shared.settings import Settings
-from toonq.shared.storage import (
-    LocalStore,
-    ObjectURI,
-    S3Operation,
-    S3Store,
-    open_store,
-    translate_s3_error,
-)
+from toonq.shared.storage import ObjectURI, open_store
+from toonq.shared.storage.local import LocalStore
+from toonq.shared.storage.s3 import S3Operation, S3Store, translate_s3_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -305,7 +300,7 @@ def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     path = tmp_path / "cat.png"
     path.write_bytes(PNG)
-    monkeypatch.setattr("toonq.shared.storage.os.open", deny)  # how get opens
+    monkeypatch.setattr("toonq.shared.storage.local.os.open", deny)  # how get opens
     monkeypatch.setattr(Path, "open", deny)  # how put opens
 
     with pytest.raises(InputAccessDeniedError):
@@ -327,7 +322,7 @@ def test_local_failed_put_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     def fail(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("toonq.shared.storage.os.replace", fail)
+    monkeypatch.setattr("toonq.shared.storage.local.os.replace", fail)
 
     with pytest.raises(StorageUnavailableError, match="No space"):
         LocalStore([tmp_path]).put((tmp_path / "cat.png").as_uri(), PNG, content_type="image/png")

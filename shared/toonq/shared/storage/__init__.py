@@ -1,0 +1,62 @@
+"""Object storage behind URIs: `s3://bucket/key` (S3 or any S3-compatible endpoint) and
+`file:///absolute/path` (the embedded default).
+
+One module per job: `uri` (the URI policy: what toonq accepts), `s3` and `local` (the backends),
+`store` (the `ObjectStore` protocol they follow). `Storage` routes each call to a backend by the
+URI's scheme.
+
+Every failure surfaces as toonq's error taxonomy, so the worker can tell a missing input (fail the
+job now) from S3 throttling (retry later) without knowing which store it talked to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toonq.shared.settings import Settings
+from toonq.shared.storage.local import LocalStore
+from toonq.shared.storage.s3 import S3Store
+from toonq.shared.storage.store import ObjectStore
+from toonq.shared.storage.uri import ObjectURI
+
+__all__ = ["ObjectStore", "ObjectURI", "Storage", "local_roots", "open_store"]
+
+
+class Storage:
+    """The object store for any supported URI: routes each call by the URI's scheme."""
+
+    def __init__(self, *, s3: ObjectStore, local: ObjectStore) -> None:
+        self._stores: dict[str, ObjectStore] = {"s3": s3, "file": local}
+
+    def _store(self, uri: str) -> ObjectStore:
+        return self._stores[ObjectURI.parse(uri).scheme]
+
+    def get(self, uri: str, *, max_bytes: int) -> bytes:
+        return self._store(uri).get(uri, max_bytes=max_bytes)
+
+    def put(self, uri: str, data: bytes, *, content_type: str) -> None:
+        self._store(uri).put(uri, data, content_type=content_type)
+
+    def exists_bucket(self, uri: str) -> bool:
+        return self._store(uri).exists_bucket(uri)
+
+
+def local_roots(settings: Settings) -> list[Path]:
+    """The folders `file://` URIs may point into: TOONQ_HOME, and the output folder when
+    TOONQ_OUTPUT_PREFIX is a file URI."""
+    roots = [settings.home]
+    if settings.output_prefix.startswith("file://"):
+        roots.append(ObjectURI.parse(settings.output_prefix).path)
+    return roots
+
+
+def open_store(settings: Settings) -> Storage:
+    return Storage(
+        s3=S3Store(
+            settings.s3_endpoint_url,
+            max_attempts=settings.s3_max_attempts,
+            connect_timeout_s=settings.s3_connect_timeout_s,
+            read_timeout_s=settings.s3_read_timeout_s,
+        ),
+        local=LocalStore(local_roots(settings)),
+    )

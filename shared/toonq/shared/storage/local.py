@@ -1,0 +1,95 @@
+"""`file://` URIs on a local (or mounted) file system, confined to root folders."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from toonq.shared.errors import (
+    InputAccessDeniedError,
+    InputNotFoundError,
+    InvalidURIError,
+    OutputAccessDeniedError,
+    StorageUnavailableError,
+)
+from toonq.shared.storage.store import too_large_error
+from toonq.shared.storage.uri import parse_as
+
+
+class LocalStore:
+    """`file://` URIs on a local (or mounted) file system, confined to root folders.
+
+    A path is resolved (symbolic links followed, as the kernel would) before anything is read or
+    written, and refused with InvalidURIError unless it lies under one of the roots. Paths with
+    '.' or '..' segments are refused when parsed. This guards against URIs that point elsewhere,
+    not against a local user who swaps in a symbolic link between the check and the access.
+    """
+
+    def __init__(self, roots: Iterable[Path]) -> None:
+        self.roots = tuple(Path(os.path.realpath(root)) for root in roots)
+        if not self.roots:
+            raise ValueError("a LocalStore needs at least one root folder")
+
+    def _resolve(self, uri: str) -> Path:
+        """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
+        resolved = Path(os.path.realpath(parse_as(uri, "file").path))
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            allowed = ", ".join(str(root) for root in self.roots)
+            raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
+        return resolved
+
+    def get(self, uri: str, *, max_bytes: int) -> bytes:
+        path = self._resolve(uri)
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: the path was
+            # resolved, so a link here was planted since.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            with open(fd, "rb") as file:
+                status = os.fstat(file.fileno())
+                if not stat.S_ISREG(status.st_mode):
+                    raise InputNotFoundError(f"{uri} is not a regular file")
+                if status.st_size > max_bytes:
+                    raise too_large_error(uri, max_bytes, size=status.st_size)
+                # At most one byte more than allowed, in case the file grew since fstat.
+                data = file.read(max_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise InputNotFoundError(f"{uri} does not exist") from exc
+        except PermissionError as exc:
+            raise InputAccessDeniedError(f"{uri}: permission denied") from exc
+        except OSError as exc:
+            raise StorageUnavailableError(f"{uri}: read failed: {exc}") from exc
+        if len(data) > max_bytes:
+            raise too_large_error(uri, max_bytes)
+        return data
+
+    def put(self, uri: str, data: bytes, *, content_type: str) -> None:
+        """Write atomically: readers see the old file or the whole new one, never a part."""
+        path = self._resolve(uri)
+        # A unique name beside the target (same file system, so os.replace is atomic), created
+        # with open() so that it gets the usual umask permissions, unlike mkstemp's 0600.
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with temporary.open("xb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
+        except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise OutputAccessDeniedError(f"{uri}: cannot write: {exc}") from exc
+        except OSError as exc:
+            raise StorageUnavailableError(f"{uri}: write failed: {exc}") from exc
+
+    def exists_bucket(self, uri: str) -> bool:
+        """Whether `put` could create the file's folder: nothing but folders above it.
+        InvalidURIError if `uri` lies outside the roots."""
+        folder = self._resolve(uri).parent
+        while not folder.exists():
+            folder = folder.parent
+        return folder.is_dir()

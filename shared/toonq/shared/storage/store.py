@@ -1,0 +1,25 @@
+"""What every object store offers, whatever it talks to."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from toonq.shared.errors import ImageTooLargeError
+
+
+class ObjectStore(Protocol):
+    def get(self, uri: str, *, max_bytes: int) -> bytes:
+        """The object's bytes; ImageTooLargeError beyond `max_bytes`, checked before reading."""
+        ...
+
+    def put(self, uri: str, data: bytes, *, content_type: str) -> None: ...
+
+    def exists_bucket(self, uri: str) -> bool:
+        """Whether the container of `uri` exists, to reject a bad output location early."""
+        ...
+
+
+def too_large_error(uri: str, max_bytes: int, *, size: int | None = None) -> ImageTooLargeError:
+    """The error for an object over `max_bytes`: of `size` bytes where the store knows it."""
+    what = "larger" if size is None else f"{size} bytes"
+    return ImageTooLargeError(f"{uri}: {what}, over the limit of {max_bytes} bytes")
