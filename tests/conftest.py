@@ -14,7 +14,7 @@ Fixtures, by service:
   `pg_sessions`, `jobstore`.
 * SQLite: `sqlite_url`, `sqlite_jobstore`.
 * Redis: `redis_url`.
-* S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`.
+* S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`, `refused_endpoint`.
 * Time: `clock`, which every job store fixture uses.
 * Servers of the session's own, which tests may kill and restart: `private_postgres`,
   `private_redis` (skipped only where PostgreSQL's or Redis's programs are not installed).
@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError
+from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
 from toonq.shared.db import create_db_engine, migrate, session_factory
 from toonq.shared.jobstore import JobStore
 from toonq.shared.models import utc_now
@@ -246,6 +246,13 @@ def s3_bucket(s3_client: S3Client) -> str:
     name = f"toonq-test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def refused_endpoint() -> str:
+    """An S3 endpoint where nothing listens (its port was free a moment ago): any request fails
+    as storage_unavailable."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- Private servers ------------------------------------------------------------------------------

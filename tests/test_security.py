@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import unicodedata
@@ -129,15 +128,6 @@ def test_any_text_parses_or_raises_invalid_uri(text: str) -> None:
     assert 3 <= len(uri.bucket) <= 63
     assert 1 <= len(uri.key.encode()) <= MAX_KEY_BYTES
     assert not any(unicodedata.category(char) == "Cc" for char in text)  # control characters
-
-
-@pytest.fixture
-def refused_endpoint() -> str:
-    """An endpoint where nothing listens: any request would fail as storage_unavailable."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.usefixtures("aws_env")

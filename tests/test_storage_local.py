@@ -1,0 +1,87 @@
+"""The local backend: `file://` URIs under root folders, written atomically. Confinement to the
+roots is in test_security.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toonq.shared.errors import (
+    ImageTooLargeError,
+    InputAccessDeniedError,
+    InputNotFoundError,
+    OutputAccessDeniedError,
+    StorageUnavailableError,
+)
+from toonq.shared.storage.local import LocalStore
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+# --- Local files ----------------------------------------------------------------------------------
+
+
+def test_local_put_get_round_trip(tmp_path: Path) -> None:
+    store = LocalStore([tmp_path])
+    uri = (tmp_path / "new" / "folders" / "cat.png").as_uri()
+
+    store.put(uri, PNG, content_type="image/png")
+    store.put(uri, PNG[::-1], content_type="image/png")  # replaces
+
+    assert store.get(uri, max_bytes=len(PNG)) == PNG[::-1]
+    assert [path.name for path in (tmp_path / "new" / "folders").iterdir()] == ["cat.png"]
+
+
+def test_local_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        LocalStore([tmp_path]).get((tmp_path / "missing.png").as_uri(), max_bytes=100)
+    with pytest.raises(InputNotFoundError):
+        LocalStore([tmp_path]).get(tmp_path.as_uri(), max_bytes=100)  # a folder
+
+
+def test_local_file_over_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(PNG)
+
+    with pytest.raises(ImageTooLargeError):
+        LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG) - 1)
+
+
+def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def deny(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    monkeypatch.setattr("toonq.shared.storage.local.os.open", deny)  # how get opens
+    monkeypatch.setattr(Path, "open", deny)  # how put opens
+
+    with pytest.raises(InputAccessDeniedError):
+        LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG))
+    with pytest.raises(OutputAccessDeniedError):
+        LocalStore([tmp_path]).put(path.as_uri(), PNG, content_type="image/png")
+
+
+def test_local_put_under_a_file_is_denied(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    uri = (tmp_path / "file" / "cat.png").as_uri()
+
+    assert not LocalStore([tmp_path]).exists_bucket(uri)
+    with pytest.raises(OutputAccessDeniedError):
+        LocalStore([tmp_path]).put(uri, PNG, content_type="image/png")
+
+
+def test_local_failed_put_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("toonq.shared.storage.local.os.replace", fail)
+
+    with pytest.raises(StorageUnavailableError, match="No space"):
+        LocalStore([tmp_path]).put((tmp_path / "cat.png").as_uri(), PNG, content_type="image/png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_exists_bucket(tmp_path: Path) -> None:
+    assert LocalStore([tmp_path]).exists_bucket((tmp_path / "not" / "yet" / "cat.png").as_uri())
