@@ -20,7 +20,13 @@ from tests.birefnet_recipe import (
     read_keys,
     sha256_of,
 )
-from toonq.worker.birefnet import BiRefNet, BiRefNetConfig, deform_conv
+from toonq.worker.birefnet import (
+    BiRefNet,
+    BiRefNetConfig,
+    deform_conv,
+    to_model_state_dict,
+    to_official_state_dict,
+)
 
 LOGITS_TOL = 1e-3
 MASK_TOL = 1e-4
@@ -31,7 +37,7 @@ DEFORM_PATHS = ["torchvision", "pure"]
 @pytest.fixture(scope="module")
 def model() -> BiRefNet:
     net = BiRefNet(BiRefNetConfig.from_preset("tiny")).eval()
-    net.load_state_dict(fixture_state_dict(), strict=True)
+    net.load_state_dict(to_model_state_dict(fixture_state_dict()), strict=True)
     return net
 
 
@@ -65,7 +71,7 @@ def test_generator_matches_per_tensor_digests() -> None:
 def test_model_keys_follow_fixture_manifest_order() -> None:
     with torch.device("meta"):
         net = BiRefNet(BiRefNetConfig.from_preset("tiny"))
-    state = net.state_dict()
+    state = to_official_state_dict(net.state_dict())
     manifest = read_keys(FIXTURE / "keys.tsv")
     assert list(state) == [spec.key for spec in manifest]
     assert [tuple(t.shape) for t in state.values()] == [spec.shape for spec in manifest]
@@ -89,8 +95,8 @@ def test_encoder_intermediates(model: BiRefNet) -> None:
     expected = np.load(FIXTURE / "intermediates_128x128.npz")
     x = _input("128x128")
     with torch.no_grad():
-        full = model.bb(x)
-        half = model.bb(
+        full = model.backbone(x)
+        half = model.backbone(
             torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=True)
         )
         encoded = model.encode(x)

@@ -17,6 +17,10 @@ from toonq.worker.birefnet import (
     config_from_state_dict,
     load_birefnet_checkpoint,
     load_birefnet_state_dict,
+    to_model_key,
+    to_model_state_dict,
+    to_official_key,
+    to_official_state_dict,
 )
 
 BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "patch_size")
@@ -33,12 +37,13 @@ def _backbone(config: BiRefNetConfig) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def tiny_state() -> dict[str, torch.Tensor]:
+    """A random tiny model's weights in the official layout, as a checkpoint file holds them."""
     torch.manual_seed(0)
-    return BiRefNet(BiRefNetConfig.from_preset("tiny")).state_dict()
+    return to_official_state_dict(BiRefNet(BiRefNetConfig.from_preset("tiny")).state_dict())
 
 
 def test_toonout_preset_has_exactly_the_checkpoint_keys() -> None:
-    state = _meta_model("toonout").state_dict()
+    state = to_official_state_dict(_meta_model("toonout").state_dict())
     manifest = read_keys(TOONOUT_KEYS)
     assert len(manifest) == 754
     assert list(state) == [spec.key for spec in manifest]
@@ -81,14 +86,61 @@ def test_tiny_channels_match_fixture_config() -> None:
 
 def test_lite_preset_uses_window_7() -> None:
     state = _meta_model("lite").state_dict()
-    assert state["bb.layers.0.blocks.0.attn.relative_position_index"].shape == (49, 49)
-    assert state["bb.layers.3.blocks.1.attn.relative_position_bias_table"].shape == (169, 24)
-    assert state["bb.patch_embed.proj.weight"].shape == (96, 3, 4, 4)
+    assert state["backbone.layers.0.blocks.0.attn.relative_position_index"].shape == (49, 49)
+    assert state["backbone.layers.3.blocks.1.attn.relative_position_bias_table"].shape == (169, 24)
+    assert state["backbone.patch_embed.proj.weight"].shape == (96, 3, 4, 4)
+
+
+def test_key_map_is_a_bijection_over_the_official_keys() -> None:
+    official = [spec.key for spec in read_keys(TOONOUT_KEYS)]
+    renamed = [to_model_key(key) for key in official]
+    assert len(set(renamed)) == len(official) == 754
+    assert [to_official_key(key) for key in renamed] == official
+    model = _meta_model("toonout")
+    named = [name for name, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    assert sorted(named) == sorted(renamed)
+
+
+def test_key_map_renames_the_numbered_modules() -> None:
+    expected = {
+        "bb.norm3.weight": "backbone.output_norms.3.weight",
+        "bb.layers.2.blocks.17.attn.qkv.bias": "backbone.layers.2.blocks.17.attn.qkv.bias",
+        "squeeze_module.0.dec_att.bn1.weight": "squeeze.dec_att.bn1.weight",
+        "decoder.ipt_blk5.conv1.weight": "decoder.patch_inputs.0.conv1.weight",
+        "decoder.ipt_blk1.conv_out.bias": "decoder.patch_inputs.4.conv_out.bias",
+        "decoder.decoder_block1.conv_in.weight": "decoder.blocks.3.conv_in.weight",
+        "decoder.conv_out1.0.weight": "decoder.head.weight",
+        "decoder.lateral_block2.conv.bias": "decoder.laterals.2.bias",
+        "decoder.conv_ms_spvn_4.weight": "decoder.side_heads.0.weight",
+        "decoder.gdt_convs_3.0.weight": "decoder.gate_convs.1.conv.weight",
+        "decoder.gdt_convs_3.1.running_var": "decoder.gate_convs.1.bn.running_var",
+        "decoder.gdt_convs_pred_2.0.bias": "decoder.gradient_heads.2.bias",
+        "decoder.gdt_convs_attn_4.0.weight": "decoder.gate_heads.0.weight",
+    }
+    assert {key: to_model_key(key) for key in expected} == expected
+    with pytest.raises(KeyError, match="official"):
+        to_model_key("decoder.refiner.weight")
+    with pytest.raises(KeyError, match="toonq"):
+        to_official_key("bb.patch_embed.proj.weight")
+
+
+def test_an_official_layout_state_dict_loads_strictly() -> None:
+    """The 754 official keys, as meta tensors, fill every parameter and buffer of the model."""
+    official = {
+        spec.key: torch.empty(spec.shape, dtype=getattr(torch, spec.dtype), device="meta")
+        for spec in read_keys(TOONOUT_KEYS)
+    }
+    model = load_birefnet_state_dict(official)
+    assert _backbone(model.config) == _backbone(BiRefNetConfig.from_preset("toonout"))
+    loaded = model.state_dict(keep_vars=True)
+    assert list(loaded) == list(to_model_state_dict(official))
+    for key, tensor in official.items():
+        assert loaded[to_model_key(key)].shape == tensor.shape, key
 
 
 @pytest.mark.parametrize("preset", ["tiny", "lite", "swin_v1_l"])
 def test_config_from_state_dict_recovers_preset(preset: str) -> None:
-    inferred = config_from_state_dict(_meta_model(preset).state_dict())
+    inferred = config_from_state_dict(to_official_state_dict(_meta_model(preset).state_dict()))
     assert _backbone(inferred) == _backbone(BiRefNetConfig.from_preset(preset))
 
 
@@ -97,7 +149,7 @@ def test_loader_strips_training_prefixes(tiny_state: dict[str, torch.Tensor]) ->
     model = load_birefnet_state_dict(wrapped)
     assert not model.training
     assert _backbone(model.config) == _backbone(BiRefNetConfig.from_preset("tiny"))
-    loaded = model.state_dict()
+    loaded = to_official_state_dict(model.state_dict())
     assert list(loaded) == list(tiny_state)
     assert all(
         torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tiny_state.items()
@@ -114,7 +166,7 @@ def test_checkpoint_file_loader(
         torch.save({f"module._orig_mod.{k}": v for k, v in tiny_state.items()}, path)
     else:
         save_file({k: v.contiguous() for k, v in tiny_state.items()}, path)
-    loaded = load_birefnet_checkpoint(path).state_dict()
+    loaded = to_official_state_dict(load_birefnet_checkpoint(path).state_dict())
     assert list(loaded) == list(tiny_state)
     assert all(torch.equal(loaded[k], v) for k, v in tiny_state.items())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from tests.birefnet_recipe import FIXTURE, fixture_state_dict
 from toonq.worker.birefnet import BiRefNet, BiRefNetConfig, load_birefnet_state_dict
@@ -51,7 +52,9 @@ def test_save_and_from_pretrained_round_trip(
     model: BiRefNet, image: torch.Tensor, tmp_path: Path
 ) -> None:
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        # The directory holds the model's own names, not the official ones.
+        assert sorted(weights.keys()) == sorted(model.state_dict())
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "toonq-birefnet"
     assert saved["embed_dim"] == 32
@@ -75,23 +78,24 @@ def test_save_and_from_pretrained_round_trip(
 def test_from_pretrained_restores_int64_buffers(model: BiRefNet, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     reloaded = BiRefNet.from_pretrained(tmp_path)
-    index = reloaded.get_buffer("bb.layers.3.blocks.1.attn.relative_position_index")
+    index_name = "backbone.layers.3.blocks.1.attn.relative_position_index"
+    index = reloaded.get_buffer(index_name)
     assert index.dtype == torch.int64
-    assert torch.equal(index, model.get_buffer("bb.layers.3.blocks.1.attn.relative_position_index"))
-    batches = reloaded.get_buffer("decoder.gdt_convs_2.1.num_batches_tracked")
+    assert torch.equal(index, model.get_buffer(index_name))
+    batches = reloaded.get_buffer("decoder.gate_convs.2.bn.num_batches_tracked")
     assert batches.dtype == torch.int64
 
 
 def test_fresh_model_init_is_sane() -> None:
     torch.manual_seed(0)
     model = BiRefNet(BiRefNetConfig.from_preset("tiny")).eval()
-    deform = model.get_submodule("decoder.decoder_block1.dec_att.aspp_deforms.2.atrous_conv")
+    deform = model.get_submodule("decoder.blocks.3.dec_att.aspp_deforms.2.atrous_conv")
     assert isinstance(deform, DeformableConv2d)
     assert not deform.offset_conv.weight.any()
     assert not deform.modulator_conv.weight.any()
     assert deform.offset_conv.bias is not None
     assert not deform.offset_conv.bias.any()
-    index = model.get_buffer("bb.layers.0.blocks.0.attn.relative_position_index")
+    index = model.get_buffer("backbone.layers.0.blocks.0.attn.relative_position_index")
     assert index[0, 0] == 11 * 23 + 11
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 64))

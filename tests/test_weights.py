@@ -13,7 +13,7 @@ from tests.support import run_toonq
 from toonq.shared.errors import ModelUnavailableError
 from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
-from toonq.worker.birefnet import BiRefNet
+from toonq.worker.birefnet import BiRefNet, to_official_state_dict
 from toonq.worker.engine.weights import KNOWN_CHECKPOINTS, load_model, random_model
 
 
@@ -23,6 +23,11 @@ def tiny() -> BiRefNet:
     return random_model("tiny")
 
 
+def official_layout(model: BiRefNet) -> dict[str, torch.Tensor]:
+    """The model's weights under the official key names, as a bare checkpoint file holds them."""
+    return {k: v.contiguous() for k, v in to_official_state_dict(model.state_dict()).items()}
+
+
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     left, right = a.state_dict(), b.state_dict()
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
@@ -30,7 +35,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_a_pth_with_the_toonout_prefix_loads(tiny: BiRefNet, tmp_path: Path) -> None:
     path = tmp_path / "birefnet_finetuned_toonout.pth"
-    torch.save({f"module._orig_mod.{k}": v for k, v in tiny.state_dict().items()}, path)
+    torch.save({f"module._orig_mod.{k}": v for k, v in official_layout(tiny).items()}, path)
 
     loaded = load_model(str(path))
 
@@ -40,7 +45,7 @@ def test_a_pth_with_the_toonout_prefix_loads(tiny: BiRefNet, tmp_path: Path) -> 
 
 
 def test_a_safetensors_file_and_a_save_pretrained_dir_load(tiny: BiRefNet, tmp_path: Path) -> None:
-    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, tmp_path / "w.safetensors")
+    save_file(official_layout(tiny), tmp_path / "w.safetensors")
     tiny.save_pretrained(tmp_path / "dir")
 
     assert same_weights(load_model(str(tmp_path / "w.safetensors")).model, tiny)
@@ -53,7 +58,7 @@ def test_an_s3_object_is_downloaded_once_into_the_cache(
     monkeypatch.setenv("TOONQ_MODEL_CACHE", str(tmp_path / "cache"))
     store = open_store(Settings.from_env({"TOONQ_S3_ENDPOINT_URL": s3_server}))
     local = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, local)
+    save_file(official_layout(tiny), local)
     uri = f"s3://{s3_bucket}/models/model.safetensors"
     store.put(uri, local.read_bytes(), content_type="application/octet-stream")
 

@@ -2,8 +2,9 @@
 
 Those files are plain ``torch.save`` dicts whose keys carry the wrappers of training
 (``module.`` from DDP, ``_orig_mod.`` from ``torch.compile``) and come without a config, so the
-config is inferred from the key shapes. Directories written by ``save_pretrained`` load with
-``BiRefNet.from_pretrained`` instead.
+config is inferred from the key shapes. Their keys have the official names, which
+:mod:`.key_map` turns into the model's. Directories written by ``save_pretrained`` hold the
+model's own names and load with ``BiRefNet.from_pretrained`` instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .configuration_birefnet import BiRefNetConfig, config_from_state_dict
+from .key_map import to_model_state_dict, to_official_state_dict
 from .modeling_birefnet import BiRefNet
 
 # How many offending keys an error message lists.
@@ -23,7 +25,7 @@ _KEYS_SHOWN = 5
 
 
 class StateDictMismatchError(ValueError):
-    """The state dict does not have exactly the model's keys and shapes."""
+    """The state dict does not have exactly the official keys and shapes of the model."""
 
 
 def strip_checkpoint_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -44,7 +46,8 @@ def _listing(label: str, keys: list[str]) -> str:
 
 
 def _check_matches(model: BiRefNet, state_dict: Mapping[str, Tensor]) -> None:
-    expected = model.state_dict()
+    """Compare in the official names, the ones a checkpoint's user knows."""
+    expected = to_official_state_dict(model.state_dict())
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -70,10 +73,11 @@ def load_birefnet_state_dict(
 ) -> BiRefNet:
     """Build a BiRefNet holding ``state_dict``'s tensors (no copy) and return it in eval mode.
 
-    Prefixes are stripped first; the config is inferred from the keys when not given. The model
-    is built on the meta device and the tensors are assigned, so an 885 MB checkpoint is not
-    allocated twice. Raises :class:`StateDictMismatchError` on missing, unexpected or misshapen
-    keys.
+    ``state_dict`` has the official key names (ToonOut's and upstream BiRefNet's). Prefixes are
+    stripped first; the config is inferred from the keys when not given. The model is built on
+    the meta device and the tensors are assigned, so an 885 MB checkpoint is not allocated twice.
+    Raises :class:`StateDictMismatchError` on missing, unexpected or misshapen keys, named as in
+    the official layout.
     """
     weights = strip_checkpoint_prefixes(state_dict)
     if config is None:
@@ -81,7 +85,7 @@ def load_birefnet_state_dict(
     with torch.device("meta"):
         model = BiRefNet(config)
     _check_matches(model, weights)
-    model.load_state_dict(weights, strict=True, assign=True)
+    model.load_state_dict(to_model_state_dict(weights), strict=True, assign=True)
     return model.eval()
 
 

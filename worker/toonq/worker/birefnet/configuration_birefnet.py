@@ -198,7 +198,8 @@ def _first_block_shape(state_dict: Mapping[str, torch.Tensor], stage: int) -> to
 def config_from_state_dict(
     state_dict: Mapping[str, torch.Tensor], **overrides: Any
 ) -> BiRefNetConfig:
-    """Infer the backbone hyper-parameters from the key names and shapes of a state dict.
+    """Infer the backbone hyper-parameters from the key names and shapes of an official-layout
+    state dict.
 
     Keys must already be stripped of any ``module.`` / ``_orig_mod.`` prefix. Works on meta tensors.
     """

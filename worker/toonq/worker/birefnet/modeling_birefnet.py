@@ -1,10 +1,11 @@
 """BiRefNet as trained for ToonOut: Swin v1 encoder run at full and half resolution, context
 squeeze, and a 4-level decoder with deformable ASPP blocks, image-patch inputs and gdt gating.
 
-Module and attribute names mirror the official checkpoint keys, so ``state_dict()`` equals the
-ToonOut key list (after stripping ``module._orig_mod.``). Inference only: the model computes the
-eval path (BatchNorm with running statistics, dropout and drop-path as identity) and must be used
-in ``eval()`` mode; the training-only heads exist solely so that checkpoints load strictly.
+The state dict holds the official checkpoint's entries, in its order, under readable names:
+:mod:`.key_map` renames the official keys (``bb.norm0``, ``decoder.ipt_blk5``, ...) one to one.
+Inference only: the model computes the eval path (BatchNorm with running statistics, dropout and
+drop-path as identity) and must be used in ``eval()`` mode; the training-only heads exist solely
+so that checkpoints load strictly.
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ def image2patches(image: Tensor, size: Sequence[int]) -> Tensor:
     gh, gw = height // h, width // w
     patches = image.reshape(b, c, gh, h, gw, w).permute(0, 1, 2, 4, 3, 5)
     return patches.reshape(b, c * gh * gw, h, w)
-
-
-def _run(module: nn.Module, x: Tensor) -> Tensor:
-    """Call a submodule looked up by name (``get_submodule``) with a typed result."""
-    out: Tensor = module(x)
-    return out
 
 
 class ZeroInitConv2d(nn.Conv2d):
@@ -155,78 +150,71 @@ class SimpleConvs(nn.Module):
         return out
 
 
-class BasicLatBlk(nn.Module):
-    """1x1 conv on an encoder skip feature."""
+class ConvBnReLU(nn.Module):
+    """3x3 conv, BatchNorm, ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.conv(x)
+        out: Tensor = self.relu(self.bn(self.conv(x)))
         return out
 
 
 class Decoder(nn.Module):
     """Levels 4..1 (1/32 .. 1/4 scale), then the full-resolution head.
 
-    Level ``l`` (4, 3, 2) decodes, gates with ``sigmoid(gdt_convs_attn_l(gdt_convs_l(p)))``,
-    upsamples onto the next skip, adds ``lateral_block_l(skip)`` and appends
-    ``ipt_blk_l(image2patches(image))``. Level 1 has no gate; its output is resized to the
-    image and joined with ``ipt_blk1(image)`` before ``conv_out1``.
-    ``conv_ms_spvn_*`` and ``gdt_convs_pred_*`` are training-only heads, unused here.
+    Every list is indexed from the deepest level: entry ``i`` serves level ``4 - i``. Each level
+    appends ``patch_inputs[i](image2patches(image))`` on its own grid to its input and decodes
+    it with ``blocks[i]``. Levels 4..2 then gate the result with
+    ``sigmoid(gate_heads[i](gate_convs[i](p)))``, upsample it onto the next encoder skip and add
+    ``laterals[i](skip)``. Level 1's output is resized to the image, gets the last image input
+    ``patch_inputs[4](image)`` and goes through the 1x1 ``head``. ``side_heads`` and
+    ``gradient_heads`` are training-only supervision heads, unused here.
     """
 
     def __init__(self, config: BiRefNetConfig) -> None:
         super().__init__()
         inter = config.dec_channels
-        # Registration order = the official state-dict order.
-        for level, cin, cout in zip(
-            (5, 4, 3, 2, 1), config.ipt_in_channels, config.ipt_out_channels, strict=True
-        ):
-            self.add_module(f"ipt_blk{level}", SimpleConvs(cin, cout, inter))
-        for level, cin, cout in zip(
-            (4, 3, 2, 1), config.decoder_in_channels, config.decoder_out_channels, strict=True
-        ):
-            block = BasicDecBlk(cin, cout, inter, config.aspp_channels)
-            self.add_module(f"decoder_block{level}", block)
-        self.conv_out1 = nn.Sequential(nn.Conv2d(config.head_in_channels, 1, 1))
-        gated = list(zip((4, 3, 2), config.decoder_out_channels[:3], strict=True))
-        gdt = config.gdt_channels
-        for level, ch in gated:
-            self.add_module(f"lateral_block{level}", BasicLatBlk(ch, ch))
-        for level, ch in gated:
-            self.add_module(f"conv_ms_spvn_{level}", nn.Conv2d(ch, 1, 1))
-        for level, ch in gated:
-            gdt_convs = nn.Sequential(
-                nn.Conv2d(ch, gdt, 3, padding=1), nn.BatchNorm2d(gdt), nn.ReLU(inplace=True)
+        gated = config.decoder_out_channels[:-1]  # levels 4..2; level 1 has no gate
+        # Registration order follows the official state dict (see key_map).
+        self.patch_inputs = nn.ModuleList(
+            SimpleConvs(cin, cout, inter)
+            for cin, cout in zip(config.ipt_in_channels, config.ipt_out_channels, strict=True)
+        )
+        self.blocks = nn.ModuleList(
+            BasicDecBlk(cin, cout, inter, config.aspp_channels)
+            for cin, cout in zip(
+                config.decoder_in_channels, config.decoder_out_channels, strict=True
             )
-            self.add_module(f"gdt_convs_{level}", gdt_convs)
-        for level, _ in gated:
-            self.add_module(f"gdt_convs_pred_{level}", nn.Sequential(nn.Conv2d(gdt, 1, 1)))
-        for level, _ in gated:
-            self.add_module(f"gdt_convs_attn_{level}", nn.Sequential(nn.Conv2d(gdt, 1, 1)))
+        )
+        self.head = nn.Conv2d(config.head_in_channels, 1, 1)
+        self.laterals = nn.ModuleList(nn.Conv2d(ch, ch, 1) for ch in gated)
+        self.side_heads = nn.ModuleList(nn.Conv2d(ch, 1, 1) for ch in gated)
+        self.gate_convs = nn.ModuleList(ConvBnReLU(ch, config.gdt_channels) for ch in gated)
+        self.gradient_heads = nn.ModuleList(nn.Conv2d(config.gdt_channels, 1, 1) for _ in gated)
+        self.gate_heads = nn.ModuleList(nn.Conv2d(config.gdt_channels, 1, 1) for _ in gated)
 
-    def _sub(self, name: str, x: Tensor) -> Tensor:
-        return _run(self.get_submodule(name), x)
-
-    def _patches(self, level: int, image: Tensor, size: Sequence[int]) -> Tensor:
-        return self._sub(f"ipt_blk{level}", image2patches(image, size))
+    def _with_patches(self, x: Tensor, image: Tensor, index: int) -> Tensor:
+        """``x`` with ``patch_inputs[index]`` of the image cut into patches on x's grid."""
+        patches = image2patches(image, x.shape[-2:])
+        return torch.cat([x, self.patch_inputs[index](patches)], dim=1)
 
     def forward(self, image: Tensor, features: Sequence[Tensor]) -> Tensor:
         """image ``B x 3 x H x W``; features x1..x4 (2C, 4C, 8C at 1/4..1/16, squeezed 16C at
         1/32) -> logits ``B x 1 x H x W``."""
         x1, x2, x3, x4 = features
-        t = torch.cat([x4, self._patches(5, image, x4.shape[-2:])], dim=1)
-        for level, skip in ((4, x3), (3, x2), (2, x1)):
-            p = self._sub(f"decoder_block{level}", t)
-            gate = self._sub(f"gdt_convs_attn_{level}", self._sub(f"gdt_convs_{level}", p))
-            p = p * torch.sigmoid(gate)
-            t = resize(p, skip.shape[-2:]) + self._sub(f"lateral_block{level}", skip)
-            t = torch.cat([t, self._patches(level, image, skip.shape[-2:])], dim=1)
-        p1 = resize(self._sub("decoder_block1", t), image.shape[-2:])
-        t = torch.cat([p1, self._patches(1, image, image.shape[-2:])], dim=1)
-        return self._sub("conv_out1", t)
+        x = x4
+        for i, skip in enumerate((x3, x2, x1)):
+            p = self.blocks[i](self._with_patches(x, image, i))
+            p = p * torch.sigmoid(self.gate_heads[i](self.gate_convs[i](p)))
+            x = resize(p, skip.shape[-2:]) + self.laterals[i](skip)
+        p1 = resize(self.blocks[3](self._with_patches(x, image, 3)), image.shape[-2:])
+        logits: Tensor = self.head(self._with_patches(p1, image, 4))
+        return logits
 
 
 class BiRefNet(PreTrainedModel):
@@ -243,14 +231,13 @@ class BiRefNet(PreTrainedModel):
 
     def __init__(self, config: BiRefNetConfig) -> None:
         super().__init__(config)
-        self.bb = SwinTransformer(config)
-        squeeze = BasicDecBlk(
+        self.backbone = SwinTransformer(config)
+        self.squeeze = BasicDecBlk(
             config.squeeze_in_channels,
             config.lateral_channels[0],
             config.dec_channels,
             config.aspp_channels,
         )
-        self.squeeze_module = nn.Sequential(squeeze)
         self.decoder = Decoder(config)
         self.post_init()  # type: ignore[no-untyped-call]  # untyped in transformers
 
@@ -262,14 +249,14 @@ class BiRefNet(PreTrainedModel):
         squeeze block.
         """
         h, w = pixel_values.shape[-2:]
-        full = self.bb(pixel_values)
-        half = self.bb(resize(pixel_values, (h // 2, w // 2)))
+        full = self.backbone(pixel_values)
+        half = self.backbone(resize(pixel_values, (h // 2, w // 2)))
         x1, x2, x3, x4 = (
             torch.cat([f, resize(g, f.shape[-2:])], dim=1) for f, g in zip(full, half, strict=True)
         )
         size = x4.shape[-2:]
         context = torch.cat([resize(x1, size), resize(x2, size), resize(x3, size), x4], dim=1)
-        return [x1, x2, x3, _run(self.squeeze_module, context)]
+        return [x1, x2, x3, self.squeeze(context)]
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Mask logits of ImageNet-normalised RGB images.
@@ -337,8 +324,8 @@ class BiRefNet(PreTrainedModel):
 __all__ = [
     "ASPPDeformable",
     "BasicDecBlk",
-    "BasicLatBlk",
     "BiRefNet",
+    "ConvBnReLU",
     "Decoder",
     "DeformableBranch",
     "DeformableConv2d",

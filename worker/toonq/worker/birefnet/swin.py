@@ -1,10 +1,10 @@
-"""Swin Transformer v1, detection/segmentation variant, as BiRefNet's backbone (``bb.*`` keys).
+"""Swin Transformer v1, detection/segmentation variant: BiRefNet's backbone (official ``bb.*``).
 
 Differences from the classification Swin that matter for exact outputs: inputs of any size are
 zero-padded (image to the patch size, token grids to the window size, after ``norm1`` and without
 masking the padded tokens), the window is never shrunk for small grids, shifted blocks mask
 token pairs from different regions, and every stage output goes through its own LayerNorm
-``norm{s}``.
+(``output_norms``).
 
 Token grids are kept channel-last, ``B x H x W x C``, which is the official ``B x (H*W) x C``
 sequence viewed as a grid.
@@ -254,15 +254,13 @@ class SwinTransformer(nn.Module):
                 zip(widths, config.depths, config.num_heads, strict=True)
             )
         )
-        for s, width in enumerate(widths):
-            self.add_module(f"norm{s}", nn.LayerNorm(width))
+        self.output_norms = nn.ModuleList(nn.LayerNorm(width) for width in widths)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``B x 3 x H x W`` -> ``[B x C x H/4 x W/4, ..., B x 8C x H/32 x W/32]``."""
         x = self.patch_embed(x)
         features = []
-        for s, stage in enumerate(self.layers):
+        for stage, norm in zip(self.layers, self.output_norms, strict=True):
             out, x = stage(x)
-            out = self.get_submodule(f"norm{s}")(out)
-            features.append(out.permute(0, 3, 1, 2).contiguous())
+            features.append(norm(out).permute(0, 3, 1, 2).contiguous())
         return features
