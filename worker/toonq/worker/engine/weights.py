@@ -2,7 +2,8 @@
 
 A spec is one of:
 
-* a local `.pth`/`.pt`/`.bin` (torch state dict) or `.safetensors` file;
+* a local `.pth`/`.pt`/`.bin` (torch state dict) or `.safetensors` file, with the official
+  BiRefNet key names;
 * a `save_pretrained` directory (config.json + model.safetensors);
 * an `s3://bucket/key` object (downloaded once into the model cache, then a file);
 * a Hugging Face hub id `org/name[@revision]` (downloaded once into the standard HF cache);
