@@ -1,4 +1,5 @@
-"""Test helpers that run real parts: `toonq` worker processes and a fault-injecting S3 proxy."""
+"""Test helpers that run real parts: images through the engine's steps, `toonq` worker processes
+and a fault-injecting S3 proxy."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from PIL import Image
 
 from toonq.shared.jobstore import JobSpec
+
+if TYPE_CHECKING:
+    from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
 
 TOONQ = [sys.executable, "-m", "toonq.producer.cli"]
 
@@ -41,6 +45,21 @@ def png_bytes(size: tuple[int, int] = (200, 150), *, mode: str = "RGBA") -> byte
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def matte_batch(
+    engine: MattingEngine, sources: Sequence[bytes | Image.Image], options: MatteOptions
+) -> list[MatteResult]:
+    """Images (bytes, or decoded) through the engine's three steps, as one batch."""
+    prepared = [engine.prepare(source, options) for source in sources]
+    logits = engine.infer(prepared)
+    return [engine.finish(item, logit) for item, logit in zip(prepared, logits, strict=True)]
+
+
+def matte_one(engine: MattingEngine, source: bytes, options: MatteOptions) -> MatteResult:
+    """One image's bytes through the engine's three steps."""
+    (result,) = matte_batch(engine, [source], options)
+    return result
 
 
 def job_spec(name: str | None = None, *, max_attempts: int = 3) -> JobSpec:

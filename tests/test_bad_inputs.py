@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.conftest import PostgresServer
 from tests.image_corpus import CORPUS, MAX_PIXELS, Decoded, Item, corpus_item
-from tests.support import WorkerProcess, base_env, png_bytes
+from tests.support import WorkerProcess, base_env, matte_batch, matte_one, png_bytes
 from toonq.producer import ToonqClient
 from toonq.shared.db import migrate
 from toonq.shared.models import JobStatus
@@ -80,7 +80,7 @@ def engine() -> MattingEngine:
 def cutouts(engine: MattingEngine) -> dict[str, MatteResult]:
     """Every decodable item matted in one batch (CPU inference is slow), keyed by name."""
     images = [engine.decode(item.data) for item in DECODABLE]
-    results = engine.matte_images(images, [MatteOptions()] * len(images))
+    results = matte_batch(engine, images, MatteOptions())
     return {item.name: result for item, result in zip(DECODABLE, results, strict=True)}
 
 
@@ -88,7 +88,7 @@ def cutouts(engine: MattingEngine) -> dict[str, MatteResult]:
 def test_the_engine_raises_the_typed_error(engine: MattingEngine, item: Item) -> None:
     assert not isinstance(item.expected, Decoded)
     with pytest.raises(item.expected) as raised:
-        engine.matte(item.data, MatteOptions())
+        matte_one(engine, item.data, MatteOptions())
     assert type(raised.value) is item.expected
 
 
@@ -113,7 +113,7 @@ def test_extreme_sizes_give_masks_of_their_size(engine: MattingEngine) -> None:
     items = [corpus_item(name) for name in EXTREME_SIZES]
     images = [engine.decode(item.data) for item in items]
 
-    results = engine.matte_images(images, [MatteOptions(mask_only=True)] * len(images))
+    results = matte_batch(engine, images, MatteOptions(mask_only=True))
 
     for item, result in zip(items, results, strict=True):
         assert isinstance(item.expected, Decoded)

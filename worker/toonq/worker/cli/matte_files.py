@@ -36,9 +36,11 @@ def matte_files(
 
         def flush() -> None:
             try:
-                results = engine.matte_images(
-                    [img for *_, img in pending], [options] * len(pending)
-                )
+                prepared = [engine.prepare(image, options) for *_, image in pending]
+                logits = engine.infer(prepared)
+                results = [
+                    engine.finish(item, logit) for item, logit in zip(prepared, logits, strict=True)
+                ]
             except (ToonqError, RuntimeError) as exc:
                 for path, *_ in pending:
                     fail(path, f"error: {exc}")

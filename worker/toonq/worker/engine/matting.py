@@ -1,10 +1,12 @@
 """The matting engine: image bytes in, RGBA cut-out (or mask) bytes out.
 
-    decode -> _swap_bg_to_gray -> resize + normalise -> BiRefNet -> sigmoid + resize back
-           -> (refine_foreground) -> attach alpha to the ORIGINAL colours -> encode
+    prepare (one image):  decode -> _swap_bg_to_gray -> resize + normalise
+    batch (images of one input shape):  BiRefNet -> each image's logits
+    finish (one image):  alpha (sigmoid + resize back) -> (refine_foreground)
+                         -> attach alpha to the ORIGINAL colours -> encode
 
-The engine knows nothing of queues: the worker, `toonq matte` and the benchmarks all call it.
-Images are batched through the model; decoding and encoding stay per image.
+The engine knows nothing of queues: the worker, `toonq matte`, `toonq eval` and the benchmarks
+all take this one path.
 """
 
 from __future__ import annotations
@@ -148,8 +150,11 @@ class MattingEngine:
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_image_pixels)
 
-    # The three steps of a job. A pipelined worker runs `prepare` and `finish` in many threads
-    # at once and `infer` in one GPU loop that batches what the threads prepared.
+    # The one path through the engine: `prepare` one image, run the prepared inputs of one shape
+    # through the model as a batch, `finish` each image. A pipelined worker runs `prepare` and
+    # `finish` in many threads at once and the batch step in one GPU loop, which stacks the
+    # next batch (`stack_batch`) while the model runs the current one (`run_batch`); a caller
+    # that runs one batch at a time calls `infer`.
 
     def prepare(self, source: bytes | Image.Image, options: MatteOptions) -> PreparedImage:
         """Decode (when given bytes), move to the device, composite onto the job's background
@@ -168,10 +173,16 @@ class MattingEngine:
                 )
         return PreparedImage(rgba, model_input, options, watch.ms)
 
-    def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run the model on prepared inputs of one shape as a single batch; returns each image's
-        mask logits (1×1×h×w, on the device)."""
-        return self.run_batch(self.stack_batch(inputs))
+    def infer(self, batch: Sequence[PreparedImage]) -> list[torch.Tensor]:
+        """Run prepared images of one input shape through the model as a single batch; returns
+        each image's mask logits (1×1×h×w, on the device) and adds its share of the model time
+        to its timings."""
+        watch = _Stopwatch(self.device)
+        with watch.stage("inference"):
+            logits = self.run_batch(self.stack_batch([item.model_input for item in batch]))
+        for item in batch:
+            item.timings_ms["inference"] = watch.ms["inference"] / len(batch)
+        return logits
 
     def stack_batch(self, inputs: Sequence[torch.Tensor]) -> StackedBatch:
         """The model's input tensor for prepared inputs of one shape (padded when compiled)."""
@@ -190,6 +201,12 @@ class MattingEngine:
         with torch.inference_mode():
             return list(torch.split(self.model(stacked.tensor)[: stacked.count], 1))
 
+    def alpha(self, prepared: PreparedImage, logits: torch.Tensor) -> torch.Tensor:
+        """The image's alpha matte: uint8 H×W at its original size, on the engine's device."""
+        image = prepared.image
+        with torch.inference_mode():
+            return logits_to_alpha(logits, (image.shape[-2], image.shape[-1]))
+
     def finish(self, prepared: PreparedImage, logits: torch.Tensor) -> MatteResult:
         """Everything after the model, for one image: the alpha at the original size, the
         cut-out's colours and the encoded output."""
@@ -197,7 +214,7 @@ class MattingEngine:
         image, options = prepared.image, prepared.options
         with torch.inference_mode():
             with watch.stage("postprocess"):
-                alpha = logits_to_alpha(logits, (image.shape[-2], image.shape[-1]))
+                alpha = self.alpha(prepared, logits)
                 rgb = self._foreground(image, alpha, options)
             with watch.stage("encode"):
                 data = self._encode(rgb, alpha, options)
@@ -209,63 +226,16 @@ class MattingEngine:
             timings_ms=prepared.timings_ms | watch.ms,
         )
 
-    def predict_alphas(
-        self,
-        images: Sequence[torch.Tensor],
-        bg_colors: Sequence[tuple[int, int, int]],
-        resolution: int | None = None,
-    ) -> list[torch.Tensor]:
-        """Alpha mattes (uint8 H×W, on the engine's device) for a batch of uint8 4×H×W RGBA
-        images of any sizes, each composited onto its own background colour first."""
-        size = resolution or self.resolution  # to_model_input checks it
-        with torch.inference_mode():
-            inputs = [
-                to_model_input(_swap_bg_to_gray(image.unsqueeze(0), color), size, self.dtype)
-                for image, color in zip(images, bg_colors, strict=True)
-            ]
-            return [
-                logits_to_alpha(logit, (image.shape[-2], image.shape[-1]))
-                for logit, image in zip(self.infer(inputs), images, strict=True)
-            ]
-
-    def matte_images(
-        self, images: Sequence[Image.Image], options: Sequence[MatteOptions]
-    ) -> list[MatteResult]:
-        """Matte decoded RGBA images in one batch through the model; the options may differ
-        per image except in resolution, which a batch shares."""
-        resolutions = {o.resolution for o in options}
-        if len(resolutions) != 1:
-            raise ValueError(
-                f"one batch runs at one resolution, got {sorted(map(str, resolutions))}"
-            )
-        prepared = [self.prepare(image, opts) for image, opts in zip(images, options, strict=True)]
-        watch = _Stopwatch(self.device)
-        with watch.stage("inference"):
-            logits = self.infer([p.model_input for p in prepared])
-        shared = {stage: ms / len(prepared) for stage, ms in watch.ms.items()}
-        results = []
-        for item, logit in zip(prepared, logits, strict=True):
-            item.timings_ms |= shared
-            results.append(self.finish(item, logit))
-        return results
-
-    def matte(self, data: bytes, options: MatteOptions) -> MatteResult:
-        """Decode, matte and encode one image."""
-        prepared = self.prepare(data, options)
-        watch = _Stopwatch(self.device)
-        with watch.stage("inference"):
-            (logits,) = self.infer([prepared.model_input])
-        prepared.timings_ms |= watch.ms
-        return self.finish(prepared, logits)
-
     def warmup(self, batch_size: int = 1) -> None:
         """Real inferences at the largest batch the worker will run, so that the first jobs pay
         no allocation, autotuning or compilation cost."""
         start = time.perf_counter()
         sample = Image.new("RGBA", (self.resolution, self.resolution), (200, 120, 60, 255))
+        prepared = self.prepare(sample, MatteOptions())
         sizes = {batch_bucket(n) for n in range(1, batch_size + 1)} if self.compiled else {1}
         for size in sorted(sizes | {batch_size}):
-            self.matte_images([sample] * size, [MatteOptions()] * size)
+            for logits in self.infer([prepared] * size):
+                self.finish(prepared, logits)
         log.info(
             "engine_warm",
             model=self.model_name,

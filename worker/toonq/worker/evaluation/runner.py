@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from toonq.worker.engine.decode import image_to_array
+from toonq.worker.engine.matting import MatteOptions, MattingEngine
 from toonq.worker.evaluation.dataset import (
     EvalDataset,
     check_matches,
@@ -33,9 +34,6 @@ from toonq.worker.evaluation.metrics import (
     resize_linear,
     score_image,
 )
-
-if TYPE_CHECKING:
-    from toonq.worker.engine.matting import MattingEngine
 
 
 class PredictionSource(Protocol):
@@ -93,8 +91,9 @@ class EngineSource:
     def predict(self, name: str, image: Image.Image | None) -> Mask:
         if image is None:
             raise ValueError(f"{self.label}: a model needs the input image of {name}")
-        (alpha,) = self.engine.predict_alphas([self.engine.to_tensor(image)], [self.bg_color])
-        return np.asarray(alpha.cpu().numpy(), dtype=np.uint8)
+        prepared = self.engine.prepare(image, MatteOptions(bg_color=self.bg_color, mask_only=True))
+        (logits,) = self.engine.infer([prepared])
+        return np.asarray(self.engine.alpha(prepared, logits).cpu().numpy(), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
