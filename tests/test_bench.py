@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from toonq.worker.bench.machine import describe_machine
 from toonq.worker.bench.model import _measure
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, Section, write_report
 from toonq.worker.engine.encode import default_png_encoder
+from toonq.worker.engine.weights import LoadedModel
 
 # One OpenMP thread: on a busy two-core machine, two threads wait on each other for seconds.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "TOONQ_LOG_FORMAT": "json"}
@@ -118,12 +120,13 @@ def test_pipeline_efficiency_is_copied_to_the_top_level(tmp_path):
     assert report["sections"]["pipeline"][PIPELINE_EFFICIENCY] == efficiency
 
 
-def test_a_compile_failure_is_a_row_with_its_error():
+def test_a_compile_failure_is_a_row_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> None:
         raise RuntimeError("no compiler here")
 
-    compiled = torch.compile(torch.nn.Conv2d(3, 1, 1), backend=failing_backend)
-    row = _measure(compiled, "fp32", True, 1, 32, torch.device("cpu"), repeat=1)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=failing_backend))
+    loaded = LoadedModel(torch.nn.Conv2d(3, 1, 1), name="conv", revision=None)
+    row = _measure(loaded, "cpu", "fp32", True, 1, 32, repeat=1)
     assert (row.images_per_s, row.ms_per_image) == (None, None)
     assert row.error is not None
     assert "no compiler here" in row.error

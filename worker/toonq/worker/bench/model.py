@@ -1,8 +1,9 @@
 """Item 1: model throughput, in images per second, by precision x torch.compile x batch size.
 
-The forward pass alone, on random input at the model resolution: what the GPU sustains once
-decoding and encoding keep up. On a GPU the default is ToonOut's architecture (Swin-L) at 1024;
-on a CPU, the `tiny` preset, eager, in fp32, since ToonOut would take minutes per image there.
+The engine's model step alone (`run_batch`, as the worker's GPU loop runs it), on random input
+at the model resolution: what the GPU sustains once decoding and encoding keep up. On a GPU the
+default is ToonOut's architecture (Swin-L) at 1024; on a CPU, the `tiny` preset, eager, in fp32,
+since ToonOut would take minutes per image there.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 import torch
 
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
 from toonq.worker.bench.timing import time_call
-from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
-from toonq.worker.engine.weights import load_model
+from toonq.worker.engine.device import resolve_device
+from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.engine.weights import LoadedModel, load_model
 
 #: Random weights cost exactly what real ones of the same architecture do, with no download.
 GPU_MODEL: Final = "random:toonout"
@@ -66,20 +68,20 @@ def run(options: BenchOptions) -> Section:
     compiles = options.compile or ((False, True) if on_gpu and not options.quick else (False,))
     repeat = 1 if options.quick else options.repeat
 
-    master = load_model(spec).model
+    master = load_model(spec)
     rows: list[ModelRow] = []
     for precision in precisions:
-        dtype = resolve_dtype(precision, device)
-        configure_numerics(dtype)  # what the engine runs: fp32 means IEEE fp32, no TF32
-        model = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
+        # The engine moves its model to the device and precision: each precision gets a copy.
+        loaded = replace(master, model=copy.deepcopy(master.model))
         for compiled in compiles:
-            forward = _compiled(model) if compiled else model
             for batch in batch_sizes:
-                row = _measure(forward, precision, compiled, batch, resolution, device, repeat)
+                row = _measure(
+                    loaded, options.device, precision, compiled, batch, resolution, repeat
+                )
                 rows.append(row)
                 if row.error == OUT_OF_MEMORY:
                     break  # larger batches would not fit either
-        del model
+        del loaded  # the model leaves the device before the next precision's copy
         if on_gpu:
             torch.cuda.empty_cache()
     rows = _relative_to_first(rows)
@@ -100,32 +102,47 @@ def run(options: BenchOptions) -> Section:
     return Section("model", "Model throughput", data, _markdown(rows, notes))
 
 
-def _compiled(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A static-shape compilation per batch size, as a worker with a fixed batch would run.
+def _engine(
+    loaded: LoadedModel, device: str, precision: str, resolution: int, *, compiled: bool
+) -> MattingEngine:
+    """An engine for one batch size: when compiled, a static-shape compilation of that size
+    alone, as a worker with a fixed batch would run.
 
     Dynamo's cache is shared by every instance of the model class: resetting it keeps the
-    earlier precisions' graphs from filling it, past which Dynamo silently runs eager.
+    earlier graphs from filling it (past which Dynamo silently runs eager) and keeps this size
+    from recompiling them with a dynamic batch dimension.
     """
-    torch._dynamo.reset()
-    compiled: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model, dynamic=False)
-    return compiled
+    if compiled:
+        torch._dynamo.reset()
+    return MattingEngine(
+        loaded,
+        device=device,
+        precision=precision,
+        resolution=resolution,
+        compile_mode="default" if compiled else "off",
+    )
 
 
 def _measure(
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    loaded: LoadedModel,
+    device: str,
     precision: str,
     compiled: bool,
     batch: int,
     resolution: int,
-    device: torch.device,
     repeat: int,
 ) -> ModelRow:
     row = ModelRow(precision, compiled, batch)
-    dtype = resolve_dtype(precision, device)
-    x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
+    engine = _engine(loaded, device, precision, resolution, compiled=compiled)
+    size = (1, 3, engine.resolution, engine.resolution)
     try:
-        with _peak_memory(device) as peak, torch.inference_mode():
-            timing = time_call(lambda: forward(x), repeat=repeat, device=device)
+        inputs = [torch.randn(size, device=engine.device, dtype=engine.dtype) for _ in range(batch)]
+        stacked = engine.stack_batch(inputs)
+        del inputs  # only the stacked batch stays in memory, as in the GPU loop
+        with _peak_memory(engine.device) as peak:
+            timing = time_call(
+                lambda: engine.run_batch(stacked), repeat=repeat, device=engine.device
+            )
     except torch.cuda.OutOfMemoryError:
         return _replace(row, error=OUT_OF_MEMORY)
     except Exception as exc:  # a compiler or backend failure is a result to report, not a crash
