@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tests.conftest import PostgresServer
 from tests.support import FaultyS3Proxy, WorkerProcess, base_env, png_bytes
 from toonq.producer import SubmitRequest, ToonqClient
-from toonq.shared.db import create_db_engine, migrate
+from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.settings import Settings
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from tests.conftest import PostgresServer
 from tests.image_corpus import CORPUS, MAX_PIXELS, Decoded, Item, corpus_item
 from tests.support import WorkerProcess, base_env, matte_batch, matte_one, png_bytes
 from toonq.producer import ToonqClient
-from toonq.shared.db import migrate
-from toonq.shared.models import JobStatus
+from toonq.shared.db.engine import migrate
+from toonq.shared.db.schema import JobStatus
 from toonq.shared.settings import Settings
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 from sqlalchemy import text
 
-from toonq.shared.db import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.db.schema import EventKind, JobStatus
 from toonq.shared.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -24,7 +25,6 @@ from toonq.shared.errors import (
     JobNotFoundError,
 )
 from toonq.shared.jobstore import Claim, Job, JobSpec, JobStore
-from toonq.shared.models import EventKind, JobStatus
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock

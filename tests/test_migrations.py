@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from toonq.shared.db import alembic_config, create_db_engine, downgrade, migrate
-from toonq.shared.models import Base
+from toonq.shared.db.engine import alembic_config, create_db_engine, downgrade, migrate
+from toonq.shared.db.schema import Base
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer

@@ -7,8 +7,8 @@ from datetime import timedelta
 import redis
 
 from tests.conftest import ManualClock
+from toonq.shared.db.schema import JobStatus
 from toonq.shared.jobstore import JobSpec, JobStore
-from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings

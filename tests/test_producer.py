@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.support import png_bytes
 from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
 from toonq.producer.cli.main import cli
+from toonq.shared.db.schema import JobRow, JobStatus, utc_now
 from toonq.shared.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidURIError,
     UnknownBucketError,
 )
-from toonq.shared.models import JobRow, JobStatus, utc_now
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
 

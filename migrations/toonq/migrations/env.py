@@ -1,13 +1,13 @@
-"""Alembic environment: run by `toonq.shared.db.migrate`, which passes the database URL in
+"""Alembic environment: run by `toonq.shared.db.engine.migrate`, which passes the database URL in
 `config.attributes["url"]` (toonq ships no alembic.ini)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from toonq.shared.db import create_db_engine
+from toonq.shared.db.engine import create_db_engine
+from toonq.shared.db.schema import Base
 from toonq.shared.errors import ConfigurationError
-from toonq.shared.models import Base
 
 
 def run_migrations_online() -> None:

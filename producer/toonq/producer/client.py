@@ -23,10 +23,10 @@ from datetime import datetime
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.colors import normalize_color
-from toonq.shared.db import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
-from toonq.shared.models import JobStatus
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings

@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
-from toonq.shared.db import translate_db_errors
+from toonq.shared.db.engine import translate_db_errors
+from toonq.shared.db.schema import EventKind, JobEventRow, JobRow, JobStatus, utc_now
 from toonq.shared.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
@@ -32,7 +33,6 @@ from toonq.shared.errors import (
     JobNotFoundError,
     WorkerLostError,
 )
-from toonq.shared.models import EventKind, JobEventRow, JobRow, JobStatus, utc_now
 
 WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
 CANCELLABLE_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import signals
 
-from toonq.shared.db import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists

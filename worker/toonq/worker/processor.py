@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from toonq.shared.colors import parse_color
+from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import (
     InvalidRequestError,
     PermanentJobError,
@@ -32,7 +33,6 @@ from toonq.shared.errors import (
 )
 from toonq.shared.jobstore import Claim, Job, JobStore
 from toonq.shared.logging import get_logger
-from toonq.shared.models import JobStatus
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore

@@ -4,8 +4,8 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-11-25
 
-Types and constraint names are spelled out rather than imported from `toonq.shared.models`, so
-this revision keeps creating the same schema however the models evolve.
+Types and constraint names are spelled out rather than imported from `toonq.shared.db.schema`,
+so this revision keeps creating the same schema however the models evolve.
 """
 
 from __future__ import annotations

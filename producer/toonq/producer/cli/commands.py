@@ -13,9 +13,9 @@ from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_json
 from toonq.producer.client import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
-from toonq.shared.db import migrate as run_migrations
+from toonq.shared.db.engine import migrate as run_migrations
+from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import JOB_ERROR_CODES
-from toonq.shared.models import JobStatus
 from toonq.shared.recovery import recover_once
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).

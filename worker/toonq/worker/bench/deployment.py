@@ -31,7 +31,7 @@ import redis
 from sqlalchemy import Engine, bindparam, create_engine, text
 
 from toonq.producer import SubmitRequest, ToonqClient
-from toonq.shared.db import migrate
+from toonq.shared.db.engine import migrate
 from toonq.shared.errors import ToonqError
 from toonq.shared.queue import queue_lists
 from toonq.shared.settings import Settings, normalize_database_url

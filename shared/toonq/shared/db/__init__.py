@@ -1,0 +1,1 @@
+"""The database: its schema (`schema`) and the engines, sessions and migrations (`engine`)."""
