@@ -39,8 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
 from toonq.shared.db.engine import create_db_engine, migrate, session_factory
-from toonq.shared.db.schema import utc_now
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import JobStore, utc_now
 from toonq.shared.settings import normalize_database_url
 
 if TYPE_CHECKING:

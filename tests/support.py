@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from toonq.shared.jobstore import JobSpec
+from toonq.shared.job import JobParams, JobSpec
 
 if TYPE_CHECKING:
-    from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
+    from toonq.worker.engine.matting import MatteResult, MattingEngine
 
 TOONQ = [sys.executable, "-m", "toonq.producer.cli"]
 
@@ -48,17 +48,17 @@ def png_bytes(size: tuple[int, int] = (200, 150), *, mode: str = "RGBA") -> byte
 
 
 def matte_batch(
-    engine: MattingEngine, sources: Sequence[bytes | Image.Image], options: MatteOptions
+    engine: MattingEngine, sources: Sequence[bytes | Image.Image], params: JobParams
 ) -> list[MatteResult]:
     """Images (bytes, or decoded) through the engine's three steps, as one batch."""
-    prepared = [engine.prepare(source, options) for source in sources]
+    prepared = [engine.prepare(source, params) for source in sources]
     logits = engine.infer(prepared)
     return [engine.finish(item, logit) for item, logit in zip(prepared, logits, strict=True)]
 
 
-def matte_one(engine: MattingEngine, source: bytes, options: MatteOptions) -> MatteResult:
+def matte_one(engine: MattingEngine, source: bytes, params: JobParams) -> MatteResult:
     """One image's bytes through the engine's three steps."""
-    (result,) = matte_batch(engine, [source], options)
+    (result,) = matte_batch(engine, [source], params)
     return result
 
 
@@ -68,9 +68,7 @@ def job_spec(name: str | None = None, *, max_attempts: int = 3) -> JobSpec:
     return JobSpec(
         input_uri=f"s3://in/{name}.png",
         output_uri=f"s3://out/{name}.png",
-        bg_color="#808080",
-        output_format="png",
-        resolution=64,
+        params=JobParams(bg_color="#808080", format="png", resolution=64),
         max_attempts=max_attempts,
     )
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +26,10 @@ from tests.image_corpus import CORPUS, MAX_PIXELS, Decoded, Item, corpus_item
 from tests.support import WorkerProcess, base_env, matte_batch, matte_one, png_bytes
 from toonq.producer import ToonqClient
 from toonq.shared.db.engine import migrate
-from toonq.shared.db.schema import JobStatus
+from toonq.shared.job import JobParams, JobStatus
 from toonq.shared.settings import Settings
 from toonq.worker.engine.decode import decode_image, image_to_array
-from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
+from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.engine.weights import load_model
 
 if TYPE_CHECKING:
@@ -69,18 +69,19 @@ def test_decode_gives_the_expected_pixels_or_typed_error(item: Item) -> None:
 DECODABLE = [item for item in CORPUS if isinstance(item.expected, Decoded)]
 REFUSED = [item for item in CORPUS if not isinstance(item.expected, Decoded)]
 EXTREME_SIZES = ["wide-20000x2.png", "tall-2x20000.png", "one-pixel.png"]
+PARAMS = JobParams(bg_color="#808080", format="png", resolution=64)
 
 
 @pytest.fixture(scope="module")
 def engine() -> MattingEngine:
-    return MattingEngine(load_model("random:tiny"), device="cpu", resolution=64)
+    return MattingEngine(load_model("random:tiny"), device="cpu", resolution=PARAMS.resolution)
 
 
 @pytest.fixture(scope="module")
 def cutouts(engine: MattingEngine) -> dict[str, MatteResult]:
     """Every decodable item matted in one batch (CPU inference is slow), keyed by name."""
     images = [engine.decode(item.data) for item in DECODABLE]
-    results = matte_batch(engine, images, MatteOptions())
+    results = matte_batch(engine, images, PARAMS)
     return {item.name: result for item, result in zip(DECODABLE, results, strict=True)}
 
 
@@ -88,7 +89,7 @@ def cutouts(engine: MattingEngine) -> dict[str, MatteResult]:
 def test_the_engine_raises_the_typed_error(engine: MattingEngine, item: Item) -> None:
     assert not isinstance(item.expected, Decoded)
     with pytest.raises(item.expected) as raised:
-        matte_one(engine, item.data, MatteOptions())
+        matte_one(engine, item.data, PARAMS)
     assert type(raised.value) is item.expected
 
 
@@ -113,7 +114,7 @@ def test_extreme_sizes_give_masks_of_their_size(engine: MattingEngine) -> None:
     items = [corpus_item(name) for name in EXTREME_SIZES]
     images = [engine.decode(item.data) for item in items]
 
-    results = matte_batch(engine, images, MatteOptions(mask_only=True))
+    results = matte_batch(engine, images, replace(PARAMS, mask_only=True))
 
     for item, result in zip(items, results, strict=True):
         assert isinstance(item.expected, Decoded)

@@ -28,7 +28,7 @@ import yaml
 from sqlalchemy import Engine, text
 
 from tests.test_jobstore import claim, create
-from toonq.shared.db.schema import FINISHED_STATUSES, JobStatus
+from toonq.shared.job import FINISHED_STATUSES, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import queue_lists
 from toonq.shared.settings import Settings

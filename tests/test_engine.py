@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ from PIL import Image
 
 from tests.support import matte_one
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError
-from toonq.worker.engine.matting import MatteOptions, MattingEngine, batch_bucket
+from toonq.shared.job import JobParams
+from toonq.worker.engine.matting import MattingEngine, batch_bucket
 from toonq.worker.engine.weights import load_model
 
 RESOLUTION = 64
+PARAMS = JobParams(bg_color="#808080", format="png", resolution=RESOLUTION)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def decode(data: bytes) -> Image.Image:
 
 def test_cutout_has_the_input_size_and_keeps_the_original_colours(engine: MattingEngine) -> None:
     source = sticker()
-    result = matte_one(engine, encode(source), MatteOptions())
+    result = matte_one(engine, encode(source), PARAMS)
 
     output = decode(result.data)
     assert (output.mode, output.size) == ("RGBA", source.size)
@@ -59,25 +62,25 @@ def test_cutout_has_the_input_size_and_keeps_the_original_colours(engine: Mattin
 
 
 def test_mask_only_writes_an_8bit_mask_of_the_input_size(engine: MattingEngine) -> None:
-    result = matte_one(engine, encode(sticker((33, 47))), MatteOptions(mask_only=True))
+    result = matte_one(engine, encode(sticker((33, 47))), replace(PARAMS, mask_only=True))
     mask = decode(result.data)
     assert (mask.mode, mask.size, result.content_type) == ("L", (33, 47), "image/png")
 
 
 def test_webp_output_is_lossless(engine: MattingEngine) -> None:
     source = sticker()
-    png = decode(matte_one(engine, encode(source), MatteOptions()).data)
-    webp = decode(matte_one(engine, encode(source), MatteOptions(output_format="webp")).data)
+    png = decode(matte_one(engine, encode(source), PARAMS).data)
+    webp = decode(matte_one(engine, encode(source), replace(PARAMS, format="webp")).data)
     assert webp.format == "WEBP"
     np.testing.assert_array_equal(np.asarray(webp.convert("RGBA")), np.asarray(png))
 
 
 def alphas(
-    engine: MattingEngine, images: list[Image.Image], bg_colors: list[tuple[int, int, int]]
+    engine: MattingEngine, images: list[Image.Image], bg_colors: list[str]
 ) -> list[torch.Tensor]:
     """The alpha mattes of `images`, run as one batch, each composited onto its colour."""
     prepared = [
-        engine.prepare(image, MatteOptions(bg_color=color))
+        engine.prepare(image, replace(PARAMS, bg_color=color))
         for image, color in zip(images, bg_colors, strict=True)
     ]
     logits = engine.infer(prepared)
@@ -86,18 +89,18 @@ def alphas(
 
 def test_the_background_colour_reaches_the_model(engine: MattingEngine) -> None:
     transparent = sticker()
-    gray, white = alphas(engine, [transparent, transparent], [(128, 128, 128), (255, 255, 255)])
+    gray, white = alphas(engine, [transparent, transparent], ["#808080", "#ffffff"])
     assert not torch.equal(gray, white)
     # An opaque image has nothing to composite: the colour changes nothing.
     opaque = sticker().convert("RGB").convert("RGBA")
-    gray, white = alphas(engine, [opaque, opaque], [(128, 128, 128), (255, 255, 255)])
+    gray, white = alphas(engine, [opaque, opaque], ["#808080", "#ffffff"])
     assert torch.equal(gray, white)
 
 
 def test_a_batch_gives_the_masks_of_one_by_one(engine: MattingEngine) -> None:
     images = [sticker((90, 70)), sticker((40, 64))]
-    together = alphas(engine, images, [(128, 128, 128)] * 2)
-    alone = [alphas(engine, [image], [(128, 128, 128)])[0] for image in images]
+    together = alphas(engine, images, ["#808080"] * 2)
+    alone = [alphas(engine, [image], ["#808080"])[0] for image in images]
     for batched, single in zip(together, alone, strict=True):
         assert batched.shape == single.shape
         assert (batched.int() - single.int()).abs().max() <= 1
@@ -105,9 +108,9 @@ def test_a_batch_gives_the_masks_of_one_by_one(engine: MattingEngine) -> None:
 
 def test_refine_foreground_changes_only_the_colours(engine: MattingEngine) -> None:
     source = encode(sticker())
-    plain = np.asarray(decode(matte_one(engine, source, MatteOptions()).data))
+    plain = np.asarray(decode(matte_one(engine, source, PARAMS).data))
     refined = np.asarray(
-        decode(matte_one(engine, source, MatteOptions(refine_foreground=True)).data)
+        decode(matte_one(engine, source, replace(PARAMS, refine_foreground=True)).data)
     )
     np.testing.assert_array_equal(refined[..., 3], plain[..., 3])
     assert not np.array_equal(refined[..., :3], plain[..., :3])
@@ -119,7 +122,7 @@ def test_half_precisions_run_on_cpu(precision: str) -> None:
         engine = MattingEngine(
             load_model("random:tiny"), device="cpu", precision=precision, resolution=RESOLUTION
         )
-        result = matte_one(engine, encode(sticker()), MatteOptions(mask_only=True))
+        result = matte_one(engine, encode(sticker()), replace(PARAMS, mask_only=True))
     except RuntimeError as exc:
         if "not implemented for" not in str(exc):  # only a missing CPU kernel is a skip
             raise
@@ -129,14 +132,14 @@ def test_half_precisions_run_on_cpu(precision: str) -> None:
 
 def test_bad_inputs_raise_typed_errors(engine: MattingEngine) -> None:
     with pytest.raises(InvalidImageError):
-        matte_one(engine, b"", MatteOptions())
+        matte_one(engine, b"", PARAMS)
     with pytest.raises(InvalidImageError):
-        matte_one(engine, encode(sticker())[:50], MatteOptions())
+        matte_one(engine, encode(sticker())[:50], PARAMS)
     small = MattingEngine(
         load_model("random:tiny"), device="cpu", resolution=RESOLUTION, max_image_pixels=1000
     )
     with pytest.raises(ImageTooLargeError):
-        matte_one(small, encode(sticker()), MatteOptions())
+        matte_one(small, encode(sticker()), PARAMS)
 
 
 def test_resolution_must_be_a_multiple_of_32() -> None:
@@ -146,10 +149,10 @@ def test_resolution_must_be_a_multiple_of_32() -> None:
 
 def test_the_gpu_loop_steps_give_what_infer_gives(engine: MattingEngine) -> None:
     source = encode(sticker())
-    prepared = engine.prepare(source, MatteOptions())
+    prepared = engine.prepare(source, PARAMS)
     (logits,) = engine.run_batch(engine.stack_batch([prepared.model_input]))
     staged = engine.finish(prepared, logits)
-    assert staged.data == matte_one(engine, source, MatteOptions()).data
+    assert staged.data == matte_one(engine, source, PARAMS).data
     assert {"decode", "preprocess", "postprocess", "encode"} <= staged.timings_ms.keys()
 
 

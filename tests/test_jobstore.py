@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,7 +16,6 @@ import pytest
 from sqlalchemy import text
 
 from toonq.shared.db.engine import create_db_engine, session_factory
-from toonq.shared.db.schema import EventKind, JobStatus
 from toonq.shared.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -24,7 +24,8 @@ from toonq.shared.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from toonq.shared.jobstore import Claim, Job, JobSpec, JobStore
+from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus
+from toonq.shared.jobstore import JobStore
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
@@ -33,13 +34,14 @@ LEASE_S = 60.0
 T = TypeVar("T")
 
 
+PARAMS = JobParams(bg_color="#808080", format="png", resolution=1024)
+
+
 def make_spec(**overrides: Any) -> JobSpec:
     fields: dict[str, Any] = {
         "input_uri": "s3://in/cat.png",
         "output_uri": "s3://out/cat.png",
-        "bg_color": "#808080",
-        "output_format": "png",
-        "resolution": 1024,
+        "params": PARAMS,
         "max_attempts": 3,
     }
     return JobSpec(**(fields | overrides))
@@ -87,11 +89,12 @@ FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
 
 
 def test_create_queues_a_job_with_its_created_event(jobstore: JobStore) -> None:
-    job = create(jobstore, priority=7, mask_only=True, idempotency_key="k1")
+    job = create(jobstore, priority=7, params=replace(PARAMS, mask_only=True), idempotency_key="k1")
 
     assert job.status is JobStatus.QUEUED
     assert (job.attempts, job.max_attempts, job.priority) == (0, 3, 7)
-    assert job.params == {
+    assert job.params == replace(PARAMS, mask_only=True)
+    assert job.to_dict()["params"] == {
         "bg_color": "#808080",
         "format": "png",
         "resolution": 1024,
@@ -126,7 +129,10 @@ def test_create_with_a_known_key_and_other_parameters_conflicts(jobstore: JobSto
     first = create(jobstore, idempotency_key="same")
 
     with pytest.raises(IdempotencyConflictError, match=str(first.id)):
-        jobstore.create(make_spec(idempotency_key="same", bg_color="#000000"), actor="producer")
+        jobstore.create(
+            make_spec(idempotency_key="same", params=replace(PARAMS, bg_color="#000000")),
+            actor="producer",
+        )
 
     assert [job.id for job in jobstore.list()] == [first.id]
 
@@ -164,7 +170,7 @@ def test_create_many_with_a_conflict_writes_nothing(jobstore: JobStore) -> None:
 
     with pytest.raises(IdempotencyConflictError):
         jobstore.create_many(
-            [make_spec(), make_spec(idempotency_key="old", output_format="webp")],
+            [make_spec(), make_spec(idempotency_key="old", params=replace(PARAMS, format="webp"))],
             actor="producer",
         )
 
@@ -174,10 +180,8 @@ def test_create_many_with_a_conflict_writes_nothing(jobstore: JobStore) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"output_format": "gif"},
         {"priority": 10},
         {"priority": -1},
-        {"resolution": 0},
         {"max_attempts": 0},
         {"idempotency_key": ""},
     ],

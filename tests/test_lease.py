@@ -8,8 +8,8 @@ import redis
 
 from tests.conftest import ManualClock
 from tests.support import job_spec
-from toonq.shared.db.schema import EventKind, JobStatus
-from toonq.shared.jobstore import Claim, JobStore
+from toonq.shared.job import Claim, EventKind, JobStatus
+from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings

@@ -7,8 +7,9 @@ from datetime import timedelta
 import redis
 
 from tests.conftest import ManualClock
-from toonq.shared.db.schema import JobStatus
-from toonq.shared.jobstore import JobSpec, JobStore
+from tests.support import job_spec
+from toonq.shared.job import JobStatus
+from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -38,17 +39,7 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
         sender=Sender(app, jobstore, queue="early"),
         worker_name="w1",
     )
-    job, _ = jobstore.create(
-        JobSpec(
-            input_uri="s3://in/a.png",
-            output_uri="s3://out/a.png",
-            bg_color="#808080",
-            output_format="png",
-            resolution=64,
-            max_attempts=3,
-        ),
-        actor="test",
-    )
+    job, _ = jobstore.create(job_spec("a"), actor="test")
     first = jobstore.claim(job.id, worker="w1", lease_s=60)
     assert first is not None
     assert jobstore.mark_retrying(

@@ -18,13 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.support import png_bytes
 from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
 from toonq.producer.cli.main import cli
-from toonq.shared.db.schema import JobRow, JobStatus, utc_now
+from toonq.shared.db.schema import JobRow
 from toonq.shared.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidURIError,
     UnknownBucketError,
 )
+from toonq.shared.job import JobStatus
+from toonq.shared.jobstore import utc_now
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
 
@@ -75,7 +77,7 @@ def test_submit_writes_a_queued_job_and_sends_one_message(
 
     assert job.status == JobStatus.QUEUED
     assert job.output_uri == f"s3://{s3_bucket}/out/{job.id}.webp"
-    assert job.params["bg_color"] == "#ffffff"
+    assert job.params.bg_color == "#ffffff"
     assert job.enqueued_at is not None
     assert queued_messages(queue) == 1
 

@@ -11,7 +11,8 @@ import redis
 from celery import Celery
 
 from tests.support import job_spec
-from toonq.shared.jobstore import Job, JobStore
+from toonq.shared.job import Job
+from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import QueueMessages, RecoveryReason, Sender, recover
 from toonq.shared.settings import Settings

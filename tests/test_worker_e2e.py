@@ -23,7 +23,7 @@ from tests.servers import free_port
 from tests.support import FaultyS3Proxy, WorkerProcess, base_env, png_bytes, run_json, run_toonq
 from toonq.producer import ToonqClient
 from toonq.shared.db.engine import migrate
-from toonq.shared.db.schema import EventKind, JobStatus
+from toonq.shared.job import EventKind, JobStatus
 from toonq.shared.queue import create_celery_app, enqueue
 from toonq.shared.settings import Settings
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from toonq.producer.validation import InputValidator
-from toonq.shared.choices import OutputFormat, check_resolution
-from toonq.shared.colors import normalize_color
+from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine, session_factory
-from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import InvalidRequestError, ToonqError
-from toonq.shared.jobstore import Job, JobEventRecord, JobSpec, JobStore
+from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, JobStatus
+from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -39,7 +38,8 @@ class WaitTimeoutError(ToonqError):
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    """One job to submit; the fields mirror `ToonqClient.submit`'s arguments."""
+    """One job to submit; the fields mirror `ToonqClient.submit`'s arguments. Its parameters
+    become a job's `JobParams`, with the settings' colour and resolution where it names none."""
 
     input_uri: str
     output_uri: str | None = None
@@ -130,20 +130,24 @@ class ToonqClient:
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
         self._validator.check_input(request.input_uri)
-        resolution = check_resolution(request.resolution or self.settings.resolution)
+        params = JobParams.with_defaults(
+            self.settings,
+            bg_color=request.bg_color,
+            format=request.format,
+            resolution=request.resolution,
+            refine_foreground=request.refine_foreground,
+            mask_only=request.mask_only,
+        )
         job_id = _job_id(request.idempotency_key)
-        extension = "png" if request.mask_only else request.format
-        output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{extension}"
+        output_uri = (
+            request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.file_format}"
+        )
         self._validator.check_output(output_uri)
         return JobSpec(
             id=job_id,
             input_uri=request.input_uri,
             output_uri=output_uri,
-            bg_color=normalize_color(request.bg_color or self.settings.bg_color),
-            output_format=request.format,
-            resolution=resolution,
-            refine_foreground=request.refine_foreground,
-            mask_only=request.mask_only,
+            params=params,
             priority=request.priority,
             max_attempts=self.settings.max_attempts,
             idempotency_key=request.idempotency_key,
@@ -154,7 +158,7 @@ class ToonqClient:
     def get(self, job_id: uuid.UUID | str) -> Job:
         return self.store.get(_as_uuid(job_id))
 
-    def events(self, job_id: uuid.UUID | str) -> builtins.list[JobEventRecord]:
+    def events(self, job_id: uuid.UUID | str) -> builtins.list[JobEvent]:
         return self.store.events(_as_uuid(job_id))
 
     def list(

@@ -1,6 +1,6 @@
 """The job store: every job state change, each in one transaction with its event row.
 
-Callers get immutable snapshots (`Job`, `JobEventRecord`), never ORM rows.
+Callers get immutable snapshots (`Job`, `JobEvent` of `toonq.shared.job`), never ORM rows.
 
 Worker-side transitions are compare-and-set UPDATEs on (job id, status, attempt), checked through
 their row count: a duplicated or redelivered message finds nothing to claim, and a stale worker
@@ -15,17 +15,16 @@ import builtins
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
 from toonq.shared.db.engine import translate_db_errors
-from toonq.shared.db.schema import EventKind, JobEventRow, JobRow, JobStatus, utc_now
+from toonq.shared.db.schema import Base, JobEventRow, JobRow
 from toonq.shared.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
@@ -33,249 +32,22 @@ from toonq.shared.errors import (
     JobNotFoundError,
     WorkerLostError,
 )
+from toonq.shared.job import Claim, EventKind, Job, JobEvent, JobSpec, JobStatus, iso_utc
 
 WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
 CANCELLABLE_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
 REQUEUEABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+Snapshot = TypeVar("Snapshot", Job, JobEvent)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-class JobParams(TypedDict):
-    """What the engine needs to know to produce the output."""
-
-    bg_color: str
-    format: OutputFormat
-    resolution: int
-    refine_foreground: bool
-    mask_only: bool
-
-
-def _params(job: JobSpec | Job) -> JobParams:
-    return JobParams(
-        bg_color=job.bg_color,
-        format=job.output_format,
-        resolution=job.resolution,
-        refine_foreground=job.refine_foreground,
-        mask_only=job.mask_only,
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobSpec:
-    """A job to create. Validates what the database constraints would otherwise reject.
-
-    `id` may be chosen by the caller, e.g. to name the output after the job; a job found by its
-    idempotency key keeps its own id.
-    """
-
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
-    input_uri: str
-    output_uri: str
-    bg_color: str
-    output_format: OutputFormat
-    resolution: int
-    refine_foreground: bool = False
-    mask_only: bool = False
-    priority: int = 0
-    max_attempts: int
-    idempotency_key: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.output_format not in OUTPUT_FORMATS:
-            raise InvalidRequestError(
-                f"output format must be one of {', '.join(OUTPUT_FORMATS)}; "
-                f"got {self.output_format!r}"
-            )
-        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
-            raise InvalidRequestError(
-                f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {self.priority}"
-            )
-        if self.resolution <= 0:
-            raise InvalidRequestError(f"resolution must be positive, got {self.resolution}")
-        if self.max_attempts < 1:
-            raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.idempotency_key is not None and not (
-            0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise InvalidRequestError(
-                f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
-
-    @property
-    def params(self) -> JobParams:
-        return _params(self)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A snapshot of one job, taken when the store returned it."""
-
-    id: uuid.UUID
-    status: JobStatus
-    idempotency_key: str | None
-    input_uri: str
-    output_uri: str
-    bg_color: str
-    output_format: OutputFormat
-    resolution: int
-    refine_foreground: bool
-    mask_only: bool
-    priority: int
-    attempts: int
-    max_attempts: int
-    error_code: str | None
-    error_message: str | None
-    worker: str | None
-    model_name: str | None
-    model_revision: str | None
-    image_width: int | None
-    image_height: int | None
-    timings: Mapping[str, float] | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    next_attempt_at: datetime | None
-    lease_expires_at: datetime | None
-    enqueued_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: JobRow) -> Job:
-        return cls(
-            id=row.id,
-            status=JobStatus(row.status),
-            idempotency_key=row.idempotency_key,
-            input_uri=row.input_uri,
-            output_uri=row.output_uri,
-            bg_color=row.bg_color,
-            output_format=row.output_format,
-            resolution=row.resolution,
-            refine_foreground=row.refine_foreground,
-            mask_only=row.mask_only,
-            priority=row.priority,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            error_code=row.error_code,
-            error_message=row.error_message,
-            worker=row.worker,
-            model_name=row.model_name,
-            model_revision=row.model_revision,
-            image_width=row.image_width,
-            image_height=row.image_height,
-            timings=None if row.timings is None else dict(row.timings),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            next_attempt_at=row.next_attempt_at,
-            lease_expires_at=row.lease_expires_at,
-            enqueued_at=row.enqueued_at,
-        )
-
-    @property
-    def params(self) -> JobParams:
-        return _params(self)
-
-    @property
-    def model(self) -> str | None:
-        """The model that produced the output: "name@revision", "name", or None."""
-        if self.model_name is None:
-            return None
-        return (
-            f"{self.model_name}@{self.model_revision}" if self.model_revision else self.model_name
-        )
-
-    def matches(self, spec: JobSpec) -> bool:
-        """Whether `spec` asks for the same output (what an idempotent retry must repeat);
-        priority and max_attempts are delivery options and may differ."""
-        return (self.input_uri, self.output_uri, self.params) == (
-            spec.input_uri,
-            spec.output_uri,
-            spec.params,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able values: UUIDs as strings, datetimes as ISO 8601 in UTC."""
-        image = None
-        if self.image_width is not None and self.image_height is not None:
-            image = {"width": self.image_width, "height": self.image_height}
-        return {
-            "id": str(self.id),
-            "status": self.status.value,
-            "idempotency_key": self.idempotency_key,
-            "input_uri": self.input_uri,
-            "output_uri": self.output_uri,
-            "params": dict(self.params),
-            "priority": self.priority,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "worker": self.worker,
-            "model": self.model,
-            "image": image,
-            "timings": None if self.timings is None else dict(self.timings),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "next_attempt_at": _iso(self.next_attempt_at),
-            "lease_expires_at": _iso(self.lease_expires_at),
-            "enqueued_at": _iso(self.enqueued_at),
-        }
-
-
-@dataclass(frozen=True)
-class JobEventRecord:
-    """One row of a job's history."""
-
-    id: int
-    job_id: uuid.UUID
-    at: datetime
-    kind: EventKind
-    actor: str
-    reason: str | None
-    details: Mapping[str, Any] | None
-
-    @classmethod
-    def from_row(cls, row: JobEventRow) -> JobEventRecord:
-        return cls(
-            id=row.id,
-            job_id=row.job_id,
-            at=row.at,
-            kind=EventKind(row.kind),
-            actor=row.actor,
-            reason=row.reason,
-            details=None if row.details is None else dict(row.details),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "job_id": str(self.job_id),
-            "at": _iso(self.at),
-            "kind": self.kind.value,
-            "actor": self.actor,
-            "reason": self.reason,
-            "details": None if self.details is None else dict(self.details),
-        }
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A worker's right to record the outcome of one attempt of a job."""
-
-    job: Job
-    attempt: int
-
-    @property
-    def worker(self) -> str:
-        assert self.job.worker is not None, "a claimed job always names its worker"
-        return self.job.worker
+def _snapshot(cls: type[Snapshot], row: Base) -> Snapshot:
+    """The snapshot of `row`, whose attributes are named as the snapshot's fields."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
 def _status(value: JobStatus | str) -> JobStatus:
@@ -336,7 +108,7 @@ class JobStore:
         try:
             with self._transaction() as session:
                 known = session.scalars(select(JobRow).where(JobRow.idempotency_key.in_(keys)))
-                by_key = {row.idempotency_key: Job.from_row(row) for row in known}
+                by_key = {row.idempotency_key: _snapshot(Job, row) for row in known}
                 results: builtins.list[tuple[Job, bool]] = []
                 for spec in specs:
                     existing = by_key.get(spec.idempotency_key)
@@ -354,7 +126,7 @@ class JobStore:
 
     def _by_key(self, session: Session, key: str) -> Job | None:
         row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).one_or_none()
-        return None if row is None else Job.from_row(row)
+        return None if row is None else _snapshot(Job, row)
 
     def _existing_after_race(self, spec: JobSpec) -> Job | None:
         if spec.idempotency_key is None:
@@ -370,11 +142,7 @@ class JobStore:
             status=JobStatus.QUEUED,
             input_uri=spec.input_uri,
             output_uri=spec.output_uri,
-            bg_color=spec.bg_color,
-            output_format=spec.output_format,
-            resolution=spec.resolution,
-            refine_foreground=spec.refine_foreground,
-            mask_only=spec.mask_only,
+            params=spec.params,
             priority=spec.priority,
             attempts=0,
             max_attempts=spec.max_attempts,
@@ -384,13 +152,13 @@ class JobStore:
         session.add(row)
         session.flush()
         self._event(session, row.id, EventKind.CREATED, actor=actor, at=now)
-        return Job.from_row(row)
+        return _snapshot(Job, row)
 
     # --- Reads -----------------------------------------------------------------------------
 
     def get(self, job_id: uuid.UUID) -> Job:
         with self._transaction() as session:
-            return Job.from_row(_load(session, job_id))
+            return _snapshot(Job, _load(session, job_id))
 
     def list(
         self,
@@ -408,16 +176,16 @@ class JobStore:
         if _aware(since, "since") is not None:
             query = query.where(JobRow.created_at >= since)
         with self._transaction() as session:
-            return [Job.from_row(row) for row in session.scalars(query)]
+            return [_snapshot(Job, row) for row in session.scalars(query)]
 
-    def events(self, job_id: uuid.UUID) -> builtins.list[JobEventRecord]:
+    def events(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
         """The job's history, oldest first."""
         with self._transaction() as session:
             _load(session, job_id)
             rows = session.scalars(
                 select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
             )
-            return [JobEventRecord.from_row(row) for row in rows]
+            return [_snapshot(JobEvent, row) for row in rows]
 
     # --- Admin transitions -----------------------------------------------------------------
 
@@ -438,13 +206,13 @@ class JobStore:
                 enqueued_at=None,
             )
             if not cancelled:
-                job = Job.from_row(_load(session, job_id))
+                job = _snapshot(Job, _load(session, job_id))
                 raise InvalidTransitionError(
                     f"job {job_id} is {job.status}: only queued, retrying or running jobs "
                     "can be cancelled"
                 )
             self._event(session, job_id, EventKind.CANCELLED, actor=actor, at=now, reason=reason)
-            return Job.from_row(_load(session, job_id))
+            return _snapshot(Job, _load(session, job_id))
 
     def requeue(
         self,
@@ -469,11 +237,11 @@ class JobStore:
             else:
                 rows = _rows_matching(session, _status(status), error_code, _aware(since, "since"))
             if dry_run:
-                return [Job.from_row(row) for row in rows]
+                return [_snapshot(Job, row) for row in rows]
             now = self._clock()
             requeued = []
             for row in rows:
-                previous = Job.from_row(row)
+                previous = _snapshot(Job, row)
                 if not self._requeue_one(session, previous, now):
                     if job_ids is None:
                         continue  # changed under us (e.g. requeued by another operator)
@@ -491,7 +259,7 @@ class JobStore:
                         "attempts": previous.attempts,
                     },
                 )
-                requeued.append(Job.from_row(_load(session, previous.id)))
+                requeued.append(_snapshot(Job, _load(session, previous.id)))
             return requeued
 
     def _requeue_one(self, session: Session, job: Job, now: datetime) -> bool:
@@ -523,7 +291,7 @@ class JobStore:
         """
         with self._transaction() as session:
             now = self._clock()
-            job = Job.from_row(_load(session, job_id))
+            job = _snapshot(Job, _load(session, job_id))
             guard: builtins.list[ColumnElement[bool]] = [
                 JobRow.status == job.status,
                 JobRow.attempts == job.attempts,
@@ -570,7 +338,7 @@ class JobStore:
                 at=now,
                 details={"attempt": attempt},
             )
-            return Claim(Job.from_row(_load(session, job_id)), attempt)
+            return Claim(_snapshot(Job, _load(session, job_id)), attempt)
 
     def _fail_lost(
         self,
@@ -676,7 +444,7 @@ class JobStore:
                 details={
                     "error_code": error_code,
                     "attempt": claim.attempt,
-                    "next_attempt_at": _iso(next_attempt_at),
+                    "next_attempt_at": iso_utc(next_attempt_at),
                 },
             )
             return True
@@ -734,7 +502,7 @@ class JobStore:
                 reason=reason,
                 details={"handed_back_attempt": claim.attempt},
             )
-            return Job.from_row(_load(session, claim.job.id))
+            return _snapshot(Job, _load(session, claim.job.id))
 
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
@@ -811,7 +579,7 @@ class JobStore:
             .limit(limit)
         )
         with self._transaction() as session:
-            return [Job.from_row(row) for row in session.scalars(query)]
+            return [_snapshot(Job, row) for row in session.scalars(query)]
 
     def waiting_after_send(
         self, *, sent_before: datetime, due_before: datetime, limit: int = 1000
@@ -834,7 +602,7 @@ class JobStore:
             .limit(limit)
         )
         with self._transaction() as session:
-            return [Job.from_row(row) for row in session.scalars(query)]
+            return [_snapshot(Job, row) for row in session.scalars(query)]
 
     # --- Helpers ---------------------------------------------------------------------------
 

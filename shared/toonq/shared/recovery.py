@@ -37,8 +37,8 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from toonq.shared.db.schema import JobStatus
-from toonq.shared.jobstore import Job, JobStore
+from toonq.shared.job import Job, JobStatus
+from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, queue_lists
 from toonq.shared.settings import Settings

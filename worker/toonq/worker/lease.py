@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from toonq.shared.jobstore import Claim, JobStore
+from toonq.shared.job import Claim
+from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
 from toonq.worker import metrics

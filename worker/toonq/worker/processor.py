@@ -23,22 +23,21 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from toonq.shared.colors import parse_color
-from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import (
     InvalidRequestError,
     PermanentJobError,
     ToonqError,
     TransientJobError,
 )
-from toonq.shared.jobstore import Claim, Job, JobStore
+from toonq.shared.job import Claim, Job, JobStatus
+from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
-from toonq.worker.engine.matting import MatteOptions, MatteResult, MattingEngine
+from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.lease import LeaseKeeper
 from toonq.worker.retries import backoff_delay
 
@@ -65,16 +64,6 @@ class WorkerContext:
     leases: LeaseKeeper
     sender: Sender
     worker_name: str
-
-
-def options_for(job: Job) -> MatteOptions:
-    return MatteOptions(
-        bg_color=parse_color(job.params["bg_color"]),
-        output_format=job.params["format"],
-        mask_only=job.params["mask_only"],
-        refine_foreground=job.params["refine_foreground"],
-        resolution=job.params["resolution"],
-    )
 
 
 #: A retry message may arrive this much before its job is due (clock skew between hosts).
@@ -130,7 +119,7 @@ def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
-    prepared = ctx.engine.prepare(data, options_for(job))
+    prepared = ctx.engine.prepare(data, job.params)
     batch = ctx.batcher.run(prepared.model_input)
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     result = ctx.engine.finish(prepared, batch.logits)

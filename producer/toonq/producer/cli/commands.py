@@ -5,17 +5,18 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from datetime import datetime
-from typing import cast
+from typing import Any
 
 import click
 
 from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.params import job_params_options
 from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_json
 from toonq.producer.client import WaitTimeoutError
-from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
-from toonq.shared.db.schema import JobStatus
 from toonq.shared.errors import JOB_ERROR_CODES
+from toonq.shared.job import JobStatus
 from toonq.shared.recovery import recover_once
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
@@ -50,11 +51,7 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.argument("input_uri")
 @click.option("--output", "output_uri", help="Output URI [default: TOONQ_OUTPUT_PREFIX/<id>.png].")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
-@click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
-@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="png")
-@click.option("--resolution", type=int, help="Model input size, a multiple of 32.")
-@click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
-@click.option("--mask-only", is_flag=True, help="Write an 8-bit mask instead of the cut-out.")
+@job_params_options
 @click.option(
     "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
 )
@@ -67,11 +64,7 @@ def submit(
     input_uri: str,
     output_uri: str | None,
     idempotency_key: str | None,
-    bg_color: str | None,
-    fmt: str,
-    resolution: int | None,
-    refine_foreground: bool,
-    mask_only: bool,
+    job_options: dict[str, Any],
     priority: int,
     wait: bool,
     timeout: float | None,
@@ -86,12 +79,8 @@ def submit(
         input_uri,
         output_uri=output_uri,
         idempotency_key=idempotency_key,
-        bg_color=bg_color,
-        format=cast(OutputFormat, fmt),
-        resolution=resolution,
-        refine_foreground=refine_foreground,
-        mask_only=mask_only,
         priority=priority,
+        **job_options,
     )
     if wait:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from toonq.shared.jobstore import Job, JobEventRecord
+from toonq.shared.job import Job, JobEvent
 
 _COLUMNS = ("id", "status", "attempts", "error_code", "input_uri", "output_uri")
 
@@ -28,7 +28,7 @@ def print_jobs_table(jobs: Sequence[Job]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
-def print_job_detail(job: Job, events: Sequence[JobEventRecord]) -> None:
+def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:
     for key, value in job.to_dict().items():
         if value not in (None, {}, []):
             click.echo(f"{key + ':':<16}{_cell(value)}")

@@ -1,6 +1,8 @@
 """The database schema: a job table and its append-only event history.
 
-The models stay portable between PostgreSQL (production) and SQLite (the embedded default), so
+The rows map onto the job model of `toonq.shared.job`: a job's parameter columns onto
+`JobParams`, its status and its events' kinds onto `JobStatus` and `EventKind`. The models stay
+portable between PostgreSQL (production) and SQLite (the embedded default), so
 they use only generic types: `Uuid`, `JSON`, VARCHAR-backed enums guarded by CHECK constraints.
 Every constraint gets its name from `NAMING_CONVENTION`, which keeps Alembic migrations
 deterministic. The schema is created by the migrations in `toonq.migrations`, never by
@@ -19,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Dialect,
     Enum,
@@ -31,9 +34,10 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
-from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, OutputFormat
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
+from toonq.shared.job import EventKind, JobParams, JobStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -42,41 +46,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class JobStatus(StrEnum):
-    """A job's lifecycle. The values are stored in the database and read by scripts: a contract."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_finished(self) -> bool:
-        return self in FINISHED_STATUSES
-
-
-FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class EventKind(StrEnum):
-    """What happened to a job, one row of its history per transition."""
-
-    CREATED = "created"
-    STARTED = "started"
-    RECLAIMED = "reclaimed"  # a worker took over a running job whose previous worker was lost
-    RETRIED = "retried"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    REQUEUED = "requeued"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -153,11 +122,14 @@ class JobRow(Base):
     status: Mapped[JobStatus] = mapped_column(_string_enum(JobStatus, "job_status"))
     input_uri: Mapped[str] = mapped_column(Text)
     output_uri: Mapped[str] = mapped_column(Text)
-    bg_color: Mapped[str] = mapped_column(String(32))
-    output_format: Mapped[OutputFormat] = mapped_column(String(8))
-    resolution: Mapped[int] = mapped_column(Integer)
-    refine_foreground: Mapped[bool] = mapped_column(Boolean)
-    mask_only: Mapped[bool] = mapped_column(Boolean)
+    # One column per field of JobParams, in its order.
+    params: Mapped[JobParams] = composite(
+        Column("bg_color", String(32), nullable=False),
+        Column("output_format", String(8), nullable=False),
+        Column("resolution", Integer, nullable=False),
+        Column("refine_foreground", Boolean, nullable=False),
+        Column("mask_only", Boolean, nullable=False),
+    )
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from toonq.producer.cli.context import Context, pass_context
-from toonq.shared.choices import IMAGE_SUFFIXES, OUTPUT_FORMATS, PRECISIONS
-from toonq.shared.colors import parse_color
+from toonq.producer.cli.params import job_params_options
+from toonq.shared.choices import IMAGE_SUFFIXES, PRECISIONS
+from toonq.shared.job import JobParams
 from toonq.shared.storage import open_store
 from toonq.worker.birefnet import PRESETS
 from toonq.worker.cli.matte_files import matte_files
-from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model, random_model
 from toonq.worker.gpu import pin_gpu
 from toonq.worker.main import run_worker
@@ -53,13 +55,9 @@ def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @model_option
-@resolution_option
 @device_option
 @precision_option
-@click.option("--bg-color", help="Colour RGBA input is composited onto [default: #808080].")
-@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="png")
-@click.option("--mask-only", is_flag=True, help="Write 8-bit grayscale masks.")
-@click.option("--refine-foreground", is_flag=True, help="Estimate clean edge colours.")
+@job_params_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @pass_context
 def matte(
@@ -67,13 +65,9 @@ def matte(
     inputs: tuple[Path, ...],
     out_dir: Path,
     model_spec: str | None,
-    resolution: int | None,
     device: str | None,
     precision: str | None,
-    bg_color: str | None,
-    fmt: str,
-    mask_only: bool,
-    refine_foreground: bool,
+    job_options: dict[str, Any],
     batch_size: int,
 ) -> None:
     """Remove the backgrounds of image files (or folders of them) into OUT.
@@ -81,16 +75,10 @@ def matte(
     Writes OUT/<stem>.png (or .webp). A bad file is reported and skipped; the exit status is 1
     if any file failed.
     """
-    settings = ctx.settings
-    options = MatteOptions(
-        bg_color=parse_color(bg_color or settings.bg_color),
-        output_format="webp" if fmt == "webp" else "png",
-        mask_only=mask_only,
-        refine_foreground=refine_foreground,
-    )
-    engine = build_engine(ctx, model_spec, device, precision, resolution)
+    params = JobParams.with_defaults(ctx.settings, **job_options)
+    engine = build_engine(ctx, model_spec, device, precision, params.resolution)
     files = _expand(inputs)
-    failures = matte_files(engine, files, out_dir, options, batch_size=batch_size)
+    failures = matte_files(engine, files, out_dir, params, batch_size=batch_size)
     click.echo(f"{len(files) - failures}/{len(files)} succeeded; outputs in {out_dir}")
     if failures:
         raise SystemExit(1)

@@ -24,8 +24,7 @@ from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.render import print_jobs_table
 from toonq.producer.client import ToonqClient
 from toonq.shared.db.engine import migrate
-from toonq.shared.db.schema import JobStatus
-from toonq.shared.jobstore import Job
+from toonq.shared.job import Job, JobStatus
 from toonq.shared.storage import ObjectURI
 from toonq.worker.samples import anime_sample
 

@@ -8,7 +8,7 @@ import click
 
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.render import print_json
-from toonq.shared.colors import parse_color
+from toonq.shared.job import JobParams
 from toonq.worker.cli.commands import (
     build_engine,
     device_option,
@@ -151,9 +151,9 @@ def _model_sources(
     precision: str | None,
     resolution: int | None,
 ) -> list[PredictionSource]:
-    bg_color = parse_color(ctx.settings.bg_color)
+    params = JobParams.with_defaults(ctx.settings, resolution=resolution, mask_only=True)
     return [
-        EngineSource(label, build_engine(ctx, spec, device, precision, resolution), bg_color)
+        EngineSource(label, build_engine(ctx, spec, device, precision, params.resolution), params)
         for spec, label in zip(specs, _labels(list(specs), list(specs)), strict=True)
     ]
 

@@ -9,21 +9,21 @@ from PIL import Image
 from tqdm import tqdm
 
 from toonq.shared.errors import ToonqError
-from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.shared.job import JobParams
+from toonq.worker.engine.matting import MattingEngine
 
 
 def matte_files(
     engine: MattingEngine,
     files: list[Path],
     out_dir: Path,
-    options: MatteOptions,
+    params: JobParams,
     *,
     batch_size: int,
 ) -> int:
     """Matte `files` into `out_dir`; returns how many failed. A bad file is reported by name
     and does not stop the others."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    extension = "webp" if options.output_format == "webp" and not options.mask_only else "png"
     claimed: dict[Path, Path] = {}
     pending: list[tuple[Path, Path, Image.Image]] = []
     failures = 0
@@ -36,7 +36,7 @@ def matte_files(
 
         def flush() -> None:
             try:
-                prepared = [engine.prepare(image, options) for *_, image in pending]
+                prepared = [engine.prepare(image, params) for *_, image in pending]
                 logits = engine.infer(prepared)
                 results = [
                     engine.finish(item, logit) for item, logit in zip(prepared, logits, strict=True)
@@ -51,7 +51,7 @@ def matte_files(
             pending.clear()
 
         for path in files:
-            target = out_dir / f"{path.stem}.{extension}"
+            target = out_dir / f"{path.stem}.{params.file_format}"
             if target in claimed:
                 fail(
                     path, f"error: output {target} would overwrite the cut-out of {claimed[target]}"

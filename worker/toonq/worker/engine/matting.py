@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from toonq.shared.choices import COMPILE_MODES, OutputFormat, resolution_problem
+from toonq.shared.choices import COMPILE_MODES, resolution_problem
+from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
+from toonq.shared.settings import DEFAULT_BG_COLOR
 from toonq.worker.engine.compositing import _swap_bg_to_gray
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
@@ -30,24 +32,6 @@ from toonq.worker.engine.transforms import logits_to_alpha, to_model_input
 from toonq.worker.engine.weights import LoadedModel
 
 log = get_logger(__name__)
-
-GRAY = (128, 128, 128)
-
-
-@dataclass(frozen=True)
-class MatteOptions:
-    """What one job asks for."""
-
-    bg_color: tuple[int, int, int] = GRAY
-    output_format: OutputFormat = "png"
-    mask_only: bool = False
-    refine_foreground: bool = False
-    #: Model input size (a multiple of 32); None means the engine's default.
-    resolution: int | None = None
-
-    @property
-    def content_type(self) -> str:
-        return "image/png" if self.mask_only else CONTENT_TYPES[self.output_format]
 
 
 @dataclass
@@ -84,7 +68,7 @@ class PreparedImage:
     image: torch.Tensor
     #: 1×3×h×w in the engine's dtype, composited, resized and normalised.
     model_input: torch.Tensor
-    options: MatteOptions
+    options: JobParams
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -156,7 +140,7 @@ class MattingEngine:
     # next batch (`stack_batch`) while the model runs the current one (`run_batch`); a caller
     # that runs one batch at a time calls `infer`.
 
-    def prepare(self, source: bytes | Image.Image, options: MatteOptions) -> PreparedImage:
+    def prepare(self, source: bytes | Image.Image, options: JobParams) -> PreparedImage:
         """Decode (when given bytes), move to the device, composite onto the job's background
         colour, resize and normalise: everything before the model, for one image."""
         watch = _Stopwatch(self.device)
@@ -167,10 +151,8 @@ class MattingEngine:
         with watch.stage("preprocess"):
             rgba = self.to_tensor(image)
             with torch.inference_mode():
-                flat = _swap_bg_to_gray(rgba.unsqueeze(0), options.bg_color)
-                model_input = to_model_input(
-                    flat, options.resolution or self.resolution, self.dtype
-                )
+                flat = _swap_bg_to_gray(rgba.unsqueeze(0), options.bg_rgb)
+                model_input = to_model_input(flat, options.resolution, self.dtype)
         return PreparedImage(rgba, model_input, options, watch.ms)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[torch.Tensor]:
@@ -220,7 +202,7 @@ class MattingEngine:
                 data = self._encode(rgb, alpha, options)
         return MatteResult(
             data=data,
-            content_type=options.content_type,
+            content_type=CONTENT_TYPES[options.file_format],
             width=image.shape[-1],
             height=image.shape[-2],
             timings_ms=prepared.timings_ms | watch.ms,
@@ -231,7 +213,8 @@ class MattingEngine:
         no allocation, autotuning or compilation cost."""
         start = time.perf_counter()
         sample = Image.new("RGBA", (self.resolution, self.resolution), (200, 120, 60, 255))
-        prepared = self.prepare(sample, MatteOptions())
+        options = JobParams(bg_color=DEFAULT_BG_COLOR, format="png", resolution=self.resolution)
+        prepared = self.prepare(sample, options)
         sizes = {batch_bucket(n) for n in range(1, batch_size + 1)} if self.compiled else {1}
         for size in sorted(sizes | {batch_size}):
             for logits in self.infer([prepared] * size):
@@ -255,7 +238,7 @@ class MattingEngine:
         return host.to(self.device, non_blocking=True)
 
     def _foreground(
-        self, image: torch.Tensor, alpha: torch.Tensor, options: MatteOptions
+        self, image: torch.Tensor, alpha: torch.Tensor, options: JobParams
     ) -> torch.Tensor:
         """The cut-out's colours: the original RGB (never the gray composite), or its
         blur-fusion foreground estimate when asked for."""
@@ -263,13 +246,13 @@ class MattingEngine:
             return refine_foreground(image[:3], alpha)
         return image[:3]
 
-    def _encode(self, rgb: torch.Tensor, alpha: torch.Tensor, options: MatteOptions) -> bytes:
+    def _encode(self, rgb: torch.Tensor, alpha: torch.Tensor, options: JobParams) -> bytes:
         alpha_np = alpha.cpu().numpy()
         if options.mask_only:
             return encode_mask(alpha_np, png_compress_level=self.png_compress_level)
         return encode_rgba(
             rgb.cpu().numpy(),
             alpha_np,
-            fmt=options.output_format,
+            fmt=options.format,
             png_compress_level=self.png_compress_level,
         )

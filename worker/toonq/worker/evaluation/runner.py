@@ -14,8 +14,9 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
+from toonq.shared.job import JobParams
 from toonq.worker.engine.decode import image_to_array
-from toonq.worker.engine.matting import MatteOptions, MattingEngine
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.evaluation.dataset import (
     EvalDataset,
     check_matches,
@@ -81,8 +82,8 @@ class EngineSource:
 
     label: str
     engine: MattingEngine
-    #: What transparent input pixels are composited onto before the model sees them.
-    bg_color: tuple[int, int, int]
+    #: The parameters of that job (`mask_only`), at the engine's resolution.
+    params: JobParams
 
     @property
     def description(self) -> str:
@@ -91,7 +92,7 @@ class EngineSource:
     def predict(self, name: str, image: Image.Image | None) -> Mask:
         if image is None:
             raise ValueError(f"{self.label}: a model needs the input image of {name}")
-        prepared = self.engine.prepare(image, MatteOptions(bg_color=self.bg_color, mask_only=True))
+        prepared = self.engine.prepare(image, self.params)
         (logits,) = self.engine.infer([prepared])
         return np.asarray(self.engine.alpha(prepared, logits).cpu().numpy(), dtype=np.uint8)
 

@@ -1,0 +1,43 @@
+"""The options of a job's parameters, one per `JobParams` field, shared by `toonq submit` and
+`toonq matte`: `--bg-color`, `--format`, `--resolution`, `--refine-foreground`, `--mask-only`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import Field, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import click
+
+from toonq.shared.job import HELP, JobParams
+
+Command = Callable[..., Any]
+
+
+def job_params_options(command: Command) -> Command:
+    """Give `command` an option per job parameter. It receives the options given as one
+    `job_options` dict, by field name: an option left out is absent, so that the receiver's
+    default applies (`JobParams.with_defaults`, `ToonqClient.submit`)."""
+    names = [param.name for param in fields(JobParams)]
+
+    @functools.wraps(command)
+    def with_job_options(*args: Any, **kwargs: Any) -> Any:
+        given = {name: value for name in names if (value := kwargs.pop(name)) is not None}
+        return command(*args, job_options=given, **kwargs)
+
+    decorated: Command = with_job_options
+    types = get_type_hints(JobParams)
+    for param in reversed(fields(JobParams)):
+        decorated = _option(param, types[param.name])(decorated)
+    return decorated
+
+
+def _option(param: Field[Any], annotation: Any) -> Callable[[Command], Command]:
+    flag = "--" + param.name.replace("_", "-")
+    help = param.metadata[HELP]
+    if annotation is bool:
+        return click.option(flag, is_flag=True, help=help)
+    if get_origin(annotation) is Literal:
+        return click.option(flag, type=click.Choice(get_args(annotation)), help=help)
+    return click.option(flag, type=annotation, help=help)

@@ -1,0 +1,283 @@
+"""The job model: what a job asks for, what it is, what happened to it, and the words for each.
+
+`JobParams` is the one definition of a job's matting parameters. The client's requests, the job
+row's columns (`toonq.shared.db.schema` maps them onto it), `Job.params` and its JSON, the
+engine's input and the options of `toonq submit` and `toonq matte` are all built from it.
+
+`JobStatus` is what a job row holds; `EventKind` is what its history records.
+
+Nothing here touches a database: the engine imports this module too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+from toonq.shared.choices import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    OUTPUT_FORMATS,
+    OutputFormat,
+    check_resolution,
+)
+from toonq.shared.colors import RGB, normalize_color, parse_color
+from toonq.shared.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from toonq.shared.settings import Settings
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+# --- States and events ----------------------------------------------------------------------------
+
+
+class JobStatus(StrEnum):
+    """A job's lifecycle. The values are stored in the database and read by scripts: a contract."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class EventKind(StrEnum):
+    """What happened to a job, one row of its history per transition. The values are stored."""
+
+    CREATED = "created"
+    STARTED = "started"
+    RECLAIMED = "reclaimed"  # a worker took over a running job whose previous worker was lost
+    RETRIED = "retried"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+
+
+# --- What a job asks for --------------------------------------------------------------------------
+
+#: The key of a `JobParams` field's metadata that holds its command-line help.
+HELP: Final = "help"
+
+
+def _param(help: str, **default: Any) -> Any:
+    return field(metadata={HELP: help}, **default)
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """What a job asks the engine for. Validated when built, so a `JobParams` is always valid;
+    each field is also an option of `toonq submit` and `toonq matte` (`--bg-color`...)."""
+
+    #: `#rrggbb`, whatever hex spelling it was given in.
+    bg_color: str = _param("Colour RGBA input is composited onto [default: TOONQ_BG_COLOR].")
+    format: OutputFormat = _param("Output format, webp lossless [default: png].")  # noqa: RUF009
+    #: The model's input size.
+    resolution: int = _param("Model input size, a multiple of 32 [default: TOONQ_RESOLUTION].")
+    refine_foreground: bool = _param("Estimate clean edge colours.", default=False)
+    mask_only: bool = _param("Write an 8-bit mask instead of the cut-out.", default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bg_color", normalize_color(self.bg_color))
+        if self.format not in OUTPUT_FORMATS:
+            raise InvalidRequestError(
+                f"output format must be one of {', '.join(OUTPUT_FORMATS)}; got {self.format!r}"
+            )
+        check_resolution(self.resolution)
+
+    @classmethod
+    def with_defaults(
+        cls,
+        settings: Settings,
+        *,
+        bg_color: str | None = None,
+        format: OutputFormat = "png",
+        resolution: int | None = None,
+        refine_foreground: bool = False,
+        mask_only: bool = False,
+    ) -> JobParams:
+        """The parameters of a request, which may leave the colour and the resolution to the
+        deployment's settings (`TOONQ_BG_COLOR`, `TOONQ_RESOLUTION`)."""
+        return cls(
+            bg_color=bg_color or settings.bg_color,
+            format=format,
+            resolution=resolution or settings.resolution,
+            refine_foreground=refine_foreground,
+            mask_only=mask_only,
+        )
+
+    @property
+    def bg_rgb(self) -> RGB:
+        return parse_color(self.bg_color)
+
+    @property
+    def file_format(self) -> OutputFormat:
+        """The format of the output file: a mask is always a PNG."""
+        return "png" if self.mask_only else self.format
+
+
+# --- Jobs and their history -----------------------------------------------------------------------
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """`value` as ISO 8601 in UTC, as the JSON of jobs and events spells times."""
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A job to create. Validates what the database constraints would otherwise reject.
+
+    `id` may be chosen by the caller, e.g. to name the output after the job; a job found by its
+    idempotency key keeps its own id.
+    """
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    input_uri: str
+    output_uri: str
+    params: JobParams
+    priority: int = 0
+    max_attempts: int
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise InvalidRequestError(
+                f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {self.priority}"
+            )
+        if self.max_attempts < 1:
+            raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.idempotency_key is not None and not (
+            0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        ):
+            raise InvalidRequestError(
+                f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job, taken when the store returned it."""
+
+    id: uuid.UUID
+    status: JobStatus
+    idempotency_key: str | None
+    input_uri: str
+    output_uri: str
+    params: JobParams
+    priority: int
+    attempts: int
+    max_attempts: int
+    error_code: str | None
+    error_message: str | None
+    worker: str | None
+    model_name: str | None
+    model_revision: str | None
+    image_width: int | None
+    image_height: int | None
+    timings: Mapping[str, float] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+    enqueued_at: datetime | None
+
+    @property
+    def model(self) -> str | None:
+        """The model that produced the output: "name@revision", "name", or None."""
+        if self.model_name is None:
+            return None
+        return (
+            f"{self.model_name}@{self.model_revision}" if self.model_revision else self.model_name
+        )
+
+    def matches(self, spec: JobSpec) -> bool:
+        """Whether `spec` asks for the same output (what an idempotent retry must repeat);
+        priority and max_attempts are delivery options and may differ."""
+        return (self.input_uri, self.output_uri, self.params) == (
+            spec.input_uri,
+            spec.output_uri,
+            spec.params,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values: UUIDs as strings, datetimes as ISO 8601 in UTC."""
+        image = None
+        if self.image_width is not None and self.image_height is not None:
+            image = {"width": self.image_width, "height": self.image_height}
+        return {
+            "id": str(self.id),
+            "status": self.status.value,
+            "idempotency_key": self.idempotency_key,
+            "input_uri": self.input_uri,
+            "output_uri": self.output_uri,
+            "params": asdict(self.params),
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "worker": self.worker,
+            "model": self.model,
+            "image": image,
+            "timings": None if self.timings is None else dict(self.timings),
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
+            "started_at": iso_utc(self.started_at),
+            "finished_at": iso_utc(self.finished_at),
+            "next_attempt_at": iso_utc(self.next_attempt_at),
+            "lease_expires_at": iso_utc(self.lease_expires_at),
+            "enqueued_at": iso_utc(self.enqueued_at),
+        }
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One row of a job's history."""
+
+    id: int
+    job_id: uuid.UUID
+    at: datetime
+    kind: EventKind
+    actor: str
+    reason: str | None
+    details: Mapping[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job_id": str(self.job_id),
+            "at": iso_utc(self.at),
+            "kind": self.kind.value,
+            "actor": self.actor,
+            "reason": self.reason,
+            "details": None if self.details is None else dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's right to record the outcome of one attempt of a job."""
+
+    job: Job
+    attempt: int
+
+    @property
+    def worker(self) -> str:
+        assert self.job.worker is not None, "a claimed job always names its worker"
+        return self.job.worker

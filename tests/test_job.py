@@ -1,0 +1,127 @@
+"""The job model: a job's parameters, validated in one place, and the options made of them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from toonq.producer.cli.params import job_params_options
+from toonq.shared.errors import InvalidRequestError
+from toonq.shared.job import Job, JobParams, JobStatus
+from toonq.shared.settings import Settings
+
+PARAMS = JobParams(bg_color="#808080", format="png", resolution=1024)
+
+
+def test_the_colour_is_normalised_and_read_as_rgb() -> None:
+    params = replace(PARAMS, bg_color="ABC")
+    assert (params.bg_color, params.bg_rgb) == ("#aabbcc", (170, 187, 204))
+    assert params == replace(PARAMS, bg_color="#AaBbCc")
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"bg_color": "grey"}, "invalid_color", "invalid colour"),
+        ({"format": "gif"}, "invalid_request", "output format must be one of png, webp"),
+        ({"resolution": 0}, "invalid_request", "resolution must be a positive multiple of 32"),
+        ({"resolution": 1000}, "invalid_request", "multiple of 32"),
+        ({"resolution": 4128}, "invalid_request", "up to 4096"),
+    ],
+)
+def test_invalid_parameters_raise_typed_errors(
+    change: dict[str, Any], code: str, message: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=message) as raised:
+        replace(PARAMS, **change)
+    assert raised.value.code == code
+
+
+def test_a_mask_is_always_written_as_png() -> None:
+    assert replace(PARAMS, format="webp").file_format == "webp"
+    assert replace(PARAMS, format="webp", mask_only=True).file_format == "png"
+
+
+def test_a_request_leaves_colour_and_resolution_to_the_settings() -> None:
+    settings = Settings.from_env({"TOONQ_BG_COLOR": "#fff", "TOONQ_RESOLUTION": "512"})
+
+    assert JobParams.with_defaults(settings) == JobParams(
+        bg_color="#ffffff", format="png", resolution=512
+    )
+    assert JobParams.with_defaults(
+        settings, bg_color="#000", format="webp", resolution=64, mask_only=True
+    ) == JobParams(bg_color="#000000", format="webp", resolution=64, mask_only=True)
+
+
+def test_the_json_of_a_jobs_parameters() -> None:
+    now = datetime.now(UTC)
+    job = Job(
+        id=uuid.uuid4(),
+        status=JobStatus.QUEUED,
+        idempotency_key=None,
+        input_uri="s3://in/a.png",
+        output_uri="s3://out/a.png",
+        params=replace(PARAMS, refine_foreground=True),
+        priority=0,
+        attempts=0,
+        max_attempts=3,
+        error_code=None,
+        error_message=None,
+        worker=None,
+        model_name=None,
+        model_revision=None,
+        image_width=None,
+        image_height=None,
+        timings=None,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+        next_attempt_at=None,
+        lease_expires_at=None,
+        enqueued_at=None,
+    )
+    assert job.to_dict()["params"] == {
+        "bg_color": "#808080",
+        "format": "png",
+        "resolution": 1024,
+        "refine_foreground": True,
+        "mask_only": False,
+    }
+
+
+def test_the_command_line_has_one_option_per_parameter() -> None:
+    received: list[dict[str, Any]] = []
+
+    @click.command()
+    @job_params_options
+    def command(job_options: dict[str, Any]) -> None:
+        received.append(job_options)
+
+    runner = CliRunner()
+    given = ["--bg-color", "FFF", "--format", "webp", "--resolution", "64", "--mask-only"]
+    assert runner.invoke(command, given).exit_code == 0
+    assert runner.invoke(command, []).exit_code == 0
+    assert runner.invoke(command, ["--format", "gif"]).exit_code == 2
+
+    # Options left out are left to the defaults of the receiver.
+    assert received == [
+        {
+            "bg_color": "FFF",
+            "format": "webp",
+            "resolution": 64,
+            "refine_foreground": False,
+            "mask_only": True,
+        },
+        {"refine_foreground": False, "mask_only": False},
+    ]
+    settings = Settings.from_env({})
+    assert JobParams.with_defaults(settings, **received[0]) == JobParams(
+        bg_color="#ffffff", format="webp", resolution=64, mask_only=True
+    )
