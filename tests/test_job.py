@@ -1,4 +1,4 @@
-"""The job model: a job's parameters, validated in one place, and the options made of them."""
+"""The job model: a job's parameters, validated in one place, and the words for its states."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from toonq.producer.cli.params import job_params_options
 from toonq.shared.errors import InvalidRequestError
-from toonq.shared.job import Job, JobParams, JobStatus
+from toonq.shared.job import EventKind, Job, JobParams, JobStatus, Outcome
 from toonq.shared.settings import Settings
 
 PARAMS = JobParams(bg_color="#808080", format="png", resolution=1024)
@@ -125,3 +125,26 @@ def test_the_command_line_has_one_option_per_parameter() -> None:
     assert JobParams.with_defaults(settings, **received[0]) == JobParams(
         bg_color="#ffffff", format="webp", resolution=64, mask_only=True
     )
+
+
+# --- States, events and outcomes ------------------------------------------------------------------
+
+
+def test_each_event_kind_names_the_status_it_leads_to() -> None:
+    leads_to = {
+        status: {kind.value for kind in EventKind if kind.status is status} for status in JobStatus
+    }
+    assert leads_to == {
+        JobStatus.QUEUED: {"created", "requeued", "handed_back"},
+        JobStatus.RUNNING: {"started", "reclaimed"},
+        JobStatus.RETRYING: {"retried"},
+        JobStatus.SUCCEEDED: {"succeeded"},
+        JobStatus.FAILED: {"failed"},
+        JobStatus.CANCELLED: {"cancelled"},
+    }
+
+
+def test_an_outcome_that_changed_the_job_is_named_after_its_status() -> None:
+    statuses = {status.value for status in JobStatus}
+    changed = {outcome for outcome in Outcome if outcome.value in statuses}
+    assert changed == {Outcome.SUCCEEDED, Outcome.RETRYING, Outcome.FAILED}

@@ -685,6 +685,54 @@ def test_events_tell_the_story_oldest_first(jobstore: JobStore, clock: ManualClo
     assert json.loads(json.dumps(events[2].to_dict()))["kind"] == "retried"
 
 
+def test_each_event_leads_to_the_status_its_kind_names(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    job = create(jobstore)
+    seen: list[EventKind] = []
+
+    def check() -> None:
+        """The events since the last check all lead to the status the job has now."""
+        events = jobstore.events(job.id)[len(seen) :]
+        assert events
+        status = jobstore.get(job.id).status
+        assert [event.kind.status for event in events] == [status] * len(events)
+        seen.extend(event.kind for event in events)
+
+    check()
+    claim(jobstore, job, worker="w1")
+    check()
+    clock.advance(LEASE_S + 1)
+    current = claim(jobstore, job, worker="w2")  # reclaimed, then started
+    check()
+    jobstore.mark_retrying(
+        current, error_code="storage_unavailable", error_message="503", next_attempt_at=clock()
+    )
+    check()
+    current = claim(jobstore, job)
+    check()
+    jobstore.hand_back(current, reason="stopping")
+    check()
+    current = claim(jobstore, job)
+    check()
+    jobstore.mark_failed(current, error_code="invalid_image", error_message="bad")
+    check()
+    jobstore.requeue([job.id], actor="cli:ops@laptop")
+    check()
+    jobstore.cancel(job.id, actor="cli:ops@laptop")
+    check()
+    jobstore.requeue([job.id], status=JobStatus.CANCELLED, actor="cli:ops@laptop")
+    check()
+    current = claim(jobstore, job)
+    check()
+    jobstore.mark_succeeded(
+        current, model_name="m", model_revision=None, image_width=1, image_height=1, timings={}
+    )
+    check()
+
+    assert set(seen) == set(EventKind)
+
+
 # --- SQLite and failures --------------------------------------------------------------------------
 
 

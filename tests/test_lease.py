@@ -78,7 +78,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
     assert (job.status, job.attempts, job.worker) == (JobStatus.QUEUED, 0, None)
     assert job.enqueued_at is not None  # announced again at once
     last = jobstore.events(job.id)[-1]
-    assert (last.kind, last.reason) == (EventKind.REQUEUED, "shutting down")
+    assert (last.kind, last.reason) == (EventKind.HANDED_BACK, "shutting down")
     queued = redis.Redis.from_url(redis_url)
     assert sum(int(queued.llen(name)) for name in queue_lists("handback")) == 1
     # The worker that handed the job back can no longer record an outcome for it.

@@ -20,6 +20,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
+from toonq.shared.job import Outcome
 from toonq.shared.queue import create_celery_app, enqueue, queue_lists
 from toonq.shared.settings import Settings
 from toonq.worker.health import Health, HealthServer, serve
@@ -139,10 +140,10 @@ def test_other_paths_are_not_found(server: HealthServer) -> None:
 def test_jobs_are_counted_by_status_and_error_code(
     worker_metrics: WorkerMetrics, server: HealthServer
 ) -> None:
-    worker_metrics.record_job("succeeded")
-    worker_metrics.record_job("failed", "input_not_found")
-    worker_metrics.record_job("failed", "input_not_found")
-    worker_metrics.record_job("retrying", "storage_unavailable")
+    worker_metrics.record_job(Outcome.SUCCEEDED)
+    worker_metrics.record_job(Outcome.FAILED, "input_not_found")
+    worker_metrics.record_job(Outcome.FAILED, "input_not_found")
+    worker_metrics.record_job(Outcome.RETRYING, "storage_unavailable")
 
     scraped = scrape(server)
     jobs = "toonq_jobs_total"
@@ -156,9 +157,9 @@ def test_jobs_are_counted_by_status_and_error_code(
 
 def test_a_job_outcome_outside_the_contract_is_refused(worker_metrics: WorkerMetrics) -> None:
     with pytest.raises(ValueError, match="unknown job status"):
-        worker_metrics.record_job("done")
+        worker_metrics.record_job("done")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no error code"):
-        worker_metrics.record_job("succeeded", "input_not_found")
+        worker_metrics.record_job(Outcome.SUCCEEDED, "input_not_found")
     assert "succeeded" in JOB_STATUSES
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -10,13 +11,22 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from toonq.shared.db.engine import alembic_config, create_db_engine, downgrade, migrate
+from toonq.shared.db.engine import (
+    alembic_config,
+    create_db_engine,
+    downgrade,
+    migrate,
+    session_factory,
+)
 from toonq.shared.db.schema import Base
+from toonq.shared.job import JobParams, JobSpec
+from toonq.shared.jobstore import JobStore
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer
 
 TABLES = {"jobs", "job_events"}
+HEAD = "0002"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -39,20 +49,58 @@ def _state(url: str) -> tuple[set[str], str | None]:
         engine.dispose()
 
 
-def test_head_is_the_single_initial_revision() -> None:
+def test_the_revisions_form_one_line() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == [HEAD]
+    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0001"]
 
 
 def test_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
     migrate(empty_db_url)
-    assert _state(empty_db_url) == (TABLES, "0001")
+    assert _state(empty_db_url) == (TABLES, HEAD)
 
     downgrade(empty_db_url, "base")
     assert _state(empty_db_url) == (set(), None)
 
     migrate(empty_db_url)
-    assert _state(empty_db_url) == (TABLES, "0001")
+    assert _state(empty_db_url) == (TABLES, HEAD)
+
+
+def _kinds(url: str) -> list[str]:
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(text("SELECT kind FROM job_events ORDER BY id")))
+    finally:
+        engine.dispose()
+
+
+def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    engine = create_db_engine(empty_db_url)
+    try:
+        store = JobStore(session_factory(engine))
+        job, _ = store.create(
+            JobSpec(
+                input_uri="s3://in/a.png",
+                output_uri="s3://out/a.png",
+                params=JobParams(bg_color="#808080", format="png", resolution=64),
+                max_attempts=3,
+            ),
+            actor="producer",
+        )
+        claim = store.claim(job.id, worker="w1", lease_s=60)
+        assert claim is not None
+        assert store.hand_back(claim, reason="shutting down") is not None
+    finally:
+        engine.dispose()
+    assert _kinds(empty_db_url) == ["created", "started", "handed_back"]
+
+    downgrade(empty_db_url, "0001")
+    assert _kinds(empty_db_url) == ["created", "started", "requeued"]
+
+    migrate(empty_db_url)
+    assert _kinds(empty_db_url) == ["created", "started", "requeued"]
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:
@@ -64,6 +112,45 @@ def test_models_agree_with_migrations(empty_db_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def _constraints(url: str) -> dict[str, list[Any]]:
+    """The CHECK constraints, indexes, keys and unique constraints of the tables, as SQLAlchemy
+    reads them back from the database at `url`."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            inspector = inspect(connection)
+            return {
+                table: sorted(
+                    map(
+                        repr,
+                        [
+                            *inspector.get_check_constraints(table),
+                            *inspector.get_indexes(table),
+                            *inspector.get_foreign_keys(table),
+                            *inspector.get_unique_constraints(table),
+                            inspector.get_pk_constraint(table),
+                        ],
+                    )
+                )
+                for table in TABLES
+            }
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_constraints_agree_with_models(tmp_path: Path) -> None:
+    # Alembic does not compare CHECK constraints, and SQLite keeps them in each table's SQL.
+    from_models, from_migrations = (f"sqlite:///{tmp_path / name}" for name in ("m.db", "a.db"))
+    engine = create_db_engine(from_models)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    migrate(from_migrations)
+
+    models_constraints = _constraints(from_models)
+    assert "handed_back" in str(models_constraints["job_events"])
+    assert models_constraints == _constraints(from_migrations)
 
 
 # Alembic does not compare CHECK constraints: compare PostgreSQL's own description of the

@@ -8,7 +8,7 @@ import redis
 
 from tests.conftest import ManualClock
 from tests.support import job_spec
-from toonq.shared.job import JobStatus
+from toonq.shared.job import JobStatus, Outcome
 from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
@@ -18,7 +18,7 @@ from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model
 from toonq.worker.lease import LeaseKeeper
-from toonq.worker.processor import Outcome, WorkerContext, process_job
+from toonq.worker.processor import WorkerContext, process_job
 
 
 def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(

@@ -4,7 +4,8 @@
 row's columns (`toonq.shared.db.schema` maps them onto it), `Job.params` and its JSON, the
 engine's input and the options of `toonq submit` and `toonq matte` are all built from it.
 
-`JobStatus` is what a job row holds; `EventKind` is what its history records.
+`JobStatus` is what a job row holds; `EventKind` is what its history records, each kind leading
+to the status it names; `Outcome` is what handling one message did (the worker's metrics label).
 
 Nothing here touches a database: the engine imports this module too.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from toonq.shared.choices import (
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
-# --- States and events ----------------------------------------------------------------------------
+# --- States, events and outcomes ------------------------------------------------------------------
 
 
 class JobStatus(StrEnum):
@@ -64,7 +66,41 @@ class EventKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    REQUEUED = "requeued"
+    REQUEUED = "requeued"  # an operator sent a failed or cancelled job back to the queue
+    HANDED_BACK = "handed_back"  # a stopping worker gave its running job back, attempt unspent
+
+    @property
+    def status(self) -> JobStatus:
+        """The status a job has once this happened to it."""
+        return _STATUS_AFTER[self]
+
+
+_STATUS_AFTER: Final[Mapping[EventKind, JobStatus]] = MappingProxyType(
+    {
+        EventKind.CREATED: JobStatus.QUEUED,
+        EventKind.STARTED: JobStatus.RUNNING,
+        EventKind.RECLAIMED: JobStatus.RUNNING,
+        EventKind.RETRIED: JobStatus.RETRYING,
+        EventKind.SUCCEEDED: JobStatus.SUCCEEDED,
+        EventKind.FAILED: JobStatus.FAILED,
+        EventKind.CANCELLED: JobStatus.CANCELLED,
+        EventKind.REQUEUED: JobStatus.QUEUED,
+        EventKind.HANDED_BACK: JobStatus.QUEUED,
+    }
+)
+
+
+class Outcome(StrEnum):
+    """What handling one job message did: the status it led the job to, or why it led to none.
+    The values are the `status` label of the worker's `toonq_jobs_total`: a contract."""
+
+    SUCCEEDED = JobStatus.SUCCEEDED.value
+    FAILED = JobStatus.FAILED.value
+    RETRYING = JobStatus.RETRYING.value
+    SKIPPED = "skipped"  # not claimable: a duplicate message, or the job is finished/cancelled
+    DISCARDED = "discarded"  # the claim was lost (e.g. cancelled) before the outcome was recorded
+    REJECTED = "rejected"  # the message names no job
+    HANDED_BACK = "handed_back"  # the worker stopped and gave the job back to the queue
 
 
 # --- What a job asks for --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The job store: every job state change, each in one transaction with its event row.
 
-Callers get immutable snapshots (`Job`, `JobEvent` of `toonq.shared.job`), never ORM rows.
+Callers get immutable snapshots (`Job`, `JobEvent`), never ORM rows. A transition moves a job to
+the status its event's kind leads to (`EventKind.status`), so the history and the row agree.
 
 Worker-side transitions are compare-and-set UPDATEs on (job id, status, attempt), checked through
 their row count: a duplicated or redelivered message finds nothing to claim, and a stale worker
@@ -139,7 +140,7 @@ class JobStore:
         row = JobRow(
             id=spec.id,
             idempotency_key=spec.idempotency_key,
-            status=JobStatus.QUEUED,
+            status=EventKind.CREATED.status,
             input_uri=spec.input_uri,
             output_uri=spec.output_uri,
             params=spec.params,
@@ -194,13 +195,15 @@ class JobStore:
         tries to record its outcome (which is then discarded)."""
         with self._transaction() as session:
             now = self._clock()
-            cancelled = self._cas(
+            cancelled = self._transition(
                 session,
                 job_id,
+                EventKind.CANCELLED,
                 JobRow.status.in_(CANCELLABLE_STATUSES),
-                status=JobStatus.CANCELLED,
+                actor=actor,
+                at=now,
+                reason=reason,
                 finished_at=now,
-                updated_at=now,
                 next_attempt_at=None,
                 lease_expires_at=None,
                 enqueued_at=None,
@@ -211,7 +214,6 @@ class JobStore:
                     f"job {job_id} is {job.status}: only queued, retrying or running jobs "
                     "can be cancelled"
                 )
-            self._event(session, job_id, EventKind.CANCELLED, actor=actor, at=now, reason=reason)
             return _snapshot(Job, _load(session, job_id))
 
     def requeue(
@@ -242,32 +244,29 @@ class JobStore:
             requeued = []
             for row in rows:
                 previous = _snapshot(Job, row)
-                if not self._requeue_one(session, previous, now):
+                if not self._requeue_one(session, previous, actor=actor, at=now, reason=reason):
                     if job_ids is None:
                         continue  # changed under us (e.g. requeued by another operator)
                     raise InvalidTransitionError(f"job {previous.id} changed while requeueing")
-                self._event(
-                    session,
-                    previous.id,
-                    EventKind.REQUEUED,
-                    actor=actor,
-                    at=now,
-                    reason=reason,
-                    details={
-                        "from": previous.status.value,
-                        "error_code": previous.error_code,
-                        "attempts": previous.attempts,
-                    },
-                )
                 requeued.append(_snapshot(Job, _load(session, previous.id)))
             return requeued
 
-    def _requeue_one(self, session: Session, job: Job, now: datetime) -> bool:
-        return self._cas(
+    def _requeue_one(
+        self, session: Session, job: Job, *, actor: str, at: datetime, reason: str | None
+    ) -> bool:
+        return self._transition(
             session,
             job.id,
+            EventKind.REQUEUED,
             JobRow.status == job.status,
-            status=JobStatus.QUEUED,
+            actor=actor,
+            at=at,
+            reason=reason,
+            details={
+                "from": job.status.value,
+                "error_code": job.error_code,
+                "attempts": job.attempts,
+            },
             attempts=0,
             error_code=None,
             error_message=None,
@@ -277,7 +276,6 @@ class JobStore:
             next_attempt_at=None,
             lease_expires_at=None,
             enqueued_at=None,
-            updated_at=now,
         )
 
     # --- Worker side -----------------------------------------------------------------------
@@ -305,11 +303,12 @@ class JobStore:
             elif job.status not in WAITING_STATUSES:
                 return None
             attempt = job.attempts + 1
+            # Not a `_transition`: a reclaim records its own event first.
             claimed = self._cas(
                 session,
                 job_id,
                 *guard,
-                status=JobStatus.RUNNING,
+                status=EventKind.STARTED.status,
                 attempts=attempt,
                 worker=worker,
                 started_at=now,
@@ -354,27 +353,20 @@ class JobStore:
             f"of {job.max_attempts}"
         )
         code = WorkerLostError.code
-        failed = self._cas(
+        self._transition(
             session,
             job.id,
+            EventKind.FAILED,
             *guard,
-            status=JobStatus.FAILED,
+            actor=worker,
+            at=now,
+            reason=message,
+            details={"error_code": code, "attempt": job.attempts, "lost_worker": job.worker},
             error_code=code,
             error_message=message,
             finished_at=now,
             lease_expires_at=None,
-            updated_at=now,
         )
-        if failed:
-            self._event(
-                session,
-                job.id,
-                EventKind.FAILED,
-                actor=worker,
-                at=now,
-                reason=message,
-                details={"error_code": code, "attempt": job.attempts, "lost_worker": job.worker},
-            )
 
     def mark_succeeded(
         self,
@@ -389,10 +381,14 @@ class JobStore:
         """Record success; False (and nothing written) if the claim is no longer current."""
         with self._transaction() as session:
             now = self._clock()
-            if not self._cas_claim(
+            return self._transition(
                 session,
-                claim,
-                status=JobStatus.SUCCEEDED,
+                claim.job.id,
+                EventKind.SUCCEEDED,
+                *_attempt_guard(claim),
+                actor=claim.worker,
+                at=now,
+                details={"attempt": claim.attempt},
                 model_name=model_name,
                 model_revision=model_revision,
                 image_width=image_width,
@@ -402,18 +398,7 @@ class JobStore:
                 error_message=None,
                 finished_at=now,
                 lease_expires_at=None,
-                updated_at=now,
-            ):
-                return False
-            self._event(
-                session,
-                claim.job.id,
-                EventKind.SUCCEEDED,
-                actor=claim.worker,
-                at=now,
-                details={"attempt": claim.attempt},
             )
-            return True
 
     def mark_retrying(
         self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime
@@ -421,96 +406,76 @@ class JobStore:
         """Schedule another attempt at `next_attempt_at`; False if the claim is no longer
         current. Sending the delayed message is the caller's job (then `mark_enqueued`)."""
         with self._transaction() as session:
-            now = self._clock()
-            if not self._cas_claim(
-                session,
-                claim,
-                status=JobStatus.RETRYING,
-                error_code=error_code,
-                error_message=error_message,
-                next_attempt_at=next_attempt_at,
-                lease_expires_at=None,
-                enqueued_at=None,
-                updated_at=now,
-            ):
-                return False
-            self._event(
+            return self._transition(
                 session,
                 claim.job.id,
                 EventKind.RETRIED,
+                *_attempt_guard(claim),
                 actor=claim.worker,
-                at=now,
+                at=self._clock(),
                 reason=error_message,
                 details={
                     "error_code": error_code,
                     "attempt": claim.attempt,
                     "next_attempt_at": iso_utc(next_attempt_at),
                 },
+                error_code=error_code,
+                error_message=error_message,
+                next_attempt_at=next_attempt_at,
+                lease_expires_at=None,
+                enqueued_at=None,
             )
-            return True
 
     def mark_failed(self, claim: Claim, *, error_code: str, error_message: str) -> bool:
         """Record a final failure; False (and nothing written) if the claim is no longer current."""
         with self._transaction() as session:
             now = self._clock()
-            if not self._cas_claim(
-                session,
-                claim,
-                status=JobStatus.FAILED,
-                error_code=error_code,
-                error_message=error_message,
-                finished_at=now,
-                lease_expires_at=None,
-                updated_at=now,
-            ):
-                return False
-            self._event(
+            return self._transition(
                 session,
                 claim.job.id,
                 EventKind.FAILED,
+                *_attempt_guard(claim),
                 actor=claim.worker,
                 at=now,
                 reason=error_message,
                 details={"error_code": error_code, "attempt": claim.attempt},
+                error_code=error_code,
+                error_message=error_message,
+                finished_at=now,
+                lease_expires_at=None,
             )
-            return True
 
     def hand_back(self, claim: Claim, *, reason: str) -> Job | None:
         """Give a running attempt back to the queue unfinished (its worker is shutting down):
         the job waits again without having spent the attempt. Returns the queued job, or None
         if the claim is no longer current (the attempt finished or was taken away)."""
         with self._transaction() as session:
-            now = self._clock()
-            if not self._cas_claim(
+            if not self._transition(
                 session,
-                claim,
-                status=JobStatus.QUEUED,
+                claim.job.id,
+                EventKind.HANDED_BACK,
+                *_attempt_guard(claim),
+                actor=claim.worker,
+                at=self._clock(),
+                reason=reason,
+                details={"handed_back_attempt": claim.attempt},
                 attempts=claim.attempt - 1,
                 worker=None,
                 started_at=None,
                 lease_expires_at=None,
                 enqueued_at=None,
-                updated_at=now,
             ):
                 return None
-            self._event(
-                session,
-                claim.job.id,
-                EventKind.REQUEUED,
-                actor=claim.worker,
-                at=now,
-                reason=reason,
-                details={"handed_back_attempt": claim.attempt},
-            )
             return _snapshot(Job, _load(session, claim.job.id))
 
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
         with self._transaction() as session:
             now = self._clock()
-            return self._cas_claim(
+            return self._cas(
                 session,
-                claim,
+                claim.job.id,
+                *_attempt_guard(claim),
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 updated_at=now,
             )
@@ -617,17 +582,24 @@ class JobStore:
         statement = update(JobRow).where(JobRow.id == job_id, *guard).values(**values)
         return session.connection().execute(statement).rowcount == 1
 
-    def _cas_claim(self, session: Session, claim: Claim, **values: Any) -> bool:
-        # started_at is stamped anew by every claim: with attempts it fences off a stale worker
-        # even after a requeue reset the attempt count.
-        return self._cas(
-            session,
-            claim.job.id,
-            JobRow.status == JobStatus.RUNNING,
-            JobRow.attempts == claim.attempt,
-            JobRow.started_at == claim.job.started_at,
-            **values,
-        )
+    def _transition(
+        self,
+        session: Session,
+        job_id: uuid.UUID,
+        kind: EventKind,
+        *guard: ColumnElement[bool],
+        actor: str,
+        at: datetime,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> bool:
+        """Move the job to the status `kind` leads to WHERE `guard` holds, and record the event;
+        False (and nothing written) if the guard did not hold."""
+        if not self._cas(session, job_id, *guard, status=kind.status, updated_at=at, **values):
+            return False
+        self._event(session, job_id, kind, actor=actor, at=at, reason=reason, details=details)
+        return True
 
     def _event(
         self,
@@ -662,6 +634,17 @@ def _reuse(existing: Job, spec: JobSpec) -> Job:
             "with different parameters"
         )
     return existing
+
+
+def _attempt_guard(claim: Claim) -> tuple[ColumnElement[bool], ...]:
+    """Whether the claimed attempt is still the job's current one. started_at is stamped anew by
+    every claim: with attempts it fences off a stale worker even after a requeue reset the
+    attempt count."""
+    return (
+        JobRow.status == JobStatus.RUNNING,
+        JobRow.attempts == claim.attempt,
+        JobRow.started_at == claim.job.started_at,
+    )
 
 
 def _lease_expired(job: Job, now: datetime) -> bool:

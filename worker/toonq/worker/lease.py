@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from toonq.shared.job import Claim
+from toonq.shared.job import Claim, Outcome
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
@@ -69,7 +69,7 @@ class LeaseKeeper:
             if job is None:
                 continue  # finished (or was taken away) in the meantime
             sender.send(job)
-            metrics.record_job("handed_back")
+            metrics.record_job(Outcome.HANDED_BACK)
             log.warning("job_handed_back", job_id=str(job.id), reason=reason)
             handed += 1
         return handed

@@ -21,21 +21,16 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from toonq.shared.job import Outcome
+
 if TYPE_CHECKING:
     import torch
 
-JOB_STATUSES = (
-    "succeeded",
-    "failed",
-    "retrying",
-    "skipped",
-    "discarded",
-    "rejected",
-    "handed_back",
-)
+#: The values of `toonq_jobs_total`'s `status` label: what handling a message did.
+JOB_STATUSES = tuple(outcome.value for outcome in Outcome)
 # Only these outcomes carry an error code: the others keep the label empty, which bounds the
 # number of series.
-ERROR_STATUSES = frozenset({"failed", "retrying"})
+ERROR_STATUSES = frozenset({Outcome.FAILED, Outcome.RETRYING})
 STAGES = (
     "queue_wait",
     "download",
@@ -228,14 +223,14 @@ class WorkerMetrics:
         for stage in STAGES:
             self._stage_seconds.labels(stage=stage)
 
-    def record_job(self, status: str, error_code: str = "") -> None:
-        """Count one handled job message. `status` is one of `JOB_STATUSES`; only failed and
-        retrying jobs carry an `error_code` (a `ToonqError.code`)."""
-        if status not in JOB_STATUSES:
-            raise ValueError(f"unknown job status {status!r}, expected one of {JOB_STATUSES}")
-        if error_code and status not in ERROR_STATUSES:
-            raise ValueError(f"a {status} job has no error code, got {error_code!r}")
-        self._jobs.labels(status=status, error_code=error_code).inc()
+    def record_job(self, outcome: Outcome, error_code: str = "") -> None:
+        """Count one handled job message by its outcome; only failed and retrying jobs carry an
+        `error_code` (a `ToonqError.code`)."""
+        if outcome not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {outcome!r}, expected one of {JOB_STATUSES}")
+        if error_code and outcome not in ERROR_STATUSES:
+            raise ValueError(f"a {outcome} job has no error code, got {error_code!r}")
+        self._jobs.labels(status=outcome.value, error_code=error_code).inc()
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         """Record the duration of each stage of one job, in milliseconds, by stage name. Only the

@@ -20,7 +20,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from toonq.shared.errors import (
@@ -29,7 +28,7 @@ from toonq.shared.errors import (
     ToonqError,
     TransientJobError,
 )
-from toonq.shared.job import Claim, Job, JobStatus
+from toonq.shared.job import Claim, Job, JobStatus, Outcome
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
@@ -42,14 +41,6 @@ from toonq.worker.lease import LeaseKeeper
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
-
-
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # not claimable: a duplicate message, or the job is finished/cancelled
-    DISCARDED = "discarded"  # the claim was lost (e.g. cancelled) before the outcome was recorded
 
 
 @dataclass(frozen=True)
@@ -181,5 +172,5 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
 
 
 def _counted(outcome: Outcome, error_code: str = "") -> Outcome:
-    metrics.record_job(outcome.value, error_code)
+    metrics.record_job(outcome, error_code)
     return outcome

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from celery import Celery, Task
 
 from toonq.shared.errors import DatabaseUnavailableError, JobNotFoundError
+from toonq.shared.job import Outcome
 from toonq.shared.logging import bound_job, get_logger
 from toonq.shared.queue import TASK_NAME
 from toonq.worker import metrics
@@ -32,16 +33,16 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
         except (ValueError, TypeError, AttributeError):
             # Never trust a message beyond its job id: anything else is dropped, loudly.
             log.error("message_rejected", reason="not a job id", payload=repr(job_id)[:200])
-            metrics.record_job("rejected")
-            return "rejected"
+            metrics.record_job(Outcome.REJECTED)
+            return Outcome.REJECTED.value
         ctx = context()
         with bound_job(job_uuid, worker=ctx.worker_name):
             try:
                 outcome = process_job(ctx, job_uuid)
             except JobNotFoundError:
                 log.error("message_rejected", reason="no such job")
-                metrics.record_job("rejected")
-                return "rejected"
+                metrics.record_job(Outcome.REJECTED)
+                return Outcome.REJECTED.value
             except DatabaseUnavailableError as exc:
                 retries = task.request.retries
                 delay = backoff_delay(
