@@ -39,7 +39,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
 from toonq.shared.db.engine import create_db_engine, migrate, session_factory
-from toonq.shared.jobstore import JobStore, utc_now
+from toonq.shared.job import utc_now
+from toonq.shared.jobstore import JobStore, SqlJobStore
 from toonq.shared.settings import normalize_database_url
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
 @pytest.fixture
 def jobstore(pg_sessions: sessionmaker[Session], clock: ManualClock) -> JobStore:
     """A job store on an empty, migrated PostgreSQL database, reading time from `clock`."""
-    return JobStore(pg_sessions, clock=clock)
+    return SqlJobStore(pg_sessions, clock=clock)
 
 
 # --- SQLite ---------------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def sqlite_jobstore(sqlite_url: str, clock: ManualClock) -> Iterator[JobStore]:
     """A job store on a migrated SQLite file, as in the embedded setup."""
     migrate(sqlite_url)
     engine = create_db_engine(sqlite_url)
-    yield JobStore(session_factory(engine), clock=clock)
+    yield SqlJobStore(session_factory(engine), clock=clock)
     engine.dispose()
 
 

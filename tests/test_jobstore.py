@@ -25,7 +25,7 @@ from toonq.shared.errors import (
     JobNotFoundError,
 )
 from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import JobStore, SqlJobStore
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
@@ -787,7 +787,7 @@ def test_deleting_a_job_deletes_its_events(sqlite_jobstore: JobStore, sqlite_url
 
 def test_an_unreachable_database_is_unavailable() -> None:
     engine = create_db_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
-    store = JobStore(session_factory(engine))
+    store = SqlJobStore(session_factory(engine))
 
     with pytest.raises(DatabaseUnavailableError) as raised:
         store.list()
@@ -800,7 +800,7 @@ def test_an_unmigrated_database_asks_for_migrations(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
     engine = create_db_engine(request.getfixturevalue(backend))
-    store = JobStore(session_factory(engine))
+    store = SqlJobStore(session_factory(engine))
 
     with pytest.raises(ConfigurationError, match="toonq migrate"):
         store.get(uuid.uuid4())

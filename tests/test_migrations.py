@@ -20,7 +20,7 @@ from toonq.shared.db.engine import (
 )
 from toonq.shared.db.schema import Base
 from toonq.shared.job import JobParams, JobSpec
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import SqlJobStore
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer
@@ -79,7 +79,7 @@ def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
     migrate(empty_db_url)
     engine = create_db_engine(empty_db_url)
     try:
-        store = JobStore(session_factory(engine))
+        store = SqlJobStore(session_factory(engine))
         job, _ = store.create(
             JobSpec(
                 input_uri="s3://in/a.png",

@@ -25,8 +25,7 @@ from toonq.shared.errors import (
     InvalidURIError,
     UnknownBucketError,
 )
-from toonq.shared.job import JobStatus
-from toonq.shared.jobstore import utc_now
+from toonq.shared.job import JobStatus, utc_now
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
 

@@ -25,7 +25,7 @@ from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, JobStatus
-from toonq.shared.jobstore import JobStore
+from toonq.shared.jobstore import SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -65,7 +65,7 @@ class ToonqClient:
         self.settings = settings or Settings.from_env()
         self.actor = actor
         self._database = create_db_engine(self.settings.database_url)
-        self.store = JobStore(session_factory(self._database))
+        self.store = SqlJobStore(session_factory(self._database))
         self.objects = objects or open_store(self.settings)
         self.sender = Sender(
             create_celery_app(self.settings), self.store, queue=self.settings.queue

@@ -54,6 +54,31 @@ class JobStatus(StrEnum):
 
 
 FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: Waiting for a worker: a claim may start their next attempt.
+WAITING_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})
+CANCELLABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING})
+#: Finished without success: an operator may send them back to the queue.
+REQUEUEABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_status(value: JobStatus | str) -> JobStatus:
+    """`value` as a status; InvalidRequestError names the statuses there are."""
+    try:
+        return JobStatus(value)
+    except ValueError:
+        choices = ", ".join(status.value for status in JobStatus)
+        raise InvalidRequestError(f"unknown status {value!r}; expected one of {choices}") from None
+
+
+def aware(value: datetime | None, name: str) -> datetime | None:
+    """`value`, refused unless it is timezone-aware (the store compares UTC instants)."""
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequestError(f"{name} must be a timezone-aware datetime")
+    return value
 
 
 class EventKind(StrEnum):

@@ -1,0 +1,102 @@
+"""The producer's writes: creating jobs, once per idempotency key."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from toonq.shared.db.schema import JobRow
+from toonq.shared.errors import IdempotencyConflictError
+from toonq.shared.job import EventKind, Job, JobSpec
+from toonq.shared.jobstore.sql.base import SqlStoreBase, snapshot
+
+
+class SqlSubmissions(SqlStoreBase):
+    """Creates jobs."""
+
+    def create(self, spec: JobSpec, *, actor: str) -> tuple[Job, bool]:
+        """Create a job; returns (job, created). A repeated idempotency key returns the existing
+        job with created=False, or raises IdempotencyConflictError if its parameters differ."""
+        try:
+            with self._transaction() as session:
+                if spec.idempotency_key is not None:
+                    existing = self._by_key(session, spec.idempotency_key)
+                    if existing is not None:
+                        return _reuse(existing, spec), False
+                return self._insert(session, spec, actor=actor), True
+        except IntegrityError:
+            # Another producer inserted the same key between our read and our insert.
+            existing = self._existing_after_race(spec)
+            if existing is None:
+                raise
+            return _reuse(existing, spec), False
+
+    def create_many(
+        self, specs: Iterable[JobSpec], *, actor: str
+    ) -> builtins.list[tuple[Job, bool]]:
+        """`create` for a batch, in one transaction, so an idempotency conflict writes nothing
+        (except after losing a race for a key to another producer: each job is then created in
+        a transaction of its own)."""
+        specs = builtins.list(specs)
+        keys = sorted({spec.idempotency_key for spec in specs if spec.idempotency_key is not None})
+        try:
+            with self._transaction() as session:
+                known = session.scalars(select(JobRow).where(JobRow.idempotency_key.in_(keys)))
+                by_key = {row.idempotency_key: snapshot(Job, row) for row in known}
+                results: builtins.list[tuple[Job, bool]] = []
+                for spec in specs:
+                    existing = by_key.get(spec.idempotency_key)
+                    if existing is not None:
+                        results.append((_reuse(existing, spec), False))
+                        continue
+                    job = self._insert(session, spec, actor=actor)
+                    if spec.idempotency_key is not None:
+                        by_key[spec.idempotency_key] = job
+                    results.append((job, True))
+                return results
+        except IntegrityError:
+            # A concurrent producer took one of the keys: the batch was rolled back.
+            return [self.create(spec, actor=actor) for spec in specs]
+
+    def _by_key(self, session: Session, key: str) -> Job | None:
+        row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).one_or_none()
+        return None if row is None else snapshot(Job, row)
+
+    def _existing_after_race(self, spec: JobSpec) -> Job | None:
+        if spec.idempotency_key is None:
+            return None
+        with self._transaction() as session:
+            return self._by_key(session, spec.idempotency_key)
+
+    def _insert(self, session: Session, spec: JobSpec, *, actor: str) -> Job:
+        now = self._clock()
+        row = JobRow(
+            id=spec.id,
+            idempotency_key=spec.idempotency_key,
+            status=EventKind.CREATED.status,
+            input_uri=spec.input_uri,
+            output_uri=spec.output_uri,
+            params=spec.params,
+            priority=spec.priority,
+            attempts=0,
+            max_attempts=spec.max_attempts,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        self._event(session, row.id, EventKind.CREATED, actor=actor, at=now)
+        return snapshot(Job, row)
+
+
+def _reuse(existing: Job, spec: JobSpec) -> Job:
+    if not existing.matches(spec):
+        raise IdempotencyConflictError(
+            f"idempotency key {spec.idempotency_key!r} is already used by job {existing.id} "
+            "with different parameters"
+        )
+    return existing
