@@ -38,7 +38,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from toonq.shared.job import Job, JobStatus
-from toonq.shared.jobstore import Delivery
+from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, queue_lists
 from toonq.shared.settings import Settings
@@ -73,7 +73,7 @@ class Recovered:
 class Sender:
     """Sends jobs' wake-up messages and records that they were sent."""
 
-    def __init__(self, app: Celery, store: Delivery, *, queue: str) -> None:
+    def __init__(self, app: Celery, store: JobStore, *, queue: str) -> None:
         self.app = app
         self.store = store
         self.queue = queue
@@ -160,7 +160,7 @@ def _message(raw: bytes, *, wrapped: bool = True) -> tuple[uuid.UUID, float | No
 
 
 def recover(
-    store: Delivery,
+    store: JobStore,
     sender: Sender,
     *,
     resend_after_s: float,
@@ -198,7 +198,7 @@ def recover(
 
 
 def recover_once(
-    store: Delivery, sender: Sender, settings: Settings, messages: QueueMessages | None = None
+    store: JobStore, sender: Sender, settings: Settings, messages: QueueMessages | None = None
 ) -> list[Recovered]:
     """One recovery pass with the thresholds of `settings` (what `toonq recover` runs);
     `messages` defaults to a new view of the settings' queue."""
@@ -217,7 +217,7 @@ def _reason(job: Job) -> RecoveryReason:
     return RecoveryReason.UNSENT if job.enqueued_at is None else RecoveryReason.LOST
 
 
-def _stranded(store: Delivery, messages: QueueMessages, after_s: float) -> list[Job]:
+def _stranded(store: JobStore, messages: QueueMessages, after_s: float) -> list[Job]:
     now = time.time()
     cutoff = now - after_s
     oldest_waiting = messages.oldest_waiting_sent_at()
@@ -236,7 +236,7 @@ class RecoveryThread(threading.Thread):
     """Recovers every `TOONQ_SWEEP_INTERVAL_S` seconds until `stop()`. An error is logged and
     the next pass tries again: the thread must outlive a database or broker outage."""
 
-    def __init__(self, store: Delivery, sender: Sender, settings: Settings) -> None:
+    def __init__(self, store: JobStore, sender: Sender, settings: Settings) -> None:
         super().__init__(name="toonq-recovery", daemon=True)
         self._store = store
         self._sender = sender

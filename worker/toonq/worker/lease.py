@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from toonq.shared.job import Claim, Outcome
-from toonq.shared.jobstore import Attempts
+from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
 from toonq.worker import metrics
@@ -25,7 +25,7 @@ log = get_logger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, store: Attempts, *, lease_s: float, job_timeout_s: float) -> None:
+    def __init__(self, store: JobStore, *, lease_s: float, job_timeout_s: float) -> None:
         self._store = store
         self._lease_s = lease_s
         self._job_timeout_s = job_timeout_s

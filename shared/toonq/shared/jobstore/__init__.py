@@ -1,21 +1,10 @@
-"""The job store: where every job's state lives, split by the role of who changes it."""
+"""The job store: where every job's state lives. The SQL store is split by role, one module each:
+the producer's submissions, reads, the operators' administration, the worker's attempts, and the
+delivery bookkeeping that recovery reads."""
 
-from toonq.shared.jobstore.roles import (
-    Administration,
-    Attempts,
-    Delivery,
-    JobStore,
-    Reads,
-    Submissions,
-)
 from toonq.shared.jobstore.sql import SqlJobStore
 
-__all__ = [
-    "Administration",
-    "Attempts",
-    "Delivery",
-    "JobStore",
-    "Reads",
-    "SqlJobStore",
-    "Submissions",
-]
+#: What callers hold.
+JobStore = SqlJobStore
+
+__all__ = ["JobStore", "SqlJobStore"]
