@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak clean
+.PHONY: install demo test test-unit lint format bench soak clean
 
 install: $(INSTALLED)
 
@@ -21,8 +21,13 @@ $(INSTALLED): pyproject.toml
 demo: install
 	$(BIN)/toonq demo
 
+# Everything: unit, then integration (PostgreSQL, Redis, S3 over HTTP), then system (worker processes).
 test: install
 	$(BIN)/pytest
+
+# The tests that need no server, on every core.
+test-unit: install
+	$(BIN)/pytest -n auto tests/unit
 
 lint: install
 	$(BIN)/ruff check .
