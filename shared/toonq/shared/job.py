@@ -28,7 +28,7 @@ from toonq.shared.choices import (
     check_resolution,
 )
 from toonq.shared.colors import RGB, normalize_color, parse_color
-from toonq.shared.errors import InvalidRequestError
+from toonq.shared.errors import IdempotencyConflictError, InvalidRequestError
 
 if TYPE_CHECKING:
     from toonq.shared.settings import Settings
@@ -267,14 +267,20 @@ class Job:
             f"{self.model_name}@{self.model_revision}" if self.model_revision else self.model_name
         )
 
-    def matches(self, spec: JobSpec) -> bool:
-        """Whether `spec` asks for the same output (what an idempotent retry must repeat);
-        priority and max_attempts are delivery options and may differ."""
-        return (self.input_uri, self.output_uri, self.params) == (
+    def reuse_for(self, spec: JobSpec) -> Job:
+        """This job, found by the idempotency key of `spec`; IdempotencyConflictError unless
+        `spec` asks for the same output (what an idempotent retry must repeat). Priority and
+        max_attempts are delivery options and may differ."""
+        if (self.input_uri, self.output_uri, self.params) != (
             spec.input_uri,
             spec.output_uri,
             spec.params,
-        )
+        ):
+            raise IdempotencyConflictError(
+                f"idempotency key {spec.idempotency_key!r} is already used by job {self.id} "
+                "with different parameters"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values: UUIDs as strings, datetimes as ISO 8601 in UTC."""

@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toonq.shared.db.schema import JobRow
-from toonq.shared.errors import IdempotencyConflictError
 from toonq.shared.job import EventKind, Job, JobSpec
 from toonq.shared.jobstore.sql.base import SqlStoreBase, snapshot
 
@@ -26,14 +25,14 @@ class SqlSubmissions(SqlStoreBase):
                 if spec.idempotency_key is not None:
                     existing = self._by_key(session, spec.idempotency_key)
                     if existing is not None:
-                        return _reuse(existing, spec), False
+                        return existing.reuse_for(spec), False
                 return self._insert(session, spec, actor=actor), True
         except IntegrityError:
             # Another producer inserted the same key between our read and our insert.
             existing = self._existing_after_race(spec)
             if existing is None:
                 raise
-            return _reuse(existing, spec), False
+            return existing.reuse_for(spec), False
 
     def create_many(
         self, specs: Iterable[JobSpec], *, actor: str
@@ -51,7 +50,7 @@ class SqlSubmissions(SqlStoreBase):
                 for spec in specs:
                     existing = by_key.get(spec.idempotency_key)
                     if existing is not None:
-                        results.append((_reuse(existing, spec), False))
+                        results.append((existing.reuse_for(spec), False))
                         continue
                     job = self._insert(session, spec, actor=actor)
                     if spec.idempotency_key is not None:
@@ -91,12 +90,3 @@ class SqlSubmissions(SqlStoreBase):
         session.flush()
         self._event(session, row.id, EventKind.CREATED, actor=actor, at=now)
         return snapshot(Job, row)
-
-
-def _reuse(existing: Job, spec: JobSpec) -> Job:
-    if not existing.matches(spec):
-        raise IdempotencyConflictError(
-            f"idempotency key {spec.idempotency_key!r} is already used by job {existing.id} "
-            "with different parameters"
-        )
-    return existing
