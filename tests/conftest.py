@@ -11,7 +11,8 @@ with the reason instead of skipping (`.ci/run` starts both). Where they are:
 Fixtures, by service:
 
 * PostgreSQL: `pg_server`, `postgres_url`, `fresh_postgres_url`, `migrated_pg_url`, `pg_engine`,
-  `pg_sessions`, `jobstore`.
+  `pg_sessions`, `pg_jobstore`.
+* The job store contract: `jobstore`, each test once on PostgreSQL and once in memory.
 * SQLite: `sqlite_url`, `sqlite_jobstore`.
 * Redis: `redis_url`.
 * S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`, `refused_endpoint`.
@@ -40,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
 from toonq.shared.db.engine import create_db_engine, migrate, session_factory
 from toonq.shared.job import utc_now
-from toonq.shared.jobstore import JobStore, SqlJobStore
+from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
 from toonq.shared.settings import normalize_database_url
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class ManualClock:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    """The clock of the `jobstore` and `sqlite_jobstore` fixtures."""
+    """The clock of every job store fixture."""
     return ManualClock()
 
 
@@ -166,9 +167,19 @@ def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture
-def jobstore(pg_sessions: sessionmaker[Session], clock: ManualClock) -> JobStore:
+def pg_jobstore(pg_sessions: sessionmaker[Session], clock: ManualClock) -> SqlJobStore:
     """A job store on an empty, migrated PostgreSQL database, reading time from `clock`."""
     return SqlJobStore(pg_sessions, clock=clock)
+
+
+@pytest.fixture(params=["postgres", "memory"])
+def jobstore(request: pytest.FixtureRequest, clock: ManualClock) -> JobStore:
+    """An empty job store reading time from `clock`: the test runs once on PostgreSQL and once
+    on the in-memory store, which must behave the same."""
+    if request.param == "memory":
+        return InMemoryJobStore(clock=clock)
+    store: SqlJobStore = request.getfixturevalue("pg_jobstore")
+    return store
 
 
 # --- SQLite ---------------------------------------------------------------------------------------

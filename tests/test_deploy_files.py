@@ -556,17 +556,17 @@ def test_keda_open_jobs_are_the_unfinished_statuses() -> None:
 
 
 def test_keda_queries_count_busy_workers_and_open_jobs(
-    jobstore: JobStore, pg_engine: Engine, clock: ManualClock
+    pg_jobstore: JobStore, pg_engine: Engine, clock: ManualClock
 ) -> None:
-    jobs = [create(jobstore) for _ in range(6)]
-    claim(jobstore, jobs[0], "toonq-worker-a")
-    claim(jobstore, jobs[1], "toonq-worker-a")
-    claim(jobstore, jobs[2], "toonq-worker-b")
+    jobs = [create(pg_jobstore) for _ in range(6)]
+    claim(pg_jobstore, jobs[0], "toonq-worker-a")
+    claim(pg_jobstore, jobs[1], "toonq-worker-a")
+    claim(pg_jobstore, jobs[2], "toonq-worker-b")
     # A worker lost an hour ago: its job still reads running, under a lapsed lease.
     clock.advance(-3600)
-    claim(jobstore, jobs[3], "toonq-worker-lost")
+    claim(pg_jobstore, jobs[3], "toonq-worker-lost")
     clock.advance(3600)
-    jobstore.cancel(jobs[4].id, actor="test")
+    pg_jobstore.cancel(jobs[4].id, actor="test")
     # jobs[5] waits in the queue.
 
     with pg_engine.connect() as connection:

@@ -1,4 +1,6 @@
-"""The job store on PostgreSQL (and its SQLite specifics): every operation and transition."""
+"""The job store's contract: every operation and transition, each test run on PostgreSQL and on
+the in-memory store (the `jobstore` fixture). What only the SQL store has is in
+`test_sql_jobstore.py`."""
 
 from __future__ import annotations
 
@@ -13,19 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
-from sqlalchemy import text
 
-from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidTransitionError,
     JobNotFoundError,
 )
 from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus
-from toonq.shared.jobstore import JobStore, SqlJobStore
+from toonq.shared.jobstore import JobStore
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
@@ -80,6 +78,16 @@ def finish(store: JobStore, job: Job, status: JobStatus) -> Job:
     else:
         assert store.mark_failed(current, error_code="input_not_found", error_message="gone")
     return store.get(job.id)
+
+
+def retry(store: JobStore, job: Job, next_attempt_at: datetime) -> None:
+    """Claim a waiting job, and fail that attempt with a transient error."""
+    assert store.mark_retrying(
+        claim(store, job),
+        error_code="storage_unavailable",
+        error_message="503",
+        next_attempt_at=next_attempt_at,
+    )
 
 
 FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
@@ -202,6 +210,7 @@ def test_unknown_job(jobstore: JobStore) -> None:
     ):
         with pytest.raises(JobNotFoundError, match=str(unknown)):
             call()
+    assert not jobstore.mark_enqueued(unknown)
 
 
 def test_list_newest_first_with_filters(jobstore: JobStore, clock: ManualClock) -> None:
@@ -603,12 +612,7 @@ def test_due_for_recovery(jobstore: JobStore, clock: ManualClock) -> None:
     running = create(jobstore)
     claim(jobstore, running)
     retrying = create(jobstore)
-    assert jobstore.mark_retrying(
-        claim(jobstore, retrying),
-        error_code="storage_unavailable",
-        error_message="503",
-        next_attempt_at=clock() + timedelta(seconds=30),
-    )
+    retry(jobstore, retrying, clock() + timedelta(seconds=30))
     finish(jobstore, create(jobstore), JobStatus.FAILED)
 
     def due(after_s: float) -> set[uuid.UUID]:
@@ -653,6 +657,57 @@ def test_a_lost_running_job_is_recovered_once_not_at_every_pass(
     assert due() == set()
     clock.advance(601)  # that message is presumed lost too
     assert due() == {running.id}
+
+
+def test_jobs_due_for_recovery_come_most_urgent_first(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    low = create(jobstore, priority=0)
+    clock.advance(1)
+    high = create(jobstore, priority=9)
+    clock.advance(1)
+    later_low = create(jobstore, priority=0)
+
+    def due(limit: int) -> list[uuid.UUID]:
+        found = jobstore.due_for_recovery(unsent_grace_s=0, lost_after_s=600, limit=limit)
+        return [job.id for job in found]
+
+    clock.advance(1)
+    assert due(10) == [high.id, low.id, later_low.id]
+    assert due(2) == [high.id, low.id]
+
+
+def test_waiting_after_send(jobstore: JobStore, clock: ManualClock) -> None:
+    start = clock()
+    unsent = create(jobstore)
+    sent = create(jobstore, priority=5)
+    assert jobstore.mark_enqueued(sent.id)
+    running = create(jobstore)
+    assert jobstore.mark_enqueued(running.id)
+    claim(jobstore, running)
+    retrying = create(jobstore)
+    retry(jobstore, retrying, clock() + timedelta(seconds=30))
+    retrying_unsent = create(jobstore)
+    retry(jobstore, retrying_unsent, clock())
+    assert jobstore.mark_enqueued(retrying.id)
+
+    def waiting(sent_s: float, due_s: float) -> list[uuid.UUID]:
+        found = jobstore.waiting_after_send(
+            sent_before=start + timedelta(seconds=sent_s),
+            due_before=start + timedelta(seconds=due_s),
+        )
+        return [job.id for job in found]
+
+    assert waiting(0, 0) == []  # sent after `start`; the retry is not due yet
+    assert waiting(1, 0) == [sent.id]
+    assert waiting(1, 31) == [sent.id, retrying.id]
+    assert unsent.id not in waiting(3600, 3600)
+    assert retrying_unsent.id not in waiting(3600, 3600)
+    assert jobstore.waiting_after_send(
+        sent_before=start + timedelta(seconds=1),
+        due_before=start + timedelta(seconds=31),
+        limit=1,
+    ) == [jobstore.get(sent.id)]
 
 
 # --- History --------------------------------------------------------------------------------------
@@ -731,80 +786,6 @@ def test_each_event_leads_to_the_status_its_kind_names(
     check()
 
     assert set(seen) == set(EventKind)
-
-
-# --- SQLite and failures --------------------------------------------------------------------------
-
-
-def test_sqlite_store_works_in_utc(sqlite_jobstore: JobStore, clock: ManualClock) -> None:
-    job = create(sqlite_jobstore, idempotency_key="k")
-    current = claim(sqlite_jobstore, job)
-    assert current.job.lease_expires_at is not None
-    assert current.job.lease_expires_at.tzinfo is UTC
-    clock.advance(LEASE_S + 1)
-
-    assert claim(sqlite_jobstore, job, worker="w2").attempt == 2
-
-    assert sqlite_jobstore.create(make_spec(idempotency_key="k"), actor="p") == (
-        sqlite_jobstore.get(job.id),
-        False,
-    )
-    assert datetime.fromisoformat(sqlite_jobstore.get(job.id).to_dict()["started_at"]).tzinfo
-
-
-def test_sqlite_concurrent_claims_have_one_winner(sqlite_jobstore: JobStore) -> None:
-    job = create(sqlite_jobstore)
-
-    claims = run_concurrently(4, lambda: sqlite_jobstore.claim(job.id, worker="w", lease_s=LEASE_S))
-
-    assert sum(result is not None for result in claims) == 1
-
-
-def test_sqlite_engine_is_shareable_between_processes(sqlite_url: str) -> None:
-    engine = create_db_engine(sqlite_url)
-    with engine.connect() as connection:
-        pragma = {
-            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-            for name in ("journal_mode", "foreign_keys", "busy_timeout")
-        }
-    engine.dispose()
-    assert pragma["journal_mode"] == "wal"
-    assert pragma["foreign_keys"] == 1
-    assert isinstance(pragma["busy_timeout"], int)
-    assert pragma["busy_timeout"] > 0
-
-
-def test_deleting_a_job_deletes_its_events(sqlite_jobstore: JobStore, sqlite_url: str) -> None:
-    job = create(sqlite_jobstore)
-    engine = create_db_engine(sqlite_url)
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM jobs"))
-        assert connection.execute(text("SELECT count(*) FROM job_events")).scalar() == 0
-    engine.dispose()
-    with pytest.raises(JobNotFoundError):
-        sqlite_jobstore.events(job.id)
-
-
-def test_an_unreachable_database_is_unavailable() -> None:
-    engine = create_db_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
-    store = SqlJobStore(session_factory(engine))
-
-    with pytest.raises(DatabaseUnavailableError) as raised:
-        store.list()
-    assert raised.value.code == "database_unavailable"
-    engine.dispose()
-
-
-@pytest.mark.parametrize("backend", ["fresh_postgres_url", "sqlite_url"])
-def test_an_unmigrated_database_asks_for_migrations(
-    backend: str, request: pytest.FixtureRequest
-) -> None:
-    engine = create_db_engine(request.getfixturevalue(backend))
-    store = SqlJobStore(session_factory(engine))
-
-    with pytest.raises(ConfigurationError, match="toonq migrate"):
-        store.get(uuid.uuid4())
-    engine.dispose()
 
 
 # --- Helpers --------------------------------------------------------------------------------------

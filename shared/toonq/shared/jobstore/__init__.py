@@ -1,10 +1,12 @@
 """The job store: where every job's state lives. The SQL store is split by role, one module each:
 the producer's submissions, reads, the operators' administration, the worker's attempts, and the
-delivery bookkeeping that recovery reads."""
+delivery bookkeeping that recovery reads. The in-memory store is its test double, held to the
+same contract tests."""
 
+from toonq.shared.jobstore.memory import InMemoryJobStore
 from toonq.shared.jobstore.sql import SqlJobStore
 
 #: What callers hold.
-JobStore = SqlJobStore
+JobStore = SqlJobStore | InMemoryJobStore
 
-__all__ = ["JobStore", "SqlJobStore"]
+__all__ = ["InMemoryJobStore", "JobStore", "SqlJobStore"]

@@ -1,0 +1,90 @@
+"""What only the SQL job store has: SQLite's setup, and the errors of an unreachable or
+unmigrated database. Its behaviour as a job store is in `test_jobstore.py`, for both stores."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import text
+
+from tests.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
+from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
+from toonq.shared.jobstore import JobStore, SqlJobStore
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
+
+
+def test_sqlite_store_works_in_utc(sqlite_jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(sqlite_jobstore, idempotency_key="k")
+    current = claim(sqlite_jobstore, job)
+    assert current.job.lease_expires_at is not None
+    assert current.job.lease_expires_at.tzinfo is UTC
+    clock.advance(LEASE_S + 1)
+
+    assert claim(sqlite_jobstore, job, worker="w2").attempt == 2
+
+    assert sqlite_jobstore.create(make_spec(idempotency_key="k"), actor="p") == (
+        sqlite_jobstore.get(job.id),
+        False,
+    )
+    assert datetime.fromisoformat(sqlite_jobstore.get(job.id).to_dict()["started_at"]).tzinfo
+
+
+def test_sqlite_concurrent_claims_have_one_winner(sqlite_jobstore: JobStore) -> None:
+    job = create(sqlite_jobstore)
+
+    claims = run_concurrently(4, lambda: sqlite_jobstore.claim(job.id, worker="w", lease_s=LEASE_S))
+
+    assert sum(result is not None for result in claims) == 1
+
+
+def test_sqlite_engine_is_shareable_between_processes(sqlite_url: str) -> None:
+    engine = create_db_engine(sqlite_url)
+    with engine.connect() as connection:
+        pragma = {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout")
+        }
+    engine.dispose()
+    assert pragma["journal_mode"] == "wal"
+    assert pragma["foreign_keys"] == 1
+    assert isinstance(pragma["busy_timeout"], int)
+    assert pragma["busy_timeout"] > 0
+
+
+def test_deleting_a_job_deletes_its_events(sqlite_jobstore: JobStore, sqlite_url: str) -> None:
+    job = create(sqlite_jobstore)
+    engine = create_db_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM jobs"))
+        assert connection.execute(text("SELECT count(*) FROM job_events")).scalar() == 0
+    engine.dispose()
+    with pytest.raises(JobNotFoundError):
+        sqlite_jobstore.events(job.id)
+
+
+def test_an_unreachable_database_is_unavailable() -> None:
+    engine = create_db_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
+    store = SqlJobStore(session_factory(engine))
+
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        store.list()
+    assert raised.value.code == "database_unavailable"
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["fresh_postgres_url", "sqlite_url"])
+def test_an_unmigrated_database_asks_for_migrations(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    engine = create_db_engine(request.getfixturevalue(backend))
+    store = SqlJobStore(session_factory(engine))
+
+    with pytest.raises(ConfigurationError, match="toonq migrate"):
+        store.get(uuid.uuid4())
+    engine.dispose()
