@@ -17,15 +17,18 @@ import builtins
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
+
+from celery import Celery
 
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, JobStatus
-from toonq.shared.jobstore import SqlJobStore
+from toonq.shared.jobstore import JobStore, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -61,21 +64,30 @@ class ToonqClient:
         *,
         actor: str = "producer",
         objects: ObjectStore | None = None,
+        store: JobStore | None = None,
+        app: Celery | None = None,
     ) -> None:
+        """A client for `settings` (default: from the environment). The job store, object store
+        and Celery app are built from them unless given (e.g. test doubles); `close` releases
+        only what the client built."""
         self.settings = settings or Settings.from_env()
         self.actor = actor
-        self._database = create_db_engine(self.settings.database_url)
-        self.store = SqlJobStore(session_factory(self._database))
+        self._owned = ExitStack()
+        if store is None:
+            database = create_db_engine(self.settings.database_url)
+            self._owned.callback(database.dispose)
+            store = SqlJobStore(session_factory(database))
+        self.store: JobStore = store
         self.objects = objects or open_store(self.settings)
-        self.sender = Sender(
-            create_celery_app(self.settings), self.store, queue=self.settings.queue
-        )
+        if app is None:
+            app = create_celery_app(self.settings)
+            self._owned.callback(app.close)
+        self.sender = Sender(app, self.store, queue=self.settings.queue)
         self._validator = InputValidator(self.objects)
 
     def close(self) -> None:
-        """Release the database and broker connections."""
-        self._database.dispose()
-        self.sender.app.close()
+        """Release the database and broker connections the client opened."""
+        self._owned.close()
 
     def __enter__(self) -> ToonqClient:
         return self

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -53,6 +54,8 @@ CLOCK_SKEW_S = 1.0
 #: Where kombu's Redis transport keeps unacknowledged messages (its default key names).
 UNACKED_HASH = "unacked"
 UNACKED_INDEX = "unacked_index"
+#: The broker URL schemes of Redis, whose queues `QueueMessages` reads.
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
 
 class RecoveryReason(StrEnum):
@@ -100,8 +103,11 @@ class QueueMessages:
 
     @classmethod
     def of(cls, settings: Settings) -> QueueMessages | None:
-        """The queue's messages, or None with the embedded broker (which has no such sets)."""
-        return None if settings.is_embedded_broker else cls(settings.broker_url, settings.queue)
+        """The queue's messages on a Redis broker, or None on another (the embedded folder
+        broker, kombu's in-memory transport), which keeps no such sets."""
+        if urlsplit(settings.broker_url).scheme not in REDIS_SCHEMES:
+            return None
+        return cls(settings.broker_url, settings.queue)
 
     def received_job_ids(
         self, *, since: float = float("-inf"), until: float | None = None

@@ -14,17 +14,28 @@ from toonq.shared.settings import Settings
 
 
 class Context:
-    """Settings and a client, created on first use so that `--help` needs no database."""
+    """Settings and a client, created on first use so that `--help` needs no database.
+
+    A ready `client` may be handed in instead, with its settings (the unit tests run the
+    commands on test doubles: `CliRunner().invoke(cli, args, obj=Context(client))`).
+    """
+
+    def __init__(self, client: ToonqClient | None = None) -> None:
+        self._ready_client = client
 
     @cached_property
     def settings(self) -> Settings:
-        settings = Settings.from_env()
+        client = self._ready_client
+        settings = Settings.from_env() if client is None else client.settings
         configure_logging(fmt=settings.log_format, level=settings.log_level)
         return settings
 
     @cached_property
     def client(self) -> ToonqClient:
-        return ToonqClient(self.settings, actor=f"cli:{getpass.getuser()}@{socket.gethostname()}")
+        settings = self.settings  # logging is configured before the client logs anything
+        if self._ready_client is not None:
+            return self._ready_client
+        return ToonqClient(settings, actor=f"cli:{getpass.getuser()}@{socket.gethostname()}")
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
