@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import redis
-
-from tests.conftest import ManualClock
 from tests.support import job_spec
 from toonq.shared.job import Claim, EventKind, JobStatus
 from toonq.shared.jobstore import JobStore
-from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import Sender
-from toonq.shared.settings import Settings
 from toonq.worker.lease import LeaseKeeper
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
+    from tests.unit.conftest import MemoryBroker
 
 
 def claimed(store: JobStore, *, worker: str = "w1") -> Claim:
@@ -54,10 +54,8 @@ def test_an_attempt_past_the_job_timeout_loses_its_lease(
 
 
 def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
-    jobstore: JobStore, redis_url: str
+    jobstore: JobStore, sender: Sender, broker: MemoryBroker
 ) -> None:
-    settings = Settings.from_env({"TOONQ_BROKER_URL": redis_url, "TOONQ_QUEUE": "handback"})
-    app = create_celery_app(settings)
     keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
     held, finished = claimed(jobstore), claimed(jobstore)
     with keeper.holding(held), keeper.holding(finished):
@@ -69,9 +67,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
             image_height=1,
             timings={},
         )
-        handed = keeper.hand_back_all(
-            Sender(app, jobstore, queue="handback"), reason="shutting down"
-        )
+        handed = keeper.hand_back_all(sender, reason="shutting down")
 
     assert handed == 1  # the finished job stays finished
     job = jobstore.get(held.job.id)
@@ -79,9 +75,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
     assert job.enqueued_at is not None  # announced again at once
     last = jobstore.events(job.id)[-1]
     assert (last.kind, last.reason) == (EventKind.HANDED_BACK, "shutting down")
-    queued = redis.Redis.from_url(redis_url)
-    assert sum(int(queued.llen(name)) for name in queue_lists("handback")) == 1
+    assert [message.job_id for message in broker.take_sent()] == [job.id]
     # The worker that handed the job back can no longer record an outcome for it.
     assert not jobstore.mark_failed(held, error_code="internal_error", error_message="late")
     assert jobstore.claim(job.id, worker="w2", lease_s=60) is not None
-    app.close()

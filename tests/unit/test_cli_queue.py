@@ -1,0 +1,209 @@
+"""The queue commands (`toonq submit`, `status`, `jobs`, `cancel`, `requeue`, `recover`) through
+click's runner, with a client on the in-memory job store and the memory broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.support import png_bytes
+from toonq.producer import ToonqClient
+from toonq.producer.cli.context import Context
+from toonq.producer.cli.main import cli
+from toonq.shared.job import EventKind, Job, JobParams, JobSpec, JobStatus
+from toonq.shared.jobstore import InMemoryJobStore
+from toonq.shared.recovery import UNSENT_GRACE_S
+from toonq.shared.settings import Settings
+from toonq.shared.storage import local_roots
+from toonq.shared.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
+    from tests.unit.conftest import MemoryBroker
+
+ACTOR = "cli:ops@laptop"
+
+
+@pytest.fixture
+def client(
+    settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> Iterator[ToonqClient]:
+    with ToonqClient(
+        settings,
+        actor=ACTOR,
+        objects=LocalStore(local_roots(settings)),
+        store=jobstore,
+        app=broker.app,
+    ) as client:
+        yield client
+
+
+def toonq(client: ToonqClient, *args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), obj=Context(client))
+
+
+def toonq_json(client: ToonqClient, *args: str) -> Any:
+    result = toonq(client, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def input_uri(settings: Settings) -> str:
+    source = settings.home / "in" / "cat.png"
+    source.parent.mkdir(exist_ok=True)
+    source.write_bytes(png_bytes())
+    return source.as_uri()
+
+
+def created_job(jobstore: InMemoryJobStore, settings: Settings) -> Job:
+    """A job created in the store (its message never sent)."""
+    job, _ = jobstore.create(
+        JobSpec(
+            input_uri=input_uri(settings),
+            output_uri=(settings.home / "out.png").as_uri(),
+            params=JobParams(bg_color="#808080", format="png", resolution=1024),
+            max_attempts=1,
+        ),
+        actor="producer",
+    )
+    return job
+
+
+def failed_job(jobstore: InMemoryJobStore, settings: Settings) -> Job:
+    job = created_job(jobstore, settings)
+    claim = jobstore.claim(job.id, worker="w1", lease_s=60)
+    assert claim is not None
+    assert jobstore.mark_failed(claim, error_code="input_not_found", error_message="gone")
+    return jobstore.get(job.id)
+
+
+def test_submit_writes_a_queued_job_and_sends_its_message(
+    client: ToonqClient, settings: Settings, broker: MemoryBroker
+) -> None:
+    data = toonq_json(client, "submit", input_uri(settings), "--priority", "5", "--mask-only")
+
+    job = client.get(data["id"])
+    assert data == job.to_dict()
+    assert (job.status, job.priority, job.params.mask_only) == (JobStatus.QUEUED, 5, True)
+    assert job.output_uri == f"{settings.output_prefix}/{job.id}.png"
+    assert job.enqueued_at is not None
+    assert [message.job_id for message in broker.take_sent()] == [job.id]
+    assert [(event.kind, event.actor) for event in client.events(job.id)] == [
+        (EventKind.CREATED, ACTOR)
+    ]
+
+
+def test_status_shows_the_job_and_its_history(client: ToonqClient, settings: Settings) -> None:
+    job = client.submit(input_uri(settings))
+
+    data = toonq_json(client, "status", str(job.id))
+
+    assert data["id"] == str(job.id)
+    assert data["status"] == "queued"
+    assert [event["kind"] for event in data["events"]] == ["created"]
+    assert toonq(client, "status", str(job.id)).stdout.startswith(f"id:             {job.id}\n")
+
+
+def test_status_of_an_unknown_job_is_a_typed_error(client: ToonqClient) -> None:
+    unknown = uuid.uuid4()
+
+    result = toonq(client, "status", str(unknown))
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error [job_not_found]: job {unknown} not found\n"
+
+
+def test_jobs_lists_newest_first_with_filters(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, clock: ManualClock
+) -> None:
+    failed = failed_job(jobstore, settings)
+    clock.advance(1)
+    queued = client.submit(input_uri(settings))
+
+    assert [job["id"] for job in toonq_json(client, "jobs")] == [str(queued.id), str(failed.id)]
+    assert [job["id"] for job in toonq_json(client, "jobs", "--status", "failed")] == [
+        str(failed.id)
+    ]
+    table = toonq(client, "jobs", "--error-code", "input_not_found").stdout.splitlines()
+    assert table[0].split() == [
+        "ID",
+        "STATUS",
+        "ATTEMPTS",
+        "ERROR_CODE",
+        "INPUT_URI",
+        "OUTPUT_URI",
+    ]
+    assert [line.split()[:4] for line in table[1:]] == [
+        [str(failed.id), "failed", "1", "input_not_found"]
+    ]
+
+
+def test_cancel_records_who_cancelled_and_why(client: ToonqClient, settings: Settings) -> None:
+    job = client.submit(input_uri(settings))
+
+    result = toonq(client, "cancel", str(job.id), "--reason", "wrong input")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{job.id} cancelled\n"
+    cancelled = client.events(job.id)[-1]
+    assert (cancelled.kind, cancelled.actor, cancelled.reason) == (
+        EventKind.CANCELLED,
+        ACTOR,
+        "wrong input",
+    )
+    again = toonq(client, "cancel", str(job.id))
+    assert again.exit_code == 1
+    assert again.stderr.startswith("error [invalid_transition]: ")
+
+
+def test_requeue_dry_run_changes_nothing(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
+) -> None:
+    failed = failed_job(jobstore, settings)
+    history = jobstore.events(failed.id)
+
+    result = toonq(client, "requeue", "--error-code", "input_not_found", "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    assert str(failed.id) in result.stdout
+    assert result.stdout.endswith("would requeue 1 job(s)\n")
+    assert jobstore.get(failed.id) == failed
+    assert jobstore.events(failed.id) == history
+    assert broker.take_sent() == []
+
+
+def test_requeue_sends_the_jobs_back_to_the_queue(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
+) -> None:
+    failed = failed_job(jobstore, settings)
+
+    [data] = toonq_json(client, "requeue", str(failed.id), "--reason", "fixed")
+
+    assert (data["id"], data["status"], data["attempts"]) == (str(failed.id), "queued", 0)
+    assert [message.job_id for message in broker.take_sent()] == [failed.id]
+    requeued = jobstore.events(failed.id)[-1]
+    assert (requeued.kind, requeued.actor, requeued.reason) == (EventKind.REQUEUED, ACTOR, "fixed")
+
+
+def test_recover_sends_an_unsent_job_and_says_why(
+    client: ToonqClient,
+    jobstore: InMemoryJobStore,
+    settings: Settings,
+    broker: MemoryBroker,
+    clock: ManualClock,
+) -> None:
+    unsent = created_job(jobstore, settings)  # its producer died before sending it
+    clock.advance(UNSENT_GRACE_S + 1)
+
+    assert toonq_json(client, "recover") == {
+        "recovered": 1,
+        "by_status": {"queued": 1},
+        "by_reason": {"unsent": 1},
+    }
+    assert [message.job_id for message in broker.take_sent()] == [unsent.id]
+    assert toonq(client, "recover").stdout == "re-sent 0 job(s)\n"

@@ -1,0 +1,245 @@
+"""`process_job`, one message at a time, on the in-memory job store, the memory broker, a file
+object store and the stand-in model: what each outcome does to the job and which messages it
+sends."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from PIL import Image
+
+from tests.support import png_bytes
+from toonq.shared.errors import StorageUnavailableError
+from toonq.shared.job import EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
+from toonq.shared.jobstore import InMemoryJobStore
+from toonq.shared.recovery import Sender
+from toonq.shared.settings import Settings
+from toonq.shared.storage.local import LocalStore
+from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.engine.matting import MattingEngine, StackedBatch
+from toonq.worker.engine.weights import load_model
+from toonq.worker.lease import LeaseKeeper
+from toonq.worker.processor import WorkerContext, process_job
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
+    from tests.unit.conftest import MemoryBroker
+
+WORKER = "w1"
+
+
+class InterruptedStore(LocalStore):
+    """A file object store that calls `before_read` before each read: to fail as an
+    unavailable store does, or to change the job while its attempt runs."""
+
+    def __init__(self, roots: list[Path], before_read: Callable[[], None]) -> None:
+        super().__init__(roots)
+        self._before_read = before_read
+
+    def get(self, uri: str, *, max_bytes: int) -> bytes:
+        self._before_read()
+        return super().get(uri, max_bytes=max_bytes)
+
+
+def storage_unavailable() -> None:
+    raise StorageUnavailableError("503 Slow Down")
+
+
+@pytest.fixture(scope="module")
+def engine() -> MattingEngine:
+    return MattingEngine(load_model("standin:0"), device="cpu", resolution=64)
+
+
+@pytest.fixture(scope="module")
+def batcher(engine: MattingEngine) -> Iterator[InferenceBatcher[StackedBatch]]:
+    """The GPU loop, shared by the module's tests: it keeps no job's state."""
+    batcher = InferenceBatcher(engine.stack_batch, engine.run_batch, max_batch_size=1, max_wait_s=0)
+    batcher.start()
+    yield batcher
+    batcher.stop()
+
+
+@pytest.fixture
+def ctx(
+    settings: Settings,
+    jobstore: InMemoryJobStore,
+    sender: Sender,
+    engine: MattingEngine,
+    batcher: InferenceBatcher[StackedBatch],
+) -> WorkerContext:
+    return WorkerContext(
+        settings=settings,
+        store=jobstore,
+        objects=LocalStore([settings.home]),
+        engine=engine,
+        batcher=batcher,
+        leases=LeaseKeeper(jobstore, lease_s=settings.lease_s, job_timeout_s=900),
+        sender=sender,
+        worker_name=WORKER,
+    )
+
+
+def submitted(ctx: WorkerContext, *, max_attempts: int = 3, with_input: bool = True) -> Job:
+    """A job whose input is a PNG in TOONQ_HOME (or nowhere), as the client creates it."""
+    home = ctx.settings.home
+    source = home / "in" / f"{uuid.uuid4().hex}.png"
+    if with_input:
+        source.parent.mkdir(exist_ok=True)
+        source.write_bytes(png_bytes((80, 60)))
+    job, _ = ctx.store.create(
+        JobSpec(
+            input_uri=source.as_uri(),
+            output_uri=(home / "out" / source.name).as_uri(),
+            params=JobParams(bg_color="#808080", format="png", resolution=64),
+            max_attempts=max_attempts,
+        ),
+        actor="test",
+    )
+    return job
+
+
+def output_path(job: Job) -> Path:
+    return Path(job.output_uri.removeprefix("file://"))
+
+
+def test_success_writes_the_output_then_records_it(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    job = submitted(ctx)
+
+    assert process_job(ctx, job.id) is Outcome.SUCCEEDED
+
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert (output.format, output.mode, output.size) == ("PNG", "RGBA", (80, 60))
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.worker) == (JobStatus.SUCCEEDED, 1, WORKER)
+    assert (done.model, done.image_width, done.image_height) == ("standin:0@standin", 80, 60)
+    assert done.timings is not None
+    assert {"queue_wait", "download", "inference", "upload", "total"} <= done.timings.keys()
+    assert [event.kind for event in ctx.store.events(job.id)] == [
+        EventKind.CREATED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]
+    assert broker.take_sent() == []
+
+
+def test_a_missing_input_fails_the_job_at_once(ctx: WorkerContext, broker: MemoryBroker) -> None:
+    job = submitted(ctx, with_input=False)
+
+    assert process_job(ctx, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code, failed.attempts) == (
+        JobStatus.FAILED,
+        "input_not_found",
+        1,
+    )
+    assert not output_path(job).exists()
+    assert broker.take_sent() == []
+
+
+def test_a_transient_error_schedules_a_retry_and_sends_its_message(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    ctx = replace(ctx, objects=InterruptedStore([ctx.settings.home], storage_unavailable))
+    job = submitted(ctx)
+    before = datetime.now(UTC)
+
+    assert process_job(ctx, job.id) is Outcome.RETRYING
+
+    retrying = ctx.store.get(job.id)
+    assert (retrying.status, retrying.error_code, retrying.attempts) == (
+        JobStatus.RETRYING,
+        "storage_unavailable",
+        1,
+    )
+    assert retrying.next_attempt_at is not None
+    # The first backoff step, with its jitter: between half and all of TOONQ_RETRY_BACKOFF_S.
+    backoff = timedelta(seconds=ctx.settings.retry_backoff_s)
+    assert before + backoff / 2 <= retrying.next_attempt_at <= datetime.now(UTC) + backoff
+    assert retrying.enqueued_at is not None
+    [message] = broker.take_sent()
+    assert message.job_id == job.id
+    assert message.eta is not None
+    assert abs(message.eta - retrying.next_attempt_at) < timedelta(seconds=1)
+
+
+def test_a_transient_error_on_the_last_attempt_fails_the_job(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    ctx = replace(ctx, objects=InterruptedStore([ctx.settings.home], storage_unavailable))
+    job = submitted(ctx, max_attempts=1)
+
+    assert process_job(ctx, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "storage_unavailable")
+    assert failed.error_message == "gave up after 1 attempts: 503 Slow Down"
+    assert broker.take_sent() == []
+
+
+def test_a_duplicate_message_of_a_running_job_is_skipped(ctx: WorkerContext) -> None:
+    job = submitted(ctx)
+    running = ctx.store.claim(job.id, worker="w2", lease_s=60)
+    assert running is not None
+
+    assert process_job(ctx, job.id) is Outcome.SKIPPED
+
+    assert ctx.store.get(job.id) == running.job
+    assert not output_path(job).exists()
+
+
+def test_a_message_of_a_finished_job_is_skipped(ctx: WorkerContext) -> None:
+    job = submitted(ctx)
+    assert process_job(ctx, job.id) is Outcome.SUCCEEDED
+    done = ctx.store.get(job.id)
+
+    assert process_job(ctx, job.id) is Outcome.SKIPPED
+
+    assert ctx.store.get(job.id) == done
+
+
+def test_the_outcome_of_a_job_cancelled_while_it_ran_is_discarded(ctx: WorkerContext) -> None:
+    job = submitted(ctx)
+
+    def cancel() -> None:
+        ctx.store.cancel(job.id, actor="cli:ops@laptop", reason="wrong input")
+
+    ctx = replace(ctx, objects=InterruptedStore([ctx.settings.home], cancel))
+
+    assert process_job(ctx, job.id) is Outcome.DISCARDED
+
+    cancelled = ctx.store.get(job.id)
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.model is None
+    assert ctx.store.events(job.id)[-1].kind is EventKind.CANCELLED
+
+
+def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
+    ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
+) -> None:
+    job = submitted(ctx)
+    first = ctx.store.claim(job.id, worker=WORKER, lease_s=60)
+    assert first is not None
+    due = clock() + timedelta(seconds=30)
+    assert ctx.store.mark_retrying(
+        first, error_code="storage_unavailable", error_message="503", next_attempt_at=due
+    )
+
+    assert process_job(ctx, job.id) is Outcome.SKIPPED
+
+    after = ctx.store.get(job.id)
+    assert (after.status, after.attempts) == (JobStatus.RETRYING, 1)
+    assert after.enqueued_at is not None  # announced again, for when it is due
+    [message] = broker.take_sent()
+    assert message.job_id == job.id
+    assert message.eta is not None
+    assert abs(message.eta - due) < timedelta(seconds=1)
