@@ -1,0 +1,44 @@
+"""A `toonq worker` process, started from an environment and waited on until it is ready.
+
+Ready means that its /readyz probe answers 200: the model is loaded and warm and the consumer
+is starting. The probe says so whatever the log's format or level; it listens on
+TOONQ_METRICS_PORT, a free port unless the environment names one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from toonq.worker.harness.network import answers_ok, free_port
+from toonq.worker.harness.process import ChildProcess
+
+#: The `toonq` command line, run by the interpreter running this.
+TOONQ_COMMAND = (sys.executable, "-m", "toonq.producer.cli")
+
+
+class WorkerProcess(ChildProcess):
+    """`toonq worker` with `env`, logging to `log_path`; stopped with SIGTERM (a warm shutdown:
+    jobs in hand finish or are handed back) on leaving a `with` block."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.port = int(env.get("TOONQ_METRICS_PORT") or 0) or free_port()
+        super().__init__(
+            [*TOONQ_COMMAND, "worker"],
+            name=f"the worker logging to {log_path}",
+            log_path=log_path,
+            env={**env, "TOONQ_METRICS_PORT": str(self.port)},
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Whether the worker consumes now."""
+        return answers_ok(f"http://127.0.0.1:{self.port}/readyz")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Wait until the worker consumes; ProcessExitedError if it exits first (a missing
+        model, a bad setting), with the end of its log."""
+        self.wait_until(
+            lambda: self.ready, waiting_for="the worker to be ready", timeout_s=timeout_s
+        )
