@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.support import base_env, run_toonq
-from toonq.worker.bench.deployment import steady_rate
+from tests.support import run_toonq
 from toonq.worker.bench.machine import describe_machine
 from toonq.worker.bench.model import _measure
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, Section, write_report
+from toonq.worker.bench.throughput import steady_rate
 from toonq.worker.engine.encode import default_png_encoder
 from toonq.worker.engine.weights import LoadedModel
 
@@ -27,7 +28,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path
     out = tmp_path_factory.mktemp("bench") / "reports"
     result = run_toonq(
         "bench", "--quick", "--sections", "model,stages", "--out", str(out),
-        env=base_env(**QUIET_ENV), timeout=240,
+        env=os.environ | QUIET_ENV, timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return (
@@ -101,7 +102,7 @@ def test_markdown_report_has_a_part_per_section(quick_run):
 
 def test_unknown_sections_are_refused_before_anything_runs(tmp_path):
     result = run_toonq(
-        "bench", "--sections", "model,nope", "--out", str(tmp_path), env=base_env(**QUIET_ENV)
+        "bench", "--sections", "model,nope", "--out", str(tmp_path), env=os.environ | QUIET_ENV
     )
     assert result.returncode == 2
     assert "nope" in result.stderr

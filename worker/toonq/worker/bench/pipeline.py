@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from toonq.worker.bench.deployment import Deployment, Throughput
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, BenchOptions, Section, markdown_table
+from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
+from toonq.worker.bench.throughput import Throughput, measure_throughput
+from toonq.worker.harness.deployment import Deployment
 from toonq.worker.main import default_concurrency
 from toonq.worker.samples import anime_sample
 
@@ -68,10 +70,11 @@ def _throughput(
     deployment: Deployment, uris: Sequence[str], count: int, *, model: str, batch: int, jobs: int
 ) -> Throughput:
     job_ids = deployment.submit([uris[i % len(uris)] for i in range(count)])
-    with deployment.worker(
+    with deployment.start_worker(
         TOONQ_MODEL=model, TOONQ_MAX_BATCH_SIZE=str(batch), TOONQ_CONCURRENCY=str(jobs)
-    ):
-        return deployment.wait_final(job_ids, timeout_s=900, fill=batch, drain=jobs)
+    ) as worker:
+        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
+        return measure_throughput(deployment, job_ids, timeout_s=900, fill=batch, drain=jobs)
 
 
 def measure(
@@ -110,7 +113,7 @@ def measure(
 def run(options: BenchOptions) -> Section:
     """Both sizes, pipelined and serial; `pipeline_efficiency` holds the pipelined ratios."""
     runs: list[PipelineRun] = []
-    with Deployment() as deployment:
+    with bench_deployment() as deployment:
         for megapixels in SIZES:
             # Enough jobs that the steady state (after the first batch, before the last
             # jobs in flight) spans many batches.

@@ -11,8 +11,9 @@ import io
 
 from PIL import Image
 
-from toonq.worker.bench.deployment import Deployment
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
+from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
+from toonq.worker.bench.throughput import measure_throughput
 
 _SIZE = 32
 
@@ -26,19 +27,20 @@ def _tiny_png() -> bytes:
 def run(options: BenchOptions) -> Section:
     jobs = 60 if options.quick else 400
     rows = []
-    with Deployment(use_s3=False) as deployment:
+    with bench_deployment(use_s3=False) as deployment:
         uri = deployment.put_input("tiny.png", _tiny_png())
         for concurrency in (1, 18):
             job_ids = deployment.submit([uri] * jobs, resolution=_SIZE)
-            with deployment.worker(
+            with deployment.start_worker(
                 TOONQ_MODEL="standin:0",
                 TOONQ_RESOLUTION=str(_SIZE),
                 TOONQ_MAX_BATCH_SIZE="8",
                 TOONQ_MAX_BATCH_WAIT_MS="1",
                 TOONQ_CONCURRENCY=str(concurrency),
-            ):
-                result = deployment.wait_final(
-                    job_ids, timeout_s=300, fill=concurrency, drain=concurrency
+            ) as worker:
+                worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
+                result = measure_throughput(
+                    deployment, job_ids, timeout_s=300, fill=concurrency, drain=concurrency
                 )
             per_job_ms = 1000 / result.jobs_per_s if result.jobs_per_s else None
             rows.append(

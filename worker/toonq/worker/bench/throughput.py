@@ -1,0 +1,83 @@
+"""End-to-end throughput, measured from the jobs' own records once a deployment has run them."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+
+from toonq.worker.harness.deployment import Deployment
+
+
+@dataclass(frozen=True)
+class Throughput:
+    jobs: int
+    succeeded: int
+    #: Completions per second in the steady state (see `steady_rate`).
+    jobs_per_s: float
+    wall_s: float
+    median_stage_ms: dict[str, float]
+
+
+def measure_throughput(
+    deployment: Deployment,
+    job_ids: Sequence[uuid.UUID],
+    *,
+    timeout_s: float,
+    fill: int = 0,
+    drain: int = 0,
+) -> Throughput:
+    """Wait until every job is final, then measure the run from the jobs' own records;
+    `fill` and `drain` are passed to `steady_rate`."""
+    started = time.monotonic()
+    deployment.wait_until_final(timeout_s=timeout_s)
+    rows = _rows(deployment, {str(job_id) for job_id in job_ids})
+    finished = sorted(row[2] for row in rows if row[1] == "succeeded")
+    return Throughput(
+        jobs=len(rows),
+        succeeded=len(finished),
+        jobs_per_s=steady_rate(finished, fill=fill, drain=drain),
+        wall_s=round(time.monotonic() - started, 2),
+        median_stage_ms=_median_stages([row[3] for row in rows if row[3]]),
+    )
+
+
+def _rows(
+    deployment: Deployment, ids: set[str]
+) -> list[tuple[str, str, datetime, dict[str, float] | None]]:
+    with deployment.database.connect() as connection:
+        rows = connection.execute(text("SELECT id, status, finished_at, timings FROM jobs")).all()
+    return [(str(row[0]), row[1], row[2], _timings(row[3])) for row in rows if str(row[0]) in ids]
+
+
+def _timings(raw: object) -> dict[str, float] | None:
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return raw if isinstance(raw, dict) else None
+
+
+def steady_rate(finished: Sequence[datetime], *, fill: int, drain: int) -> float:
+    """Completions per second while the pipeline is full: the slope of a least-squares line
+    through (completion time, count), leaving out the first `fill` completions (the pipeline
+    filling up) and the last `drain` (the queue is empty, the pipeline drains). A fit rather
+    than first-to-last, because batched work completes in steps of a batch."""
+    window = sorted(finished)[fill : len(finished) - drain]
+    if len(window) < 3:
+        raise ValueError(f"too few completions to measure a rate: {len(window)}")
+    seconds = [(t - window[0]).total_seconds() for t in window]
+    slope, _ = statistics.linear_regression(seconds, range(len(window)))
+    return slope
+
+
+def _median_stages(timings: Sequence[dict[str, float]]) -> dict[str, float]:
+    stages = {stage for t in timings for stage in t}
+    return {
+        stage: round(statistics.median(t[stage] for t in timings if stage in t), 1)
+        for stage in sorted(stages)
+    }
