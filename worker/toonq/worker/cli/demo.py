@@ -11,11 +11,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from tqdm import tqdm
@@ -26,6 +24,8 @@ from toonq.producer.client import ToonqClient
 from toonq.shared.db.engine import migrate
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.storage import ObjectURI
+from toonq.worker.harness.process import ProcessExitedError
+from toonq.worker.harness.worker import WorkerProcess
 from toonq.worker.samples import anime_sample
 
 _SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 1200)]
@@ -52,14 +52,14 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
     input_uris = _upload_samples(client, f"{settings.output_prefix}/demo-inputs", images)
     worker_log = demo_dir / "worker.log"
     click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}")
-    worker = _start_worker(settings.home, worker_log)
-    try:
-        _wait_until_ready(worker, worker_log, timeout)
+    # Warm shutdown on leaving: finish the current job, then exit.
+    with WorkerProcess(
+        os.environ | {"TOONQ_HOME": str(settings.home), "TOONQ_LOG_FORMAT": "console"}, worker_log
+    ) as worker:
+        _wait_until_ready(worker, timeout)
         jobs = [client.submit(uri, bg_color=settings.bg_color) for uri in input_uris]
         click.echo(f"submitted {len(jobs)} jobs to queue {settings.queue!r}")
-        jobs = _follow(client, jobs, worker, worker_log, timeout)
-    finally:
-        _stop(worker)
+        jobs = _follow(client, jobs, worker, timeout)
     click.echo()
     print_jobs_table(jobs)
     click.echo()
@@ -95,45 +95,19 @@ def _upload_samples(client: ToonqClient, prefix: str, count: int) -> list[str]:
     return uris
 
 
-def _start_worker(home: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = os.environ | {"TOONQ_HOME": str(home), "TOONQ_LOG_FORMAT": "console"}
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "toonq.producer.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_until_ready(worker: subprocess.Popen[bytes], worker_log: Path, timeout: float) -> None:
+def _wait_until_ready(worker: WorkerProcess, timeout: float) -> None:
     """Submit nothing until the worker has its model: a missing model fails here, not jobs."""
-    deadline = time.monotonic() + timeout
-    while "worker_ready" not in worker_log.read_text(errors="replace"):
-        _check_worker(worker, worker_log, deadline, "the worker to be ready")
-        time.sleep(0.2)
+    try:
+        worker.wait_ready(timeout_s=timeout)
+    except ProcessExitedError:
+        _exited(worker)
+    except TimeoutError:
+        _timed_out(worker, "the worker to be ready")
     click.echo("worker ready")
 
 
-def _check_worker(
-    worker: subprocess.Popen[bytes], worker_log: Path, deadline: float, waiting_for: str
-) -> None:
-    """Stop the demo if the worker died or the deadline passed."""
-    if worker.poll() is not None:
-        tail = worker_log.read_text(errors="replace").splitlines()[-15:]
-        click.echo("\n".join(["the worker exited early; the end of its log:", *tail]))
-        raise SystemExit(1)
-    if time.monotonic() > deadline:
-        click.echo(f"timed out waiting for {waiting_for}; see {worker_log}")
-        raise SystemExit(1)
-
-
 def _follow(
-    client: ToonqClient,
-    jobs: list[Job],
-    worker: subprocess.Popen[bytes],
-    worker_log: Path,
-    timeout: float,
+    client: ToonqClient, jobs: list[Job], worker: WorkerProcess, timeout: float
 ) -> list[Job]:
     deadline = time.monotonic() + timeout
     latest = {job.id: job for job in jobs}
@@ -144,18 +118,21 @@ def _follow(
             bar.update(done - bar.n)
             if done == len(jobs):
                 return list(latest.values())
-            _check_worker(worker, worker_log, deadline, "the jobs to finish")
+            if not worker.running:
+                _exited(worker)
+            if time.monotonic() > deadline:
+                _timed_out(worker, "the jobs to finish")
             time.sleep(0.5)
 
 
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)  # warm shutdown: finish the current job, then exit
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+def _exited(worker: WorkerProcess) -> NoReturn:
+    click.echo("\n".join(["the worker exited early; the end of its log:", *worker.log_tail(15)]))
+    raise SystemExit(1)
+
+
+def _timed_out(worker: WorkerProcess, waiting_for: str) -> NoReturn:
+    click.echo(f"timed out waiting for {waiting_for}; see {worker.log_path}")
+    raise SystemExit(1)
 
 
 def _where(prefix: str) -> str:
