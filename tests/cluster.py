@@ -1,10 +1,10 @@
 """A toonq deployment of real processes that tests break on purpose, and the audit that says
 whether anything was lost or done twice.
 
-A `Cluster` has its own PostgreSQL database, Redis queue and S3 bucket (behind a
-`FaultyS3Proxy`), starts and kills `toonq worker` processes, submits through the producer API
-and reads the outcome straight from the `jobs` and `job_events` tables, the source of truth.
-Workers run the tiny random model on CPU at 32x32, fast enough for hundreds of jobs.
+A `Cluster` is a harness deployment (its own PostgreSQL database, Redis queue and S3 bucket, and
+`toonq worker` processes) whose workers reach S3 through a `FaultyS3Proxy`. It reads the outcome
+straight from the `jobs` and `job_events` tables, the source of truth. Workers run the tiny
+random model on CPU at 32x32, fast enough for hundreds of jobs.
 """
 
 from __future__ import annotations
@@ -12,54 +12,37 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import boto3
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from tests.conftest import PostgresServer
-from tests.support import FaultyS3Proxy, WorkerProcess, base_env, png_bytes
-from toonq.producer import SubmitRequest, ToonqClient
-from toonq.shared.db.engine import create_db_engine, migrate
-from toonq.shared.settings import Settings
+from tests.support import FaultyS3Proxy, png_bytes
+from toonq.shared.job import FINISHED_STATUSES
+from toonq.shared.storage import ObjectURI
+from toonq.worker.harness.deployment import Deployment
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: Distinct input pictures; jobs cycle through them.
 INPUT_VARIANTS = 16
-
-
-def cluster_env(
-    *, database_url: str, broker_url: str, s3_endpoint: str, bucket: str, **overrides: str
-) -> dict[str, str]:
-    """The environment of a cluster's workers and clients: fast model, quick retries."""
-    return base_env(
-        TOONQ_DATABASE_URL=database_url,
-        TOONQ_BROKER_URL=broker_url,
-        TOONQ_QUEUE=f"rel-{uuid.uuid4().hex[:8]}",
-        TOONQ_S3_ENDPOINT_URL=s3_endpoint,
-        TOONQ_S3_MAX_ATTEMPTS="1",  # every injected S3 fault reaches the job's retry logic
-        TOONQ_OUTPUT_PREFIX=f"s3://{bucket}/out",
-        TOONQ_MODEL="random:tiny",
-        TOONQ_RESOLUTION="32",
-        TOONQ_DEVICE="cpu",
-        TOONQ_RETRY_BACKOFF_S="0.2",
-        TOONQ_RETRY_BACKOFF_MAX_S="1",
-        TOONQ_LOG_FORMAT="json",
-        # Several workers share a few cores: one thread each keeps them from thrashing.
-        OMP_NUM_THREADS="1",
-        **overrides,
-    )
+#: The settings of a cluster's workers and client: fast model, quick retries.
+CLUSTER_ENV = {
+    "TOONQ_S3_MAX_ATTEMPTS": "1",  # every injected S3 fault reaches the job's retry logic
+    "TOONQ_MODEL": "random:tiny",
+    "TOONQ_RESOLUTION": "32",
+    "TOONQ_DEVICE": "cpu",
+    "TOONQ_RETRY_BACKOFF_S": "0.2",
+    "TOONQ_RETRY_BACKOFF_MAX_S": "1",
+    "TOONQ_LOG_FORMAT": "json",
+    # Several workers share a few cores: one thread each keeps them from thrashing.
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -109,79 +92,52 @@ class Audit:
         assert not self.lost, f"not final: {[str(self.jobs[i].status) for i in self.lost]}"
         assert not self.duplicated, f"done twice: {self.duplicated}"
         assert not self.missing_outputs, f"succeeded without output: {self.missing_outputs}"
-        assert sum(self.statuses[status] for status in FINAL_STATUSES) == expected_jobs
+        assert sum(self.statuses[status] for status in FINISHED_STATUSES) == expected_jobs
         assert self.event_count("succeeded") == self.statuses["succeeded"]
 
 
-class Cluster:
-    """Workers, a client and a fault-injecting S3 proxy around one database and one queue."""
+class Cluster(Deployment):
+    """A deployment whose workers and client reach S3 through `proxy`."""
 
     def __init__(
         self,
         *,
-        database_url: str,
+        postgres_admin_url: str,
         broker_url: str,
+        s3_endpoint: str,
         proxy: FaultyS3Proxy,
-        s3: S3Client,
-        bucket: str,
         log_dir: Path,
         env: Mapping[str, str],
     ) -> None:
-        self.proxy = proxy
-        self.s3 = s3
-        self.bucket = bucket
-        self.log_dir = log_dir
-        self.env = cluster_env(
-            database_url=database_url,
+        super().__init__(
+            postgres_admin_url=postgres_admin_url,
             broker_url=broker_url,
-            s3_endpoint=proxy.endpoint,
-            bucket=bucket,
-            **env,
+            s3_endpoint=s3_endpoint,
+            home=log_dir,
+            name="cluster",
+            env=CLUSTER_ENV | {"TOONQ_S3_ENDPOINT_URL": proxy.endpoint} | dict(env),
+            actor="test",
         )
-        #: Every worker started, in order, killed ones included.
-        self.workers: list[WorkerProcess] = []
-        self._by_name: dict[str, WorkerProcess] = {}
-        #: The cluster's database, for tests that read or lock it behind toonq's back.
-        self.database: Engine = create_db_engine(database_url)
-
-    @cached_property
-    def client(self) -> ToonqClient:
-        return ToonqClient(Settings.from_env(self.env), actor="test")
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop(timeout=10)
-        if "client" in self.__dict__:
-            self.client.close()
-        self.database.dispose()
-
-    # --- workers --------------------------------------------------------------------------------
-
-    def start_worker(self, name: str, **overrides: str) -> WorkerProcess:
-        """Start `toonq worker` named `name` (not waiting for it to be ready)."""
-        env = self.env | {"TOONQ_WORKER_NAME": name} | overrides
-        worker = WorkerProcess(env, self.log_dir / f"{name}.log")
-        self.workers.append(worker)
-        self._by_name[name] = worker
-        return worker
-
-    def worker(self, name: str) -> WorkerProcess:
-        """The worker last started under `name`."""
-        return self._by_name[name]
-
-    def start_workers(self, *names: str) -> list[WorkerProcess]:
-        """Start workers side by side and wait until each consumes."""
-        workers = [self.start_worker(name) for name in names]
-        for worker in workers:
-            worker.wait_ready()
-        return workers
+        self.proxy = proxy
+        #: Straight to S3, past the proxy.
+        self.s3 = boto3.client("s3", endpoint_url=s3_endpoint)
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def put_input(self, name: str, data: bytes | None = None) -> str:
-        key = f"in/{name}"
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data or png_bytes((64, 64)))
-        return f"s3://{self.bucket}/{key}"
+    def put_input(
+        self, name: str, data: bytes | None = None, *, content_type: str = "image/png"
+    ) -> str:
+        """Store an input straight in S3 (the proxy's faults are for the workers), by default
+        a small picture; its URI."""
+        uri = self.input_uri(name)
+        location = ObjectURI.parse(uri)
+        self.s3.put_object(
+            Bucket=location.bucket,
+            Key=location.key,
+            Body=png_bytes((64, 64)) if data is None else data,
+            ContentType=content_type,
+        )
+        return uri
 
     def put_inputs(self) -> list[str]:
         """A few distinct small pictures for many jobs to share."""
@@ -189,10 +145,6 @@ class Cluster:
             self.put_input(f"variant-{i}.png", png_bytes((48 + i, 64 - i)))
             for i in range(INPUT_VARIANTS)
         ]
-
-    def submit(self, uris: Sequence[str]) -> list[uuid.UUID]:
-        jobs = self.client.submit_many([SubmitRequest(uri) for uri in uris])
-        return [job.id for job in jobs]
 
     def _query(self, sql: str, **params: Any) -> list[Any]:
         """Rows of `sql`, retried while the database is down (the tests restart it)."""
@@ -238,10 +190,8 @@ class Cluster:
             time.sleep(0.1)
 
     def wait_final(self, *, timeout: float) -> dict[uuid.UUID, JobRecord]:
-        return self.wait_for(
-            lambda records: all(r.status in FINAL_STATUSES for r in records.values()),
-            timeout=timeout,
-        )
+        self.wait_until_final(timeout_s=timeout, poll_s=0.1)
+        return self.records()
 
     def event_kinds(self, job_id: uuid.UUID) -> list[str]:
         rows = self._query(
@@ -263,7 +213,7 @@ class Cluster:
         return Audit(
             jobs=jobs,
             events=events,
-            lost=[job.id for job in jobs.values() if job.status not in FINAL_STATUSES],
+            lost=[job.id for job in jobs.values() if job.status not in FINISHED_STATUSES],
             duplicated=duplicated,
             missing_outputs=[
                 job.id
@@ -273,9 +223,12 @@ class Cluster:
         )
 
     def _output_keys(self) -> set[str]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="out/")
+        prefix = ObjectURI.parse(self.client.settings.output_prefix)
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=prefix.bucket, Prefix=f"{prefix.key}/"
+        )
         keys = (item["Key"] for page in pages for item in page.get("Contents", []))
-        return {f"s3://{self.bucket}/{key}" for key in keys}
+        return {f"s3://{prefix.bucket}/{key}" for key in keys}
 
 
 @contextmanager
@@ -288,33 +241,18 @@ def running_cluster(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A cluster on a new database of the PostgreSQL server at `postgres_admin_url`, the Redis
-    database at `broker_url` (flushed first) and a new bucket; its workers are stopped and the
-    database dropped on exit."""
+    database at `broker_url` (flushed first) and a new bucket at `s3_endpoint`; its workers are
+    stopped and the database dropped on exit."""
     redis.Redis.from_url(broker_url).flushdb()
-    server = PostgresServer(postgres_admin_url)
-    database_url = server.create_database()
-    # Drop the admin connection now: a test may restart the server before the database is
-    # dropped, and a pooled connection would not survive that.
-    server.dispose()
-    migrate(database_url)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    bucket = f"toonq-rel-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    try:
-        with FaultyS3Proxy(s3_endpoint).running() as proxy:
-            cluster = Cluster(
-                database_url=database_url,
-                broker_url=broker_url,
-                proxy=proxy,
-                s3=s3,
-                bucket=bucket,
-                log_dir=log_dir,
-                env=env or {},
-            )
-            try:
-                yield cluster
-            finally:
-                cluster.close()
-    finally:
-        server.drop_database(database_url)
-        server.dispose()
+    with (
+        FaultyS3Proxy(s3_endpoint).running() as proxy,
+        Cluster(
+            postgres_admin_url=postgres_admin_url,
+            broker_url=broker_url,
+            s3_endpoint=s3_endpoint,
+            proxy=proxy,
+            log_dir=log_dir,
+            env=env or {},
+        ) as cluster,
+    ):
+        yield cluster

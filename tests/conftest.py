@@ -6,7 +6,9 @@ with the reason instead of skipping (`.ci/run` starts both). Where they are:
 * `TOONQ_TEST_POSTGRES_URL`: an admin connection used to create and drop one database per use
   (default `postgresql://postgres@127.0.0.1:5432/postgres`);
 * `TOONQ_TEST_REDIS_URL`: a Redis database the tests may flush (default
-  `redis://127.0.0.1:6379/15`, away from the default database 0).
+  `redis://127.0.0.1:6379/15`, away from the default database 0);
+* `TOONQ_TEST_E2E_REDIS_URL`: another, which each module running a worker flushes once at its
+  start (default `redis://127.0.0.1:6379/14`).
 
 Fixtures, by service:
 
@@ -19,38 +21,44 @@ Fixtures, by service:
 * Time: `clock`, which every job store fixture uses.
 * Servers of the session's own, which tests may kill and restart: `private_postgres`,
   `private_redis` (skipped only where PostgreSQL's or Redis's programs are not installed).
+* A cluster of real worker processes for a module: `start_cluster`.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 import pytest
 import redis
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.servers import MotoS3, PrivatePostgres, PrivateRedis, ServerUnavailableError, free_port
+from tests.cluster import Cluster, running_cluster
+from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
 from toonq.shared.db.engine import create_db_engine, migrate, session_factory
 from toonq.shared.job import utc_now
 from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
-from toonq.shared.settings import normalize_database_url
+from toonq.worker.harness.moto import MotoServer, local_s3_credentials
+from toonq.worker.harness.network import free_port
+from toonq.worker.harness.postgres import PostgresServer
+from toonq.worker.harness.server import ManagedServer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-POSTGRES_ADMIN_URL = normalize_database_url(
-    os.environ.get("TOONQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TOONQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("TOONQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_E2E_URL = os.environ.get("TOONQ_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 # --- Time -----------------------------------------------------------------------------------------
@@ -79,50 +87,27 @@ def clock() -> ManualClock:
 # --- PostgreSQL -----------------------------------------------------------------------------------
 
 
-class PostgresServer:
-    """Creates uniquely named databases on the test server and drops them again."""
-
-    def __init__(self, admin_url: str) -> None:
-        self._admin_url = make_url(admin_url)
-        self._admin = create_engine(
-            self._admin_url,
-            isolation_level="AUTOCOMMIT",  # CREATE/DROP DATABASE cannot run in a transaction
-            connect_args={"connect_timeout": 5},
+@contextmanager
+def _required(
+    service: str, url: str, variable: str, unreachable: type[Exception]
+) -> Iterator[None]:
+    """Fail the test, with the reason, when the block finds the service unreachable."""
+    try:
+        yield
+    except unreachable as exc:
+        pytest.fail(
+            f"the tests need {service} at {url!r} (set {variable} or start it, as .ci/run "
+            f"does): {exc}",
+            pytrace=False,
         )
-
-    def check(self) -> None:
-        try:
-            with self._admin.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except OperationalError as exc:
-            pytest.fail(
-                f"the tests need PostgreSQL at {self._admin_url!r} (set TOONQ_TEST_POSTGRES_URL "
-                f"or start it, as .ci/run does): {exc.orig}",
-                pytrace=False,
-            )
-
-    def create_database(self) -> str:
-        """Create an empty database and return its SQLAlchemy URL."""
-        name = f"toonq_test_{uuid.uuid4().hex[:12]}"
-        with self._admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        return self._admin_url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_database(self, url: str) -> None:
-        name = make_url(url).database
-        with self._admin.connect() as connection:
-            # FORCE: an engine a test forgot to dispose must not keep the database alive.
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    def dispose(self) -> None:
-        self._admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """The PostgreSQL server; fails every test that needs it when it is unreachable."""
-    server = PostgresServer(POSTGRES_ADMIN_URL)
-    server.check()
+    server = PostgresServer(POSTGRES_ADMIN_URL, prefix="toonq_test")
+    with _required("PostgreSQL", POSTGRES_ADMIN_URL, "TOONQ_TEST_POSTGRES_URL", OperationalError):
+        server.ping()
     yield server
     server.dispose()
 
@@ -207,14 +192,8 @@ def sqlite_jobstore(sqlite_url: str, clock: ManualClock) -> Iterator[JobStore]:
 def redis_url() -> Iterator[str]:
     """The URL of a Redis database of its own (number 15 by default), flushed before the test."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
-    try:
+    with _required("Redis", REDIS_URL, "TOONQ_TEST_REDIS_URL", redis.ConnectionError):
         client.flushdb()
-    except redis.ConnectionError as exc:
-        pytest.fail(
-            f"the tests need Redis at {REDIS_URL} (set TOONQ_TEST_REDIS_URL or start it, as "
-            f".ci/run does): {exc}",
-            pytrace=False,
-        )
     yield REDIS_URL
     client.close()
 
@@ -225,15 +204,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def aws_env() -> Iterator[None]:
     """Dummy AWS credentials for the session, so that no test can reach a real account."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        # Never read the developer's ~/.aws files.
-        patch.setenv("AWS_CONFIG_FILE", os.devnull)
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    with local_s3_credentials():
         yield
 
 
@@ -241,7 +212,7 @@ def aws_env() -> Iterator[None]:
 def s3_server(aws_env: None) -> Iterator[str]:
     """The endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running in a subprocess for
     the session: boto3 talks real HTTP to it, so timeouts and retries behave as in production."""
-    with MotoS3() as server:
+    with MotoServer() as server:
         yield server.url
 
 
@@ -269,25 +240,57 @@ def refused_endpoint() -> str:
 # --- Private servers ------------------------------------------------------------------------------
 
 
+Server = TypeVar("Server", bound=ManagedServer)
+
+
+def _private(server: Callable[[], Server], program: str) -> Iterator[Server]:
+    try:
+        running = server()
+    except ServerUnavailableError as exc:
+        pytest.skip(f"no private {program}: {exc}")
+    with running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A PostgreSQL server of the session's own, on a free port; a test that stops it must
     start it again."""
-    try:
-        server = PrivatePostgres()
-    except ServerUnavailableError as exc:
-        pytest.skip(f"no private PostgreSQL: {exc}")
-    with server:
-        yield server
+    yield from _private(PrivatePostgres, "PostgreSQL")
 
 
 @pytest.fixture(scope="session")
 def private_redis() -> Iterator[PrivateRedis]:
     """A Redis server of the session's own, on a free port, without persistence; a test that
     kills it must start it again."""
-    try:
-        server = PrivateRedis()
-    except ServerUnavailableError as exc:
-        pytest.skip(f"no private Redis: {exc}")
-    with server:
-        yield server
+    yield from _private(PrivateRedis, "Redis")
+
+
+# --- Clusters -------------------------------------------------------------------------------------
+
+StartCluster = Callable[..., Cluster]
+
+
+@pytest.fixture(scope="module")
+def start_cluster(
+    pg_server: PostgresServer, s3_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartCluster]:
+    """`start_cluster(worker, **env)` starts a cluster with the settings `env` on the shared
+    PostgreSQL and S3 servers and the Redis database at TOONQ_TEST_E2E_REDIS_URL (flushed), and
+    a worker named `worker`; returns once the worker is ready. Both last until the module ends."""
+    with ExitStack() as stack:
+
+        def start(worker: str, **env: str) -> Cluster:
+            cluster = stack.enter_context(
+                running_cluster(
+                    postgres_admin_url=pg_server.admin_url,
+                    broker_url=REDIS_E2E_URL,
+                    s3_endpoint=s3_server,
+                    log_dir=tmp_path_factory.mktemp(worker),
+                    env=env,
+                )
+            )
+            cluster.start_workers(worker)
+            return cluster
+
+        yield start

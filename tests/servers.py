@@ -1,5 +1,5 @@
-"""PostgreSQL, Redis and S3 (moto) servers of a test's own, on free ports, that it may kill and
-restart at will without disturbing the shared services.
+"""PostgreSQL and Redis servers of a test's own, on free ports, that it may kill and restart at
+will without disturbing the shared services.
 
     with PrivatePostgres() as postgres, PrivateRedis() as redis_server:
         ...  # postgres.url, redis_server.url
@@ -15,20 +15,16 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from abc import ABC, abstractmethod
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import redis
+
+from toonq.worker.harness.network import free_port
+from toonq.worker.harness.server import ManagedServer, ProgramServer
 
 START_TIMEOUT_S = 30.0
 ShutdownMode = Literal["smart", "fast", "immediate"]
@@ -36,37 +32,6 @@ ShutdownMode = Literal["smart", "fast", "immediate"]
 
 class ServerUnavailableError(RuntimeError):
     """A server's program is not installed, or cannot run here."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class _ManagedServer(ABC):
-    """Context-manager plumbing shared by the servers: start on enter, clean up on exit."""
-
-    @abstractmethod
-    def start(self) -> None: ...
-
-    @abstractmethod
-    def close(self) -> None:
-        """Stop the server and delete its files."""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------
@@ -102,7 +67,7 @@ def _run_as_postgres_prefix() -> tuple[list[str], int | None, int | None]:
     return [runuser, "-u", "postgres", "--"], account.pw_uid, account.pw_gid
 
 
-class PrivatePostgres(_ManagedServer):
+class PrivatePostgres(ManagedServer):
     """A PostgreSQL cluster in a temporary folder, listening on 127.0.0.1 only, trusting local
     connections. Durability settings are off (fsync): an immediate shutdown still keeps every
     committed transaction, which is what a server crash, as opposed to a host crash, loses."""
@@ -167,7 +132,7 @@ class PrivatePostgres(_ManagedServer):
 # --- Redis ----------------------------------------------------------------------------------------
 
 
-class PrivateRedis(_ManagedServer):
+class PrivateRedis(ProgramServer):
     """A `redis-server` that keeps nothing on disk: a restart loses every message, like a broker
     whose persistence is off (or whose data was lost)."""
 
@@ -176,47 +141,29 @@ class PrivateRedis(_ManagedServer):
         if program is None:
             raise ServerUnavailableError("redis-server is not installed")
         self.program = program
-        self.port = port or free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="toonq-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__("redis", port=port)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        with (self.root / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    self.program, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--dir", str(self.root),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited at start:\n{(self.root / 'server.log').read_text()}"
-                    )
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+    def command(self) -> list[str]:
+        return [
+            self.program, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.root),
+        ]  # fmt: skip
+
+    def answers(self) -> bool:
+        with redis.Redis(port=self.port, socket_connect_timeout=1) as client:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
 
     def kill(self) -> None:
         """SIGKILL the server: clients see dropped connections, and the data is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            self.process.kill()
         self.process = None
 
     def restart(self, *, down_s: float = 0.0) -> None:
@@ -224,53 +171,3 @@ class PrivateRedis(_ManagedServer):
         self.kill()
         time.sleep(down_s)
         self.start()
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-# --- S3 (moto) ------------------------------------------------------------------------------------
-
-
-class MotoS3(_ManagedServer):
-    """A moto S3 server in a subprocess, for programs that run outside pytest's fixtures."""
-
-    def __init__(self, *, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="toonq-moto-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log_path = self.root / "server.log"
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the moto server exited at start:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)

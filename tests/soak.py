@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -25,12 +24,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.cluster import FINAL_STATUSES, Audit, Cluster, JobRecord, running_cluster
-from tests.servers import MotoS3, PrivatePostgres, PrivateRedis
+from tests.cluster import Audit, Cluster, JobRecord, running_cluster
+from tests.servers import PrivatePostgres, PrivateRedis
+from toonq.worker.harness.moto import MotoServer, local_s3_credentials
 
 #: Jobs per producer call: the producer submits in small batches, as a backend would.
 SUBMIT_BATCH = 5
@@ -170,7 +170,7 @@ class _Chaos:
             if ready and time.monotonic() > started + BUSY_WAIT_S:
                 return self.rng.choice(ready)
             time.sleep(0.05)
-        raise RuntimeError(f"no worker consumes; their logs are in {self.cluster.log_dir}")
+        raise RuntimeError(f"no worker consumes; their logs are in {self.cluster.home}")
 
     def kill_one(self) -> None:
         """SIGKILL a worker and start its replacement."""
@@ -195,11 +195,8 @@ def _submit_steadily(cluster: Cluster, plan: SoakPlan, inputs: list[str]) -> Non
 
 def _settle(cluster: Cluster, timeout: float) -> None:
     """Wait until every job is final, or `timeout` passes (the audit then counts the rest)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if set(cluster.statuses()) <= FINAL_STATUSES:
-            return
-        time.sleep(0.5)
+    with suppress(TimeoutError):
+        cluster.wait_until_final(timeout_s=timeout, poll_s=0.5)
 
 
 def run_soak(cluster: Cluster, plan: SoakPlan) -> SoakResult:
@@ -231,9 +228,10 @@ def run_soak(cluster: Cluster, plan: SoakPlan) -> SoakResult:
 def _own_servers(log_dir: Path, plan: SoakPlan) -> Iterator[Cluster]:
     """PostgreSQL, Redis and S3 servers of the soak's own, and a cluster on them."""
     with ExitStack() as stack:
+        stack.enter_context(local_s3_credentials())
         postgres = stack.enter_context(PrivatePostgres())
         broker = stack.enter_context(PrivateRedis())
-        s3 = stack.enter_context(MotoS3())
+        s3 = stack.enter_context(MotoServer())
         yield stack.enter_context(
             running_cluster(
                 postgres_admin_url=postgres.url,
@@ -243,19 +241,6 @@ def _own_servers(log_dir: Path, plan: SoakPlan) -> Iterator[Cluster]:
                 env=plan.worker_env(),
             )
         )
-
-
-def _use_test_credentials() -> None:
-    """Dummy AWS credentials, so that nothing can reach a real account."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="toonq-soak-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    _use_test_credentials()
     with _own_servers(log_dir, plan) as cluster:
         result = run_soak(cluster, plan)
     print(json.dumps(result.summary() | {"logs": str(log_dir)}, indent=2))

@@ -1,5 +1,5 @@
-"""Test helpers that run real parts: images through the engine's steps, `toonq` worker processes
-and a fault-injecting S3 proxy."""
+"""Test helpers: small pictures and job specifications, images through the engine's steps, the
+`toonq` command line, worker logs, and a fault-injecting S3 proxy."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import http.client
 import http.server
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,18 +16,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from PIL import Image
 
 from toonq.shared.job import JobParams, JobSpec
+from toonq.worker.harness.worker import TOONQ_COMMAND, WorkerProcess
 
 if TYPE_CHECKING:
     from toonq.worker.engine.matting import MatteResult, MattingEngine
-
-TOONQ = [sys.executable, "-m", "toonq.producer.cli"]
 
 
 def png_bytes(size: tuple[int, int] = (200, 150), *, mode: str = "RGBA") -> bytes:
@@ -77,7 +73,12 @@ def run_toonq(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*TOONQ, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*TOONQ_COMMAND, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -87,64 +88,31 @@ def run_json(*args: str, env: dict[str, str]) -> Any:
     return json.loads(result.stdout)
 
 
-class WorkerProcess:
-    """A real `toonq worker` subprocess, logging JSON lines to a file."""
+LogLine = dict[str, object]
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.env = env
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [*TOONQ, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
 
-    @property
-    def ready(self) -> bool:
-        """Whether the worker has said it consumes (it may have died since)."""
-        return any(line.get("event") == "worker_ready" for line in self.log_lines())
+def log_lines(worker: WorkerProcess) -> list[LogLine]:
+    """The JSON lines of the worker's log (TOONQ_LOG_FORMAT=json), parsed."""
+    lines = []
+    for raw in worker.log_path.read_text(errors="replace").splitlines():
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict):
+            lines.append(parsed)
+    return lines
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        self.wait_for_log(lambda line: line.get("event") == "worker_ready", timeout=timeout)
 
-    def log_lines(self) -> list[dict[str, object]]:
-        lines = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                parsed = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(parsed, dict):
-                lines.append(parsed)
-        return lines
-
-    def wait_for_log(
-        self, predicate: Callable[[dict[str, object]], bool], *, timeout: float = 60
-    ) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log_lines():
-                if predicate(line):
-                    return line
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log_path.read_text()}")
-            time.sleep(0.1)
-        raise AssertionError(f"log line not seen within {timeout} s:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL: the worker records nothing, hands nothing back and acknowledges nothing."""
-        self.process.kill()
-        self.stop()
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
+def wait_for_log(
+    worker: WorkerProcess, predicate: Callable[[LogLine], bool], *, timeout: float = 60
+) -> None:
+    """Wait until the worker has logged a line for which `predicate` holds."""
+    worker.wait_until(
+        lambda: any(predicate(line) for line in log_lines(worker)),
+        waiting_for="a log line",
+        timeout_s=timeout,
+    )
 
 
 class _ProxyServer(http.server.ThreadingHTTPServer):
@@ -323,10 +291,3 @@ class FaultyS3Proxy:
         finally:
             self.server.shutdown()
             self.server.server_close()
-
-
-def base_env(**overrides: str) -> dict[str, str]:
-    """The test process's environment (AWS test credentials included) plus `overrides`."""
-    env = dict(os.environ)
-    env.update(overrides)
-    return env

@@ -7,35 +7,25 @@ The inputs and their expected outcomes are in `tests/image_corpus.py`.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 
-from tests.conftest import PostgresServer
+from tests.cluster import Cluster
+from tests.conftest import StartCluster
 from tests.image_corpus import CORPUS, MAX_PIXELS, Decoded, Item, corpus_item
-from tests.support import WorkerProcess, base_env, matte_batch, matte_one, png_bytes
-from toonq.producer import ToonqClient
-from toonq.shared.db.engine import migrate
+from tests.support import matte_batch, matte_one, png_bytes
 from toonq.shared.job import JobParams, JobStatus
-from toonq.shared.settings import Settings
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.engine.weights import load_model
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-REDIS_E2E_URL = os.environ.get("TOONQ_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 WAIT_S = 120
 
 
@@ -188,54 +178,26 @@ def test_the_memory_cap_would_stop_decoding_the_bomb() -> None:
 MAX_INPUT_BYTES = 1 << 20
 
 
-@dataclass
-class Service:
-    client: ToonqClient
-    worker: WorkerProcess
-    bucket: str
+WORKER = "bad-inputs-worker"
 
-    def submit(self, name: str, data: bytes) -> uuid.UUID:
-        uri = f"s3://{self.bucket}/in/{uuid.uuid4().hex[:8]}-{name}"
-        self.client.objects.put(uri, data, content_type="application/octet-stream")
-        return self.client.submit(uri).id
+
+def submit(service: Cluster, name: str, data: bytes) -> uuid.UUID:
+    uri = service.put_input(
+        f"{uuid.uuid4().hex[:8]}-{name}", data, content_type="application/octet-stream"
+    )
+    return service.client.submit(uri).id
 
 
 @pytest.fixture(scope="module")
-def service(
-    pg_server: PostgresServer,
-    s3_server: str,
-    s3_client: S3Client,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Service]:
-    database_url = pg_server.create_database()
-    migrate(database_url)
-    redis.Redis.from_url(REDIS_E2E_URL).flushdb()
-    bucket = f"toonq-bad-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=bucket)
-    env = base_env(
-        TOONQ_DATABASE_URL=database_url,
-        TOONQ_BROKER_URL=REDIS_E2E_URL,
-        TOONQ_QUEUE=f"bad-inputs-{uuid.uuid4().hex[:8]}",
-        TOONQ_S3_ENDPOINT_URL=s3_server,
-        TOONQ_OUTPUT_PREFIX=f"s3://{bucket}/out",
-        TOONQ_MODEL="random:tiny",
+def service(start_cluster: StartCluster) -> Cluster:
+    """One worker, `WORKER`, that takes two attempts and inputs of `MAX_INPUT_BYTES` at most."""
+    return start_cluster(
+        WORKER,
         TOONQ_RESOLUTION="64",
-        TOONQ_DEVICE="cpu",
         TOONQ_MAX_ATTEMPTS="2",
         TOONQ_MAX_INPUT_BYTES=str(MAX_INPUT_BYTES),
         TOONQ_SWEEP_INTERVAL_S="0",
-        TOONQ_LOG_FORMAT="json",
-        TOONQ_WORKER_NAME="bad-inputs-worker",
     )
-    client = ToonqClient(Settings.from_env(env), actor="test")
-    worker = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log")
-    try:
-        worker.wait_ready()
-        yield Service(client, worker, bucket)
-    finally:
-        worker.stop()
-        client.close()
-        pg_server.drop_database(database_url)
 
 
 WORKER_FAILURES = {
@@ -254,12 +216,12 @@ WORKER_SUCCESSES = [
 ]
 
 
-def test_a_worker_fails_bad_files_with_their_code_and_goes_on(service: Service) -> None:
-    jobs = {name: service.submit(name, corpus_item(name).data) for name in WORKER_FAILURES}
-    jobs |= {name: service.submit(name, corpus_item(name).data) for name in WORKER_SUCCESSES}
+def test_a_worker_fails_bad_files_with_their_code_and_goes_on(service: Cluster) -> None:
+    jobs = {name: submit(service, name, corpus_item(name).data) for name in WORKER_FAILURES}
+    jobs |= {name: submit(service, name, corpus_item(name).data) for name in WORKER_SUCCESSES}
     # A valid image behind more bytes than TOONQ_MAX_INPUT_BYTES.
     oversize = png_bytes() + bytes(MAX_INPUT_BYTES)
-    jobs["oversize.png"] = service.submit("oversize.png", oversize)
+    jobs["oversize.png"] = submit(service, "oversize.png", oversize)
 
     done = {name: service.client.wait(job_id, timeout=WAIT_S) for name, job_id in jobs.items()}
 
@@ -277,7 +239,7 @@ def test_a_worker_fails_bad_files_with_their_code_and_goes_on(service: Service) 
         assert Image.open(io.BytesIO(output)).size == expected.size
 
     # The worker is still alive and still working.
-    assert service.worker.process.poll() is None
-    after = service.client.wait(service.submit("after.png", png_bytes()), timeout=WAIT_S)
+    assert service.worker(WORKER).running
+    after = service.client.wait(submit(service, "after.png", png_bytes()), timeout=WAIT_S)
     assert after.status == JobStatus.SUCCEEDED
-    assert service.worker.process.poll() is None
+    assert service.worker(WORKER).running

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.cluster import Cluster, running_cluster
+from tests.conftest import StartCluster
 from tests.servers import PrivatePostgres, PrivateRedis
 from toonq.producer import ToonqClient
 from toonq.shared.errors import StorageUnavailableError
@@ -259,22 +260,11 @@ HANG_S = 20
 
 
 @pytest.fixture(scope="module")
-def s3_cluster(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    s3_server: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
+def s3_cluster(start_cluster: StartCluster) -> Cluster:
     """One worker, three attempts per job, and a short S3 read timeout."""
-    with running_cluster(
-        postgres_admin_url=private_postgres.url,
-        broker_url=private_redis.url,
-        s3_endpoint=s3_server,
-        log_dir=tmp_path_factory.mktemp("s3-faults"),
-        env={"TOONQ_MAX_ATTEMPTS": "3", "TOONQ_S3_READ_TIMEOUT_S": str(READ_TIMEOUT_S)},
-    ) as cluster:
-        cluster.start_workers("s3-worker")
-        yield cluster
+    return start_cluster(
+        "s3-worker", TOONQ_MAX_ATTEMPTS="3", TOONQ_S3_READ_TIMEOUT_S=str(READ_TIMEOUT_S)
+    )
 
 
 def _run_one(cluster: Cluster, name: str, *, timeout: float = 60) -> tuple[str, float]:
@@ -282,7 +272,7 @@ def _run_one(cluster: Cluster, name: str, *, timeout: float = 60) -> tuple[str, 
     took to reach a final state."""
     uri = cluster.put_input(name)
     started = time.monotonic()
-    job = cluster.client.submit(uri, output_uri=f"s3://{cluster.bucket}/out/{name}")
+    job = cluster.client.submit(uri, output_uri=f"{cluster.client.settings.output_prefix}/{name}")
     cluster.client.wait(job.id, timeout=timeout)
     return str(job.id), time.monotonic() - started
 

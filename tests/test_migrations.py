@@ -23,7 +23,7 @@ from toonq.shared.job import JobParams, JobSpec
 from toonq.shared.jobstore import SqlJobStore
 
 if TYPE_CHECKING:
-    from tests.conftest import PostgresServer
+    from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
 HEAD = "0002"
