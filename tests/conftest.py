@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 import boto3
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +51,8 @@ from toonq.worker.harness.moto import MotoServer, local_s3_credentials
 from toonq.worker.harness.network import free_port
 from toonq.worker.harness.postgres import PostgresServer
 from toonq.worker.harness.server import ManagedServer
+from toonq.worker.health import Health, HealthServer, serve
+from toonq.worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -294,3 +297,27 @@ def start_cluster(
             return cluster
 
         yield start
+
+
+# --- A worker's metrics and health server -------------------------------------------------------
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def worker_metrics(registry: CollectorRegistry) -> WorkerMetrics:
+    return WorkerMetrics(registry)
+
+
+@pytest.fixture
+def health(registry: CollectorRegistry) -> Health:
+    return Health(registry=registry)
+
+
+@pytest.fixture
+def server(health: Health, registry: CollectorRegistry) -> Iterator[HealthServer]:
+    with serve(0, health, registry=registry, host="127.0.0.1") as running:
+        yield running

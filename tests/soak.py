@@ -6,7 +6,7 @@ restarted at random, then an audit of every job.
 runs on PostgreSQL, Redis and S3 (moto) servers of its own and prints a JSON summary (jobs,
 workers, kills, restarts, succeeded, failed, lost, duplicated, max_recovery_s, wall_s, ...). It
 exits with status 1 when a job was lost, done twice or left without its output. `run_soak` is
-also what tests/test_soak.py runs, at a smaller size.
+also what tests/system/test_soak.py runs, at a smaller size.
 
 Recovery time is measured per kill: from the SIGKILL until every job the dead worker was running
 reached a final state on another worker. It includes the queue's backlog at that moment, since

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from toonq.shared.job import JobParams, JobSpec
 from toonq.worker.harness.worker import TOONQ_COMMAND, WorkerProcess
+from toonq.worker.health import HealthServer
 
 if TYPE_CHECKING:
     from toonq.worker.engine.matting import MatteResult, MattingEngine
@@ -291,3 +293,42 @@ class FaultyS3Proxy:
         finally:
             self.server.shutdown()
             self.server.server_close()
+
+
+# --- Prometheus scrapes -------------------------------------------------------------------------
+
+
+class Scrape:
+    """One GET /metrics, as samples keyed by name and labels."""
+
+    def __init__(self, exposition: str) -> None:
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def bucket(self, name: str, le: float, **labels: str) -> float | None:
+        return self.value(f"{name}_bucket", le=str(float(le)), **labels)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.samples}
+
+
+def get(server: HealthServer, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def scrape(server: HealthServer) -> Scrape:
+    status, body = get(server, "/metrics")
+    assert status == 200, body
+    return Scrape(body)

@@ -6,7 +6,7 @@ portable between PostgreSQL (production) and SQLite (the embedded default), so
 they use only generic types: `Uuid`, `JSON`, VARCHAR-backed enums guarded by CHECK constraints.
 Every constraint gets its name from `NAMING_CONVENTION`, which keeps Alembic migrations
 deterministic. The schema is created by the migrations in `toonq.migrations`, never by
-`create_all`; `tests/test_migrations.py` checks that both agree.
+`create_all`; `tests/integration/test_migrations.py` checks that both agree.
 """
 
 from __future__ import annotations

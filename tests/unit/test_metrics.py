@@ -3,14 +3,12 @@ parser; the queue depth is read from a real Redis, the dashboard checked against
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,10 @@ from typing import Any
 import pytest
 import torch
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import get, scrape
 from toonq.shared.job import Outcome
-from toonq.shared.queue import create_celery_app, enqueue, queue_lists
-from toonq.shared.settings import Settings
+from toonq.shared.queue import queue_lists
 from toonq.worker.health import Health, HealthServer, serve
 from toonq.worker.metrics import (
     JOB_STATUSES,
@@ -32,64 +29,7 @@ from toonq.worker.metrics import (
     printable_list_name,
 )
 
-DASHBOARD = Path(__file__).parents[1] / "docker" / "grafana" / "toonq-dashboard.json"
-
-
-class Scrape:
-    """One GET /metrics, as samples keyed by name and labels."""
-
-    def __init__(self, exposition: str) -> None:
-        self.samples = {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(exposition)
-            for sample in family.samples
-        }
-
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.samples.get((name, frozenset(labels.items())))
-
-    def bucket(self, name: str, le: float, **labels: str) -> float | None:
-        return self.value(f"{name}_bucket", le=str(float(le)), **labels)
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self.samples}
-
-
-def get(server: HealthServer, path: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
-def scrape(server: HealthServer) -> Scrape:
-    status, body = get(server, "/metrics")
-    assert status == 200, body
-    return Scrape(body)
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def worker_metrics(registry: CollectorRegistry) -> WorkerMetrics:
-    return WorkerMetrics(registry)
-
-
-@pytest.fixture
-def health(registry: CollectorRegistry) -> Health:
-    return Health(registry=registry)
-
-
-@pytest.fixture
-def server(health: Health, registry: CollectorRegistry) -> Iterator[HealthServer]:
-    with serve(0, health, registry=registry, host="127.0.0.1") as running:
-        yield running
+DASHBOARD = Path(__file__).parents[2] / "docker" / "grafana" / "toonq-dashboard.json"
 
 
 # --- Health endpoints -----------------------------------------------------------------------------
@@ -218,28 +158,6 @@ def test_model_load_time(worker_metrics: WorkerMetrics, server: HealthServer) ->
 
 
 # --- Read at scrape time --------------------------------------------------------------------------
-
-
-def test_queue_depth_counts_the_messages_waiting_in_each_priority_list(
-    redis_url: str, worker_metrics: WorkerMetrics, server: HealthServer
-) -> None:
-    app = create_celery_app(Settings.from_env({"TOONQ_BROKER_URL": redis_url}))
-    # One toonq priority per band (9-7, 6-4, 3-1, 0), in the order of `queue_lists`.
-    waiting = {9: 1, 5: 2, 2: 0, 0: 3}
-    for priority, count in waiting.items():
-        for _ in range(count):
-            enqueue(app, uuid.uuid4(), queue="depth", priority=priority)
-    app.close()
-    collector = worker_metrics.watch_queue_depth(redis_url, queue_lists("depth"))
-
-    scraped = scrape(server)
-    collector.close()
-    depths = [
-        scraped.value("toonq_queue_depth", queue=printable_list_name(name))
-        for name in queue_lists("depth")
-    ]
-    assert depths == list(waiting.values())
-    assert scraped.value("toonq_metrics_scrape_errors_total", collector="queue_depth") == 0
 
 
 def test_priority_lists_are_labelled_as_redis_cli_prints_them() -> None:

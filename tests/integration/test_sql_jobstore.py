@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from tests.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
+from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
 from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
 from toonq.shared.jobstore import JobStore, SqlJobStore

@@ -61,7 +61,7 @@ def test_bad_values_are_refused_with_a_typed_error(env: dict[str, str], message:
 
 
 def test_every_setting_is_documented_in_the_readme_configuration_table() -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(TOONQ_[A-Z0-9_]+)`", table))
     assert set(Settings.variables()) - documented == set()

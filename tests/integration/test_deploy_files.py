@@ -27,7 +27,7 @@ import pytest
 import yaml
 from sqlalchemy import Engine, text
 
-from tests.test_jobstore import claim, create
+from tests.integration.test_jobstore import claim, create
 from toonq.shared.job import FINISHED_STATUSES, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import queue_lists
@@ -37,7 +37,7 @@ from toonq.worker.engine.weights import KNOWN_CHECKPOINTS
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
 WORKER_DOCKERFILE = DOCKER / "worker.Dockerfile"
