@@ -47,6 +47,7 @@ from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
 from toonq.shared.db.engine import create_db_engine, migrate, session_factory
 from toonq.shared.job import utc_now
 from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
+from toonq.shared.settings import Settings
 from toonq.worker.harness.moto import MotoServer, local_s3_credentials
 from toonq.worker.harness.network import free_port
 from toonq.worker.harness.postgres import PostgresServer
@@ -321,3 +322,29 @@ def health(registry: CollectorRegistry) -> Health:
 def server(health: Health, registry: CollectorRegistry) -> Iterator[HealthServer]:
     with serve(0, health, registry=registry, host="127.0.0.1") as running:
         yield running
+
+
+# --- A producer on the test servers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def producer_settings(
+    migrated_pg_url: str,
+    pg_sessions: sessionmaker[Session],
+    redis_url: str,
+    s3_server: str,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> Settings:
+    """Settings on the migrated PostgreSQL database (emptied of jobs: `pg_sessions`), Redis and
+    the test's S3 bucket."""
+    return Settings.from_env(
+        {
+            "TOONQ_HOME": str(tmp_path / "home"),
+            "TOONQ_DATABASE_URL": migrated_pg_url,
+            "TOONQ_BROKER_URL": redis_url,
+            "TOONQ_QUEUE": "producer-test",
+            "TOONQ_S3_ENDPOINT_URL": s3_server,
+            "TOONQ_OUTPUT_PREFIX": f"s3://{s3_bucket}/out",
+        }
+    )

@@ -7,7 +7,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
@@ -31,29 +30,8 @@ from toonq.shared.settings import Settings
 
 
 @pytest.fixture
-def settings(
-    migrated_pg_url: str,
-    pg_sessions: sessionmaker[Session],
-    redis_url: str,
-    s3_server: str,
-    s3_bucket: str,
-    tmp_path: Path,
-) -> Settings:
-    return Settings.from_env(
-        {
-            "TOONQ_HOME": str(tmp_path),
-            "TOONQ_DATABASE_URL": migrated_pg_url,
-            "TOONQ_BROKER_URL": redis_url,
-            "TOONQ_QUEUE": "producer-test",
-            "TOONQ_S3_ENDPOINT_URL": s3_server,
-            "TOONQ_OUTPUT_PREFIX": f"s3://{s3_bucket}/out",
-        }
-    )
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[ToonqClient]:
-    with ToonqClient(settings) as client:
+def client(producer_settings: Settings) -> Iterator[ToonqClient]:
+    with ToonqClient(producer_settings) as client:
         yield client
 
 
@@ -128,15 +106,15 @@ def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
 
 
 @pytest.fixture
-def unsent_job(settings: Settings, s3_bucket: str, s3_server: str) -> Job:
+def unsent_job(producer_settings: Settings, s3_bucket: str, s3_server: str) -> Job:
     """A job submitted while the broker was down: committed, but its message never sent."""
     broker_down = Settings.from_env(
         {
-            "TOONQ_DATABASE_URL": settings.database_url,
+            "TOONQ_DATABASE_URL": producer_settings.database_url,
             "TOONQ_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens there
-            "TOONQ_QUEUE": settings.queue,
+            "TOONQ_QUEUE": producer_settings.queue,
             "TOONQ_S3_ENDPOINT_URL": s3_server,
-            "TOONQ_OUTPUT_PREFIX": settings.output_prefix,
+            "TOONQ_OUTPUT_PREFIX": producer_settings.output_prefix,
         }
     )
     with ToonqClient(broker_down) as offline:
@@ -146,13 +124,13 @@ def unsent_job(settings: Settings, s3_bucket: str, s3_server: str) -> Job:
 
 
 def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
-    settings: Settings, queue: redis.Redis, unsent_job: Job
+    producer_settings: Settings, queue: redis.Redis, unsent_job: Job
 ) -> None:
     job = unsent_job
     assert job.status == JobStatus.QUEUED
     assert job.enqueued_at is None  # accepted and durable, but not yet sent
 
-    with ToonqClient(settings) as client:
+    with ToonqClient(producer_settings) as client:
         sent = recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0)
         assert [(item.job.id, item.reason) for item in sent] == [(job.id, RecoveryReason.UNSENT)]
         assert client.get(job.id).enqueued_at is not None
@@ -161,7 +139,10 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
 
 
 def test_toonq_recover_sends_an_unsent_job_and_says_why(
-    settings: Settings, pg_sessions: sessionmaker[Session], queue: redis.Redis, unsent_job: Job
+    producer_settings: Settings,
+    pg_sessions: sessionmaker[Session],
+    queue: redis.Redis,
+    unsent_job: Job,
 ) -> None:
     # Unsent for longer than the grace a sender has to send its job itself.
     an_hour_ago = utc_now() - timedelta(hours=1)
@@ -170,10 +151,10 @@ def test_toonq_recover_sends_an_unsent_job_and_says_why(
             update(JobRow).where(JobRow.id == unsent_job.id).values(updated_at=an_hour_ago)
         )
     env = {
-        "TOONQ_DATABASE_URL": settings.database_url,
-        "TOONQ_BROKER_URL": settings.broker_url,
-        "TOONQ_QUEUE": settings.queue,
-        "TOONQ_OUTPUT_PREFIX": settings.output_prefix,
+        "TOONQ_DATABASE_URL": producer_settings.database_url,
+        "TOONQ_BROKER_URL": producer_settings.broker_url,
+        "TOONQ_QUEUE": producer_settings.queue,
+        "TOONQ_OUTPUT_PREFIX": producer_settings.output_prefix,
     }
 
     result = CliRunner().invoke(cli, ["recover", "--json"], env=env)
@@ -199,10 +180,12 @@ def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:
     assert [event.kind for event in client.events(job.id)] == ["created", "cancelled"]
 
 
-def test_file_uris_need_no_bucket(client: ToonqClient, tmp_path) -> None:
-    source = tmp_path / "in.png"
+def test_file_uris_need_no_bucket(client: ToonqClient) -> None:
+    home = client.settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    source = home / "in.png"
     source.write_bytes(png_bytes())
-    job = client.submit(source.as_uri(), output_uri=(tmp_path / "out.png").as_uri())
+    job = client.submit(source.as_uri(), output_uri=(home / "out.png").as_uri())
     assert job.input_uri == source.as_uri()
 
 

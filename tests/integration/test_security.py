@@ -21,7 +21,6 @@ import redis
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import Session, sessionmaker
 
 from tests.support import png_bytes
 from toonq.producer import ToonqClient
@@ -245,25 +244,8 @@ def test_the_roots_are_toonq_home_and_a_file_output_prefix(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def client(
-    migrated_pg_url: str,
-    pg_sessions: sessionmaker[Session],
-    redis_url: str,
-    s3_server: str,
-    s3_bucket: str,
-    tmp_path: Path,
-) -> Iterator[ToonqClient]:
-    settings = Settings.from_env(
-        {
-            "TOONQ_HOME": str(tmp_path / "home"),
-            "TOONQ_DATABASE_URL": migrated_pg_url,
-            "TOONQ_BROKER_URL": redis_url,
-            "TOONQ_QUEUE": "security-test",
-            "TOONQ_S3_ENDPOINT_URL": s3_server,
-            "TOONQ_OUTPUT_PREFIX": f"s3://{s3_bucket}/out",
-        }
-    )
-    with ToonqClient(settings) as client:
+def client(producer_settings: Settings) -> Iterator[ToonqClient]:
+    with ToonqClient(producer_settings) as client:
         yield client
 
 
@@ -271,7 +253,7 @@ def _queued(redis_url: str) -> list[bytes]:
     """The raw messages in the test queue's Redis lists (one per priority step)."""
     messages = []
     with redis.Redis.from_url(redis_url) as connection:
-        for key in connection.scan_iter("security-test*"):
+        for key in connection.scan_iter("producer-test*"):
             for message in connection.lrange(key, 0, -1):
                 assert isinstance(message, bytes)  # no decode_responses
                 messages.append(message)

@@ -1,5 +1,6 @@
 """Sending jobs' messages and recovering the jobs whose message went missing, on the in-memory
-job store and the memory broker. Stranded messages need Redis: see `tests/integration/test_stranded.py`."""
+job store and the memory broker. Stranded messages need Redis: see
+`tests/integration/test_stranded.py`."""
 
 from __future__ import annotations
 
