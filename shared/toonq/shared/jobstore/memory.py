@@ -17,32 +17,27 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import fields, replace
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from toonq.shared.errors import (
-    InvalidRequestError,
-    InvalidTransitionError,
-    JobNotFoundError,
-    WorkerLostError,
-)
+from toonq.shared.errors import InvalidRequestError, JobNotFoundError
 from toonq.shared.job import (
     CANCELLABLE_STATUSES,
-    REQUEUEABLE_STATUSES,
     WAITING_STATUSES,
     Claim,
-    EventKind,
     Job,
     JobEvent,
     JobSpec,
     JobStatus,
     aware,
-    iso_utc,
     parse_status,
     utc_now,
 )
+from toonq.shared.jobstore import selections, transitions
+from toonq.shared.jobstore.selections import Selection
+from toonq.shared.jobstore.transitions import Transition
 
 #: Whether a job's current snapshot allows a change: what a WHERE clause is to the SQL store.
 Guard = Callable[[Job], bool]
@@ -68,11 +63,6 @@ def _attempt_guard(claim: Claim) -> Guard:
     return current
 
 
-def _before(value: datetime | None, limit: datetime) -> bool:
-    """`value < limit`, false for a missing value (as SQL's comparison with NULL)."""
-    return value is not None and value < limit
-
-
 def _stored(value: Any) -> Any:
     """`value` as the store keeps it: datetimes in UTC (naive ones refused, as by the SQL
     schema), mappings read-only copies."""
@@ -85,8 +75,12 @@ def _stored(value: Any) -> Any:
     return value
 
 
-def _most_urgent_first(jobs: Iterable[Job], limit: int) -> list[Job]:
-    return sorted(jobs, key=lambda job: (-job.priority, job.created_at))[:limit]
+def _stored_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _stored(value) for name, value in values.items()}
+
+
+#: A job's fields before its creation sets them.
+_EMPTY_JOB: Mapping[str, Any] = dict.fromkeys(f.name for f in fields(Job))
 
 
 class InMemoryJobStore:
@@ -115,6 +109,7 @@ class InMemoryJobStore:
         with self._lock:
             by_key = {job.idempotency_key: job for job in self._jobs.values()}
             results: builtins.list[tuple[Job, bool]] = []
+            creations: builtins.list[tuple[Job, Transition]] = []
             for spec in specs:
                 existing = (
                     None if spec.idempotency_key is None else by_key.get(spec.idempotency_key)
@@ -124,16 +119,17 @@ class InMemoryJobStore:
                     continue
                 if spec.id in self._jobs or any(job.id == spec.id for job, _ in results):
                     raise InvalidRequestError(f"job {spec.id} already exists")
-                job = _new_job(spec, self._clock())
+                creation = transitions.created(spec, actor=actor, now=self._clock())
+                job = Job(**{**_EMPTY_JOB, **_stored_values(creation.values)})
                 if spec.idempotency_key is not None:
                     by_key[spec.idempotency_key] = job
                 results.append((job, True))
+                creations.append((job, creation))
             # Nothing was written until every spec passed.
-            for job, created in results:
-                if created:
-                    self._jobs[job.id] = job
-                    self._events[job.id] = []
-                    self._event(job.id, EventKind.CREATED, actor=actor, at=job.created_at)
+            for job, creation in creations:
+                self._jobs[job.id] = job
+                self._events[job.id] = []
+                self._record(job.id, creation)
             return results
 
     # --- Reads ------------------------------------------------------------------------------------
@@ -168,25 +164,13 @@ class InMemoryJobStore:
         """Cancel a queued, retrying or running job. A running job's worker finds out when it
         tries to record its outcome (which is then discarded)."""
         with self._lock:
-            now = self._clock()
-            cancelled = self._transition(
-                job_id,
-                EventKind.CANCELLED,
-                lambda job: job.status in CANCELLABLE_STATUSES,
-                actor=actor,
-                at=now,
-                reason=reason,
-                finished_at=now,
-                next_attempt_at=None,
-                lease_expires_at=None,
-                enqueued_at=None,
+            cancellation = transitions.cancelled(actor=actor, now=self._clock(), reason=reason)
+            cancelled = self._apply(
+                job_id, cancellation, lambda job: job.status in CANCELLABLE_STATUSES
             )
             job = self._load(job_id)
             if not cancelled:
-                raise InvalidTransitionError(
-                    f"job {job_id} is {job.status}: only queued, retrying or running jobs "
-                    "can be cancelled"
-                )
+                raise transitions.not_cancellable(job)
             return job
 
     def requeue(
@@ -210,53 +194,28 @@ class InMemoryJobStore:
             if job_ids is not None:
                 jobs = self._jobs_to_requeue(builtins.list(job_ids))
             else:
-                jobs = self._jobs_matching(parse_status(status), error_code, aware(since, "since"))
+                jobs = self._jobs_matching(
+                    transitions.requeue_filter(status), error_code, aware(since, "since")
+                )
             if dry_run:
                 return jobs
             now = self._clock()
             for job in jobs:
-                self._transition(
-                    job.id,
-                    EventKind.REQUEUED,
-                    _unguarded,
-                    actor=actor,
-                    at=now,
-                    reason=reason,
-                    details={
-                        "from": job.status.value,
-                        "error_code": job.error_code,
-                        "attempts": job.attempts,
-                    },
-                    attempts=0,
-                    error_code=None,
-                    error_message=None,
-                    worker=None,
-                    started_at=None,
-                    finished_at=None,
-                    next_attempt_at=None,
-                    lease_expires_at=None,
-                    enqueued_at=None,
-                )
+                requeue = transitions.requeued(job, actor=actor, now=now, reason=reason)
+                self._apply(job.id, requeue, _unguarded)
             return [self._jobs[job.id] for job in jobs]
 
     def _jobs_to_requeue(self, job_ids: builtins.list[uuid.UUID]) -> builtins.list[Job]:
         jobs = []
         for job_id in dict.fromkeys(job_ids):  # each once, in the caller's order
             job = self._load(job_id)
-            if job.status not in REQUEUEABLE_STATUSES:
-                raise InvalidTransitionError(
-                    f"job {job_id} is {job.status}: only failed or cancelled jobs can be requeued"
-                )
+            transitions.check_requeueable(job_id, job.status)
             jobs.append(job)
         return sorted(jobs, key=lambda job: job.created_at)
 
     def _jobs_matching(
         self, status: JobStatus, error_code: str | None, since: datetime | None
     ) -> builtins.list[Job]:
-        if status not in REQUEUEABLE_STATUSES:
-            raise InvalidRequestError(
-                f"only failed or cancelled jobs can be requeued, not {status}"
-            )
         return sorted(self._matching(status, error_code, since), key=lambda job: job.created_at)
 
     # --- Attempts ---------------------------------------------------------------------------------
@@ -271,58 +230,19 @@ class InMemoryJobStore:
         with self._lock:
             now = self._clock()
             job = self._load(job_id)
-            lost = job.status is JobStatus.RUNNING and _before(job.lease_expires_at, now)
-            if lost:
+            if selections.lease_lost(now).matches(job):
                 if job.attempts >= job.max_attempts:
-                    self._fail_lost(job, worker=worker, now=now)
+                    self._apply(
+                        job_id, transitions.worker_lost(job, worker=worker, now=now), _unguarded
+                    )
                     return None
-                self._transition(
-                    job_id,
-                    EventKind.RECLAIMED,
-                    _unguarded,
-                    actor=worker,
-                    at=now,
-                    reason="the previous worker's lease expired",
-                    details={"lost_worker": job.worker, "lost_attempt": job.attempts},
-                )
+                self._apply(job_id, transitions.reclaimed(job, worker=worker, now=now), _unguarded)
             elif job.status not in WAITING_STATUSES:
                 return None
             attempt = job.attempts + 1
-            self._transition(
-                job_id,
-                EventKind.STARTED,
-                _unguarded,
-                actor=worker,
-                at=now,
-                details={"attempt": attempt},
-                attempts=attempt,
-                worker=worker,
-                started_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                next_attempt_at=None,
-                enqueued_at=None,
-            )
+            start = transitions.started(attempt, worker=worker, now=now, lease_s=lease_s)
+            self._apply(job_id, start, _unguarded)
             return Claim(self._jobs[job_id], attempt)
-
-    def _fail_lost(self, job: Job, *, worker: str, now: datetime) -> None:
-        message = (
-            f"worker {job.worker} stopped renewing its lease on attempt {job.attempts} "
-            f"of {job.max_attempts}"
-        )
-        code = WorkerLostError.code
-        self._transition(
-            job.id,
-            EventKind.FAILED,
-            _unguarded,
-            actor=worker,
-            at=now,
-            reason=message,
-            details={"error_code": code, "attempt": job.attempts, "lost_worker": job.worker},
-            error_code=code,
-            error_message=message,
-            finished_at=now,
-            lease_expires_at=None,
-        )
 
     def mark_succeeded(
         self,
@@ -336,24 +256,16 @@ class InMemoryJobStore:
     ) -> bool:
         """Record success; False (and nothing written) if the claim is no longer current."""
         with self._lock:
-            now = self._clock()
-            return self._transition(
-                claim.job.id,
-                EventKind.SUCCEEDED,
-                _attempt_guard(claim),
-                actor=claim.worker,
-                at=now,
-                details={"attempt": claim.attempt},
+            success = transitions.succeeded(
+                claim,
+                now=self._clock(),
                 model_name=model_name,
                 model_revision=model_revision,
                 image_width=image_width,
                 image_height=image_height,
                 timings=timings,
-                error_code=None,
-                error_message=None,
-                finished_at=now,
-                lease_expires_at=None,
             )
+            return self._apply(claim.job.id, success, _attempt_guard(claim))
 
     def mark_retrying(
         self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime
@@ -361,74 +273,40 @@ class InMemoryJobStore:
         """Schedule another attempt at `next_attempt_at`; False if the claim is no longer
         current. Sending the delayed message is the caller's job (then `mark_enqueued`)."""
         with self._lock:
-            return self._transition(
-                claim.job.id,
-                EventKind.RETRIED,
-                _attempt_guard(claim),
-                actor=claim.worker,
-                at=self._clock(),
-                reason=error_message,
-                details={
-                    "error_code": error_code,
-                    "attempt": claim.attempt,
-                    "next_attempt_at": iso_utc(next_attempt_at),
-                },
+            retry = transitions.retried(
+                claim,
+                now=self._clock(),
                 error_code=error_code,
                 error_message=error_message,
                 next_attempt_at=next_attempt_at,
-                lease_expires_at=None,
-                enqueued_at=None,
             )
+            return self._apply(claim.job.id, retry, _attempt_guard(claim))
 
     def mark_failed(self, claim: Claim, *, error_code: str, error_message: str) -> bool:
         """Record a final failure; False (and nothing written) if the claim is no longer current."""
         with self._lock:
-            now = self._clock()
-            return self._transition(
-                claim.job.id,
-                EventKind.FAILED,
-                _attempt_guard(claim),
-                actor=claim.worker,
-                at=now,
-                reason=error_message,
-                details={"error_code": error_code, "attempt": claim.attempt},
-                error_code=error_code,
-                error_message=error_message,
-                finished_at=now,
-                lease_expires_at=None,
+            failure = transitions.failed(
+                claim, now=self._clock(), error_code=error_code, error_message=error_message
             )
+            return self._apply(claim.job.id, failure, _attempt_guard(claim))
 
     def hand_back(self, claim: Claim, *, reason: str) -> Job | None:
         """Give a running attempt back to the queue unfinished (its worker is shutting down):
         the job waits again without having spent the attempt. Returns the queued job, or None
         if the claim is no longer current (the attempt finished or was taken away)."""
         with self._lock:
-            if not self._transition(
-                claim.job.id,
-                EventKind.HANDED_BACK,
-                _attempt_guard(claim),
-                actor=claim.worker,
-                at=self._clock(),
-                reason=reason,
-                details={"handed_back_attempt": claim.attempt},
-                attempts=claim.attempt - 1,
-                worker=None,
-                started_at=None,
-                lease_expires_at=None,
-                enqueued_at=None,
-            ):
+            handing_back = transitions.handed_back(claim, now=self._clock(), reason=reason)
+            if not self._apply(claim.job.id, handing_back, _attempt_guard(claim)):
                 return None
             return self._jobs[claim.job.id]
 
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
         with self._lock:
-            now = self._clock()
             return self._update(
                 claim.job.id,
                 _attempt_guard(claim),
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                updated_at=now,
+                **transitions.lease_extended(now=self._clock(), lease_s=lease_s),
             )
 
     # --- Delivery ---------------------------------------------------------------------------------
@@ -438,15 +316,7 @@ class InMemoryJobStore:
         running job whose lease expired (the message that will reclaim it)."""
         with self._lock:
             now = self._clock()
-            return self._update(
-                job_id,
-                lambda job: (
-                    job.status in WAITING_STATUSES
-                    or (job.status is JobStatus.RUNNING and _before(job.lease_expires_at, now))
-                ),
-                enqueued_at=now,
-                updated_at=now,
-            )
+            return self._update(job_id, selections.sendable(now).matches, **transitions.sent(now))
 
     def due_for_recovery(
         self,
@@ -456,50 +326,26 @@ class InMemoryJobStore:
         now: datetime | None = None,
         limit: int = 1000,
     ) -> builtins.list[Job]:
-        """Jobs that need a new wake-up message, most urgent first (as `SqlJobStore`'s: never
-        sent once `unsent_grace_s` passed since they became due, sent longer than `lost_after_s`
-        ago, or running under an expired lease with no message sent for it lately)."""
+        """Jobs that need a new wake-up message (`selections.due_for_recovery`), most urgent
+        first."""
         now = aware(now, "now") or self._clock()
-        unsent_before = now - timedelta(seconds=unsent_grace_s)
-        lost_before = now - timedelta(seconds=lost_after_s)
-
-        def due(job: Job) -> bool:
-            unsent = job.enqueued_at is None
-            if job.status is JobStatus.QUEUED:
-                return (unsent and _before(job.updated_at, unsent_before)) or _before(
-                    job.enqueued_at, lost_before
-                )
-            if job.status is JobStatus.RETRYING:
-                return (unsent and _before(job.next_attempt_at, unsent_before)) or (
-                    _before(job.enqueued_at, lost_before)
-                    and _before(job.next_attempt_at, lost_before)
-                )
-            if job.status is JobStatus.RUNNING:
-                return _before(job.lease_expires_at, now) and (
-                    unsent or _before(job.enqueued_at, lost_before)
-                )
-            return False
-
-        with self._lock:
-            return _most_urgent_first(filter(due, self._jobs.values()), limit)
+        selection = selections.due_for_recovery(
+            now, unsent_grace_s=unsent_grace_s, lost_after_s=lost_after_s
+        )
+        return self._most_urgent(selection, limit)
 
     def waiting_after_send(
         self, *, sent_before: datetime, due_before: datetime, limit: int = 1000
     ) -> builtins.list[Job]:
         """Jobs still waiting for a worker although their message went out long ago: queued
         with the message sent before `sent_before`, or retrying and due before `due_before`."""
+        selection = selections.waiting_after_send(sent_before=sent_before, due_before=due_before)
+        return self._most_urgent(selection, limit)
 
-        def waiting(job: Job) -> bool:
-            if job.status is JobStatus.QUEUED:
-                return _before(job.enqueued_at, sent_before)
-            return (
-                job.status is JobStatus.RETRYING
-                and job.enqueued_at is not None
-                and _before(job.next_attempt_at, due_before)
-            )
-
+    def _most_urgent(self, selection: Selection, limit: int) -> builtins.list[Job]:
         with self._lock:
-            return _most_urgent_first(filter(waiting, self._jobs.values()), limit)
+            found = builtins.list(filter(selection.matches, self._jobs.values()))
+        return sorted(found, key=lambda job: (-job.priority, job.created_at))[:limit]
 
     # --- Changes (the caller holds the lock) ------------------------------------------------------
 
@@ -525,76 +371,18 @@ class InMemoryJobStore:
         job = self._jobs.get(job_id)
         if job is None or not guard(job):
             return False
-        self._jobs[job_id] = replace(job, **{name: _stored(v) for name, v in values.items()})
+        self._jobs[job_id] = replace(job, **_stored_values(values))
         return True
 
-    def _transition(
-        self,
-        job_id: uuid.UUID,
-        kind: EventKind,
-        guard: Guard,
-        *,
-        actor: str,
-        at: datetime,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-        **values: Any,
-    ) -> bool:
-        """Move the job to the status `kind` leads to if `guard` holds, and record the event;
-        False (and nothing written) if the guard did not hold."""
-        if not self._update(job_id, guard, status=kind.status, updated_at=at, **values):
+    def _apply(self, job_id: uuid.UUID, transition: Transition, guard: Guard) -> bool:
+        """Write `transition` if `guard` holds, with its event; False (and nothing written) if
+        the guard did not hold."""
+        if not self._update(job_id, guard, **transition.values):
             return False
-        self._event(job_id, kind, actor=actor, at=at, reason=reason, details=details)
+        self._record(job_id, transition)
         return True
 
-    def _event(
-        self,
-        job_id: uuid.UUID,
-        kind: EventKind,
-        *,
-        actor: str,
-        at: datetime,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._events[job_id].append(
-            JobEvent(
-                id=next(self._event_ids),
-                job_id=job_id,
-                at=_stored(at),
-                kind=kind,
-                actor=actor,
-                reason=reason,
-                details=_stored(details),
-            )
-        )
-
-
-def _new_job(spec: JobSpec, now: datetime) -> Job:
-    now = _stored(now)
-    return Job(
-        id=spec.id,
-        status=EventKind.CREATED.status,
-        idempotency_key=spec.idempotency_key,
-        input_uri=spec.input_uri,
-        output_uri=spec.output_uri,
-        params=spec.params,
-        priority=spec.priority,
-        attempts=0,
-        max_attempts=spec.max_attempts,
-        error_code=None,
-        error_message=None,
-        worker=None,
-        model_name=None,
-        model_revision=None,
-        image_width=None,
-        image_height=None,
-        timings=None,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-        next_attempt_at=None,
-        lease_expires_at=None,
-        enqueued_at=None,
-    )
+    def _record(self, job_id: uuid.UUID, transition: Transition) -> None:
+        """Add `transition`'s event to the job's history."""
+        event = _stored_values(transition.event)
+        self._events[job_id].append(JobEvent(id=next(self._event_ids), job_id=job_id, **event))

@@ -1,5 +1,5 @@
 """What every role of the SQL job store shares: sessions, the clock, snapshots and the guarded
-UPDATE that each transition is."""
+UPDATE that applies each transition."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, and_, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from toonq.shared.db.engine import translate_db_errors
 from toonq.shared.db.schema import Base, JobEventRow, JobRow
 from toonq.shared.errors import JobNotFoundError
-from toonq.shared.job import Claim, EventKind, Job, JobEvent, JobStatus, utc_now
+from toonq.shared.job import Claim, Job, JobEvent, JobStatus, utc_now
+from toonq.shared.jobstore.selections import Clause, Selection
+from toonq.shared.jobstore.transitions import Transition
 
 Snapshot = TypeVar("Snapshot", Job, JobEvent)
 
@@ -45,6 +47,20 @@ def attempt_guard(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+def where(selection: Selection) -> ColumnElement[bool]:
+    """The condition on a job's row that `selection` is."""
+    return or_(*(_where(clause) for clause in selection.clauses))
+
+
+def _where(clause: Clause) -> ColumnElement[bool]:
+    conditions = [JobRow.status == clause.status]
+    if clause.sent is not None:
+        sent = JobRow.enqueued_at.is_not(None) if clause.sent else JobRow.enqueued_at.is_(None)
+        conditions.append(sent)
+    conditions += [getattr(JobRow, name) < limit for name, limit in clause.before.items()]
+    return and_(*conditions)
+
+
 class SqlStoreBase:
     """Sessions and the clock; every role's transaction and transition goes through here."""
 
@@ -70,38 +86,20 @@ class SqlStoreBase:
         statement = update(JobRow).where(JobRow.id == job_id, *guard).values(**values)
         return session.connection().execute(statement).rowcount == 1
 
-    def _transition(
+    def _apply(
         self,
         session: Session,
         job_id: uuid.UUID,
-        kind: EventKind,
+        transition: Transition,
         *guard: ColumnElement[bool],
-        actor: str,
-        at: datetime,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-        **values: Any,
     ) -> bool:
-        """Move the job to the status `kind` leads to WHERE `guard` holds, and record the event;
-        False (and nothing written) if the guard did not hold."""
-        if not self._cas(session, job_id, *guard, status=kind.status, updated_at=at, **values):
+        """Write `transition` WHERE `guard` holds, with its event; False (and nothing written) if
+        the guard did not hold."""
+        if not self._cas(session, job_id, *guard, **transition.values):
             return False
-        self._event(session, job_id, kind, actor=actor, at=at, reason=reason, details=details)
+        self._record(session, job_id, transition)
         return True
 
-    def _event(
-        self,
-        session: Session,
-        job_id: uuid.UUID,
-        kind: EventKind,
-        *,
-        actor: str,
-        at: datetime,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        session.add(
-            JobEventRow(
-                job_id=job_id, at=at, kind=kind, actor=actor, reason=reason, details=details
-            )
-        )
+    def _record(self, session: Session, job_id: uuid.UUID, transition: Transition) -> None:
+        """Add `transition`'s event to the job's history."""
+        session.add(JobEventRow(job_id=job_id, **transition.event))

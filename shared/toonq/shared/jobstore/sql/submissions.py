@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toonq.shared.db.schema import JobRow
-from toonq.shared.job import EventKind, Job, JobSpec
+from toonq.shared.job import Job, JobSpec
+from toonq.shared.jobstore import transitions
 from toonq.shared.jobstore.sql.base import SqlStoreBase, snapshot
 
 
@@ -72,21 +73,9 @@ class SqlSubmissions(SqlStoreBase):
             return self._by_key(session, spec.idempotency_key)
 
     def _insert(self, session: Session, spec: JobSpec, *, actor: str) -> Job:
-        now = self._clock()
-        row = JobRow(
-            id=spec.id,
-            idempotency_key=spec.idempotency_key,
-            status=EventKind.CREATED.status,
-            input_uri=spec.input_uri,
-            output_uri=spec.output_uri,
-            params=spec.params,
-            priority=spec.priority,
-            attempts=0,
-            max_attempts=spec.max_attempts,
-            created_at=now,
-            updated_at=now,
-        )
+        creation = transitions.created(spec, actor=actor, now=self._clock())
+        row = JobRow(**creation.values)
         session.add(row)
         session.flush()
-        self._event(session, row.id, EventKind.CREATED, actor=actor, at=now)
+        self._record(session, row.id, creation)
         return snapshot(Job, row)

@@ -1,0 +1,304 @@
+"""What each transition of a job writes, for every job store: the event its history records and
+the job's new field values.
+
+A store applies a `Transition` under its own guard (the SQL store as a guarded UPDATE and an
+event row, the in-memory store as a replaced snapshot and a `JobEvent`), so the stores agree on
+what a transition writes by construction. The rules that refuse an operator's change are here
+too, for the same reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from toonq.shared.errors import InvalidRequestError, InvalidTransitionError, WorkerLostError
+from toonq.shared.job import (
+    REQUEUEABLE_STATUSES,
+    Claim,
+    EventKind,
+    Job,
+    JobSpec,
+    JobStatus,
+    iso_utc,
+    parse_status,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transition:
+    """One event of a job's history and the fields it changes. The job's status becomes the one
+    the event's kind leads to, and its `updated_at` the event's time."""
+
+    kind: EventKind
+    at: datetime
+    actor: str
+    reason: str | None = None
+    details: dict[str, Any] | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every field of the job it writes."""
+        return {"status": self.kind.status, "updated_at": self.at, **self.changes}
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The fields of its event, but for the ids of the event and the job."""
+        return {
+            "at": self.at,
+            "kind": self.kind,
+            "actor": self.actor,
+            "reason": self.reason,
+            "details": self.details,
+        }
+
+
+# --- The producer's and the operators' ------------------------------------------------------------
+
+
+def created(spec: JobSpec, *, actor: str, now: datetime) -> Transition:
+    """A new job, waiting for its first attempt; the fields it does not name are empty."""
+    return Transition(
+        kind=EventKind.CREATED,
+        at=now,
+        actor=actor,
+        changes={
+            "id": spec.id,
+            "idempotency_key": spec.idempotency_key,
+            "input_uri": spec.input_uri,
+            "output_uri": spec.output_uri,
+            "params": spec.params,
+            "priority": spec.priority,
+            "attempts": 0,
+            "max_attempts": spec.max_attempts,
+            "created_at": now,
+        },
+    )
+
+
+def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
+    return Transition(
+        kind=EventKind.CANCELLED,
+        at=now,
+        actor=actor,
+        reason=reason,
+        changes={
+            "finished_at": now,
+            "next_attempt_at": None,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+def not_cancellable(job: Job) -> InvalidTransitionError:
+    return InvalidTransitionError(
+        f"job {job.id} is {job.status}: only queued, retrying or running jobs can be cancelled"
+    )
+
+
+def requeued(job: Job, *, actor: str, now: datetime, reason: str | None) -> Transition:
+    """`job` back in the queue with fresh attempts, its last outcome kept in the event."""
+    return Transition(
+        kind=EventKind.REQUEUED,
+        at=now,
+        actor=actor,
+        reason=reason,
+        details={"from": job.status.value, "error_code": job.error_code, "attempts": job.attempts},
+        changes={
+            "attempts": 0,
+            "error_code": None,
+            "error_message": None,
+            "worker": None,
+            "started_at": None,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+def check_requeueable(job_id: uuid.UUID, status: JobStatus) -> None:
+    """InvalidTransitionError unless a job in `status`, asked for by its id, may be requeued."""
+    if status not in REQUEUEABLE_STATUSES:
+        raise InvalidTransitionError(
+            f"job {job_id} is {status}: only failed or cancelled jobs can be requeued"
+        )
+
+
+def requeue_filter(status: JobStatus | str) -> JobStatus:
+    """The status whose jobs a requeue by filter selects; InvalidRequestError unless they may
+    be requeued."""
+    status = parse_status(status)
+    if status not in REQUEUEABLE_STATUSES:
+        raise InvalidRequestError(f"only failed or cancelled jobs can be requeued, not {status}")
+    return status
+
+
+# --- The worker's ---------------------------------------------------------------------------------
+
+
+def lease_end(now: datetime, lease_s: float) -> datetime:
+    return now + timedelta(seconds=lease_s)
+
+
+def started(attempt: int, *, worker: str, now: datetime, lease_s: float) -> Transition:
+    return Transition(
+        kind=EventKind.STARTED,
+        at=now,
+        actor=worker,
+        details={"attempt": attempt},
+        changes={
+            "attempts": attempt,
+            "worker": worker,
+            "started_at": now,
+            "lease_expires_at": lease_end(now, lease_s),
+            "next_attempt_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+def reclaimed(job: Job, *, worker: str, now: datetime) -> Transition:
+    """`worker` takes over `job`, whose lease was lost; its `started` follows."""
+    return Transition(
+        kind=EventKind.RECLAIMED,
+        at=now,
+        actor=worker,
+        reason="the previous worker's lease expired",
+        details={"lost_worker": job.worker, "lost_attempt": job.attempts},
+    )
+
+
+def worker_lost(job: Job, *, worker: str, now: datetime) -> Transition:
+    """The failure `worker` finds of a job whose lease was lost on its last attempt."""
+    message = (
+        f"worker {job.worker} stopped renewing its lease on attempt {job.attempts} "
+        f"of {job.max_attempts}"
+    )
+    return _failure(
+        actor=worker,
+        now=now,
+        error_code=WorkerLostError.code,
+        error_message=message,
+        attempt=job.attempts,
+        lost_worker=job.worker,
+    )
+
+
+def lease_extended(*, now: datetime, lease_s: float) -> dict[str, Any]:
+    """The fields a heartbeat writes (no event)."""
+    return {"lease_expires_at": lease_end(now, lease_s), "updated_at": now}
+
+
+def succeeded(
+    claim: Claim,
+    *,
+    now: datetime,
+    model_name: str,
+    model_revision: str | None,
+    image_width: int,
+    image_height: int,
+    timings: Mapping[str, float],
+) -> Transition:
+    return Transition(
+        kind=EventKind.SUCCEEDED,
+        at=now,
+        actor=claim.worker,
+        details={"attempt": claim.attempt},
+        changes={
+            "model_name": model_name,
+            "model_revision": model_revision,
+            "image_width": image_width,
+            "image_height": image_height,
+            "timings": dict(timings),
+            "error_code": None,
+            "error_message": None,
+            "finished_at": now,
+            "lease_expires_at": None,
+        },
+    )
+
+
+def retried(
+    claim: Claim, *, now: datetime, error_code: str, error_message: str, next_attempt_at: datetime
+) -> Transition:
+    """Another attempt due at `next_attempt_at`, whose message is still to be sent."""
+    return Transition(
+        kind=EventKind.RETRIED,
+        at=now,
+        actor=claim.worker,
+        reason=error_message,
+        details={
+            "error_code": error_code,
+            "attempt": claim.attempt,
+            "next_attempt_at": iso_utc(next_attempt_at),
+        },
+        changes={
+            "error_code": error_code,
+            "error_message": error_message,
+            "next_attempt_at": next_attempt_at,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+def failed(claim: Claim, *, now: datetime, error_code: str, error_message: str) -> Transition:
+    return _failure(
+        actor=claim.worker,
+        now=now,
+        error_code=error_code,
+        error_message=error_message,
+        attempt=claim.attempt,
+    )
+
+
+def handed_back(claim: Claim, *, now: datetime, reason: str) -> Transition:
+    """The claimed attempt given back unspent: the job waits again as before the claim."""
+    return Transition(
+        kind=EventKind.HANDED_BACK,
+        at=now,
+        actor=claim.worker,
+        reason=reason,
+        details={"handed_back_attempt": claim.attempt},
+        changes={
+            "attempts": claim.attempt - 1,
+            "worker": None,
+            "started_at": None,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+# --- Delivery ---------------------------------------------------------------------------------
+
+
+def sent(now: datetime) -> dict[str, Any]:
+    """The fields that recording a sent wake-up message writes (no event)."""
+    return {"enqueued_at": now, "updated_at": now}
+
+
+def _failure(
+    *, actor: str, now: datetime, error_code: str, error_message: str, **details: Any
+) -> Transition:
+    """A final failure; `details` says of which attempt."""
+    return Transition(
+        kind=EventKind.FAILED,
+        at=now,
+        actor=actor,
+        reason=error_message,
+        details={"error_code": error_code, **details},
+        changes={
+            "error_code": error_code,
+            "error_message": error_message,
+            "finished_at": now,
+            "lease_expires_at": None,
+        },
+    )
