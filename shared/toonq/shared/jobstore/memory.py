@@ -1,10 +1,10 @@
 """The job store in memory: a test double with the SQL store's behaviour, as dramatiq's
 `StubBroker` is for its brokers.
 
-It passes the same contract tests as `SqlJobStore` (`tests/test_jobstore.py`): the same
-transitions, guards, errors, history and orderings, so the processor, recovery and the command
-line can be tested without a database. It keeps nothing beyond the object's life and is safe to
-share between threads (one lock), never between processes.
+It passes the same contract tests as `SqlJobStore` (`tests/integration/test_jobstore.py`): the
+same transitions, guards, errors, history and orderings, so the processor, recovery and the
+command line can be tested without a database. It keeps nothing beyond the object's life and is
+safe to share between threads (one lock), never between processes.
 
 Jobs are immutable `Job` snapshots, replaced whole by each change; a guard is a predicate on the
 current snapshot, as the SQL store's is a WHERE clause on the row.
