@@ -1,13 +1,11 @@
-"""The job store: where every job's state lives. The SQL store is split by role, one module each:
-the producer's submissions, reads, the operators' administration, the worker's attempts, and the
-delivery bookkeeping that recovery reads. The in-memory store is its test double, held to the
-same contract tests. What each transition writes (`transitions`) and which jobs recovery selects
-(`selections`) are defined once, as data both stores apply under their own guards."""
+"""The job store: where every job's state lives. `JobStore` (`store`) writes each of its methods
+once, over the few primitives of a transaction that each store implements: the SQL store
+(`sql`) and its in-memory test double (`memory`), held to the same contract tests. What each
+transition writes (`transitions`) and which jobs a read or a guard selects (`selections`) are
+defined once, as data both stores apply."""
 
 from toonq.shared.jobstore.memory import InMemoryJobStore
 from toonq.shared.jobstore.sql import SqlJobStore
-
-#: What callers hold.
-JobStore = SqlJobStore | InMemoryJobStore
+from toonq.shared.jobstore.store import JobStore
 
 __all__ = ["InMemoryJobStore", "JobStore", "SqlJobStore"]

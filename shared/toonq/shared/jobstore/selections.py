@@ -1,5 +1,6 @@
-"""Which jobs a wake-up message is for, for every job store: those recovery must send one again,
-those still waiting after theirs was sent, and those a sent one may be recorded for.
+"""Which jobs a store reads or changes, for every job store: the filters of reads, the guards of
+transitions, and the jobs a wake-up message is for (those recovery must send one again, those
+still waiting after theirs was sent, and those a sent one may be recorded for).
 
 Each is a `Selection`: data that the SQL store turns into a WHERE clause and the in-memory store
 checks on a snapshot (`Selection.matches`), so the two select the same jobs by construction.
@@ -7,29 +8,38 @@ checks on a snapshot (`Selection.matches`), so the two select the same jobs by c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from toonq.shared.job import WAITING_STATUSES, Job, JobStatus
+from toonq.shared.job import CANCELLABLE_STATUSES, WAITING_STATUSES, Claim, Job, JobStatus
 
 
 @dataclass(frozen=True, kw_only=True)
 class Clause:
-    """Jobs in `status` whose message was sent, or not, as `sent` says (either way when None),
-    and whose fields named in `before` hold instants before the ones given there. As in SQL, an
-    empty field is before nothing."""
+    """Jobs whose fields hold all of these: those named in `equal` the values given there, in
+    `among` one of the values given there, in `before` instants before the ones given there, in
+    `not_before` instants at or after them, and in `empty` nothing (True) or something (False).
+    As in SQL, an empty field is before, and not before, nothing."""
 
-    status: JobStatus
-    sent: bool | None = None
+    equal: Mapping[str, Any] = field(default_factory=dict)
+    among: Mapping[str, frozenset[Any]] = field(default_factory=dict)
     before: Mapping[str, datetime] = field(default_factory=dict)
+    not_before: Mapping[str, datetime] = field(default_factory=dict)
+    empty: Mapping[str, bool] = field(default_factory=dict)
 
     def matches(self, job: Job) -> bool:
-        if job.status is not self.status:
-            return False
-        if self.sent is not None and (job.enqueued_at is not None) is not self.sent:
-            return False
-        return all(_before(getattr(job, name), limit) for name, limit in self.before.items())
+        def value(name: str) -> Any:
+            return getattr(job, name)
+
+        return (
+            all(value(name) == wanted for name, wanted in self.equal.items())
+            and all(value(name) in wanted for name, wanted in self.among.items())
+            and all(_before(value(name), limit) for name, limit in self.before.items())
+            and all(_not_before(value(name), limit) for name, limit in self.not_before.items())
+            and all((value(name) is None) is empty for name, empty in self.empty.items())
+        )
 
 
 @dataclass(frozen=True)
@@ -42,15 +52,79 @@ class Selection:
         return any(clause.matches(job) for clause in self.clauses)
 
 
+#: An order of jobs: field names, each ascending, or descending when prefixed with "-".
+Order = Sequence[str]
+
+
+def _one(**conditions: Any) -> Selection:
+    return Selection((Clause(**conditions),))
+
+
+# --- Reads and the operators' changes -------------------------------------------------------------
+
+
+def filtered(
+    status: JobStatus | None = None, error_code: str | None = None, since: datetime | None = None
+) -> Selection:
+    """Jobs in `status`, with `error_code`, created at or after `since` (each when given)."""
+    equal: dict[str, Any] = {}
+    if status is not None:
+        equal["status"] = status
+    if error_code is not None:
+        equal["error_code"] = error_code
+    return _one(equal=equal, not_before={} if since is None else {"created_at": since})
+
+
+def in_status(*statuses: JobStatus) -> Selection:
+    return _one(among={"status": frozenset(statuses)})
+
+
+def cancellable() -> Selection:
+    return in_status(*CANCELLABLE_STATUSES)
+
+
+# --- The worker's ---------------------------------------------------------------------------------
+
+
+def as_read(job: Job, *, lease_lost_at: datetime | None = None) -> Selection:
+    """`job` still in the status and at the attempt it was read with (and, given
+    `lease_lost_at`, with its lease lost then): a concurrent claim of it does not match."""
+    before = {} if lease_lost_at is None else {"lease_expires_at": lease_lost_at}
+    return _one(equal={"status": job.status, "attempts": job.attempts}, before=before)
+
+
+def current_attempt(claim: Claim) -> Selection:
+    """Whether the claimed attempt is still the job's current one. started_at is stamped anew by
+    every claim: with attempts it fences off a stale worker even after a requeue reset the
+    attempt count."""
+    return _one(
+        equal={
+            "status": JobStatus.RUNNING,
+            "attempts": claim.attempt,
+            "started_at": claim.job.started_at,
+        }
+    )
+
+
 def lease_lost(now: datetime) -> Selection:
     """Running jobs whose worker stopped renewing the lease."""
-    return Selection((Clause(status=JobStatus.RUNNING, before={"lease_expires_at": now}),))
+    return _one(equal={"status": JobStatus.RUNNING}, before={"lease_expires_at": now})
+
+
+# --- Delivery -------------------------------------------------------------------------------------
+
+
+def _clause(status: JobStatus, *, sent: bool | None = None, **before: datetime) -> Clause:
+    """Jobs in `status` whose message was sent, or not, as `sent` says (either way when None),
+    and whose fields named in `before` hold instants before the ones given."""
+    empty = {} if sent is None else {"enqueued_at": not sent}
+    return Clause(equal={"status": status}, empty=empty, before=before)
 
 
 def sendable(now: datetime) -> Selection:
     """Jobs a sent wake-up message may be recorded for: waiting ones, and running ones whose
     lease was lost (the message that will reclaim them)."""
-    waiting = tuple(Clause(status=status) for status in sorted(WAITING_STATUSES))
+    waiting = tuple(_clause(status) for status in sorted(WAITING_STATUSES))
     return Selection(waiting + lease_lost(now).clauses)
 
 
@@ -69,15 +143,12 @@ def due_for_recovery(now: datetime, *, unsent_grace_s: float, lost_after_s: floa
     queued, retrying, running = JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING
     return Selection(
         (
-            Clause(status=queued, sent=False, before={"updated_at": unsent_before}),
-            Clause(status=retrying, sent=False, before={"next_attempt_at": unsent_before}),
-            Clause(status=queued, before={"enqueued_at": lost_before}),
-            Clause(
-                status=retrying,
-                before={"enqueued_at": lost_before, "next_attempt_at": lost_before},
-            ),
-            Clause(status=running, sent=False, before={"lease_expires_at": now}),
-            Clause(status=running, before={"lease_expires_at": now, "enqueued_at": lost_before}),
+            _clause(queued, sent=False, updated_at=unsent_before),
+            _clause(retrying, sent=False, next_attempt_at=unsent_before),
+            _clause(queued, enqueued_at=lost_before),
+            _clause(retrying, enqueued_at=lost_before, next_attempt_at=lost_before),
+            _clause(running, sent=False, lease_expires_at=now),
+            _clause(running, lease_expires_at=now, enqueued_at=lost_before),
         )
     )
 
@@ -87,11 +158,15 @@ def waiting_after_send(*, sent_before: datetime, due_before: datetime) -> Select
     the message sent before `sent_before`, or retrying and due before `due_before`."""
     return Selection(
         (
-            Clause(status=JobStatus.QUEUED, before={"enqueued_at": sent_before}),
-            Clause(status=JobStatus.RETRYING, sent=True, before={"next_attempt_at": due_before}),
+            _clause(JobStatus.QUEUED, enqueued_at=sent_before),
+            _clause(JobStatus.RETRYING, sent=True, next_attempt_at=due_before),
         )
     )
 
 
 def _before(value: datetime | None, limit: datetime) -> bool:
     return value is not None and value < limit
+
+
+def _not_before(value: datetime | None, limit: datetime) -> bool:
+    return value is not None and value >= limit
