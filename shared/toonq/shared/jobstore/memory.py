@@ -27,7 +27,8 @@ from typing import Any
 from toonq.shared.errors import InvalidRequestError, JobNotFoundError
 from toonq.shared.job import Job, JobEvent, utc_now
 from toonq.shared.jobstore.selections import Order, Selection
-from toonq.shared.jobstore.store import JobStore, Transaction
+from toonq.shared.jobstore.store import JobStore
+from toonq.shared.jobstore.transaction import Transaction
 from toonq.shared.jobstore.transitions import Transition
 
 

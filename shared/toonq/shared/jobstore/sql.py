@@ -26,7 +26,8 @@ from toonq.shared.db.schema import Base, JobEventRow, JobRow
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobSpec, utc_now
 from toonq.shared.jobstore.selections import Clause, Order, Selection
-from toonq.shared.jobstore.store import JobStore, Transaction
+from toonq.shared.jobstore.store import JobStore
+from toonq.shared.jobstore.transaction import Transaction
 from toonq.shared.jobstore.transitions import Transition
 
 Snapshot = TypeVar("Snapshot", Job, JobEvent)

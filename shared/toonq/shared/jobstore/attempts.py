@@ -1,0 +1,115 @@
+"""The worker's side: claiming an attempt, keeping its lease and recording its outcome, each
+fenced by the claim so that a stale worker cannot overwrite another's outcome."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from toonq.shared.job import WAITING_STATUSES, Claim, Job
+from toonq.shared.jobstore import selections, transitions
+from toonq.shared.jobstore.core import StoreCore
+from toonq.shared.jobstore.transitions import Transition
+
+
+class Attempts(StoreCore):
+    """Claims attempts and records their outcomes."""
+
+    def claim(self, job_id: uuid.UUID, *, worker: str, lease_s: float) -> Claim | None:
+        """Start the next attempt of a job, or return None if it is not claimable: finished,
+        cancelled, or running under a live lease (a duplicate message).
+
+        A running job whose lease expired lost its worker: it is reclaimed, unless it already
+        used all its attempts, in which case it fails with `worker_lost`.
+        """
+        with self._transaction() as transaction:
+            now = self._clock()
+            job = transaction.load(job_id)
+            steps: builtins.list[Transition] = []
+            if selections.lease_lost(now).matches(job):
+                guard = selections.as_read(job, lease_lost_at=now)
+                if job.attempts >= job.max_attempts:
+                    failure = transitions.worker_lost(job, worker=worker, now=now)
+                    transaction.apply(job_id, guard, failure)
+                    return None
+                steps.append(transitions.reclaimed(job, worker=worker, now=now))
+            elif job.status in WAITING_STATUSES:
+                guard = selections.as_read(job)
+            else:
+                return None
+            attempt = job.attempts + 1
+            steps.append(transitions.started(attempt, worker=worker, now=now, lease_s=lease_s))
+            if not transaction.apply(job_id, guard, *steps):
+                return None  # another worker won the race
+            return Claim(transaction.load(job_id), attempt)
+
+    def mark_succeeded(
+        self,
+        claim: Claim,
+        *,
+        model_name: str,
+        model_revision: str | None,
+        image_width: int,
+        image_height: int,
+        timings: Mapping[str, float],
+    ) -> bool:
+        """Record success; False (and nothing written) if the claim is no longer current."""
+        return self._finish_attempt(
+            claim,
+            transitions.succeeded(
+                claim,
+                now=self._clock(),
+                model_name=model_name,
+                model_revision=model_revision,
+                image_width=image_width,
+                image_height=image_height,
+                timings=timings,
+            ),
+        )
+
+    def mark_retrying(
+        self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime
+    ) -> bool:
+        """Schedule another attempt at `next_attempt_at`; False if the claim is no longer
+        current. Sending the delayed message is the caller's job (then `mark_enqueued`)."""
+        return self._finish_attempt(
+            claim,
+            transitions.retried(
+                claim,
+                now=self._clock(),
+                error_code=error_code,
+                error_message=error_message,
+                next_attempt_at=next_attempt_at,
+            ),
+        )
+
+    def mark_failed(self, claim: Claim, *, error_code: str, error_message: str) -> bool:
+        """Record a final failure; False (and nothing written) if the claim is no longer current."""
+        failure = transitions.failed(
+            claim, now=self._clock(), error_code=error_code, error_message=error_message
+        )
+        return self._finish_attempt(claim, failure)
+
+    def hand_back(self, claim: Claim, *, reason: str) -> Job | None:
+        """Give a running attempt back to the queue unfinished (its worker is shutting down):
+        the job waits again without having spent the attempt. Returns the queued job, or None
+        if the claim is no longer current (the attempt finished or was taken away)."""
+        with self._transaction() as transaction:
+            handing_back = transitions.handed_back(claim, now=self._clock(), reason=reason)
+            if not transaction.apply(claim.job.id, selections.current_attempt(claim), handing_back):
+                return None
+            return transaction.load(claim.job.id)
+
+    def extend_lease(self, claim: Claim, lease_s: float) -> bool:
+        """Heartbeat of a long attempt; False if the claim is no longer current."""
+        with self._transaction() as transaction:
+            heartbeat = transitions.lease_extended(now=self._clock(), lease_s=lease_s)
+            return transaction.update(claim.job.id, selections.current_attempt(claim), heartbeat)
+
+    def _finish_attempt(self, claim: Claim, outcome: Transition) -> bool:
+        """Write the claimed attempt's `outcome`; False (and nothing written) if the claim is no
+        longer current."""
+        with self._transaction() as transaction:
+            return transaction.apply(claim.job.id, selections.current_attempt(claim), outcome)

@@ -1,0 +1,38 @@
+"""Reading jobs and their history."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from datetime import datetime
+
+from toonq.shared.job import Job, JobEvent, JobStatus, aware, parse_status
+from toonq.shared.jobstore import selections
+from toonq.shared.jobstore.core import StoreCore
+
+
+class Reads(StoreCore):
+    """Reads jobs and their events."""
+
+    def get(self, job_id: uuid.UUID) -> Job:
+        with self._transaction() as transaction:
+            return transaction.load(job_id)
+
+    def list(
+        self,
+        status: JobStatus | str | None = None,
+        error_code: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, optionally filtered by status, error code and creation time."""
+        wanted = None if status is None else parse_status(status)
+        selection = selections.filtered(wanted, error_code, aware(since, "since"))
+        with self._transaction() as transaction:
+            return transaction.select(selection, ("-created_at", "-id"), limit)
+
+    def events(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
+        """The job's history, oldest first."""
+        with self._transaction() as transaction:
+            transaction.load(job_id)
+            return transaction.events_of(job_id)

@@ -1,0 +1,46 @@
+"""The producer's writes: creating jobs, once per idempotency key."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+
+from toonq.shared.job import Job, JobSpec
+from toonq.shared.jobstore import transitions
+from toonq.shared.jobstore.core import StoreCore
+
+
+class Submissions(StoreCore):
+    """Creates jobs."""
+
+    def create(self, spec: JobSpec, *, actor: str) -> tuple[Job, bool]:
+        """Create a job; returns (job, created). A repeated idempotency key returns the existing
+        job with created=False, or raises IdempotencyConflictError if its parameters differ."""
+        (result,) = self._create_at_once([spec], actor=actor)
+        return result
+
+    def create_many(
+        self, specs: Iterable[JobSpec], *, actor: str
+    ) -> builtins.list[tuple[Job, bool]]:
+        """`create` for a batch, all at once, so an idempotency conflict writes nothing."""
+        return self._create_at_once(builtins.list(specs), actor=actor)
+
+    def _create_at_once(
+        self, specs: builtins.list[JobSpec], *, actor: str
+    ) -> builtins.list[tuple[Job, bool]]:
+        keys = {spec.idempotency_key for spec in specs if spec.idempotency_key is not None}
+        with self._transaction() as transaction:
+            by_key = transaction.with_keys(sorted(keys))
+            results: builtins.list[tuple[Job, bool]] = []
+            for spec in specs:
+                existing = (
+                    None if spec.idempotency_key is None else by_key.get(spec.idempotency_key)
+                )
+                if existing is not None:
+                    results.append((existing.reuse_for(spec), False))
+                    continue
+                job = transaction.insert(transitions.created(spec, actor=actor, now=self._clock()))
+                if spec.idempotency_key is not None:
+                    by_key[spec.idempotency_key] = job
+                results.append((job, True))
+            return results
