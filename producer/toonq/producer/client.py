@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Unpack
 
 from celery import Celery
 
@@ -27,7 +28,7 @@ from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine, session_factory
 from toonq.shared.errors import InvalidRequestError, ToonqError
-from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, JobStatus
+from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import JobStore, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
@@ -173,20 +174,9 @@ class ToonqClient:
     def events(self, job_id: uuid.UUID | str) -> builtins.list[JobEvent]:
         return self.store.events(_as_uuid(job_id))
 
-    def list(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        error_code: str | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-    ) -> builtins.list[Job]:
-        return self.store.list(
-            status=status,
-            error_code=error_code,
-            since=since,
-            limit=limit,
-        )
+    def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:
+        """Jobs newest first: `status`, `error_code`, created at or after `since`, `limit`."""
+        return self.store.list(**filters)
 
     def wait(
         self, job_id: uuid.UUID | str, *, timeout: float | None = None, poll_interval: float = 0.5

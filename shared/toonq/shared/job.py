@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from toonq.shared.choices import (
     MAX_PRIORITY,
@@ -63,6 +63,16 @@ REQUEUEABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class JobFilters(TypedDict, total=False):
+    """What a listing of jobs selects: a status, an error code, jobs created at or after `since`,
+    and at most `limit` of them (100 unless given)."""
+
+    status: JobStatus | str | None
+    error_code: str | None
+    since: datetime | None
+    limit: int
 
 
 def parse_status(value: JobStatus | str) -> JobStatus:

@@ -11,6 +11,7 @@ requeue; the downgrade records the hand-backs written since as `requeued` again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import import_module
 
 from alembic import op
 
@@ -19,16 +20,10 @@ down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-EVENT_KINDS_0001 = (
-    "created",
-    "started",
-    "reclaimed",
-    "retried",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "requeued",
-)
+#: The kinds the previous revision allowed, from that revision itself.
+EVENT_KINDS_0001: tuple[str, ...] = import_module(
+    "toonq.migrations.versions.0001_initial"
+).EVENT_KINDS
 EVENT_KINDS = (*EVENT_KINDS_0001, "handed_back")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from datetime import datetime
+from typing import Unpack
 
-from toonq.shared.job import Job, JobEvent, JobStatus, aware, parse_status
+from toonq.shared.job import Job, JobEvent, JobFilters, aware, parse_status
 from toonq.shared.jobstore import selections
 from toonq.shared.jobstore.core import StoreCore
 
@@ -18,18 +18,16 @@ class Reads(StoreCore):
         with self._transaction() as transaction:
             return transaction.load(job_id)
 
-    def list(
-        self,
-        status: JobStatus | str | None = None,
-        error_code: str | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-    ) -> builtins.list[Job]:
+    def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:
         """Jobs newest first, optionally filtered by status, error code and creation time."""
-        wanted = None if status is None else parse_status(status)
-        selection = selections.filtered(wanted, error_code, aware(since, "since"))
+        status = filters.get("status")
+        selection = selections.filtered(
+            None if status is None else parse_status(status),
+            filters.get("error_code"),
+            aware(filters.get("since"), "since"),
+        )
         with self._transaction() as transaction:
-            return transaction.select(selection, ("-created_at", "-id"), limit)
+            return transaction.select(selection, ("-created_at", "-id"), filters.get("limit", 100))
 
     def events(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
         """The job's history, oldest first."""
