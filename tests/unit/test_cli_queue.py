@@ -207,3 +207,25 @@ def test_recover_sends_an_unsent_job_and_says_why(
     }
     assert [message.job_id for message in broker.take_sent()] == [unsent.id]
     assert toonq(client, "recover").stdout == "re-sent 0 job(s)\n"
+
+
+def test_sweep_is_a_hidden_deprecated_name_of_recover(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, clock: ManualClock
+) -> None:
+    created_job(jobstore, settings)
+    clock.advance(UNSENT_GRACE_S + 1)
+
+    swept = toonq(client, "sweep", "--json")
+
+    assert swept.exit_code == 0, swept.output
+    assert json.loads(swept.stdout)["by_reason"] == {"unsent": 1}
+    assert "deprecated" in swept.stderr
+    assert "sweep" not in toonq(client, "--help").stdout
+
+
+@pytest.mark.parametrize("args", [["-h"], ["status", "-h"], ["recover", "-h"]])
+def test_dash_h_is_help(client: ToonqClient, args: list[str]) -> None:
+    shown = toonq(client, *args)
+
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith("Usage: ")

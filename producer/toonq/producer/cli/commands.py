@@ -218,4 +218,14 @@ def recover(ctx: Context, as_json: bool) -> None:
         click.echo(f"re-sent {len(recovered)} job(s)" + (f": {detail}" if detail else ""))
 
 
-QUEUE_COMMANDS = (migrate, submit, status, jobs, requeue, cancel, recover)
+#: `recover`'s first name, kept for the scripts that call it: hidden, and it says it is deprecated.
+sweep = click.Command(
+    "sweep",
+    callback=recover.callback,
+    params=recover.params,
+    help="Deprecated: use `toonq recover`.",
+    hidden=True,
+    deprecated=True,
+)
+
+QUEUE_COMMANDS = (migrate, submit, status, jobs, requeue, cancel, recover, sweep)

@@ -77,7 +77,7 @@ def _unavailable(name: str, cause: ImportError) -> click.Command:
     )
 
 
-@click.group(cls=ToonqGroup)
+@click.group(cls=ToonqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="toonq")
 def cli() -> None:
     """toonq: background removal for anime images, as a distributed job queue."""

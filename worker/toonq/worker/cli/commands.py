@@ -41,7 +41,7 @@ resolution_option = click.option(
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    help="Jobs in flight [default: TOONQ_CONCURRENCY, or 2 x the batch size + 2].",
+    help="Jobs in flight [default: TOONQ_CONCURRENCY, or 4 x the batch size + 2].",
 )
 @pass_context
 def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
