@@ -229,3 +229,39 @@ def test_dash_h_is_help(client: ToonqClient, args: list[str]) -> None:
 
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.startswith("Usage: ")
+
+
+def test_timeout_without_wait_is_refused_before_anything_is_written(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    refused = toonq(client, "submit", input_uri(settings), "--timeout", "5")
+
+    assert refused.exit_code == 2
+    assert "--wait" in refused.stderr
+    assert jobstore.list() == []
+
+
+def test_wait_that_times_out_still_prints_the_job_as_json(
+    client: ToonqClient, settings: Settings
+) -> None:
+    waited = toonq(client, "submit", input_uri(settings), "--wait", "--timeout", "0.1", "--json")
+
+    assert waited.exit_code == 124
+    assert json.loads(waited.stdout)["status"] == "queued"
+    assert "error [wait_timeout]" in waited.stderr
+
+
+def test_wait_on_a_failed_job_prints_its_error_code_and_message(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    job = client.submit(input_uri(settings), idempotency_key="sticker-7")
+    claim = jobstore.claim(job.id, worker="w1", lease_s=60)
+    assert claim is not None
+    jobstore.mark_failed(claim, error_code="input_not_found", error_message="no such object")
+
+    waited = toonq(
+        client, "submit", input_uri(settings), "--idempotency-key", "sticker-7", "--wait"
+    )
+
+    assert waited.exit_code == 1
+    assert waited.stdout == f"{job.id} failed [input_not_found] no such object\n"

@@ -16,7 +16,7 @@ from toonq.producer.client import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
 from toonq.shared.errors import JOB_ERROR_CODES
-from toonq.shared.job import JobStatus
+from toonq.shared.job import Job, JobStatus
 from toonq.shared.recovery import recover_once
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
@@ -75,6 +75,8 @@ def submit(
     Exits 0 once submitted (with --wait: once succeeded), 1 if the job failed or was
     cancelled, 124 if --timeout passed first.
     """
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout is how long --wait waits: give --wait too")
     job = ctx.client.submit(
         input_uri,
         output_uri=output_uri,
@@ -82,18 +84,30 @@ def submit(
         priority=priority,
         **job_options,
     )
+    exit_status = 0
     if wait:
         try:
             job = ctx.client.wait(job.id, timeout=timeout)
         except WaitTimeoutError as exc:
             click.echo(f"error [{exc.code}]: {exc}", err=True)
-            sys.exit(EXIT_TIMEOUT)
+            job, exit_status = ctx.client.get(job.id), EXIT_TIMEOUT
+        else:
+            exit_status = 0 if job.status == JobStatus.SUCCEEDED else 1
     if as_json:
         print_json(job.to_dict())
     else:
-        click.echo(f"{job.id} {job.status} {job.output_uri}")
-    if wait and job.status != JobStatus.SUCCEEDED:
-        sys.exit(1)
+        click.echo(_outcome_line(job))
+    if exit_status:
+        sys.exit(exit_status)
+
+
+def _outcome_line(job: Job) -> str:
+    """The job as one line: where its output goes, or, once it failed, why."""
+    if job.status == JobStatus.FAILED:
+        return f"{job.id} {job.status} [{job.error_code}] {job.error_message}"
+    if job.status == JobStatus.CANCELLED:
+        return f"{job.id} {job.status}"
+    return f"{job.id} {job.status} {job.output_uri}"
 
 
 @click.command()
