@@ -156,6 +156,8 @@ class Settings:
     log_format: str = _setting("TOONQ_LOG_FORMAT", "auto", _choice(LOG_FORMATS))
     log_level: str = _setting("TOONQ_LOG_LEVEL", "INFO", _choice(LOG_LEVELS, upper=True))
     metrics_port: int = _setting("TOONQ_METRICS_PORT", 0, _int())
+    # All interfaces by default: probes and Prometheus reach a pod from outside.
+    metrics_host: str = _setting("TOONQ_METRICS_HOST", "0.0.0.0")
     metrics_queue_depth: bool = _setting("TOONQ_METRICS_QUEUE_DEPTH", False, _flag)
     liveness_timeout_s: float = _setting("TOONQ_LIVENESS_TIMEOUT_S", 120.0, _float)
 

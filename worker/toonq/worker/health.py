@@ -163,7 +163,6 @@ def serve(
     health: Health,
     *,
     registry: CollectorRegistry = REGISTRY,
-    # All interfaces: probes and Prometheus reach the pod from outside.
     host: str = "0.0.0.0",
 ) -> HealthServer:
     """Serve /metrics, /livez and /readyz on `host:port` from a daemon thread. Port 0 binds a

@@ -159,7 +159,11 @@ def run_worker(
     """Run a worker until it is told to stop (SIGTERM: finish or hand back, then exit)."""
     worker_name = settings.worker_name or default_worker_name(gpu)
     health = Health(liveness_timeout_s=settings.liveness_timeout_s)
-    server = serve(settings.metrics_port, health) if settings.metrics_port else None
+    server = (
+        serve(settings.metrics_port, health, host=settings.metrics_host)
+        if settings.metrics_port
+        else None
+    )
     ctx, pipeline = build_context(
         settings, worker_name=worker_name, health=health, concurrency=concurrency
     )

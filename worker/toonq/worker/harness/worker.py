@@ -2,7 +2,8 @@
 
 Ready means that its /readyz probe answers 200: the model is loaded and warm and the consumer
 is starting. The probe says so whatever the log's format or level; it listens on
-TOONQ_METRICS_PORT, a free port unless the environment names one.
+TOONQ_METRICS_PORT, a free port unless the environment names one, on the loopback interface
+unless TOONQ_METRICS_HOST names another: a harness's worker is nobody else's business.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class WorkerProcess(ChildProcess):
             [*TOONQ_COMMAND, "worker"],
             name=f"the worker logging to {log_path}",
             log_path=log_path,
-            env={**env, "TOONQ_METRICS_PORT": str(self.port)},
+            env={"TOONQ_METRICS_HOST": "127.0.0.1", **env, "TOONQ_METRICS_PORT": str(self.port)},
         )
 
     @property
