@@ -238,7 +238,7 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
 
     after = ctx.store.get(job.id)
     assert (after.status, after.attempts) == (JobStatus.RETRYING, 1)
-    assert after.enqueued_at is not None  # announced again, for when it is due
+    assert after.enqueued_at is not None  # sent again, for when it is due
     [message] = broker.take_sent()
     assert message.job_id == job.id
     assert message.eta is not None

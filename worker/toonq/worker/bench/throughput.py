@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ class Throughput:
     succeeded: int
     #: Completions per second in the steady state (see `steady_rate`).
     jobs_per_s: float
-    wall_s: float
     median_stage_ms: dict[str, float]
 
 
@@ -35,7 +33,6 @@ def measure_throughput(
 ) -> Throughput:
     """Wait until every job is final, then measure the run from the jobs' own records;
     `fill` and `drain` are passed to `steady_rate`."""
-    started = time.monotonic()
     deployment.wait_until_final(timeout_s=timeout_s)
     rows = _rows(deployment, {str(job_id) for job_id in job_ids})
     finished = sorted(row[2] for row in rows if row[1] == "succeeded")
@@ -43,7 +40,6 @@ def measure_throughput(
         jobs=len(rows),
         succeeded=len(finished),
         jobs_per_s=steady_rate(finished, fill=fill, drain=drain),
-        wall_s=round(time.monotonic() - started, 2),
         median_stage_ms=_median_stages([row[3] for row in rows if row[3]]),
     )
 
