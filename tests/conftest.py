@@ -13,7 +13,7 @@ with the reason instead of skipping (`.ci/run` starts both). Where they are:
 Fixtures, by service:
 
 * PostgreSQL: `pg_server`, `postgres_url`, `fresh_postgres_url`, `migrated_pg_url`, `pg_engine`,
-  `pg_sessions`, `pg_jobstore`.
+  `pg_database`, `pg_jobstore`.
 * The job store contract: `jobstore`, each test once on PostgreSQL and once in memory.
 * SQLite: `sqlite_url`, `sqlite_jobstore`.
 * Redis: `redis_url`.
@@ -40,11 +40,10 @@ import redis
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from tests.cluster import Cluster, running_cluster
 from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
-from toonq.shared.db.engine import create_db_engine, migrate, session_factory
+from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.job import utc_now
 from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
 from toonq.shared.settings import Settings
@@ -148,17 +147,17 @@ def pg_engine(migrated_pg_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
-    """Sessions on the migrated database, emptied of jobs and events before the test."""
+def pg_database(pg_engine: Engine) -> Engine:
+    """The migrated database, emptied of jobs and events before the test."""
     with pg_engine.begin() as connection:
         connection.execute(text("TRUNCATE jobs, job_events RESTART IDENTITY"))
-    return session_factory(pg_engine)
+    return pg_engine
 
 
 @pytest.fixture
-def pg_jobstore(pg_sessions: sessionmaker[Session], clock: ManualClock) -> SqlJobStore:
+def pg_jobstore(pg_database: Engine, clock: ManualClock) -> SqlJobStore:
     """A job store on an empty, migrated PostgreSQL database, reading time from `clock`."""
-    return SqlJobStore(pg_sessions, clock=clock)
+    return SqlJobStore(pg_database, clock=clock)
 
 
 @pytest.fixture(params=["postgres", "memory"])
@@ -185,7 +184,7 @@ def sqlite_jobstore(sqlite_url: str, clock: ManualClock) -> Iterator[JobStore]:
     """A job store on a migrated SQLite file, as in the embedded setup."""
     migrate(sqlite_url)
     engine = create_db_engine(sqlite_url)
-    yield SqlJobStore(session_factory(engine), clock=clock)
+    yield SqlJobStore(engine, clock=clock)
     engine.dispose()
 
 
@@ -330,13 +329,13 @@ def server(health: Health, registry: CollectorRegistry) -> Iterator[HealthServer
 @pytest.fixture
 def producer_settings(
     migrated_pg_url: str,
-    pg_sessions: sessionmaker[Session],
+    pg_database: Engine,
     redis_url: str,
     s3_server: str,
     s3_bucket: str,
     tmp_path: Path,
 ) -> Settings:
-    """Settings on the migrated PostgreSQL database (emptied of jobs: `pg_sessions`), Redis and
+    """Settings on the migrated PostgreSQL database (emptied of jobs: `pg_database`), Redis and
     the test's S3 bucket."""
     return Settings.from_env(
         {

@@ -22,7 +22,7 @@ from toonq.shared.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus
+from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, NotDue
 from toonq.shared.jobstore import JobStore
 
 if TYPE_CHECKING:
@@ -435,6 +435,35 @@ def test_mark_retrying_then_the_next_attempt(jobstore: JobStore, clock: ManualCl
     assert second.attempt == 2
     assert second.job.next_attempt_at is None
     assert not jobstore.mark_failed(first, error_code="x", error_message="stale claim")
+
+
+def test_a_retry_claimed_early_is_left_waiting(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    due = clock() + timedelta(seconds=30)
+    retry(jobstore, job, due)
+    waiting = jobstore.get(job.id)
+
+    early = jobstore.claim(job.id, worker="w2", lease_s=LEASE_S, early_tolerance_s=1.0)
+
+    assert early == NotDue(waiting)
+    assert early.due_at == due
+    assert jobstore.get(job.id) == waiting
+    clock.advance(29.5)  # within the tolerance of its due time
+    on_time = jobstore.claim(job.id, worker="w2", lease_s=LEASE_S, early_tolerance_s=1.0)
+    assert isinstance(on_time, Claim)
+    assert (on_time.attempt, on_time.waited_since) == (2, due)
+
+
+def test_a_claim_says_since_when_the_job_waited(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    assert jobstore.mark_enqueued(job.id)
+    sent = jobstore.get(job.id).enqueued_at
+    clock.advance(5)
+
+    current = claim(jobstore, job)
+
+    assert current.waited_since == sent
+    assert current.job == jobstore.get(job.id)
 
 
 def test_mark_failed(jobstore: JobStore) -> None:

@@ -16,7 +16,6 @@ from toonq.shared.db.engine import (
     create_db_engine,
     downgrade,
     migrate,
-    session_factory,
 )
 from toonq.shared.db.schema import Base
 from toonq.shared.job import JobParams, JobSpec
@@ -79,7 +78,7 @@ def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
     migrate(empty_db_url)
     engine = create_db_engine(empty_db_url)
     try:
-        store = SqlJobStore(session_factory(engine))
+        store = SqlJobStore(engine)
         job, _ = store.create(
             JobSpec(
                 input_uri="s3://in/a.png",

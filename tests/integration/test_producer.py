@@ -11,8 +11,7 @@ from datetime import timedelta
 import pytest
 import redis
 from click.testing import CliRunner
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, update
 
 from tests.support import png_bytes
 from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
@@ -140,14 +139,14 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
 
 def test_toonq_recover_sends_an_unsent_job_and_says_why(
     producer_settings: Settings,
-    pg_sessions: sessionmaker[Session],
+    pg_database: Engine,
     queue: redis.Redis,
     unsent_job: Job,
 ) -> None:
     # Unsent for longer than the grace a sender has to send its job itself.
     an_hour_ago = utc_now() - timedelta(hours=1)
-    with pg_sessions.begin() as session:
-        session.execute(
+    with pg_database.begin() as connection:
+        connection.execute(
             update(JobRow).where(JobRow.id == unsent_job.id).values(updated_at=an_hour_ago)
         )
     env = {

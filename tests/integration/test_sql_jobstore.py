@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
-from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
 from toonq.shared.jobstore import JobStore, SqlJobStore
 
@@ -70,7 +70,7 @@ def test_deleting_a_job_deletes_its_events(sqlite_jobstore: JobStore, sqlite_url
 
 def test_an_unreachable_database_is_unavailable() -> None:
     engine = create_db_engine("postgresql+psycopg://postgres@127.0.0.1:9/none")
-    store = SqlJobStore(session_factory(engine))
+    store = SqlJobStore(engine)
 
     with pytest.raises(DatabaseUnavailableError) as raised:
         store.list()
@@ -83,7 +83,7 @@ def test_an_unmigrated_database_asks_for_migrations(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
     engine = create_db_engine(request.getfixturevalue(backend))
-    store = SqlJobStore(session_factory(engine))
+    store = SqlJobStore(engine)
 
     with pytest.raises(ConfigurationError, match="toonq migrate"):
         store.get(uuid.uuid4())

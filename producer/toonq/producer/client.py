@@ -26,7 +26,7 @@ from celery import Celery
 
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat
-from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import JobStore, SqlJobStore
@@ -77,7 +77,7 @@ class ToonqClient:
         if store is None:
             database = create_db_engine(self.settings.database_url)
             self._owned.callback(database.dispose)
-            store = SqlJobStore(session_factory(database))
+            store = SqlJobStore(database)
         self.store: JobStore = store
         self.objects = objects or open_store(self.settings)
         if app is None:

@@ -353,8 +353,23 @@ class Claim:
 
     job: Job
     attempt: int
+    #: Since when the job had waited for this attempt: its retry came due, its message was
+    #: sent, or it last changed. None when that is not known.
+    waited_since: datetime | None = None
 
     @property
     def worker(self) -> str:
         assert self.job.worker is not None, "a claimed job always names its worker"
         return self.job.worker
+
+
+@dataclass(frozen=True)
+class NotDue:
+    """A claim refused because the job's retry is not due yet (its message came early)."""
+
+    job: Job
+
+    @property
+    def due_at(self) -> datetime:
+        assert self.job.next_attempt_at is not None, "only a retry can be early"
+        return self.job.next_attempt_at

@@ -74,9 +74,10 @@ def create_celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        # Task events feed Flower; the folder broker of the embedded mode has no fanout for them.
-        worker_send_task_events=not settings.is_embedded_broker,
-        task_send_sent_event=not settings.is_embedded_broker,
+        # Task events cost three messages a job; Flower enables them (remote control) in the
+        # workers it watches. The folder broker of the embedded mode has no fanout for either.
+        worker_send_task_events=settings.task_events and not settings.is_embedded_broker,
+        task_send_sent_event=settings.task_events and not settings.is_embedded_broker,
         worker_enable_remote_control=not settings.is_embedded_broker,
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),

@@ -159,6 +159,9 @@ class Settings:
     # All interfaces by default: probes and Prometheus reach a pod from outside.
     metrics_host: str = _setting("TOONQ_METRICS_HOST", "0.0.0.0")
     metrics_queue_depth: bool = _setting("TOONQ_METRICS_QUEUE_DEPTH", False, _flag)
+    #: Celery task events on every job (three more messages each). Off by default: Flower
+    #: turns them on in the workers it watches through remote control.
+    task_events: bool = _setting("TOONQ_TASK_EVENTS", False, _flag)
     liveness_timeout_s: float = _setting("TOONQ_LIVENESS_TIMEOUT_S", 120.0, _float)
 
     def __post_init__(self) -> None:

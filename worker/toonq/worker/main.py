@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import signals
 
-from toonq.shared.db.engine import create_db_engine, session_factory
+from toonq.shared.db.engine import create_db_engine
 from toonq.shared.jobstore import SqlJobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
@@ -80,7 +80,7 @@ def build_context(
     settings: Settings, *, worker_name: str, health: Health, concurrency: int | None = None
 ) -> tuple[WorkerContext, Pipeline]:
     started = time.perf_counter()
-    store = SqlJobStore(session_factory(create_db_engine(settings.database_url)))
+    store = SqlJobStore(create_db_engine(settings.database_url))
     objects = open_store(settings)
     loaded = load_model(settings.model, store=objects)
     engine = MattingEngine(

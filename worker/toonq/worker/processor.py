@@ -28,7 +28,7 @@ from toonq.shared.errors import (
     ToonqError,
     TransientJobError,
 )
-from toonq.shared.job import Claim, Job, JobStatus, Outcome
+from toonq.shared.job import Claim, Job, NotDue, Outcome
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
@@ -62,16 +62,19 @@ EARLY_TOLERANCE_S = 1.0
 
 
 def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
-    job = ctx.store.get(job_id)
-    if job.status == JobStatus.RETRYING and job.next_attempt_at is not None:
-        early_s = (job.next_attempt_at - datetime.now(UTC)).total_seconds()
-        if early_s > EARLY_TOLERANCE_S:
-            # A duplicate arrived before the backoff ran out: keep the backoff, send the job's
-            # message again for when it is due rather than dropping it.
-            log.info("job_not_due", early_s=round(early_s, 2))
-            ctx.sender.send(job, countdown=early_s)
-            return _counted(Outcome.SKIPPED)
-    claim = ctx.store.claim(job_id, worker=ctx.worker_name, lease_s=ctx.settings.lease_s)
+    claim = ctx.store.claim(
+        job_id,
+        worker=ctx.worker_name,
+        lease_s=ctx.settings.lease_s,
+        early_tolerance_s=EARLY_TOLERANCE_S,
+    )
+    if isinstance(claim, NotDue):
+        # A duplicate arrived before the backoff ran out: keep the backoff, send the job's
+        # message again for when it is due rather than dropping it.
+        early_s = (claim.due_at - datetime.now(UTC)).total_seconds()
+        log.info("job_not_due", early_s=round(early_s, 2))
+        ctx.sender.send(claim.job, countdown=max(early_s, 0.0))
+        return _counted(Outcome.SKIPPED)
     if claim is None:
         log.info("job_skipped", reason="not claimable (duplicate message or finished job)")
         return _counted(Outcome.SKIPPED)
@@ -89,7 +92,7 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         # A bug or a device fault (e.g. CUDA out of memory): bounded retries, then a typed failure.
         log.exception("job_crashed")
         return _retry_or_fail(ctx, claim, ToonqError(f"{type(exc).__name__}: {exc}"))
-    timings = {"queue_wait": round(_queue_wait_ms(job, claim), 2), **timings}
+    timings = {"queue_wait": round(_queue_wait_ms(claim), 2), **timings}
     recorded = ctx.store.mark_succeeded(
         claim,
         model_name=ctx.engine.model_name,
@@ -126,11 +129,12 @@ def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
     return result, {stage: round(ms, 2) for stage, ms in timings.items()}
 
 
-def _queue_wait_ms(waiting: Job, claim: Claim) -> float:
-    """From when the waiting job's message was sent (or its retry came due) to its claim."""
-    due = waiting.next_attempt_at or waiting.enqueued_at or waiting.updated_at
+def _queue_wait_ms(claim: Claim) -> float:
+    """From when the job's message was sent (or its retry came due) to its claim."""
     assert claim.job.started_at is not None, "a claimed job has started"
-    return max(0.0, (claim.job.started_at - due).total_seconds() * 1000)
+    if claim.waited_since is None:
+        return 0.0
+    return max(0.0, (claim.job.started_at - claim.waited_since).total_seconds() * 1000)
 
 
 def _fail(

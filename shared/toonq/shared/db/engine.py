@@ -13,7 +13,6 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
 
 import toonq.migrations
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError
@@ -61,11 +60,6 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
     # IMMEDIATE takes the write lock up front: a transaction that reads then writes cannot fail
     # half-way because another process wrote in between (SQLITE_BUSY_SNAPSHOT under WAL).
     connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    # Snapshots are built from rows after commit: keep their loaded values.
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager

@@ -24,10 +24,9 @@ class Administration(StoreCore):
         with self._transaction() as transaction:
             cancellation = transitions.cancelled(actor=actor, now=self._clock(), reason=reason)
             cancelled = transaction.apply(job_id, selections.cancellable(), cancellation)
-            job = transaction.load(job_id)
-            if not cancelled:
-                raise transitions.not_cancellable(job)
-            return job
+            if cancelled is None:
+                raise transitions.not_cancellable(transaction.load(job_id))
+            return cancelled
 
     def requeue(
         self,
@@ -60,11 +59,12 @@ class Administration(StoreCore):
             requeued = []
             for job in jobs:
                 requeue = transitions.requeued(job, actor=actor, now=now, reason=reason)
-                if not transaction.apply(job.id, selections.in_status(job.status), requeue):
+                written = transaction.apply(job.id, selections.in_status(job.status), requeue)
+                if written is None:
                     if job_ids is None:
                         continue  # changed under us (e.g. requeued by another operator)
                     raise InvalidTransitionError(f"job {job.id} changed while requeueing")
-                requeued.append(transaction.load(job.id))
+                requeued.append(written)
             return requeued
 
 

@@ -7,8 +7,9 @@ import builtins
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
+from typing import overload
 
-from toonq.shared.job import WAITING_STATUSES, Claim, Job
+from toonq.shared.job import WAITING_STATUSES, Claim, Job, JobStatus, NotDue
 from toonq.shared.jobstore import selections, transitions
 from toonq.shared.jobstore.core import StoreCore
 from toonq.shared.jobstore.transitions import Transition
@@ -17,16 +18,37 @@ from toonq.shared.jobstore.transitions import Transition
 class Attempts(StoreCore):
     """Claims attempts and records their outcomes."""
 
-    def claim(self, job_id: uuid.UUID, *, worker: str, lease_s: float) -> Claim | None:
+    @overload
+    def claim(
+        self, job_id: uuid.UUID, *, worker: str, lease_s: float, early_tolerance_s: None = None
+    ) -> Claim | None: ...
+
+    @overload
+    def claim(
+        self, job_id: uuid.UUID, *, worker: str, lease_s: float, early_tolerance_s: float
+    ) -> Claim | NotDue | None: ...
+
+    def claim(
+        self,
+        job_id: uuid.UUID,
+        *,
+        worker: str,
+        lease_s: float,
+        early_tolerance_s: float | None = None,
+    ) -> Claim | NotDue | None:
         """Start the next attempt of a job, or return None if it is not claimable: finished,
         cancelled, or running under a live lease (a duplicate message).
 
         A running job whose lease expired lost its worker: it is reclaimed, unless it already
-        used all its attempts, in which case it fails with `worker_lost`.
+        used all its attempts, in which case it fails with `worker_lost`. Given
+        `early_tolerance_s`, a retry due later than that from now is left waiting (`NotDue`).
+        One read and one guarded write, whose result is the claimed job.
         """
         with self._transaction() as transaction:
             now = self._clock()
             job = transaction.load(job_id)
+            if early_tolerance_s is not None and _due_later(job, now, early_tolerance_s):
+                return NotDue(job)
             steps: builtins.list[Transition] = []
             if selections.lease_lost(now).matches(job):
                 guard = selections.as_read(job, lease_lost_at=now)
@@ -41,9 +63,11 @@ class Attempts(StoreCore):
                 return None
             attempt = job.attempts + 1
             steps.append(transitions.started(attempt, worker=worker, now=now, lease_s=lease_s))
-            if not transaction.apply(job_id, guard, *steps):
+            claimed = transaction.apply(job_id, guard, *steps)
+            if claimed is None:
                 return None  # another worker won the race
-            return Claim(transaction.load(job_id), attempt)
+            waited_since = job.next_attempt_at or job.enqueued_at or job.updated_at
+            return Claim(claimed, attempt, waited_since=waited_since)
 
     def mark_succeeded(
         self,
@@ -98,18 +122,28 @@ class Attempts(StoreCore):
         if the claim is no longer current (the attempt finished or was taken away)."""
         with self._transaction() as transaction:
             handing_back = transitions.handed_back(claim, now=self._clock(), reason=reason)
-            if not transaction.apply(claim.job.id, selections.current_attempt(claim), handing_back):
-                return None
-            return transaction.load(claim.job.id)
+            return transaction.apply(claim.job.id, selections.current_attempt(claim), handing_back)
 
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
         with self._transaction() as transaction:
             heartbeat = transitions.lease_extended(now=self._clock(), lease_s=lease_s)
-            return transaction.update(claim.job.id, selections.current_attempt(claim), heartbeat)
+            current = selections.current_attempt(claim)
+            return transaction.update(claim.job.id, current, heartbeat) is not None
 
     def _finish_attempt(self, claim: Claim, outcome: Transition) -> bool:
         """Write the claimed attempt's `outcome`; False (and nothing written) if the claim is no
         longer current."""
         with self._transaction() as transaction:
-            return transaction.apply(claim.job.id, selections.current_attempt(claim), outcome)
+            current = selections.current_attempt(claim)
+            return transaction.apply(claim.job.id, current, outcome) is not None
+
+
+def _due_later(job: Job, now: datetime, tolerance_s: float) -> bool:
+    """Whether `job` is a retry due more than `tolerance_s` after `now`."""
+    due = job.next_attempt_at
+    return (
+        job.status == JobStatus.RETRYING
+        and due is not None
+        and (due - now).total_seconds() > tolerance_s
+    )

@@ -24,7 +24,8 @@ class Delivery(StoreCore):
         running job whose lease expired (the message that will reclaim it)."""
         with self._transaction() as transaction:
             now = self._clock()
-            return transaction.update(job_id, selections.sendable(now), transitions.sent(now))
+            sent = transitions.sent(now)
+            return transaction.update(job_id, selections.sendable(now), sent) is not None
 
     def due_for_recovery(
         self,

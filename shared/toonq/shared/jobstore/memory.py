@@ -127,13 +127,13 @@ class _MemoryTransaction(Transaction):
         self.record(job.id, creation)
         return job
 
-    def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> bool:
+    def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Job | None:
         job = self._jobs.get(job_id)
         if job is None or not guard.matches(job):
-            return False
-        self._jobs[job_id] = replace(job, **_stored_values(values))
+            return None
+        written = self._jobs[job_id] = replace(job, **_stored_values(values))
         self._undo.append(lambda: self._jobs.__setitem__(job_id, job))
-        return True
+        return written
 
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:
         history = self._events[job_id]

@@ -1,6 +1,7 @@
 """The unit of work each store implements: the few primitives every job-store method is written
 over. Every change is a compare-and-set (`update`) guarded by a `Selection`, and every transition
-writes its event with it (`apply`)."""
+writes its event with it (`apply`). A change returns the job as it wrote it, so that no caller
+reads a row again after writing it."""
 
 from __future__ import annotations
 
@@ -41,20 +42,21 @@ class Transaction(ABC):
         """Add the job `creation` writes, with its event."""
 
     @abstractmethod
-    def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> bool:
-        """Write `values` to the job if `guard` matches it; True if it did (the compare-and-set
-        succeeded)."""
+    def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Job | None:
+        """Write `values` to the job if `guard` matches it (the compare-and-set); the job as
+        written, or None if the guard did not match."""
 
     @abstractmethod
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:
         """Add `transition`'s event to the job's history."""
 
-    def apply(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> bool:
-        """Write `steps` at once if `guard` matches the job, with their events in order; False
-        (and nothing written) if it did not."""
+    def apply(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> Job | None:
+        """Write `steps` at once if `guard` matches the job, with their events in order; the job
+        as written, or None (and nothing written) if the guard did not match."""
         values = {name: value for step in steps for name, value in step.values.items()}
-        if not self.update(job_id, guard, values):
-            return False
+        job = self.update(job_id, guard, values)
+        if job is None:
+            return None
         for step in steps:
             self.record(job_id, step)
-        return True
+        return job

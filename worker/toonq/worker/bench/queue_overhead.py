@@ -2,20 +2,32 @@
 
 A no-op model (`standin:0`) on 32x32 inputs read from and written to local files: what is left
 is the producer's insert and send, the message, the claim, the lease, the outcome and the
-acknowledgement, i.e. the per-job price of the queue's guarantees.
+acknowledgement, i.e. the per-job price of the queue's guarantees. Its yardstick, measured in
+the same run with as many messages in flight: a bare Celery no-op task on the same settings
+(threads pool, late acks, same Redis), whose per-task time is what Celery alone costs.
 """
 
 from __future__ import annotations
 
 import io
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from toonq.shared.queue import create_celery_app
+from toonq.shared.settings import Settings
+from toonq.worker.bench.noop_app import DONE_MARK, NOOP_TASK
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
 from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
-from toonq.worker.bench.throughput import measure_throughput
+from toonq.worker.bench.throughput import measure_throughput, steady_rate
+from toonq.worker.harness.deployment import Deployment
+from toonq.worker.harness.process import ChildProcess
 
 _SIZE = 32
+_IN_FLIGHT = (1, 18)
 
 
 def _tiny_png() -> bytes:
@@ -29,34 +41,38 @@ def run(options: BenchOptions) -> Section:
     rows = []
     with bench_deployment(use_s3=False) as deployment:
         uri = deployment.put_input("tiny.png", _tiny_png())
-        for concurrency in (1, 18):
-            job_ids = deployment.submit([uri] * jobs, resolution=_SIZE)
-            with deployment.start_worker(
-                TOONQ_MODEL="standin:0",
-                TOONQ_RESOLUTION=str(_SIZE),
-                TOONQ_MAX_BATCH_SIZE="8",
-                TOONQ_MAX_BATCH_WAIT_MS="1",
-                TOONQ_CONCURRENCY=str(concurrency),
-            ) as worker:
-                worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
-                result = measure_throughput(
-                    deployment, job_ids, timeout_s=300, fill=concurrency, drain=concurrency
-                )
-            per_job_ms = 1000 / result.jobs_per_s if result.jobs_per_s else None
+        for concurrency in _IN_FLIGHT:
+            toonq = _toonq_run(deployment, uri, jobs=jobs, concurrency=concurrency)
+            bare_ms = _bare_celery_ms_per_task(deployment, tasks=jobs, concurrency=concurrency)
             rows.append(
-                {
-                    "jobs_in_flight": concurrency,
-                    "jobs": result.jobs,
-                    "succeeded": result.succeeded,
-                    "jobs_per_s": round(result.jobs_per_s, 1),
-                    "ms_per_job": round(per_job_ms, 2) if per_job_ms else None,
-                    "median_stage_ms": result.median_stage_ms,
+                toonq
+                | {
+                    "bare_celery_ms_per_task": round(bare_ms, 2),
+                    "overhead_ratio": round(toonq["ms_per_job"] / bare_ms, 2),
                 }
             )
     table = markdown_table(
-        ["jobs in flight", "jobs", "succeeded", "jobs/s", "ms per job"],
         [
-            [r["jobs_in_flight"], r["jobs"], r["succeeded"], r["jobs_per_s"], r["ms_per_job"]]
+            "jobs in flight",
+            "jobs",
+            "succeeded",
+            "jobs/s",
+            "ms per job",
+            "worker CPU ms per job",
+            "bare Celery ms per task",
+            "ratio",
+        ],
+        [
+            [
+                r["jobs_in_flight"],
+                r["jobs"],
+                r["succeeded"],
+                r["jobs_per_s"],
+                r["ms_per_job"],
+                r["cpu_ms_per_job"],
+                r["bare_celery_ms_per_task"],
+                r["overhead_ratio"],
+            ]
             for r in rows
         ],
     )
@@ -64,8 +80,69 @@ def run(options: BenchOptions) -> Section:
         name="queue",
         title="Queue overhead (Celery + Redis + PostgreSQL, no-op model)",
         data={"runs": rows},
-        markdown=table,
+        markdown=table
+        + "\n\nratio: toonq's time per job over a bare Celery no-op task's, same run, same "
+        "settings, as many messages in flight.",
         summary=", ".join(
-            f"{r['jobs_in_flight']} in flight: {r['jobs_per_s']} jobs/s" for r in rows
+            f"{r['jobs_in_flight']} in flight: {r['jobs_per_s']} jobs/s "
+            f"({r['overhead_ratio']}x bare Celery)"
+            for r in rows
         ),
     )
+
+
+def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int) -> dict[str, Any]:
+    job_ids = deployment.submit([uri] * jobs, resolution=_SIZE)
+    with deployment.start_worker(
+        TOONQ_MODEL="standin:0",
+        TOONQ_RESOLUTION=str(_SIZE),
+        TOONQ_MAX_BATCH_SIZE="8",
+        TOONQ_MAX_BATCH_WAIT_MS="1",
+        TOONQ_CONCURRENCY=str(concurrency),
+    ) as worker:
+        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
+        cpu_before = worker.cpu_seconds()
+        result = measure_throughput(
+            deployment, job_ids, timeout_s=300, fill=concurrency, drain=concurrency
+        )
+        cpu_s = worker.cpu_seconds() - cpu_before
+    return {
+        "jobs_in_flight": concurrency,
+        "jobs": result.jobs,
+        "succeeded": result.succeeded,
+        "jobs_per_s": round(result.jobs_per_s, 1),
+        "ms_per_job": round(1000 / result.jobs_per_s, 2),
+        # All the worker's CPU time while it ran the jobs, over the jobs: Python holding the
+        # GIL for nearly all of it, on a no-op model.
+        "cpu_ms_per_job": round(cpu_s * 1000 / result.jobs, 2),
+        "median_stage_ms": result.median_stage_ms,
+    }
+
+
+def _bare_celery_ms_per_task(deployment: Deployment, *, tasks: int, concurrency: int) -> float:
+    sender = create_celery_app(Settings.from_env(deployment.env))
+    for _ in range(tasks):
+        sender.send_task(NOOP_TASK, queue=deployment.queue, ignore_result=True)
+    log_path = deployment.home / f"bare-celery-{concurrency}.log"
+    command = [
+        sys.executable,
+        *("-m", "celery", "-A", "toonq.worker.bench.noop_app", "worker"),
+        *("--pool", "threads", "--concurrency", str(concurrency)),
+        *("--queues", deployment.queue, "--without-mingle", "--without-gossip"),
+        *("--loglevel", "WARNING"),
+    ]
+    with ChildProcess(
+        command, name="the bare Celery worker", log_path=log_path, env=deployment.env
+    ) as worker:
+        worker.wait_until(
+            lambda: len(_completions(log_path)) >= tasks,
+            waiting_for=f"{tasks} no-op tasks",
+            timeout_s=300,
+        )
+    finished = [datetime.fromtimestamp(t, UTC) for t in _completions(log_path)]
+    return 1000 / steady_rate(finished, fill=concurrency, drain=concurrency)
+
+
+def _completions(log_path: Path) -> list[float]:
+    lines = log_path.read_text(errors="replace").splitlines()
+    return [float(line.split()[1]) for line in lines if line.startswith(DONE_MARK + " ")]

@@ -3,6 +3,7 @@ condition holds, stopped with SIGTERM (SIGKILL when it does not stop in time), o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,13 @@ class ChildProcess:
     @property
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system (Linux: from /proc)."""
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()[-lines:]
