@@ -59,6 +59,15 @@ def test_a_request_leaves_colour_and_resolution_to_the_settings() -> None:
     ) == JobParams(bg_color="#000000", format="webp", resolution=64, mask_only=True)
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [({"resolution": 0}, "resolution must be a positive"), ({"bg_color": ""}, "invalid colour")],
+)
+def test_only_a_value_left_out_takes_the_setting(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        JobParams.with_defaults(Settings.from_env({}), **given)
+
+
 def test_the_json_of_a_jobs_parameters() -> None:
     now = datetime.now(UTC)
     job = Job(

@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from toonq.shared.choices import (
     MAX_PRIORITY,
+    MAX_RESOLUTION,
     MIN_PRIORITY,
     OUTPUT_FORMATS,
+    RESOLUTION_MULTIPLE,
     OutputFormat,
     check_resolution,
 )
 from toonq.shared.colors import RGB, normalize_color, parse_color
 from toonq.shared.errors import IdempotencyConflictError, InvalidRequestError
+from toonq.shared.settings import DEFAULT_RESOLUTION
 
 if TYPE_CHECKING:
     from toonq.shared.settings import Settings
@@ -155,9 +158,14 @@ class JobParams:
 
     #: `#rrggbb`, whatever hex spelling it was given in.
     bg_color: str = _param("Colour RGBA input is composited onto [default: TOONQ_BG_COLOR].")
-    format: OutputFormat = _param("Output format, webp lossless [default: png].")  # noqa: RUF009
+    format: OutputFormat = _param(  # noqa: RUF009
+        "Output format, webp lossless; a mask is always a PNG [default: png]."
+    )
     #: The model's input size.
-    resolution: int = _param("Model input size, a multiple of 32 [default: TOONQ_RESOLUTION].")
+    resolution: int = _param(
+        f"Model input size, a multiple of {RESOLUTION_MULTIPLE} up to {MAX_RESOLUTION} "
+        f"[default: TOONQ_RESOLUTION, else {DEFAULT_RESOLUTION}]."
+    )
     refine_foreground: bool = _param("Estimate clean edge colours.", default=False)
     mask_only: bool = _param("Write an 8-bit mask instead of the cut-out.", default=False)
 
@@ -181,11 +189,12 @@ class JobParams:
         mask_only: bool = False,
     ) -> JobParams:
         """The parameters of a request, which may leave the colour and the resolution to the
-        deployment's settings (`TOONQ_BG_COLOR`, `TOONQ_RESOLUTION`)."""
+        deployment's settings (`TOONQ_BG_COLOR`, `TOONQ_RESOLUTION`). Only a value left out
+        (None) takes the setting: any value given is checked, 0 and "" included."""
         return cls(
-            bg_color=bg_color or settings.bg_color,
+            bg_color=settings.bg_color if bg_color is None else bg_color,
             format=format,
-            resolution=resolution or settings.resolution,
+            resolution=settings.resolution if resolution is None else resolution,
             refine_foreground=refine_foreground,
             mask_only=mask_only,
         )

@@ -26,6 +26,8 @@ from toonq.shared.errors import ConfigurationError
 DEFAULT_MODEL = "joelseytre/toonout"
 DEFAULT_QUEUE = "matting"
 DEFAULT_BG_COLOR = "#808080"
+#: The model input size ToonOut was trained and evaluated at.
+DEFAULT_RESOLUTION = 1024
 EMBEDDED_BROKER = "filesystem://localhost/"
 
 
@@ -130,7 +132,9 @@ class Settings:
     model: str = _setting("TOONQ_MODEL", DEFAULT_MODEL)
     device: str = _setting("TOONQ_DEVICE", "auto")
     precision: str = _setting("TOONQ_PRECISION", "auto", _choice(PRECISIONS))
-    resolution: int = _setting("TOONQ_RESOLUTION", 1024, _int(minimum=RESOLUTION_MULTIPLE))
+    resolution: int = _setting(
+        "TOONQ_RESOLUTION", DEFAULT_RESOLUTION, _int(minimum=RESOLUTION_MULTIPLE)
+    )
     bg_color: str = _setting("TOONQ_BG_COLOR", DEFAULT_BG_COLOR)
     png_compress_level: int = _setting("TOONQ_PNG_COMPRESS_LEVEL", 1, _int())
     compile_mode: str = _setting("TOONQ_COMPILE", "off", _choice(COMPILE_MODES))

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
-from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.health import Health, serve
 from toonq.worker.lease import LeaseKeeper
@@ -54,13 +55,32 @@ class Pipeline:
 
     @classmethod
     def for_device(
-        cls, settings: Settings, engine: MattingEngine, concurrency: int | None = None
+        cls,
+        settings: Settings,
+        engine: MattingEngine,
+        concurrency: int | None = None,
+        *,
+        max_batch_size: int | None = None,
     ) -> Pipeline:
         # A GPU runs a batch of 8 at 1024² in well under its memory and far faster per image
         # than one at a time; a CPU gains little from batching and waits longer for it.
-        batch = settings.max_batch_size or (8 if engine.device.type == "cuda" else 1)
+        batch = (
+            max_batch_size or settings.max_batch_size or (8 if engine.device.type == "cuda" else 1)
+        )
         jobs = concurrency or settings.concurrency or default_concurrency(batch)
         return cls(jobs, batch, settings.max_batch_wait_ms / 1000)
+
+    def batcher(
+        self, engine: MattingEngine, *, on_beat: Callable[[], None] | None = None
+    ) -> InferenceBatcher[StackedBatch]:
+        """The GPU loop that runs `engine`'s model on dynamic batches of this pipeline's size."""
+        return InferenceBatcher(
+            engine.stack_batch,
+            engine.run_batch,
+            max_batch_size=self.max_batch_size,
+            max_wait_s=self.max_wait_s,
+            on_beat=on_beat,
+        )
 
 
 def default_concurrency(max_batch_size: int) -> int:
@@ -97,13 +117,7 @@ def build_context(
     engine.warmup(pipeline.max_batch_size)
     metrics.set_model_load_seconds(time.perf_counter() - started)
     metrics.watch_gpu_memory(engine.device)
-    batcher = InferenceBatcher(
-        engine.stack_batch,
-        engine.run_batch,
-        max_batch_size=pipeline.max_batch_size,
-        max_wait_s=pipeline.max_wait_s,
-        on_beat=health.beat,
-    )
+    batcher = pipeline.batcher(engine, on_beat=health.beat)
     app = create_celery_app(settings)
     context = WorkerContext(
         settings=settings,

@@ -33,6 +33,13 @@ def job_params_options(command: Command) -> Command:
     return decorated
 
 
+def job_param_option(name: str) -> Callable[[Command], Command]:
+    """The option of the one job parameter `name` (`toonq eval --resolution`): the command
+    receives it under the field's name, None when left out."""
+    (param,) = (param for param in fields(JobParams) if param.name == name)
+    return _option(param, get_type_hints(JobParams)[name])
+
+
 def _option(param: Field[Any], annotation: Any) -> Callable[[Command], Command]:
     flag = "--" + param.name.replace("_", "-")
     help = param.metadata[HELP]

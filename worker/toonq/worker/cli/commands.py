@@ -8,16 +8,17 @@ from typing import Any
 import click
 
 from toonq.producer.cli.context import Context, pass_context
-from toonq.producer.cli.params import job_params_options
+from toonq.producer.cli.params import job_param_option, job_params_options
 from toonq.shared.choices import IMAGE_SUFFIXES, PRECISIONS
 from toonq.shared.job import JobParams
 from toonq.shared.storage import open_store
 from toonq.worker.birefnet import PRESETS
 from toonq.worker.cli.matte_files import matte_files
+from toonq.worker.engine.device import resolve_device
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model, random_model
 from toonq.worker.gpu import pin_gpu
-from toonq.worker.main import run_worker
+from toonq.worker.main import Pipeline, run_worker
 
 model_option = click.option(
     "--model",
@@ -31,9 +32,7 @@ precision_option = click.option(
     type=click.Choice(PRECISIONS),
     help="[default: TOONQ_PRECISION or auto: fp16 on GPU, fp32 on CPU].",
 )
-resolution_option = click.option(
-    "--resolution", type=int, help="Model input size, a multiple of 32 [default: 1024]."
-)
+resolution_option = job_param_option("resolution")
 
 
 @click.command()
@@ -53,12 +52,23 @@ def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder the cut-outs are written to, created if missing.",
+)
 @model_option
 @device_option
 @precision_option
 @job_params_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Most images per model batch [default: TOONQ_MAX_BATCH_SIZE, else 8 on a GPU, 1 on "
+    "a CPU]. As in a worker, 4 x this + 2 files are in flight (TOONQ_CONCURRENCY overrides).",
+)
 @pass_context
 def matte(
     ctx: Context,
@@ -68,20 +78,33 @@ def matte(
     device: str | None,
     precision: str | None,
     job_options: dict[str, Any],
-    batch_size: int,
+    batch_size: int | None,
 ) -> None:
     """Remove the backgrounds of image files (or folders of them) into OUT.
 
-    Writes OUT/<stem>.png (or .webp). A bad file is reported and skipped; the exit status is 1
-    if any file failed.
+    Writes OUT/<stem>.png (or .webp), through the worker's pipeline: files are read, decoded
+    and written in threads while the model runs on batches of them. A bad file is reported
+    with its error code and skipped; the exit status is 1 if any file failed.
     """
+    # Everything that can be refused is checked before the model loads.
     params = JobParams.with_defaults(ctx.settings, **job_options)
-    engine = build_engine(ctx, model_spec, device, precision, params.resolution)
+    _create_folder(out_dir)
     files = _expand(inputs)
-    failures = matte_files(engine, files, out_dir, params, batch_size=batch_size)
+    engine = build_engine(ctx, model_spec, device, precision, params.resolution)
+    pipeline = Pipeline.for_device(ctx.settings, engine, max_batch_size=batch_size)
+    failures = matte_files(engine, files, out_dir, params, pipeline=pipeline)
     click.echo(f"{len(files) - failures}/{len(files)} succeeded; outputs in {out_dir}")
     if failures:
         raise SystemExit(1)
+
+
+def _create_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {out_dir}: {exc.strerror or exc}", param_hint="'--out'"
+        ) from None
 
 
 def _expand(inputs: tuple[Path, ...]) -> list[Path]:
@@ -99,16 +122,19 @@ def build_engine(
     model_spec: str | None,
     device: str | None,
     precision: str | None,
-    resolution: int | None,
+    resolution: int,
 ) -> MattingEngine:
+    """The engine of `toonq matte` and `toonq eval`. The device is checked before the weights
+    load, which can take minutes."""
     settings = ctx.settings
+    target = resolve_device(device or settings.device)
     spec = model_spec or settings.model
     store = open_store(settings) if spec.startswith("s3://") else None
     return MattingEngine(
         load_model(spec, store=store),
-        device=device or settings.device,
+        device=str(target),
         precision=precision or settings.precision,
-        resolution=resolution or settings.resolution,
+        resolution=resolution,
         max_image_pixels=settings.max_image_pixels,
         png_compress_level=settings.png_compress_level,
     )

@@ -1,16 +1,28 @@
-"""`toonq matte`: run the engine in-process over files, in batches, with a progress bar."""
+"""`toonq matte`: the worker's pipeline over files, with a progress bar.
+
+As in a worker, a bounded pool of threads each takes one file at a time: it reads, decodes and
+prepares it, hands its model input to the GPU loop (`InferenceBatcher`, which runs the model on
+dynamic batches of what the threads prepared), then finishes, encodes and writes the cut-out.
+Reading and writing overlap with the model, and only the files in the threads' hands are in
+memory, however many files there are.
+"""
 
 from __future__ import annotations
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from toonq.shared.errors import ToonqError
 from toonq.shared.job import JobParams
-from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.engine.matting import MattingEngine, StackedBatch
+from toonq.worker.main import Pipeline
+
+#: The code of a file that could not be read or written.
+IO_ERROR = "io_error"
 
 
 def matte_files(
@@ -19,13 +31,13 @@ def matte_files(
     out_dir: Path,
     params: JobParams,
     *,
-    batch_size: int,
+    pipeline: Pipeline,
 ) -> int:
-    """Matte `files` into `out_dir`; returns how many failed. A bad file is reported by name
-    and does not stop the others."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    claimed: dict[Path, Path] = {}
-    pending: list[tuple[Path, Path, Image.Image]] = []
+    """Matte `files` into the existing folder `out_dir`; returns how many failed. A bad file
+    is reported by name with its error code and does not stop the others; a file whose output
+    name an earlier file already takes is refused."""
+    outputs, clashes = _outputs(files, out_dir, params)
+    batcher = pipeline.batcher(engine)
     failures = 0
     with tqdm(total=len(files), unit="img", file=sys.stderr) as bar:
 
@@ -34,41 +46,67 @@ def matte_files(
             failures += 1
             bar.write(f"{path}: {message}", file=sys.stderr)
 
-        def flush() -> None:
-            try:
-                prepared = [engine.prepare(image, params) for *_, image in pending]
-                logits = engine.infer(prepared)
-                results = [
-                    engine.finish(item, logit) for item, logit in zip(prepared, logits, strict=True)
-                ]
-            except (ToonqError, RuntimeError) as exc:
-                for path, *_ in pending:
-                    fail(path, f"error: {exc}")
-            else:
-                for (_, target, _), result in zip(pending, results, strict=True):
-                    target.write_bytes(result.data)
-            bar.update(len(pending))
-            pending.clear()
-
-        for path in files:
-            target = out_dir / f"{path.stem}.{params.file_format}"
-            if target in claimed:
-                fail(
-                    path, f"error: output {target} would overwrite the cut-out of {claimed[target]}"
-                )
+        for source, target, taken_by in clashes:
+            fail(source, f"error: output {target} would overwrite the cut-out of {taken_by}")
+            bar.update(1)
+        batcher.start()
+        pool = ThreadPoolExecutor(pipeline.concurrency, thread_name_prefix="toonq-matte")
+        try:
+            running: dict[Future[None], Path] = {
+                pool.submit(_matte_file, engine, batcher, source, target, params): source
+                for source, target in outputs.items()
+            }
+            for done in as_completed(running):
+                if (problem := _problem(done)) is not None:
+                    fail(running[done], problem)
                 bar.update(1)
-                continue
-            try:
-                image = engine.decode(path.read_bytes())
-            except (ToonqError, OSError) as exc:
-                code = getattr(exc, "code", "io_error")
-                fail(path, f"error [{code}]: {exc}")
-                bar.update(1)
-                continue
-            claimed[target] = path
-            pending.append((path, target, image))
-            if len(pending) == batch_size:
-                flush()
-        if pending:
-            flush()
+        finally:
+            # When interrupted, the files not started are dropped and those in hand fail fast.
+            batcher.stop()
+            pool.shutdown(cancel_futures=True)
     return failures
+
+
+def _outputs(
+    files: list[Path], out_dir: Path, params: JobParams
+) -> tuple[dict[Path, Path], list[tuple[Path, Path, Path]]]:
+    """Each file's output path (OUT/<stem>.<format>), and the files refused because an earlier
+    file takes that path: (file, path, earlier file)."""
+    outputs: dict[Path, Path] = {}
+    taken: dict[Path, Path] = {}
+    clashes: list[tuple[Path, Path, Path]] = []
+    for source in files:
+        target = out_dir / f"{source.stem}.{params.file_format}"
+        if target in taken:
+            clashes.append((source, target, taken[target]))
+        else:
+            taken[target] = source
+            outputs[source] = target
+    return outputs, clashes
+
+
+def _matte_file(
+    engine: MattingEngine,
+    batcher: InferenceBatcher[StackedBatch],
+    source: Path,
+    target: Path,
+    params: JobParams,
+) -> None:
+    """One file, start to finish, in a pool thread; the model step runs in the GPU loop."""
+    prepared = engine.prepare(source.read_bytes(), params)
+    batch = batcher.run(prepared.model_input)
+    target.write_bytes(engine.finish(prepared, batch.logits).data)
+
+
+def _problem(done: Future[None]) -> str | None:
+    """What went wrong with one file, with its error code, or None if it was written."""
+    try:
+        done.result()
+    except ToonqError as exc:
+        return f"error [{exc.code}]: {exc}"
+    except OSError as exc:
+        return f"error [{IO_ERROR}]: {exc}"
+    except Exception as exc:
+        # A fault of the model or the device (e.g. out of memory) fails this file only.
+        return f"error [{ToonqError.code}]: {type(exc).__name__}: {exc}"
+    return None

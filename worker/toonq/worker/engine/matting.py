@@ -22,7 +22,7 @@ from PIL import Image
 from toonq.shared.choices import COMPILE_MODES, resolution_problem
 from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
-from toonq.shared.settings import DEFAULT_BG_COLOR
+from toonq.shared.settings import DEFAULT_BG_COLOR, DEFAULT_RESOLUTION
 from toonq.worker.engine.compositing import _swap_bg_to_gray
 from toonq.worker.engine.decode import decode_image, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
@@ -100,7 +100,7 @@ class MattingEngine:
         *,
         device: str = "auto",
         precision: str = "auto",
-        resolution: int = 1024,
+        resolution: int = DEFAULT_RESOLUTION,
         max_image_pixels: int = 50_000_000,
         png_compress_level: int = 1,
         compile_mode: str = "off",
