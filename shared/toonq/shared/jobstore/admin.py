@@ -21,7 +21,7 @@ class Administration(StoreCore):
     def cancel(self, job_id: uuid.UUID, *, actor: str, reason: str | None = None) -> Job:
         """Cancel a queued, retrying or running job. A running job's worker finds out when it
         tries to record its outcome (which is then discarded)."""
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             cancellation = transitions.cancelled(actor=actor, now=self._clock(), reason=reason)
             cancelled = transaction.apply(job_id, selections.cancellable(), cancellation)
             if cancelled is None:

@@ -44,7 +44,7 @@ class Attempts(StoreCore):
         `early_tolerance_s`, a retry due later than that from now is left waiting (`NotDue`).
         One read and one guarded write, whose result is the claimed job.
         """
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             now = self._clock()
             job = transaction.load(job_id)
             if early_tolerance_s is not None and _due_later(job, now, early_tolerance_s):
@@ -120,13 +120,13 @@ class Attempts(StoreCore):
         """Give a running attempt back to the queue unfinished (its worker is shutting down):
         the job waits again without having spent the attempt. Returns the queued job, or None
         if the claim is no longer current (the attempt finished or was taken away)."""
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             handing_back = transitions.handed_back(claim, now=self._clock(), reason=reason)
             return transaction.apply(claim.job.id, selections.current_attempt(claim), handing_back)
 
     def extend_lease(self, claim: Claim, lease_s: float) -> bool:
         """Heartbeat of a long attempt; False if the claim is no longer current."""
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             heartbeat = transitions.lease_extended(now=self._clock(), lease_s=lease_s)
             current = selections.current_attempt(claim)
             return transaction.update(claim.job.id, current, heartbeat) is not None
@@ -134,7 +134,7 @@ class Attempts(StoreCore):
     def _finish_attempt(self, claim: Claim, outcome: Transition) -> bool:
         """Write the claimed attempt's `outcome`; False (and nothing written) if the claim is no
         longer current."""
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             current = selections.current_attempt(claim)
             return transaction.apply(claim.job.id, current, outcome) is not None
 

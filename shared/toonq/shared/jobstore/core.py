@@ -17,5 +17,7 @@ class StoreCore(ABC):
         self._clock = clock
 
     @abstractmethod
-    def _transaction(self) -> AbstractContextManager[Transaction]:
-        """A new unit of work."""
+    def _transaction(self, *, single_write: bool = False) -> AbstractContextManager[Transaction]:
+        """A new unit of work. `single_write`: it writes at most one change (`update` or
+        `apply`), after its reads; a store that writes a change in one statement may then run
+        it without a transaction, since the change's guard is checked when it is written."""

@@ -22,7 +22,7 @@ class Delivery(StoreCore):
     def mark_enqueued(self, job_id: uuid.UUID) -> bool:
         """Record that a wake-up message was handed to the broker for a waiting job, or for a
         running job whose lease expired (the message that will reclaim it)."""
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             now = self._clock()
             sent = transitions.sent(now)
             return transaction.update(job_id, selections.sendable(now), sent) is not None

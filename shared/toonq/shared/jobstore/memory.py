@@ -63,7 +63,7 @@ class InMemoryJobStore(JobStore):
         self._event_ids = itertools.count(1)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Transaction]:
+    def _transaction(self, *, single_write: bool = False) -> Iterator[Transaction]:
         with self._lock:
             transaction = _MemoryTransaction(self._jobs, self._events, self._event_ids)
             try:

@@ -15,7 +15,7 @@ class Reads(StoreCore):
     """Reads jobs and their events."""
 
     def get(self, job_id: uuid.UUID) -> Job:
-        with self._transaction() as transaction:
+        with self._transaction(single_write=True) as transaction:
             return transaction.load(job_id)
 
     def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:

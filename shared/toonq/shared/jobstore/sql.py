@@ -23,38 +23,37 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Connection,
     Engine,
+    Executable,
+    MappingResult,
     RowMapping,
     Select,
     UnaryExpression,
     and_,
+    bindparam,
     insert,
-    inspect,
     or_,
     select,
     true,
-    update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from toonq.shared.db.engine import translate_db_errors
-from toonq.shared.db.schema import Base, JobEventRow, JobRow
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, utc_now
+from toonq.shared.jobstore import statements
 from toonq.shared.jobstore.selections import Clause, Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
 from toonq.shared.jobstore.transitions import Transition
 
-_JOBS: Final = Base.metadata.tables[JobRow.__tablename__]
-_EVENTS: Final = Base.metadata.tables[JobEventRow.__tablename__]
-#: The columns `JobParams` is stored in, in the order of its fields.
-_PARAM_COLUMNS: Final[tuple[Column[Any], ...]] = tuple(inspect(JobRow).composites["params"].columns)
+_JOBS: Final = statements.JOBS
+_EVENTS: Final = statements.EVENTS
 _JOB_FIELDS: Final = tuple(f.name for f in fields(Job) if f.name != "params")
 _EVENT_FIELDS: Final = tuple(f.name for f in fields(JobEvent))
+_LOAD: Final = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 #: Built once: an event is written with every change, and building costs more than running.
 _INSERT_EVENT: Final = insert(_EVENTS)
 
@@ -65,11 +64,21 @@ class SqlJobStore(JobStore):
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(clock=clock)
         self._engine = engine
+        # PostgreSQL writes a change and its events in one statement (`_PostgresTransaction`),
+        # which needs no BEGIN and COMMIT around it.
+        self._postgres = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
-    def _transaction(self) -> Iterator[SqlTransaction]:
-        with translate_db_errors(), self._engine.begin() as connection:
-            yield SqlTransaction(connection)
+    def _transaction(self, *, single_write: bool = False) -> Iterator[SqlTransaction]:
+        kind = _PostgresTransaction if self._postgres else SqlTransaction
+        with translate_db_errors():
+            if single_write and self._postgres:
+                with self._autocommit.connect() as connection:
+                    yield kind(connection)
+            else:
+                with self._engine.begin() as connection:
+                    yield kind(connection)
 
     def _create_at_once(
         self, specs: builtins.list[JobSpec], *, actor: str
@@ -101,8 +110,13 @@ class SqlTransaction(Transaction):
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
+    def _execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> MappingResult:
+        return self._connection.execute(statement, parameters).mappings()
+
     def load(self, job_id: uuid.UUID) -> Job:
-        row = self._connection.execute(_jobs().where(_JOBS.c.id == job_id)).mappings().first()
+        row = self._execute(_LOAD, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFoundError(f"job {job_id} not found")
         return _job(row)
@@ -111,39 +125,45 @@ class SqlTransaction(Transaction):
         self, selection: Selection, order: Order, limit: int | None = None
     ) -> builtins.list[Job]:
         query = _jobs().where(_condition(selection)).order_by(*map(_order_by, order)).limit(limit)
-        return [_job(row) for row in self._connection.execute(query).mappings()]
+        return [_job(row) for row in self._execute(query)]
 
     def with_keys(self, keys: Iterable[str]) -> dict[str, Job]:
         keys = builtins.list(keys)
         if not keys:
             return {}
         query = _jobs().where(_JOBS.c.idempotency_key.in_(keys))
-        jobs = [_job(row) for row in self._connection.execute(query).mappings()]
+        jobs = [_job(row) for row in self._execute(query)]
         return {job.idempotency_key: job for job in jobs if job.idempotency_key is not None}
 
     def events_of(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
         query = select(_EVENTS).where(_EVENTS.c.job_id == job_id).order_by(_EVENTS.c.id)
-        rows = self._connection.execute(query).mappings()
+        rows = self._execute(query)
         return [JobEvent(**{name: row[name] for name in _EVENT_FIELDS}) for row in rows]
 
     def insert(self, creation: Transition) -> Job:
-        statement = insert(_JOBS).values(_columns(creation.values)).returning(_JOBS)
-        job = _job(self._connection.execute(statement).mappings().one())
+        values = statements.columns(creation.values)
+        job = _job(self._execute(insert(_JOBS).values(values).returning(_JOBS)).one())
         self.record(job.id, creation)
         return job
 
     def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Job | None:
-        statement = (
-            update(_JOBS)
-            .where(_JOBS.c.id == job_id, _condition(guard))
-            .values(_columns(values))
-            .returning(_JOBS)
-        )
-        row = self._connection.execute(statement).mappings().first()
+        bound = statements.guarded_update(job_id, guard, values)
+        row = self._execute(bound.statement, bound.parameters).first()
         return None if row is None else _job(row)
 
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:
         self._connection.execute(_INSERT_EVENT, {"job_id": job_id, **transition.event})
+
+
+class _PostgresTransaction(SqlTransaction):
+    """Writes a change and its events in one statement, one round trip instead of one per row."""
+
+    def apply(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> Job | None:
+        values = {name: value for step in steps for name, value in step.values.items()}
+        events = [step.event for step in steps]
+        bound = statements.guarded_update_with_events(job_id, guard, values, events)
+        row = self._execute(bound.statement, bound.parameters).first()
+        return None if row is None else _job(row)
 
 
 def _jobs() -> Select[Any]:
@@ -152,20 +172,8 @@ def _jobs() -> Select[Any]:
 
 def _job(row: RowMapping) -> Job:
     """The snapshot of a job's row."""
-    params = JobParams(*(row[column.name] for column in _PARAM_COLUMNS))
+    params = JobParams(*(row[column.name] for column in statements.PARAM_COLUMNS))
     return Job(params=params, **{name: row[name] for name in _JOB_FIELDS})
-
-
-def _columns(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A job's field values by column: `params` spread over its columns."""
-    columns = dict(values)
-    params = columns.pop("params", None)
-    if params is not None:
-        columns |= {
-            column.name: getattr(params, f.name)
-            for column, f in zip(_PARAM_COLUMNS, fields(JobParams), strict=True)
-        }
-    return columns
 
 
 def _condition(selection: Selection) -> ColumnElement[bool]:

@@ -1,0 +1,192 @@
+"""The SQL store's writes, each built once per shape and run with parameters.
+
+A worker writes a few changes per job, and building a SQLAlchemy statement costs more Python
+than running it. A write's statement depends on the shape of its guard and of its values (which
+fields, compared how), never on the values themselves: so each shape is built once, cached, and
+bound to the values of each call (`Bound`).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Executable,
+    and_,
+    bindparam,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.sql.dml import Update
+
+from toonq.shared.db.schema import Base, JobEventRow, JobRow
+from toonq.shared.job import JobParams
+from toonq.shared.jobstore.selections import Clause, Selection
+
+JOBS: Final = Base.metadata.tables[JobRow.__tablename__]
+EVENTS: Final = Base.metadata.tables[JobEventRow.__tablename__]
+#: The columns `JobParams` is stored in, in the order of its fields.
+PARAM_COLUMNS: Final[tuple[Column[Any], ...]] = tuple(inspect(JobRow).composites["params"].columns)
+
+#: A clause's shape: the fields it compares, and how (an `equal` None is an IS NULL).
+_ClauseShape = tuple[
+    tuple[tuple[str, bool], ...],  # equal: (field, value is None)
+    tuple[str, ...],  # among
+    tuple[str, ...],  # before
+    tuple[str, ...],  # not_before
+    tuple[tuple[str, bool], ...],  # empty
+]
+_GuardShape = tuple[_ClauseShape, ...]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A cached statement and the parameters of one call."""
+
+    statement: Executable
+    parameters: dict[str, Any]
+
+
+def columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's field values by column: `params` spread over its columns."""
+    by_column = dict(values)
+    params = by_column.pop("params", None)
+    if params is not None:
+        by_column |= {
+            column.name: getattr(params, f.name)
+            for column, f in zip(PARAM_COLUMNS, fields(JobParams), strict=True)
+        }
+    return by_column
+
+
+def guarded_update(job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Bound:
+    """UPDATE the job WHERE `guard` RETURNING its row."""
+    by_column = columns(values)
+    statement = _update(_guard_shape(guard), tuple(by_column))
+    return Bound(statement, _update_parameters(job_id, guard, by_column))
+
+
+def guarded_update_with_events(
+    job_id: uuid.UUID,
+    guard: Selection,
+    values: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+) -> Bound:
+    """The guarded update and the INSERT of its events in one PostgreSQL statement (both as
+    data-modifying CTEs), returning the job's row: nothing is written if the guard fails."""
+    by_column = columns(values)
+    names = tuple(tuple(event) for event in events)
+    statement = _update_with_events(_guard_shape(guard), tuple(by_column), names)
+    parameters = _update_parameters(job_id, guard, by_column)
+    for number, event in enumerate(events):
+        parameters |= {f"e{number}_{name}": value for name, value in event.items()}
+    return Bound(statement, parameters)
+
+
+# --- Shapes and parameters ------------------------------------------------------------------------
+
+
+def _guard_shape(guard: Selection) -> _GuardShape:
+    return tuple(
+        (
+            tuple(sorted((name, value is None) for name, value in clause.equal.items())),
+            tuple(sorted(clause.among)),
+            tuple(sorted(clause.before)),
+            tuple(sorted(clause.not_before)),
+            tuple(sorted(clause.empty.items())),
+        )
+        for clause in guard.clauses
+    )
+
+
+def _update_parameters(
+    job_id: uuid.UUID, guard: Selection, by_column: Mapping[str, Any]
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"job_id": job_id}
+    for number, clause in enumerate(guard.clauses):
+        parameters |= _clause_parameters(number, clause)
+    parameters |= {f"v_{name}": value for name, value in by_column.items()}
+    return parameters
+
+
+def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
+    prefix = f"g{number}"
+    parameters = {
+        f"{prefix}_eq_{name}": value for name, value in clause.equal.items() if value is not None
+    }
+    parameters |= {f"{prefix}_in_{name}": sorted(v) for name, v in clause.among.items()}
+    parameters |= {f"{prefix}_lt_{name}": value for name, value in clause.before.items()}
+    parameters |= {f"{prefix}_ge_{name}": value for name, value in clause.not_before.items()}
+    return parameters
+
+
+# --- The statements, one per shape ----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _update(guard: _GuardShape, value_columns: tuple[str, ...]) -> Update:
+    return (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"), _condition(guard))
+        .values({name: bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in value_columns})
+        .returning(JOBS)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _update_with_events(
+    guard: _GuardShape, value_columns: tuple[str, ...], events: tuple[tuple[str, ...], ...]
+) -> Executable:
+    written = _update(guard, value_columns).cte("written")
+    # One INSERT for all the events, in order: the CTEs of a statement run in no set order.
+    rows = union_all(
+        *(
+            select(
+                written.c.id,
+                *(bindparam(f"e{number}_{name}", type_=EVENTS.c[name].type) for name in names),
+            )
+            for number, names in enumerate(events)
+        )
+    )
+    recorded = insert(EVENTS).from_select(["job_id", *events[0]], rows).cte("recorded")
+    return select(written).add_cte(recorded)
+
+
+def _condition(guard: _GuardShape) -> ColumnElement[bool]:
+    return or_(*(_clause_condition(number, clause) for number, clause in enumerate(guard)))
+
+
+def _clause_condition(number: int, shape: _ClauseShape) -> ColumnElement[bool]:
+    equal, among, before, not_before, empty = shape
+    prefix = f"g{number}"
+    column = JOBS.c
+    conditions = [
+        column[name].is_(None) if is_none else column[name] == _param(f"{prefix}_eq_", name)
+        for name, is_none in equal
+    ]
+    conditions += [
+        column[name].in_(bindparam(f"{prefix}_in_{name}", expanding=True, type_=column[name].type))
+        for name in among
+    ]
+    conditions += [column[name] < _param(f"{prefix}_lt_", name) for name in before]
+    conditions += [column[name] >= _param(f"{prefix}_ge_", name) for name in not_before]
+    conditions += [
+        column[name].is_(None) if is_empty else column[name].is_not(None)
+        for name, is_empty in empty
+    ]
+    return and_(true(), *conditions)
+
+
+def _param(prefix: str, name: str) -> Any:
+    return bindparam(prefix + name, type_=JOBS.c[name].type)
