@@ -90,6 +90,12 @@ def test_stages_section_covers_every_stage_image_and_encoding(quick_run):
     assert any(case.startswith("webp lossless") for case in cases)
     decodes = {row["case"] for row in rows if row["stage"] == "decode"}
     assert decodes == {"png", "jpeg", "webp"}
+    jobs = stages["job_cpu"]
+    assert {job["image"] for job in jobs} == images
+    for job in jobs:
+        assert job["job_ms"] > 0
+        assert job["codec_floor_ms"] > 0
+        assert job["ratio"] == pytest.approx(job["job_ms"] / job["codec_floor_ms"], rel=1e-2)
 
 
 def test_markdown_report_has_a_part_per_section(quick_run):
@@ -98,6 +104,7 @@ def test_markdown_report_has_a_part_per_section(quick_run):
     assert "## Model throughput" in markdown
     assert "## CPU cost per stage" in markdown
     assert "| png pillow level 6 |" in markdown
+    assert "| job on the CPU |" in markdown
 
 
 def test_unknown_sections_are_refused_before_anything_runs(tmp_path):

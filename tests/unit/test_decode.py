@@ -1,4 +1,5 @@
-"""decode_image: every pixel mode to 8-bit RGBA, EXIF orientation, first frames, bad inputs."""
+"""decode_image and decode_pixels: every pixel mode to 8-bit RGBA, EXIF orientation, first
+frames, bad inputs, and the same pixels whichever decoder reads a PNG."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from toonq.shared.errors import (
     PermanentJobError,
     UnsupportedFormatError,
 )
-from toonq.worker.engine.decode import decode_image, image_to_array
+from toonq.worker.engine import decode
+from toonq.worker.engine.decode import decode_image, decode_pixels, image_to_array
 
 LIMIT = 10_000_000
 RNG = np.random.default_rng(1234)
@@ -318,6 +320,69 @@ def test_pixel_limit_is_inclusive():
     data = save(Image.new("RGB", (100, 50)), "PNG")
     assert decode_image(data, max_pixels=5000).size == (100, 50)
     assert isinstance(_error(data, max_pixels=4999), ImageTooLargeError)
+
+
+# --- Plain PNGs: libpng when imagecodecs is installed, the same pixels as Pillow ----------------
+
+IEND = chunk(b"IEND", b"")
+
+
+def _with_chunk_after_the_pixels(data: bytes, kind: bytes, payload: bytes) -> bytes:
+    assert data.endswith(IEND)
+    return data[: -len(IEND)] + chunk(kind, payload) + IEND
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGBA"))
+
+
+@pytest.mark.parametrize("channels", [3, 4], ids=["rgb", "rgba"])
+@pytest.mark.parametrize("imagecodecs", [True, False], ids=["imagecodecs", "pillow-only"])
+def test_plain_png_pixels_are_pillows(monkeypatch, channels, imagecodecs):
+    if not imagecodecs:
+        monkeypatch.setattr(decode, "imagecodecs", None)  # as where the package is not installed
+    stored = RNG.integers(0, 256, (9, 7, channels), dtype=np.uint8)
+    # Ancillary chunks that change no pixel, before and after the image data.
+    data = _with_chunk_after_the_pixels(
+        save(Image.fromarray(stored), "PNG", optimize=True, dpi=(72, 72)),
+        b"tEXt",
+        b"parameters\x00a prompt",
+    )
+    pixels = decode_pixels(data, max_pixels=LIMIT)
+    assert pixels.flags.writeable
+    assert np.array_equal(pixels, _pillow_pixels(data))
+    assert np.array_equal(_decode(data), pixels)
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        (b"eXIf", exif_block(6)[6:]),  # the chunk holds the TIFF block without "Exif\0\0"
+        (
+            b"iTXt",
+            b"XML:com.adobe.xmp\x00\x00\x00\x00\x00"
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+            b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+            b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+            b"</x:xmpmeta>",
+        ),
+    ],
+    ids=["exif", "xmp"],
+)
+def test_an_orientation_after_the_pixels_is_applied(kind, payload):
+    stored = RNG.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+    data = _with_chunk_after_the_pixels(save(Image.fromarray(stored), "PNG"), kind, payload)
+    assert np.array_equal(decode_pixels(data, max_pixels=LIMIT), np.rot90(stored, -1))
+
+
+def test_a_png_that_libpng_refuses_gets_pillows_verdict():
+    # A wrong image data checksum: libpng refuses the file, Pillow does not check it.
+    stored = RNG.integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    data = bytearray(save(Image.fromarray(stored), "PNG"))
+    at = data.index(b"IDAT")
+    data[at + 4 + struct.unpack(">I", data[at - 4 : at])[0]] ^= 0xFF
+    assert np.array_equal(decode_pixels(bytes(data), max_pixels=LIMIT), stored)
 
 
 def test_image_to_array_is_a_writable_copy():

@@ -1,4 +1,5 @@
-"""encode_rgba (PNG, lossless WebP) and encode_mask (grey PNG), with either PNG encoder."""
+"""encode_rgba and encode_rgba_pixels (PNG, lossless WebP) and encode_mask (grey PNG), with
+either PNG encoder."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from toonq.worker.engine.encode import (
     default_png_encoder,
     encode_mask,
     encode_rgba,
+    encode_rgba_pixels,
 )
 
 PNG_ENCODERS = available_png_encoders()
@@ -93,6 +95,24 @@ def test_compress_level_trades_size(encoder):
 
 def test_content_types():
     assert CONTENT_TYPES == {"png": "image/png", "webp": "image/webp"}
+
+
+@pytest.mark.parametrize("encoder", PNG_ENCODERS)
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_interleaved_pixels_encode_as_their_planes(fmt, encoder):
+    rgb, alpha = _planes(seed=9)
+    pixels = _expected_rgba(rgb, alpha)
+    data = encode_rgba_pixels(pixels, fmt=fmt, png_encoder=encoder)
+    assert data == encode_rgba(rgb, alpha, fmt=fmt, png_encoder=encoder)
+    assert np.array_equal(np.asarray(_open(data)), pixels)
+
+
+def test_interleaved_pixels_must_be_uint8_with_four_channels():
+    pixels = _expected_rgba(*_planes())
+    bad_layouts: list[np.ndarray] = [pixels[..., :3], pixels.astype(np.uint16), pixels[0]]
+    for bad in bad_layouts:
+        with pytest.raises(ValueError, match="H×W×4"):
+            encode_rgba_pixels(bad, fmt="png")
 
 
 @pytest.mark.parametrize("level", [-1, 10])

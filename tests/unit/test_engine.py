@@ -13,7 +13,9 @@ from PIL import Image
 from tests.support import matte_one
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError
 from toonq.shared.job import JobParams
+from toonq.worker.engine.compositing import _swap_bg_to_gray
 from toonq.worker.engine.matting import MattingEngine, batch_bucket
+from toonq.worker.engine.transforms import to_model_input
 from toonq.worker.engine.weights import load_model
 
 RESOLUTION = 64
@@ -95,6 +97,31 @@ def test_the_background_colour_reaches_the_model(engine: MattingEngine) -> None:
     opaque = sticker().convert("RGB").convert("RGBA")
     gray, white = alphas(engine, [opaque, opaque], ["#808080", "#ffffff"])
     assert torch.equal(gray, white)
+
+
+@pytest.mark.parametrize(
+    "size", [(90, 70), (RESOLUTION, RESOLUTION)], ids=["resized", "model-size"]
+)
+def test_the_model_sees_the_composite_resized_and_normalised(
+    engine: MattingEngine, size: tuple[int, int]
+) -> None:
+    source = sticker(size)
+    options = replace(PARAMS, bg_color="#ff0037")
+    prepared = engine.prepare(encode(source), options)
+    rgba = torch.from_numpy(np.array(source)).permute(2, 0, 1).unsqueeze(0)
+    expected = to_model_input(_swap_bg_to_gray(rgba, (255, 0, 55)), RESOLUTION)
+    assert torch.equal(prepared.model_input, expected)
+
+
+def test_finishing_twice_gives_the_same_cutout(engine: MattingEngine) -> None:
+    source = sticker()
+    before = np.array(source)
+    prepared = engine.prepare(source, PARAMS)
+    (logits,) = engine.infer([prepared])
+    first, second = engine.finish(prepared, logits), engine.finish(prepared, logits)
+    assert first.data == second.data
+    np.testing.assert_array_equal(np.asarray(decode(first.data))[..., :3], before[..., :3])
+    np.testing.assert_array_equal(np.array(source), before)  # the caller's image is untouched
 
 
 def test_a_batch_gives_the_masks_of_one_by_one(engine: MattingEngine) -> None:

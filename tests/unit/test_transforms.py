@@ -75,9 +75,10 @@ def test_normalisation_of_a_plain_colour():
         assert torch.allclose(out[0, channel], torch.tensor(expected), atol=1e-6)
 
 
-def test_model_size_input_is_not_resampled():
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_size_input_is_not_resampled(device):
     rgb = _random_rgb((1, 3, 32, 64), seed=4)
-    out = to_model_input(rgb, (32, 64)).double().numpy()
+    out = to_model_input(rgb.to(device), (32, 64)).cpu().double().numpy()
     np.testing.assert_allclose(out, _normalise(rgb.double().numpy()), atol=1e-6)
 
 
@@ -88,8 +89,9 @@ def test_dtype(dtype):
 
 def test_images_of_different_sizes_are_resized_then_stacked():
     images = [_random_rgb((3, 20, 30), seed=5), _random_rgb((3, 64, 32), seed=6)]
+    images.append(_random_rgb((3, 64, 64), seed=7))  # at the model size already
     batch = to_model_input(images, 64)
-    assert batch.shape == (2, 3, 64, 64)
+    assert batch.shape == (3, 3, 64, 64)
     for index, image in enumerate(images):
         assert torch.equal(batch[index : index + 1], to_model_input(image.unsqueeze(0), 64))
 
@@ -135,6 +137,15 @@ def test_logits_to_alpha_size_and_corners(device, shape):
     # align_corners=True: the corner pixels of both grids coincide.
     for i, j in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
         assert alpha[i, j] == int(probabilities[i, j] * 255)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_logits_at_the_output_size_give_their_own_sigmoid(device):
+    logits = torch.randn((1, 1, 6, 5), generator=torch.Generator().manual_seed(1)) * 4
+    before = logits.clone()
+    alpha = logits_to_alpha(logits.to(device), (6, 5)).cpu()
+    assert torch.equal(alpha, (torch.sigmoid(logits[0, 0]) * 255).to(torch.uint8))
+    assert torch.equal(logits, before)
 
 
 def test_logits_to_alpha_interpolates_between_corners():

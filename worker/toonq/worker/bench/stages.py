@@ -5,21 +5,31 @@ post-processing (logits to alpha at the input size, `refine_foreground`) and enc
 format and setting toonq offers, each on anime-like and photo-like cut-outs of 1 and 4
 megapixels. Encodings record their size and are checked to be lossless. Ratios compare the
 cases of one stage on one image, timed in turns so that the machine's load weighs on all alike.
+
+Then the whole of one job on the CPU (`job_cpu`): the engine's path from PNG bytes to PNG bytes
+with a model that costs nothing, in CPU time, against the codec work no job avoids: decoding the
+same PNG and encoding its pixels again with imagecodecs at level 1.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Final
 
+import imagecodecs
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
 
+from toonq.shared.job import JobParams
+from toonq.shared.settings import DEFAULT_BG_COLOR
 from toonq.worker.bench.images import KINDS, Kind, cutout
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
 from toonq.worker.bench.timing import time_interleaved
@@ -33,8 +43,11 @@ from toonq.worker.engine.encode import (
     encode_mask,
     encode_rgba,
 )
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.refine import refine_foreground
+from toonq.worker.engine.standin import STANDIN_PREFIX, StandInModel
 from toonq.worker.engine.transforms import logits_to_alpha, to_model_input
+from toonq.worker.engine.weights import LoadedModel
 
 #: Image sides: 1 and 4 megapixels (the keys of the report), or small ones for --quick.
 SIDES: Final = {"1": 1024, "4": 2048}
@@ -71,27 +84,47 @@ class StageRow:
     bytes: int | None = None
 
 
+@dataclass(frozen=True)
+class JobCpuRow:
+    image: str
+    megapixels: str
+    #: CPU milliseconds of one job through the engine on the CPU, with a model that costs nothing.
+    job_ms: float
+    #: CPU milliseconds of the codec floor: PNG decode + PNG encode (imagecodecs, level 1).
+    codec_floor_ms: float
+    #: job_ms / codec_floor_ms.
+    ratio: float
+
+
 def run(options: BenchOptions) -> Section:
     sides = QUICK_SIDES if options.quick else SIDES
     resolution = options.resolution or (QUICK_RESOLUTION if options.quick else RESOLUTION)
     repeat = 1 if options.quick else options.repeat
     rows: list[StageRow] = []
+    jobs: list[JobCpuRow] = []
     for kind in KINDS:
         for megapixels, side in sides.items():
             pixels = cutout(kind, (side, side))
             rows += _measure_image(kind, megapixels, pixels, resolution, repeat)
+            jobs.append(_measure_job(kind, megapixels, _save(pixels, "png"), resolution, repeat))
     data: dict[str, Any] = {
         "resolution": resolution,
         "repeat": repeat,
         "png_encoder": default_png_encoder(),
         "rows": [asdict(row) for row in rows],
+        "job_cpu": [asdict(job) for job in jobs],
     }
     note = (
         "Milliseconds per megapixel (relative to the stage's first case on the same image; "
         f"encodings with their size). The model input is {resolution}x{resolution}: an image "
         "of that size is not resized, only normalised, as in the engine."
     )
-    markdown = f"{note}\n\n{_markdown(rows)}"
+    job_note = (
+        "CPU milliseconds of one job on the CPU device (PNG in, `prepare`, a model that costs "
+        "nothing, `finish`, PNG out), against the codec floor: the same PNG decoded and its "
+        "pixels encoded again with imagecodecs at level 1. On one thread, kernel time included."
+    )
+    markdown = f"{note}\n\n{_markdown(rows)}\n\n{job_note}\n\n{_job_markdown(jobs)}"
     return Section("stages", "CPU cost per stage (ms per megapixel)", data, markdown)
 
 
@@ -148,6 +181,57 @@ def _measure_image(
     return rows
 
 
+def _measure_job(
+    kind: Kind, megapixels: str, png: bytes, resolution: int, repeat: int
+) -> JobCpuRow:
+    nothing = LoadedModel(StandInModel(0), name=f"{STANDIN_PREFIX}0", revision="standin")
+    engine = MattingEngine(nothing, device="cpu", resolution=resolution)
+    params = JobParams(bg_color=DEFAULT_BG_COLOR, format="png", resolution=resolution)
+
+    def job() -> bytes:
+        prepared = engine.prepare(png, params)
+        (logits,) = engine.run_batch(engine.stack_batch([prepared.model_input]))
+        return engine.finish(prepared, logits).data
+
+    def codec_floor() -> bytes:
+        return bytes(imagecodecs.png_encode(imagecodecs.png_decode(png), level=1))
+
+    with _one_torch_thread():
+        job_ms, floor_ms = _cpu_ms_interleaved([job, codec_floor], repeat=repeat)
+    return JobCpuRow(
+        image=f"{kind} {megapixels} MP",
+        megapixels=megapixels,
+        job_ms=round(job_ms, 3),
+        codec_floor_ms=round(floor_ms, 3),
+        ratio=round(job_ms / floor_ms, 3),
+    )
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """The process's CPU time is then one job's: no idle intra-op threads spinning beside it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cpu_ms_interleaved(fns: Sequence[Callable[[], object]], *, repeat: int) -> list[float]:
+    """The median CPU milliseconds (the process's, kernel time included: page faults count) of
+    each of `fns`, run in turns after one warm-up each."""
+    for fn in fns:
+        fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, times in zip(fns, samples, strict=True):
+            start = time.process_time()
+            fn()
+            times.append((time.process_time() - start) * 1000)
+    return [statistics.median(times) for times in samples]
+
+
 def _encode_cases(rgb: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> list[Case]:
     """Every encoding toonq can produce; the first (Pillow's default PNG level) is the baseline."""
     encode = partial(encode_rgba, rgb, alpha)
@@ -188,6 +272,13 @@ def _save(pixels: npt.NDArray[np.uint8], fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **_INPUT_SAVE_OPTIONS[fmt])
     return buffer.getvalue()
+
+
+def _job_markdown(jobs: Sequence[JobCpuRow]) -> str:
+    return markdown_table(
+        ["job on the CPU", "job (ms CPU)", "codec floor (ms CPU)", "job / floor"],
+        [(job.image, job.job_ms, job.codec_floor_ms, job.ratio) for job in jobs],
+    )
 
 
 def _markdown(rows: Sequence[StageRow]) -> str:

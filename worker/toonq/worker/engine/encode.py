@@ -1,8 +1,9 @@
 """Encode results: the RGBA cut-out (PNG or lossless WebP) and the bare mask (8-bit grey PNG).
 
-Array layout: channels first like the rest of the engine's tensors: RGB is 3×H×W, alpha is H×W,
-both uint8, as NumPy arrays or torch tensors on any device. The interleaving into H×W×4 happens
-here, in one copy.
+Array layout: `encode_rgba` takes channels first like the rest of the engine's tensors: RGB is
+3×H×W, alpha is H×W, both uint8, as NumPy arrays or torch tensors on any device, and interleaves
+them into H×W×4 in one copy. `encode_rgba_pixels` takes the interleaved H×W×4 array itself,
+for a caller that holds one already: no copy.
 
 PNG has two encoders that store the same pixels: imagecodecs (libpng on zlib-ng) when it is
 installed, else Pillow. Pillow tries all five row filters on every row; at the fast levels
@@ -81,21 +82,43 @@ def encode_rgba(
         raise ValueError(f"rgb must be 3×H×W, got shape {colour.shape}")
     if mask.shape != colour.shape[1:]:
         raise ValueError(f"alpha {mask.shape} does not match the rgb size {colour.shape[1:]}")
+    interleaved = np.empty((*mask.shape, 4), dtype=np.uint8)
+    interleaved[..., :3] = colour.transpose(1, 2, 0)
+    interleaved[..., 3] = mask
+    return encode_rgba_pixels(
+        interleaved,
+        fmt=fmt,
+        png_compress_level=png_compress_level,
+        png_encoder=png_encoder,
+        webp_method=webp_method,
+        webp_quality=webp_quality,
+    )
+
+
+def encode_rgba_pixels(
+    pixels: npt.NDArray[np.uint8],
+    *,
+    fmt: OutputFormat,
+    png_compress_level: int = 1,
+    png_encoder: PngEncoder | None = None,
+    webp_method: int = WEBP_METHOD,
+    webp_quality: int = WEBP_QUALITY,
+) -> bytes:
+    """Encode uint8 H×W×4 RGBA `pixels` in `fmt`, losslessly, as `encode_rgba` does."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 4:
+        raise ValueError(f"pixels must be uint8 H×W×4, got {pixels.dtype} of shape {pixels.shape}")
     if fmt not in CONTENT_TYPES:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
-    height, width = mask.shape
+    height, width = pixels.shape[:2]
     if fmt == "webp" and max(height, width) > WEBP_MAX_SIDE:
         raise ImageTooLargeError(
             f"WebP cannot store a {width}x{height} image (at most {WEBP_MAX_SIDE} pixels "
             "per side); use PNG"
         )
-    interleaved = np.empty((height, width, 4), dtype=np.uint8)
-    interleaved[..., :3] = colour.transpose(1, 2, 0)
-    interleaved[..., 3] = mask
     if fmt == "png":
-        return _encode_png(interleaved, png_compress_level, png_encoder)
+        return _encode_png(pixels, png_compress_level, png_encoder)
     return _save(
-        Image.fromarray(interleaved),
+        Image.fromarray(pixels),
         "WEBP",
         lossless=True,
         method=webp_method,

@@ -1,9 +1,13 @@
 """The matting engine: image bytes in, RGBA cut-out (or mask) bytes out.
 
-    prepare (one image):  decode -> _swap_bg_to_gray -> resize + normalise
+    prepare (one image):  decode -> composite onto the background colour -> resize + normalise
     batch (images of one input shape):  BiRefNet -> each image's logits
     finish (one image):  alpha (sigmoid + resize back) -> (refine_foreground)
                          -> attach alpha to the ORIGINAL colours -> encode
+
+On a GPU everything from the composite to the alpha matte runs there. The host keeps the decoded
+pixels: the cut-out is those pixels with their alpha channel replaced, so only the matte comes
+back from the device and the colours are not copied again to be interleaved with it.
 
 The engine knows nothing of queues: the worker, `toonq matte`, `toonq eval` and the benchmarks
 all take this one path.
@@ -16,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 
@@ -23,10 +29,15 @@ from toonq.shared.choices import COMPILE_MODES, resolution_problem
 from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
 from toonq.shared.settings import DEFAULT_BG_COLOR, DEFAULT_RESOLUTION
-from toonq.worker.engine.compositing import _swap_bg_to_gray
-from toonq.worker.engine.decode import decode_image, image_to_array
+from toonq.worker.engine.compositing import _swap_bg_to_gray, composite_rgb
+from toonq.worker.engine.decode import decode_image, decode_pixels, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
-from toonq.worker.engine.encode import CONTENT_TYPES, encode_mask, encode_rgba
+from toonq.worker.engine.encode import (
+    CONTENT_TYPES,
+    encode_mask,
+    encode_rgba,
+    encode_rgba_pixels,
+)
 from toonq.worker.engine.refine import refine_foreground
 from toonq.worker.engine.transforms import logits_to_alpha, to_model_input
 from toonq.worker.engine.weights import LoadedModel
@@ -64,7 +75,10 @@ class StackedBatch:
 class PreparedImage:
     """One image ready for the model: what `finish` needs after inference."""
 
-    #: The decoded image, uint8 4×H×W on the engine's device.
+    #: The decoded image, uint8 H×W×4 in host memory. `finish` writes the alpha matte into its
+    #: fourth channel, whose input alpha served only to composite the model input.
+    pixels: npt.NDArray[np.uint8]
+    #: The same pixels as uint8 4×H×W on the engine's device (a view of `pixels` on the CPU).
     image: torch.Tensor
     #: 1×3×h×w in the engine's dtype, composited, resized and normalised.
     model_input: torch.Tensor
@@ -144,16 +158,23 @@ class MattingEngine:
         """Decode (when given bytes), move to the device, composite onto the job's background
         colour, resize and normalise: everything before the model, for one image."""
         watch = _Stopwatch(self.device)
-        image = source
-        if isinstance(image, bytes):
+        if isinstance(source, bytes):
             with watch.stage("decode"):
-                image = self.decode(image)
+                pixels = decode_pixels(source, max_pixels=self.max_image_pixels)
         with watch.stage("preprocess"):
-            rgba = self.to_tensor(image)
+            if isinstance(source, Image.Image):
+                pixels = image_to_array(source)
+            rgba = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
             with torch.inference_mode():
-                flat = _swap_bg_to_gray(rgba.unsqueeze(0), options.bg_rgb)
+                if self.device.type == "cpu":
+                    # Pillow composites in one pass of C, several times cheaper than torch.
+                    flat = torch.from_numpy(composite_rgb(pixels, options.bg_rgb))
+                    flat = flat.permute(2, 0, 1).unsqueeze(0)
+                else:
+                    rgba = self._upload(rgba)
+                    flat = _swap_bg_to_gray(rgba, options.bg_rgb)
                 model_input = to_model_input(flat, options.resolution, self.dtype)
-        return PreparedImage(rgba, model_input, options, watch.ms)
+        return PreparedImage(pixels, rgba[0], model_input, options, watch.ms)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[torch.Tensor]:
         """Run prepared images of one input shape through the model as a single batch; returns
@@ -197,9 +218,13 @@ class MattingEngine:
         with torch.inference_mode():
             with watch.stage("postprocess"):
                 alpha = self.alpha(prepared, logits)
-                rgb = self._foreground(image, alpha, options)
+                refined = (
+                    refine_foreground(image[:3], alpha)
+                    if options.refine_foreground and not options.mask_only
+                    else None
+                )
             with watch.stage("encode"):
-                data = self._encode(rgb, alpha, options)
+                data = self._encode(prepared, alpha, refined)
         return MatteResult(
             data=data,
             content_type=CONTENT_TYPES[options.file_format],
@@ -229,30 +254,21 @@ class MattingEngine:
             ms=round((time.perf_counter() - start) * 1000, 1),
         )
 
-    def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """A uint8 4×H×W tensor on the engine's device. On a GPU the host copy is pinned so the
-        upload runs asynchronously."""
-        host = torch.from_numpy(image_to_array(image)).permute(2, 0, 1)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        return host.to(self.device, non_blocking=True)
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """`host` on the engine's GPU; pinned first, so that the copy runs asynchronously."""
+        return host.pin_memory().to(self.device, non_blocking=True)
 
-    def _foreground(
-        self, image: torch.Tensor, alpha: torch.Tensor, options: JobParams
-    ) -> torch.Tensor:
-        """The cut-out's colours: the original RGB (never the gray composite), or its
-        blur-fusion foreground estimate when asked for."""
-        if options.refine_foreground and not options.mask_only:
-            return refine_foreground(image[:3], alpha)
-        return image[:3]
-
-    def _encode(self, rgb: torch.Tensor, alpha: torch.Tensor, options: JobParams) -> bytes:
-        alpha_np = alpha.cpu().numpy()
+    def _encode(
+        self, prepared: PreparedImage, alpha_matte: torch.Tensor, refined: torch.Tensor | None
+    ) -> bytes:
+        """The output: the mask alone, or the cut-out's colours with the alpha matte. The
+        colours are the original RGB (never the grey composite), or their blur-fusion
+        foreground estimate (`refined`) when asked for."""
+        options, level = prepared.options, self.png_compress_level
+        alpha = alpha_matte.cpu().numpy()
         if options.mask_only:
-            return encode_mask(alpha_np, png_compress_level=self.png_compress_level)
-        return encode_rgba(
-            rgb.cpu().numpy(),
-            alpha_np,
-            fmt=options.format,
-            png_compress_level=self.png_compress_level,
-        )
+            return encode_mask(alpha, png_compress_level=level)
+        if refined is not None:
+            return encode_rgba(refined, alpha, fmt=options.format, png_compress_level=level)
+        prepared.pixels[..., 3] = alpha
+        return encode_rgba_pixels(prepared.pixels, fmt=options.format, png_compress_level=level)

@@ -33,21 +33,24 @@ def to_model_input(
     The resize is bilinear with half-pixel centres and no antialias, like the fork's
     `cv2.resize(INTER_LINEAR)`; it runs in float32 on the uint8 values, without cv2's rounding of
     the resized pixels to uint8 (a difference under half a grey level). Then x / 255, then
-    (x - mean) / std with the ImageNet statistics, then the cast to `dtype`.
+    (x - mean) / std with the ImageNet statistics, then the cast to `dtype`. An image already
+    at the model size is normalised straight from its uint8 values: no float copy of it is made.
+    The output keeps the input's memory layout.
     """
     target = _model_size(size)
     if isinstance(rgb, torch.Tensor):
         _check_uint8(rgb, "a B×3×H×W batch", ndim=4, channels=3)
-        batch = _resize(rgb.float(), target)
+        batch = _resize(rgb, target)
     else:
         if not rgb:
             raise ValueError("no images to batch")
         for image in rgb:
             _check_uint8(image, "3×H×W images", ndim=3, channels=3)
-        batch = torch.cat([_resize(image.unsqueeze(0).float(), target) for image in rgb])
+        batch = torch.cat([_resize(image.unsqueeze(0), target) for image in rgb])
     mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    # (x / 255 - mean) / std as one multiply-add: one pass over the image instead of three.
+    # (x / 255 - mean) / std as one multiply-add: one pass over the image instead of three. A
+    # uint8 `batch` is read as float32 on the fly, with the same float32 arithmetic.
     return torch.addcmul(-mean / std, batch, 1.0 / (255.0 * std)).to(dtype)
 
 
@@ -65,8 +68,10 @@ def logits_to_alpha(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if height < 1 or width < 1:
         raise ValueError(f"the output size must be positive, got {size}")
     mask = torch.sigmoid(logits.float()).view(1, 1, *logits.shape[-2:])
-    mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=True)
-    return (mask[0, 0] * 255.0).to(torch.uint8)
+    # At the mask's own size align_corners=True samples every pixel exactly: skipped, same bytes.
+    if mask.shape[-2:] != size:
+        mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=True)
+    return mask[0, 0].mul_(255.0).to(torch.uint8)
 
 
 def _model_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -87,6 +92,10 @@ def _check_uint8(tensor: torch.Tensor, expected: str, *, ndim: int, channels: in
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 `batch` at `size`: as it is (uint8) when it is there already (typical 1024² SDXL
+    output), else resized in float32."""
     if batch.shape[-2:] == size:
-        return batch  # already at the model size (typical 1024² SDXL output): exact identity
-    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=False)
+        return batch
+    return F.interpolate(
+        batch.float(), size=size, mode="bilinear", align_corners=False, antialias=False
+    )
