@@ -122,7 +122,7 @@ def test_each_file_gets_its_own_cutout_and_bad_files_do_not_stop_the_others(
     out = tmp_path / "out"
     out.mkdir()
     # Fewer threads than files and batches of up to 2: threads are reused, batches formed.
-    pipeline = Pipeline(concurrency=3, max_batch_size=2, max_wait_s=0.01)
+    pipeline = Pipeline(concurrency=3, max_batch_size=2, max_wait_s=0.01, cpu_workers=2)
 
     failures = matte_files(engine, files, out, PARAMS, pipeline=pipeline)
 

@@ -23,6 +23,7 @@ from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage.local import LocalStore
 from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.lease import LeaseKeeper
@@ -80,6 +81,7 @@ def ctx(
         objects=LocalStore([settings.home]),
         engine=engine,
         batcher=batcher,
+        cpu=CpuSlots(2),
         leases=LeaseKeeper(jobstore, lease_s=settings.lease_s, job_timeout_s=900),
         sender=sender,
         worker_name=WORKER,

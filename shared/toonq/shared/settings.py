@@ -153,6 +153,9 @@ class Settings:
     shutdown_grace_s: float = _setting("TOONQ_SHUTDOWN_GRACE_S", 30.0, _float)
     # Pipeline: jobs in flight per worker and the GPU loop's batching (0 = chosen for the device).
     concurrency: int = _setting("TOONQ_CONCURRENCY", 0, _int())
+    #: Jobs in their CPU-heavy stages at once, and PyTorch's CPU threads; 0: the CPUs the
+    #: process may use (affinity, capped by the cgroup CPU quota).
+    cpu_workers: int = _setting("TOONQ_CPU_WORKERS", 0, _int())
     max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
     max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
     # Operations.

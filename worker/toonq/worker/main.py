@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from celery import signals
 
 from toonq.shared.db.engine import create_db_engine
@@ -32,6 +33,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import open_store
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.cpus import CpuSlots, usable_cpus
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.health import Health, serve
@@ -47,11 +49,13 @@ EXIT_HANDED_BACK = 0
 
 @dataclass(frozen=True)
 class Pipeline:
-    """How many jobs a worker holds and how its GPU loop batches them."""
+    """How many jobs a worker holds, how many of them may use a CPU at once, and how its GPU
+    loop batches them."""
 
     concurrency: int
     max_batch_size: int
     max_wait_s: float
+    cpu_workers: int
 
     @classmethod
     def for_device(
@@ -68,7 +72,8 @@ class Pipeline:
             max_batch_size or settings.max_batch_size or (8 if engine.device.type == "cuda" else 1)
         )
         jobs = concurrency or settings.concurrency or default_concurrency(batch)
-        return cls(jobs, batch, settings.max_batch_wait_ms / 1000)
+        cpus = settings.cpu_workers or usable_cpus()
+        return cls(jobs, batch, settings.max_batch_wait_ms / 1000, cpus)
 
     def batcher(
         self, engine: MattingEngine, *, on_beat: Callable[[], None] | None = None
@@ -114,6 +119,9 @@ def build_context(
         channels_last=settings.channels_last,
     )
     pipeline = Pipeline.for_device(settings, engine, concurrency)
+    if engine.device.type == "cpu":
+        # PyTorch sizes its pool from the host's cores, not from what this process may use.
+        torch.set_num_threads(pipeline.cpu_workers)
     engine.warmup(pipeline.max_batch_size)
     metrics.set_model_load_seconds(time.perf_counter() - started)
     metrics.watch_gpu_memory(engine.device)
@@ -125,6 +133,7 @@ def build_context(
         objects=objects,
         engine=engine,
         batcher=batcher,
+        cpu=CpuSlots(pipeline.cpu_workers),
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
         sender=Sender(app, store, queue=settings.queue),
         worker_name=worker_name,
@@ -199,6 +208,7 @@ def run_worker(
         worker=worker_name,
         queue=settings.queue,
         concurrency=pipeline.concurrency,
+        cpu_workers=pipeline.cpu_workers,
         max_batch_size=pipeline.max_batch_size,
         max_batch_wait_ms=settings.max_batch_wait_ms,
     )

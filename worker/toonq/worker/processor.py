@@ -36,6 +36,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.lease import LeaseKeeper
 from toonq.worker.retries import backoff_delay
@@ -52,6 +53,7 @@ class WorkerContext:
     objects: ObjectStore
     engine: MattingEngine
     batcher: InferenceBatcher[Any]
+    cpu: CpuSlots
     leases: LeaseKeeper
     sender: Sender
     worker_name: str
@@ -113,10 +115,12 @@ def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
-    prepared = ctx.engine.prepare(data, job.params)
+    with ctx.cpu.held():
+        prepared = ctx.engine.prepare(data, job.params)
     batch = ctx.batcher.run(prepared.model_input)
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
-    result = ctx.engine.finish(prepared, batch.logits)
+    with ctx.cpu.held():
+        result = ctx.engine.finish(prepared, batch.logits)
     start = time.perf_counter()
     ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
     upload_ms = (time.perf_counter() - start) * 1000

@@ -14,7 +14,6 @@ same PNG and encoding its pixels again with imagecodecs at level 1.
 from __future__ import annotations
 
 import io
-import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,7 +196,9 @@ def _measure_job(
         return bytes(imagecodecs.png_encode(imagecodecs.png_decode(png), level=1))
 
     with _one_torch_thread():
-        job_ms, floor_ms = _cpu_ms_interleaved([job, codec_floor], repeat=repeat)
+        job_ms, floor_ms = time_interleaved(
+            [job, codec_floor], repeat=repeat, clock=time.process_time
+        )
     return JobCpuRow(
         image=f"{kind} {megapixels} MP",
         megapixels=megapixels,
@@ -216,20 +217,6 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _cpu_ms_interleaved(fns: Sequence[Callable[[], object]], *, repeat: int) -> list[float]:
-    """The median CPU milliseconds (the process's, kernel time included: page faults count) of
-    each of `fns`, run in turns after one warm-up each."""
-    for fn in fns:
-        fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, times in zip(fns, samples, strict=True):
-            start = time.process_time()
-            fn()
-            times.append((time.process_time() - start) * 1000)
-    return [statistics.median(times) for times in samples]
 
 
 def _encode_cases(rgb: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> list[Case]:

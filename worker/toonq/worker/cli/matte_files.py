@@ -18,6 +18,7 @@ from tqdm import tqdm
 from toonq.shared.errors import ToonqError
 from toonq.shared.job import JobParams
 from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.main import Pipeline
 
@@ -38,6 +39,7 @@ def matte_files(
     name an earlier file already takes is refused."""
     outputs, clashes = _outputs(files, out_dir, params)
     batcher = pipeline.batcher(engine)
+    cpu = CpuSlots(pipeline.cpu_workers)
     failures = 0
     with tqdm(total=len(files), unit="img", file=sys.stderr) as bar:
 
@@ -53,7 +55,7 @@ def matte_files(
         pool = ThreadPoolExecutor(pipeline.concurrency, thread_name_prefix="toonq-matte")
         try:
             running: dict[Future[None], Path] = {
-                pool.submit(_matte_file, engine, batcher, source, target, params): source
+                pool.submit(_matte_file, engine, batcher, cpu, source, target, params): source
                 for source, target in outputs.items()
             }
             for done in as_completed(running):
@@ -88,14 +90,19 @@ def _outputs(
 def _matte_file(
     engine: MattingEngine,
     batcher: InferenceBatcher[StackedBatch],
+    cpu: CpuSlots,
     source: Path,
     target: Path,
     params: JobParams,
 ) -> None:
     """One file, start to finish, in a pool thread; the model step runs in the GPU loop."""
-    prepared = engine.prepare(source.read_bytes(), params)
+    data = source.read_bytes()
+    with cpu.held():
+        prepared = engine.prepare(data, params)
     batch = batcher.run(prepared.model_input)
-    target.write_bytes(engine.finish(prepared, batch.logits).data)
+    with cpu.held():
+        result = engine.finish(prepared, batch.logits)
+    target.write_bytes(result.data)
 
 
 def _problem(done: Future[None]) -> str | None:

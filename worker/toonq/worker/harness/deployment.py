@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Self
@@ -129,9 +129,15 @@ class Deployment:
     def start_worker(self, name: str | None = None, **env: str) -> WorkerProcess:
         """Start `toonq worker` named `name` (one of its own by default), with `env` on top of
         the deployment's environment; not waiting for it to be ready."""
+        return self.start_worker_on(None, name, **env)
+
+    def start_worker_on(
+        self, cpus: Collection[int] | None, name: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """`start_worker`, on the CPUs numbered in `cpus` only (all of them if None)."""
         name = name or f"worker-{len(self.workers)}"
         worker = WorkerProcess(
-            self.env | {"TOONQ_WORKER_NAME": name} | env, self.home / f"{name}.log"
+            self.env | {"TOONQ_WORKER_NAME": name} | env, self.home / f"{name}.log", cpus=cpus
         )
         self.workers.append(worker)
         self._by_name[name] = worker
