@@ -156,7 +156,7 @@ def measure(
     except Exception as exc:  # a compiler or backend failure is a result to report, not a crash
         if not compiled:
             raise
-        return _replace(row, error=f"{type(exc).__name__}: {_summary(exc)}")
+        return _replace(row, error=f"{type(exc).__name__}: {first_paragraph(exc)}")
     return _replace(
         row,
         images_per_s=round(batch * 1000 / timing.median_ms, 3),
@@ -203,7 +203,7 @@ def _replace(row: ModelRow, **changes: Any) -> ModelRow:
     return ModelRow(**(asdict(row) | changes))
 
 
-def _summary(exc: Exception) -> str:
+def first_paragraph(exc: Exception) -> str:
     """The exception's first paragraph on one line: compiler errors append pages of advice."""
     paragraph = str(exc).strip().split("\n\n")[0]
     return " ".join(paragraph.split())[:300]

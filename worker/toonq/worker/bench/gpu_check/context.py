@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from toonq.worker.bench.gpu_check.plan import Sizes
+from toonq.worker.bench.model import first_paragraph
 from toonq.worker.bench.report import Section
 from toonq.worker.engine.weights import LoadedModel, load_model
 
@@ -60,3 +61,8 @@ class CheckContext:
 def skipped(name: str, title: str, reason: str) -> Section:
     """A part that did not run, and why."""
     return Section(name, title, {"status": "skipped", "reason": reason}, reason, reason)
+
+
+def describe_error(exc: Exception) -> str:
+    """What went wrong, on one line, for the report."""
+    return f"{type(exc).__name__}: {first_paragraph(exc)}"

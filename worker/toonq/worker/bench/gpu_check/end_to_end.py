@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from toonq.worker.bench.gpu_check.context import CheckContext
+from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.pipeline import sample_png
 from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.bench.throughput import measure_throughput
@@ -30,6 +30,12 @@ _INPUTS: Final = 4
 #: How long the worker may take to load and warm its model, and the jobs to finish, at most.
 _START_TIMEOUT_S: Final = 180.0
 _JOBS_TIMEOUT_S: Final = 240.0
+#: Lines of the worker's log a failure quotes.
+_LOG_LINES: Final = 20
+
+
+class WorkerRunError(RuntimeError):
+    """The worker did not run the jobs; the message ends with the end of its log."""
 
 
 def run(ctx: CheckContext) -> Section:
@@ -63,15 +69,21 @@ def run(ctx: CheckContext) -> Section:
             job_ids = deployment.submit([uris[i % _INPUTS] for i in range(sizes.e2e_jobs)])
             started = time.monotonic()
             with deployment.start_worker() as worker:
-                worker.wait_ready(timeout_s=min(_START_TIMEOUT_S, ctx.deadline.remaining()))
-                ready_s = time.monotonic() - started
-                throughput = measure_throughput(
-                    deployment,
-                    job_ids,
-                    timeout_s=max(1.0, min(_JOBS_TIMEOUT_S, ctx.deadline.remaining())),
-                    fill=batch,
-                    drain=concurrency,
-                )
+                try:
+                    worker.wait_ready(timeout_s=min(_START_TIMEOUT_S, ctx.deadline.remaining()))
+                    ready_s = time.monotonic() - started
+                    throughput = measure_throughput(
+                        deployment,
+                        job_ids,
+                        timeout_s=max(1.0, min(_JOBS_TIMEOUT_S, ctx.deadline.remaining())),
+                        fill=batch,
+                        drain=concurrency,
+                    )
+                except Exception as exc:  # the worker's log says why: keep its end in the report
+                    tail = "\n".join(worker.log_tail(_LOG_LINES))
+                    raise WorkerRunError(
+                        f"{describe_error(exc)}\nthe end of the worker's log:\n{tail}"
+                    ) from exc
     finally:
         shutil.rmtree(home, ignore_errors=True)
     data: dict[str, Any] = {

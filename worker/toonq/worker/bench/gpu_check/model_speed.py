@@ -5,7 +5,7 @@ Each case is `toonq.worker.bench.model.measure`: the engine's `run_batch` on ran
 model resolution, a warm-up call, then timed calls that each end with a device sync. A case stops
 adding timed calls after the plan's `case_budget_s`, and is not started (it is recorded as
 skipped) when what it is expected to take, from the cases timed before it, exceeds the time left.
-A batch that runs out of memory skips the larger ones of its precision.
+An eager batch that runs out of memory, or fails, skips the larger ones of its precision.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any, Final
 
 import torch
 
-from toonq.worker.bench.gpu_check.context import CheckContext
+from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.gpu_check.plan import PRECISIONS, Sizes
 from toonq.worker.bench.model import OUT_OF_MEMORY, ModelRow, measure
 from toonq.worker.bench.report import Section, markdown_table
+from toonq.worker.engine.weights import LoadedModel
 
 NAME: Final = "throughput"
 TITLE: Final = "Model throughput by precision, batch size and torch.compile"
@@ -69,7 +70,8 @@ class Estimate:
 def run(ctx: CheckContext) -> Section:
     sizes = ctx.sizes
     estimate = Estimate(sizes)
-    out_of_memory_at: dict[str, int] = {}
+    #: The smallest eager batch of each precision that ran out of memory or failed, and how.
+    failed_at: dict[str, tuple[int, str]] = {}
     rows: list[dict[str, Any]] = []
     by_group: dict[tuple[str, bool], list[Case]] = {}
     for case in cases(sizes):
@@ -79,25 +81,18 @@ def run(ctx: CheckContext) -> Section:
         # memory of a case then holds this precision's weights alone.
         loaded = None
         for _, _, batch in group:
-            reason = _reason_to_skip(ctx, estimate, out_of_memory_at, precision, compiled, batch)
+            reason = _reason_to_skip(ctx, estimate, failed_at, precision, compiled, batch)
             if reason is not None:
                 rows.append(asdict(ModelRow(precision, compiled, batch)) | {"skipped": reason})
                 continue
             if loaded is None:
                 loaded = ctx.model_copy()
-            row = measure(
-                loaded,
-                str(ctx.device),
-                precision,
-                compiled,
-                batch,
-                sizes.resolution,
-                sizes.repeat,
-                budget_s=sizes.case_budget_s,
-            )
+            row = _measure(ctx, loaded, precision, compiled, batch)
             estimate.record(row)
-            if row.error == OUT_OF_MEMORY:
-                out_of_memory_at.setdefault(precision, batch)
+            if row.error is not None:
+                if not compiled:
+                    how = OUT_OF_MEMORY if row.error == OUT_OF_MEMORY else "an error"
+                    failed_at.setdefault(precision, (batch, how))
                 ctx.release_memory()
             if row.images_per_s is not None:
                 ctx.model_images_per_s[(precision, compiled, batch)] = row.images_per_s
@@ -126,19 +121,40 @@ def run(ctx: CheckContext) -> Section:
     return Section(NAME, TITLE, data, _markdown(data), summary)
 
 
+def _measure(
+    ctx: CheckContext, loaded: LoadedModel, precision: str, compiled: bool, batch: int
+) -> ModelRow:
+    """`measure` one case; whatever it raises is the row's error: one broken case must not
+    cost the others their figures."""
+    sizes = ctx.sizes
+    try:
+        return measure(
+            loaded,
+            str(ctx.device),
+            precision,
+            compiled,
+            batch,
+            sizes.resolution,
+            sizes.repeat,
+            budget_s=sizes.case_budget_s,
+        )
+    except Exception as exc:
+        return ModelRow(precision, compiled, batch, error=describe_error(exc))
+
+
 def _reason_to_skip(
     ctx: CheckContext,
     estimate: Estimate,
-    out_of_memory_at: dict[str, int],
+    failed_at: dict[str, tuple[int, str]],
     precision: str,
     compiled: bool,
     batch: int,
 ) -> str | None:
     if compiled and not ctx.sizes.compile:
         return "torch.compile is not timed at these sizes"
-    smallest_failed = out_of_memory_at.get(precision)
-    if smallest_failed is not None and batch >= smallest_failed:
-        return f"{OUT_OF_MEMORY} at batch {smallest_failed}"
+    if precision in failed_at and batch >= failed_at[precision][0]:
+        smallest, how = failed_at[precision]
+        return f"{how} at batch {smallest}"
     needed, left = estimate.seconds(precision, compiled, batch), ctx.deadline.remaining()
     if needed > left:
         return f"time limit: about {needed:.0f} s needed, {max(left, 0):.0f} s left"

@@ -17,7 +17,7 @@ from typing import Any, Final
 import torch
 
 from toonq.worker.batcher import InferenceBatcher
-from toonq.worker.bench.gpu_check.context import CheckContext
+from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.engine.matting import MattingEngine
 
@@ -101,7 +101,7 @@ def _drive(engine: MattingEngine, inputs: list[torch.Tensor]) -> dict[str, Any]:
             try:
                 batch_sizes.append(future.result(timeout=_RESULT_TIMEOUT_S).batch_size)
             except Exception as exc:  # an image without a result is what this part reports
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                errors.append(describe_error(exc))
     finally:
         batcher.stop(timeout=10)
     # Each image records the size of the batch it ran in: n images of size s are n/s batches.

@@ -9,15 +9,16 @@ comparison really exercises.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Final
 
 import torch
+from PIL import Image
 
 from toonq.shared.job import JobParams
 from toonq.shared.settings import DEFAULT_BG_COLOR
-from toonq.worker.bench.gpu_check.compare import mask_difference
-from toonq.worker.bench.gpu_check.context import CheckContext
+from toonq.worker.bench.gpu_check.compare import MaskDifference, mask_difference
+from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.gpu_check.plan import PRECISIONS
 from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.engine.matting import MattingEngine
@@ -37,20 +38,26 @@ def run(ctx: CheckContext) -> Section:
         anime_sample(seed=seed, size=(side, side), transparent=seed % 2 == 1)
         for seed in range(sizes.precision_images)
     ]
-    params = JobParams(bg_color=DEFAULT_BG_COLOR, format="png", resolution=side)
-    masks = {}
+    masks: dict[str, torch.Tensor] = {}
+    errors: dict[str, str] = {}
     for precision in PRECISIONS:
-        engine = MattingEngine(
-            ctx.model_copy(), device=str(ctx.device), precision=precision, resolution=side
-        )
-        logits = engine.infer([engine.prepare(picture, params) for picture in pictures])
-        masks[precision] = torch.cat([torch.sigmoid(item.float()).cpu() for item in logits])
-        del engine, logits
+        try:
+            masks[precision] = _masks(ctx, precision, pictures)
+        except Exception as exc:  # one half precision failing must not hide the other's figures
+            if precision == REFERENCE:
+                raise
+            errors[precision] = describe_error(exc)
         ctx.release_memory()
     reference = masks[REFERENCE]
     soft = ((reference > _SOFT[0]) & (reference < _SOFT[1])).float().mean().item()
+    no_figures = dict.fromkeys((f.name for f in fields(MaskDifference)), None)
     rows = [
-        {"precision": precision, **asdict(mask_difference(masks[precision], reference))}
+        {"precision": precision, "error": errors.get(precision)}
+        | (
+            asdict(mask_difference(masks[precision], reference))
+            if precision in masks
+            else no_figures
+        )
         for precision in PRECISIONS
         if precision != REFERENCE
     ]
@@ -65,10 +72,22 @@ def run(ctx: CheckContext) -> Section:
         "rows": rows,
     }
     summary = ", ".join(
-        f"{row['precision']}: max {row['alpha_max_steps']}, mean {row['alpha_mean_steps']} steps"
+        f"{row['precision']}: "
+        + (row["error"] or f"max {row['alpha_max_steps']}, mean {row['alpha_mean_steps']} steps")
         for row in rows
     )
     return Section(NAME, TITLE, data, _markdown(data), summary)
+
+
+def _masks(ctx: CheckContext, precision: str, pictures: list[Image.Image]) -> torch.Tensor:
+    """The pictures' masks in `precision`, through the engine's path as one batch."""
+    side = ctx.sizes.resolution
+    params = JobParams(bg_color=DEFAULT_BG_COLOR, format="png", resolution=side)
+    engine = MattingEngine(
+        ctx.model_copy(), device=str(ctx.device), precision=precision, resolution=side
+    )
+    logits = engine.infer([engine.prepare(picture, params) for picture in pictures])
+    return torch.cat([torch.sigmoid(item.float()).cpu() for item in logits])
 
 
 def _markdown(data: dict[str, Any]) -> str:
@@ -80,10 +99,11 @@ def _markdown(data: dict[str, Any]) -> str:
     )
     table = markdown_table(
         ["precision", "max steps", "mean steps", "8-bit alpha max", "8-bit alpha mean",
-         "8-bit alpha differing", "non-finite pixels"],
+         "8-bit alpha differing", "non-finite pixels", "error"],
         [
             (r["precision"], r["max_steps"], r["mean_steps"], r["alpha_max_steps"],
-             r["alpha_mean_steps"], r["alpha_differing_fraction"], r["nonfinite_pixels"])
+             r["alpha_mean_steps"], r["alpha_differing_fraction"], r["nonfinite_pixels"],
+             r["error"])
             for r in data["rows"]
         ],
     )  # fmt: skip

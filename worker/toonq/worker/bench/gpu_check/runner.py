@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from toonq.worker.bench.gpu_check import end_to_end, fixture, model_speed, oom, precision
-from toonq.worker.bench.gpu_check.context import CheckContext, skipped
+from toonq.worker.bench.gpu_check.context import CheckContext, describe_error, skipped
 from toonq.worker.bench.report import Section
 
 
@@ -38,8 +38,9 @@ PARTS: Final = {
 }
 REPORT_ORDER: Final = tuple(PARTS)
 RUN_ORDER: Final = (fixture.NAME, precision.NAME, oom.NAME, end_to_end.NAME, model_speed.NAME)
-#: Lines of a failed part's traceback kept in the report.
-_TRACEBACK_LINES: Final = 12
+#: Lines of a failed part's traceback kept in the report (a worker's failure ends with the end
+#: of its log).
+_TRACEBACK_LINES: Final = 30
 
 
 def run_check(ctx: CheckContext, *, echo: Callable[[str], None]) -> list[Section]:
@@ -77,7 +78,7 @@ def _run_part(part: Part, ctx: CheckContext) -> Section:
     try:
         return part.run(ctx)
     except Exception as exc:  # the report says what broke; the other parts still run
-        error = f"{type(exc).__name__}: {exc}"
+        error = describe_error(exc)
         lines = traceback.format_exc().splitlines()[-_TRACEBACK_LINES:]
         data = {"status": "failed", "error": error, "traceback": lines}
         return Section(part.name, part.title, data, f"FAILED: {error}", f"FAILED: {error}")
