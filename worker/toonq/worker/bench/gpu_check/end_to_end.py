@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.pipeline import sample_png
 from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.bench.throughput import measure_throughput
+from toonq.worker.engine.encode import default_png_encoder
 from toonq.worker.harness.deployment import Deployment
 from toonq.worker.main import default_concurrency
 
@@ -93,6 +94,8 @@ def run(ctx: CheckContext) -> Section:
         "precision": sizes.worker_precision,
         "resolution": sizes.resolution,
         "image": f"{side}x{side} PNG",
+        # The worker's PNG encoder: imagecodecs' when installed, else Pillow's (slower).
+        "png_encoder": default_png_encoder(),
         "max_batch_size": batch,
         "concurrency": concurrency,
         "worker_ready_s": round(ready_s, 1),
@@ -115,7 +118,7 @@ def with_model_ratio(section: Section, ctx: CheckContext) -> Section:
     if images_per_s:
         data["model_images_per_s"] = images_per_s
         data["ratio_to_model"] = round(data["jobs_per_s"] / images_per_s, 3)
-    return Section(section.name, section.title, data, _markdown(data), _summary(data))
+    return replace(section, data=data, markdown=_markdown(data), summary=_summary(data))
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -128,7 +131,8 @@ def _markdown(data: dict[str, Any]) -> str:
         f"{data['jobs']} jobs on {data['image']} inputs through one `toonq worker` process "
         f"(`{data['model']}`, {data['precision']}, {data['resolution']}x{data['resolution']}, "
         f"batches of up to {data['max_batch_size']}, {data['concurrency']} jobs in flight) on "
-        f"{data['device']}, with the embedded database, broker and object store. jobs/s in the "
+        f"{data['device']}, with the embedded database, broker and object store, PNG through "
+        f"{data['png_encoder']}. jobs/s in the "
         "steady state; the ratio is to the model's own images/s at the same batch size and "
         "precision."
     )

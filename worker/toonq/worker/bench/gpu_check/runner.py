@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from toonq.worker.bench.gpu_check import end_to_end, fixture, model_speed, oom, precision
@@ -50,13 +50,8 @@ def run_check(ctx: CheckContext, *, echo: Callable[[str], None]) -> list[Section
         echo(f"\n== {name} ==")
         started = time.monotonic()
         section = _run_part(PARTS[name], ctx)
-        section = Section(
-            section.name,
-            section.title,
-            dict(section.data) | {"seconds": round(time.monotonic() - started, 1)},
-            section.markdown,
-            section.summary,
-        )
+        seconds = round(time.monotonic() - started, 1)
+        section = replace(section, data=dict(section.data) | {"seconds": seconds})
         echo(section.markdown)
         done[name] = section
     done[end_to_end.NAME] = end_to_end.with_model_ratio(done[end_to_end.NAME], ctx)
