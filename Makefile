@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test test-unit lint format bench soak clean
+.PHONY: install demo test test-unit lint format bench gpu-check gpu-check-wheels soak clean
 
 install: $(INSTALLED)
 
@@ -42,6 +42,27 @@ format: install
 # Reports go to .toonq/bench/; e.g. make bench BENCH_ARGS="--sections stages --quick".
 bench: install
 	$(BIN)/toonq bench $(BENCH_ARGS)
+
+# On a machine with a CUDA GPU, at most 8 minutes; prints `skipped: no CUDA device` elsewhere.
+# Reports go to .toonq/gpu-check/; e.g. make gpu-check GPU_CHECK_ARGS="--device cpu --quick".
+# It needs no virtualenv: on a bare CUDA image (torch, no network) it installs toonq with the
+# wheels in GPU_CHECK_WHEELS, which `make gpu-check-wheels` downloads where PyPI is reachable.
+GPU_CHECK_WHEELS ?= .toonq/gpu-check-wheels
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	PYTHON=$(GPU_CHECK_PYTHON) GPU_CHECK_WHEELS=$(GPU_CHECK_WHEELS) bash .ci/gpu-check $(GPU_CHECK_ARGS)
+
+# toonq's dependencies (not the worker extra: the CUDA image has torch and the rest), at the
+# versions of this virtualenv, as CPython 3.12 x86-64 wheels; and setuptools, to build toonq.
+GPU_CHECK_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
+gpu-check-wheels: install
+	rm -rf $(GPU_CHECK_WHEELS) && mkdir -p $(GPU_CHECK_WHEELS)
+	$(BIN)/python -m pip freeze --exclude-editable > $(GPU_CHECK_WHEELS)/constraints.txt
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(GPU_CHECK_WHEELS)/requirements.txt
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(GPU_CHECK_PLATFORMS) -d $(GPU_CHECK_WHEELS) \
+		-c $(GPU_CHECK_WHEELS)/constraints.txt -r $(GPU_CHECK_WHEELS)/requirements.txt setuptools
+	du -sh $(GPU_CHECK_WHEELS)
 
 # 1000+ jobs through 3 workers with random SIGKILLs; prints a JSON summary, exits 1 on any loss.
 soak: install

@@ -13,7 +13,7 @@ import torch
 
 from tests.support import run_toonq
 from toonq.worker.bench.machine import describe_machine
-from toonq.worker.bench.model import _measure
+from toonq.worker.bench.model import measure
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, Section, write_report
 from toonq.worker.bench.throughput import steady_rate
 from toonq.worker.engine.encode import default_png_encoder
@@ -134,7 +134,7 @@ def test_a_compile_failure_is_a_row_with_its_error(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=failing_backend))
     loaded = LoadedModel(torch.nn.Conv2d(3, 1, 1), name="conv", revision=None)
-    row = _measure(loaded, "cpu", "fp32", True, 1, 32, repeat=1)
+    row = measure(loaded, "cpu", "fp32", True, 1, 32, repeat=1)
     assert (row.images_per_s, row.ms_per_image) == (None, None)
     assert row.error is not None
     assert "no compiler here" in row.error

@@ -20,6 +20,8 @@ from tests.birefnet_recipe import (
     read_keys,
     sha256_of,
 )
+from toonq.worker.bench.birefnet_dev import LOGITS_TOLERANCE as LOGITS_TOL
+from toonq.worker.bench.birefnet_dev import MASK_TOLERANCE as MASK_TOL
 from toonq.worker.birefnet import (
     BiRefNet,
     BiRefNetConfig,
@@ -28,8 +30,6 @@ from toonq.worker.birefnet import (
     to_official_state_dict,
 )
 
-LOGITS_TOL = 1e-3
-MASK_TOL = 1e-4
 INPUTS = ["128x128", "128x192"]
 DEFORM_PATHS = ["torchvision", "pure"]
 

@@ -2,9 +2,9 @@
 
 The queue commands (migrate, submit, status, jobs, requeue, cancel, recover) live here and need
 only the producer install. Heavier packages contribute commands through the `toonq.commands`
-entry-point group, as the worker does with worker, matte, model, bench, demo and eval: they are
-loaded only when run (or listed by `--help`), and where their dependencies are missing they
-explain what to install instead of failing on an import.
+entry-point group, as the worker does with worker, matte, model, bench, gpu-check, demo and eval:
+they are loaded only when run (or listed by `--help`), and where their dependencies are missing
+they explain what to install instead of failing on an import.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def run(options: BenchOptions) -> Section:
         loaded = replace(master, model=copy.deepcopy(master.model))
         for compiled in compiles:
             for batch in batch_sizes:
-                row = _measure(
+                row = measure(
                     loaded, options.device, precision, compiled, batch, resolution, repeat
                 )
                 rows.append(row)
@@ -123,7 +123,7 @@ def _engine(
     )
 
 
-def _measure(
+def measure(
     loaded: LoadedModel,
     device: str,
     precision: str,
@@ -131,7 +131,12 @@ def _measure(
     batch: int,
     resolution: int,
     repeat: int,
+    *,
+    budget_s: float | None = None,
 ) -> ModelRow:
+    """One configuration: a warm-up call, then the median of `repeat` timed calls (fewer once
+    they have taken `budget_s`). Running out of memory, or a compiler failure, is a row with
+    its error."""
     row = ModelRow(precision, compiled, batch)
     engine = _engine(loaded, device, precision, resolution, compiled=compiled)
     size = (1, 3, engine.resolution, engine.resolution)
@@ -141,14 +146,17 @@ def _measure(
         del inputs  # only the stacked batch stays in memory, as in the GPU loop
         with _peak_memory(engine.device) as peak:
             timing = time_call(
-                lambda: engine.run_batch(stacked), repeat=repeat, device=engine.device
+                lambda: engine.run_batch(stacked),
+                repeat=repeat,
+                device=engine.device,
+                budget_s=budget_s,
             )
     except torch.cuda.OutOfMemoryError:
         return _replace(row, error=OUT_OF_MEMORY)
     except Exception as exc:  # a compiler or backend failure is a result to report, not a crash
         if not compiled:
             raise
-        return _replace(row, error=f"{type(exc).__name__}: {_summary(exc)}")
+        return _replace(row, error=f"{type(exc).__name__}: {first_paragraph(exc)}")
     return _replace(
         row,
         images_per_s=round(batch * 1000 / timing.median_ms, 3),
@@ -195,7 +203,7 @@ def _replace(row: ModelRow, **changes: Any) -> ModelRow:
     return ModelRow(**(asdict(row) | changes))
 
 
-def _summary(exc: Exception) -> str:
+def first_paragraph(exc: Exception) -> str:
     """The exception's first paragraph on one line: compiler errors append pages of advice."""
     paragraph = str(exc).strip().split("\n\n")[0]
     return " ".join(paragraph.split())[:300]

@@ -58,11 +58,10 @@ class PipelineRun:
         return asdict(self) | {"efficiency": round(self.efficiency, 3)}
 
 
-def sample_png(megapixels: str) -> bytes:
+def sample_png(size: tuple[int, int]) -> bytes:
+    """An anime-style cut-out of `size` (width, height) as a PNG, as a sticker backend sends."""
     buffer = io.BytesIO()
-    anime_sample(seed=11, size=SIZES[megapixels], transparent=True).save(
-        buffer, "PNG", compress_level=1
-    )
+    anime_sample(seed=11, size=size, transparent=True).save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -80,7 +79,7 @@ def _throughput(
 def measure(
     megapixels: str, *, jobs: int, serial_jobs: int, deployment: Deployment
 ) -> list[PipelineRun]:
-    png = sample_png(megapixels)
+    png = sample_png(SIZES[megapixels])
     uris = [deployment.put_input(f"{megapixels}mp-{i}.png", png) for i in range(_INPUTS)]
     cpu_side = _throughput(
         deployment, uris, jobs, model="standin:0", batch=MAX_BATCH, jobs=PIPELINED_CONCURRENCY

@@ -56,12 +56,19 @@ class Section:
 
 
 def write_report(
-    sections: Sequence[Section], machine: Mapping[str, Any], *, out_dir: Path = DEFAULT_OUT_DIR
+    sections: Sequence[Section],
+    machine: Mapping[str, Any],
+    *,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    title: str = "toonq benchmark",
+    top_level: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the JSON and Markdown reports into `out_dir`; returns the JSON report's path."""
+    """Write the JSON and Markdown reports into `out_dir`; returns the JSON report's path.
+    `top_level` adds keys to the JSON report's top level, before the machine."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     report: dict[str, Any] = {
+        **(top_level or {}),
         "machine": dict(machine),
         "sections": {section.name: section.data for section in sections},
     }
@@ -70,7 +77,7 @@ def write_report(
             report[PIPELINE_EFFICIENCY] = section.data[PIPELINE_EFFICIENCY]
     json_path = out_dir / f"report-{stamp}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    json_path.with_suffix(".md").write_text(_markdown(sections, machine, stamp))
+    json_path.with_suffix(".md").write_text(_markdown(sections, machine, f"{title}, {stamp}"))
     return json_path
 
 
@@ -93,9 +100,9 @@ def describe_machine_line(machine: Mapping[str, Any]) -> str:
     return f"machine: {where}; torch {machine['torch']}"
 
 
-def _markdown(sections: Sequence[Section], machine: Mapping[str, Any], stamp: str) -> str:
+def _markdown(sections: Sequence[Section], machine: Mapping[str, Any], heading: str) -> str:
     parts = [
-        f"# toonq benchmark, {stamp}",
+        f"# {heading}",
         describe_machine_line(machine),
         markdown_table(["", ""], [(key, value) for key, value in machine.items()]),
     ]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select
 
+from toonq.shared.db.schema import JobRow
 from toonq.worker.harness.deployment import Deployment
 
 
@@ -46,16 +47,12 @@ def measure_throughput(
 
 def _rows(
     deployment: Deployment, ids: set[str]
-) -> list[tuple[str, str, datetime, dict[str, float] | None]]:
+) -> list[tuple[str, str, datetime, dict[str, Any] | None]]:
+    # Through the schema's column types: SQLite hands back datetimes and JSON as text otherwise.
+    query = select(JobRow.id, JobRow.status, JobRow.finished_at, JobRow.timings)
     with deployment.database.connect() as connection:
-        rows = connection.execute(text("SELECT id, status, finished_at, timings FROM jobs")).all()
-    return [(str(row[0]), row[1], row[2], _timings(row[3])) for row in rows if str(row[0]) in ids]
-
-
-def _timings(raw: object) -> dict[str, float] | None:
-    if isinstance(raw, str):
-        raw = json.loads(raw)
-    return raw if isinstance(raw, dict) else None
+        rows = connection.execute(query).all()
+    return [(str(row[0]), row[1], row[2], row[3]) for row in rows if str(row[0]) in ids]
 
 
 def steady_rate(finished: Sequence[datetime], *, fill: int, drain: int) -> float:

@@ -19,9 +19,14 @@ class Timing:
 
 
 def time_call(
-    fn: Callable[[], object], *, repeat: int, device: torch.device | None = None
+    fn: Callable[[], object],
+    *,
+    repeat: int,
+    device: torch.device | None = None,
+    budget_s: float | None = None,
 ) -> Timing:
-    """Time `fn`; on a CUDA `device`, each run ends with a sync so its kernels count."""
+    """Time `fn`; on a CUDA `device`, each run ends with a sync so its kernels count. With a
+    `budget_s`, the timed runs stop early once they have taken that long (at least one runs)."""
 
     def run_ms() -> float:
         start = time.perf_counter()
@@ -31,7 +36,10 @@ def time_call(
         return (time.perf_counter() - start) * 1000
 
     first = run_ms()
-    return Timing(first, statistics.median(run_ms() for _ in range(repeat)))
+    times = [run_ms()]
+    while len(times) < repeat and (budget_s is None or sum(times) < budget_s * 1000):
+        times.append(run_ms())
+    return Timing(first, statistics.median(times))
 
 
 def time_interleaved(

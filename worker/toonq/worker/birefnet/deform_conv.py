@@ -59,6 +59,12 @@ def has_torchvision_op() -> bool:
     return _TORCHVISION_OP is not None
 
 
+def backend_for(device: torch.device) -> Literal["torchvision", "pure"]:
+    """The implementation ``deform_conv2d`` runs for inputs on ``device`` (module docstring)."""
+    wanted = BACKEND == "torchvision" or (BACKEND == "auto" and device.type == "cuda")
+    return "torchvision" if wanted and has_torchvision_op() else "pure"
+
+
 def _pair(value: IntPair) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else value
 
@@ -79,8 +85,7 @@ def deform_conv2d(
     mask B x G*kh*kw x Ho x Wo; returns B x Cout x Ho x Wo in the input dtype.
     """
     op = _TORCHVISION_OP
-    wanted = BACKEND == "torchvision" or (BACKEND == "auto" and input.device.type == "cuda")
-    if op is None or not wanted:
+    if op is None or backend_for(input.device) == "pure":
         return deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
     # torchvision rejects bfloat16: such inputs run in float32 and are cast back.
     work = input.dtype if input.dtype in _TORCHVISION_DTYPES else torch.float32

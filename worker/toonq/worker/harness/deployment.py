@@ -1,6 +1,8 @@
 """A throw-away toonq deployment: a database of its own on a PostgreSQL server (created and
 migrated here, dropped on exit), a queue of its own on a Redis server, a bucket of its own on an
 S3 endpoint (or, without one, a folder), a client, and the `toonq worker` processes it starts.
+Without a PostgreSQL or a Redis server it runs on the embedded defaults instead: a SQLite
+database and a folder broker under its home, as `toonq demo` does.
 
     with Deployment(
         postgres_admin_url=..., broker_url=..., s3_endpoint=..., home=..., name="x"
@@ -31,7 +33,7 @@ from toonq.producer import SubmitRequest, ToonqClient
 from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.job import FINISHED_STATUSES
 from toonq.shared.queue import queue_lists
-from toonq.shared.settings import Settings
+from toonq.shared.settings import EMBEDDED_BROKER, Settings
 from toonq.worker.harness.postgres import PostgresServer
 from toonq.worker.harness.worker import WorkerProcess
 
@@ -45,13 +47,14 @@ class Deployment:
     block), workers first. `name` goes into the names of the queue, the bucket and the database.
     The workers and the client run with this process's environment, then the deployment's own
     settings, then `env` (a test's settings, or another S3 endpoint for the workers to go
-    through). Worker logs go to `home`, which is also their TOONQ_HOME."""
+    through). Worker logs go to `home`, which is also their TOONQ_HOME. A `postgres_admin_url`
+    or `broker_url` of None means the embedded database or broker, in `home`."""
 
     def __init__(
         self,
         *,
-        postgres_admin_url: str,
-        broker_url: str,
+        postgres_admin_url: str | None,
+        broker_url: str | None,
         s3_endpoint: str | None,
         home: Path,
         name: str,
@@ -60,24 +63,29 @@ class Deployment:
     ) -> None:
         suffix = uuid.uuid4().hex[:8]
         self.home = home
-        self.broker_url = broker_url
+        self.broker_url = broker_url or EMBEDDED_BROKER
         self.queue = f"{name}-{suffix}"
         self.bucket: str | None = None
         self.workers: list[WorkerProcess] = []
         self._by_name: dict[str, WorkerProcess] = {}
         self._teardown = ExitStack()
         try:
-            self.database_url = self._create_database(
-                postgres_admin_url, prefix=f"toonq_{name.replace('-', '_')}"
-            )
-            broker = redis.Redis.from_url(broker_url, socket_timeout=5)
-            with broker:
-                broker.ping()
-            self._teardown.callback(self._delete_queue)
+            if postgres_admin_url is None:
+                self.database_url = f"sqlite:///{home / 'toonq.db'}"
+                migrate(self.database_url)
+            else:
+                self.database_url = self._create_database(
+                    postgres_admin_url, prefix=f"toonq_{name.replace('-', '_')}"
+                )
+            if broker_url is not None:
+                broker = redis.Redis.from_url(broker_url, socket_timeout=5)
+                with broker:
+                    broker.ping()
+                self._teardown.callback(self._delete_queue)
             own = {
                 "TOONQ_HOME": str(home),
                 "TOONQ_DATABASE_URL": self.database_url,
-                "TOONQ_BROKER_URL": broker_url,
+                "TOONQ_BROKER_URL": self.broker_url,
                 "TOONQ_QUEUE": self.queue,
             }
             if s3_endpoint is not None:
