@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL
 from tests.support import run_toonq
 from toonq.worker.bench.machine import describe_machine
 from toonq.worker.bench.model import measure
@@ -149,3 +150,49 @@ def test_steady_rate_fits_batched_completions_and_leaves_out_fill_and_drain() ->
     assert rate == pytest.approx(4.0, rel=0.1)
     with pytest.raises(ValueError, match="too few"):
         steady_rate(steps[:4], fill=1, drain=1)
+
+
+@pytest.fixture(scope="module")
+def system_sections(pg_server, tmp_path_factory: pytest.TempPathFactory):
+    """The sections that run real workers, on the test servers (a database and queue of their
+    own, removed afterwards)."""
+    out = tmp_path_factory.mktemp("bench-system") / "reports"
+    env = os.environ | QUIET_ENV | {
+        "TOONQ_BENCH_POSTGRES_URL": POSTGRES_ADMIN_URL,
+        "TOONQ_BENCH_REDIS_URL": REDIS_URL,
+    }
+    result = run_toonq(
+        "bench", "--quick", "--sections", "queue,scaling", "--out", str(out), env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    report = Path(result.stdout.split("report: ")[-1].strip())
+    return json.loads(report.read_text())["sections"]
+
+
+def test_queue_section_sets_toonq_against_a_bare_celery_task(system_sections):
+    runs = system_sections["queue"]["runs"]
+    assert [run["jobs_in_flight"] for run in runs] == [1, 18]
+    for run in runs:
+        assert run["succeeded"] == run["jobs"]
+        assert run["ms_per_job"] == pytest.approx(1000 / run["jobs_per_s"], rel=0.02)
+        assert run["cpu_ms_per_job"] > 0
+        assert run["bare_celery_ms_per_task"] > 0
+        assert run["overhead_ratio"] == pytest.approx(
+            run["ms_per_job"] / run["bare_celery_ms_per_task"], rel=0.02
+        )
+
+
+def test_scaling_section_projects_from_what_it_measured(system_sections):
+    scaling = system_sections["scaling"]
+    runs = scaling["runs"]
+    assert all(run["succeeded"] == run["jobs"] for run in runs)
+    pinnings = {1, 2} if len(os.sched_getaffinity(0)) > 1 else {1}
+    assert {run["cores"] for run in runs if run["image"] == "1 MP"} == pinnings
+    assert scaling["cpu_over_codec_floor"] == pytest.approx(
+        scaling["cpu_ms_per_job_1mp"] / scaling["codec_floor_ms_1mp"], rel=0.01
+    )
+    cpu_ms, gil_ms = scaling["cpu_ms_per_job_1mp"], scaling["gil_ms_per_job"]
+    projection = scaling["projected_jobs_per_s_1mp"]
+    assert list(projection) == ["1", "2", "4", "8", "16", "32"]
+    for n, jobs_per_s in projection.items():
+        assert jobs_per_s == pytest.approx(min(int(n) * 1000 / cpu_ms, 1000 / gil_ms), rel=0.01)

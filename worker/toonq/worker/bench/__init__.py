@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from toonq.worker.bench import model, pipeline, queue_overhead, stages
+from toonq.worker.bench import model, pipeline, queue_overhead, scaling, stages
 from toonq.worker.bench.report import BenchOptions, Section
 
 SECTIONS: dict[str, Callable[[BenchOptions], Section]] = {
@@ -17,6 +17,7 @@ SECTIONS: dict[str, Callable[[BenchOptions], Section]] = {
     "pipeline": pipeline.run,
     "stages": stages.run,
     "queue": queue_overhead.run,
+    "scaling": scaling.run,
 }
 
 __all__ = ["SECTIONS", "BenchOptions", "Section"]

@@ -1,0 +1,151 @@
+"""How the worker's CPU side scales with cores, and what one GPU's worker could reach.
+
+The CPU side alone: the real worker with a model that costs nothing (`standin:0`) on 1 MP PNG
+inputs read from and written to local files, pinned to one core and then to two (`taskset`),
+alternated so that the machine's load weighs on both alike. Its CPU time per job, pinned to one
+core, is set against the unavoidable codec work: the same PNG decoded and its pixels encoded
+again with imagecodecs at level 1.
+
+The projection. Work that releases the GIL (codecs, PyTorch, sockets) spreads over cores; the
+Python that holds it does not. The worker's CPU time per job on the no-op path with 32x32 inputs
+is nearly all Python: an upper bound of the GIL-held time per job at any image size. One worker
+process on N cores then reaches at most min(N x 1000 / CPU ms per job, 1000 / GIL ms per job)
+jobs/s, whatever its GPU does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import time
+from collections.abc import Collection
+from typing import Any, Final
+
+import imagecodecs
+from PIL import Image
+
+from toonq.worker.bench.pipeline import sample_png
+from toonq.worker.bench.report import BenchOptions, Section, markdown_table
+from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
+from toonq.worker.bench.throughput import measure_throughput
+from toonq.worker.bench.timing import time_interleaved
+from toonq.worker.harness.deployment import Deployment
+
+#: Host sizes the projection is given for.
+PROJECTED_CORES: Final = (1, 2, 4, 8, 16, 32)
+_TINY = 32
+_MEGAPIXEL = (1024, 1024)
+
+
+def run(options: BenchOptions) -> Section:
+    jobs, noop_jobs, rounds = (24, 60, 1) if options.quick else (120, 400, 2)
+    png = sample_png(_MEGAPIXEL)
+    (floor_ms,) = time_interleaved([lambda: _codec_floor(png)], repeat=5, clock=time.process_time)
+    cpus = sorted(os.sched_getaffinity(0))
+    pinnings = [cpus[:1], cpus[:2]] if len(cpus) > 1 else [cpus[:1]]
+    with bench_deployment(use_s3=False) as deployment:
+        uri = deployment.put_input("1mp.png", png)
+        runs = [
+            _run(deployment, uri, jobs, cpus=pinned, resolution=1024)
+            for _ in range(rounds)
+            for pinned in pinnings
+        ]
+        tiny_uri = deployment.put_input("tiny.png", _tiny_png())
+        noop = _run(deployment, tiny_uri, noop_jobs, cpus=cpus[:1], resolution=_TINY)
+    one = [r for r in runs if r["cores"] == 1]
+    two = [r for r in runs if r["cores"] == 2]
+    speedups = [b["jobs_per_s"] / a["jobs_per_s"] for a, b in zip(one, two, strict=False)]
+    speedup = round(statistics.median(speedups), 3) if speedups else None
+    cpu_ms = statistics.median(r["cpu_ms_per_job"] for r in one)
+    gil_ms = noop["cpu_ms_per_job"]
+    projection = {
+        str(cores): round(min(cores * 1000 / cpu_ms, 1000 / gil_ms), 1) for cores in PROJECTED_CORES
+    }
+    data = {
+        "runs": runs,
+        # None on a machine with one CPU.
+        "two_core_speedup": speedup,
+        "cpu_ms_per_job_1mp": round(cpu_ms, 2),
+        "codec_floor_ms_1mp": round(floor_ms, 2),
+        "cpu_over_codec_floor": round(cpu_ms / floor_ms, 3),
+        "gil_ms_per_job": round(gil_ms, 2),
+        "projected_jobs_per_s_1mp": projection,
+    }
+    return Section(
+        name="scaling",
+        title="CPU side: scaling with cores, CPU per job, and the projection for one GPU",
+        data=data,
+        markdown=_markdown(data),
+        summary=(
+            f"2 cores / 1 core: {data['two_core_speedup']}x; 1 MP job "
+            f"{data['cpu_over_codec_floor']}x the codec floor; GIL {gil_ms} ms per job; "
+            f"projected on 16 cores: {projection['16']} jobs/s"
+        ),
+    )
+
+
+def _run(
+    deployment: Deployment, uri: str, jobs: int, *, cpus: Collection[int], resolution: int
+) -> dict[str, Any]:
+    job_ids = deployment.submit([uri] * jobs, resolution=resolution)
+    with deployment.start_worker_on(
+        cpus, TOONQ_MODEL="standin:0", TOONQ_RESOLUTION=str(resolution)
+    ) as worker:
+        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
+        cpu_before = worker.cpu_seconds()
+        result = measure_throughput(deployment, job_ids, timeout_s=900, fill=6, drain=6)
+        cpu_s = worker.cpu_seconds() - cpu_before
+    return {
+        "cores": len(cpus),
+        "image": f"{resolution}x{resolution}" if resolution == _TINY else "1 MP",
+        "jobs": result.jobs,
+        "succeeded": result.succeeded,
+        "jobs_per_s": round(result.jobs_per_s, 2),
+        "cpu_ms_per_job": round(cpu_s * 1000 / result.jobs, 2),
+    }
+
+
+def _codec_floor(png: bytes) -> bytes:
+    return bytes(imagecodecs.png_encode(imagecodecs.png_decode(png), level=1))
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (_TINY, _TINY), (200, 120, 60, 255)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    runs = markdown_table(
+        ["image", "cores", "jobs", "succeeded", "jobs/s", "CPU ms per job"],
+        [
+            [
+                r["image"],
+                r["cores"],
+                r["jobs"],
+                r["succeeded"],
+                r["jobs_per_s"],
+                r["cpu_ms_per_job"],
+            ]
+            for r in data["runs"]
+        ],
+    )
+    summary = markdown_table(
+        ["figure", "value"],
+        [
+            ["2 cores over 1 core (1 MP, median of rounds)", data["two_core_speedup"]],
+            ["CPU ms per 1 MP job, one core", data["cpu_ms_per_job_1mp"]],
+            [
+                "codec floor ms (PNG decode + encode, imagecodecs level 1)",
+                data["codec_floor_ms_1mp"],
+            ],
+            ["CPU per job / codec floor", data["cpu_over_codec_floor"]],
+            ["GIL-held ms per job (upper bound: no-op path, one core)", data["gil_ms_per_job"]],
+        ],
+    )
+    projection = markdown_table(
+        ["cores", "projected jobs/s at 1 MP, one worker process"],
+        list(data["projected_jobs_per_s_1mp"].items()),
+    )
+    return f"{runs}\n\n{summary}\n\n{projection}"
