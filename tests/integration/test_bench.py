@@ -157,10 +157,14 @@ def system_sections(pg_server, tmp_path_factory: pytest.TempPathFactory):
     """The sections that run real workers, on the test servers (a database and queue of their
     own, removed afterwards)."""
     out = tmp_path_factory.mktemp("bench-system") / "reports"
-    env = os.environ | QUIET_ENV | {
-        "TOONQ_BENCH_POSTGRES_URL": POSTGRES_ADMIN_URL,
-        "TOONQ_BENCH_REDIS_URL": REDIS_URL,
-    }
+    env = (
+        os.environ
+        | QUIET_ENV
+        | {
+            "TOONQ_BENCH_POSTGRES_URL": POSTGRES_ADMIN_URL,
+            "TOONQ_BENCH_REDIS_URL": REDIS_URL,
+        }
+    )
     result = run_toonq(
         "bench", "--quick", "--sections", "queue,scaling", "--out", str(out), env=env, timeout=600
     )
