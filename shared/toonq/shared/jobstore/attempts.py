@@ -42,9 +42,11 @@ class Attempts(StoreCore):
         A running job whose lease expired lost its worker: it is reclaimed, unless it already
         used all its attempts, in which case it fails with `worker_lost`. Given
         `early_tolerance_s`, a retry due later than that from now is left waiting (`NotDue`).
-        One read and one guarded write, whose result is the claimed job.
+        One read and one guarded write, whose result is the claimed job. In a transaction
+        although it writes once: a worker that dies while its claim waits (say on a row lock)
+        must leave the job unclaimed, not started by nobody.
         """
-        with self._transaction(single_write=True) as transaction:
+        with self._transaction() as transaction:
             now = self._clock()
             job = transaction.load(job_id)
             if early_tolerance_s is not None and _due_later(job, now, early_tolerance_s):
