@@ -90,6 +90,12 @@ def retry(store: JobStore, job: Job, next_attempt_at: datetime) -> None:
     )
 
 
+def fail(store: JobStore, job: Job, error_code: str) -> Job:
+    """Claim a new job, and fail it with `error_code`."""
+    assert store.mark_failed(claim(store, job), error_code=error_code, error_message="failed")
+    return store.get(job.id)
+
+
 FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
 
 
@@ -566,10 +572,12 @@ def test_requeue_by_ids(jobstore: JobStore) -> None:
     failed = finish(jobstore, create(jobstore), JobStatus.FAILED)
     cancelled = finish(jobstore, create(jobstore), JobStatus.CANCELLED)
 
-    requeued = jobstore.requeue([cancelled.id, failed.id], actor="cli:ops@laptop", reason="fixed")
+    result = jobstore.requeue([cancelled.id, failed.id], actor="cli:ops@laptop", reason="fixed")
 
-    assert {job.id for job in requeued} == {failed.id, cancelled.id}
-    for job in requeued:
+    # Jobs named by id are requeued even when they failed permanently (input_not_found).
+    assert {job.id for job in result.requeued} == {failed.id, cancelled.id}
+    assert result.skipped == []
+    for job in result.requeued:
         assert job == jobstore.get(job.id)
         assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
         assert job.error_code is job.error_message is job.worker is None
@@ -603,27 +611,67 @@ def test_requeue_by_filter_and_dry_run(jobstore: JobStore, clock: ManualClock) -
     old = finish(jobstore, create(jobstore), JobStatus.FAILED)
     clock.advance(60)
     recent = finish(jobstore, create(jobstore), JobStatus.FAILED)
-    other_code = create(jobstore)
-    assert jobstore.mark_failed(
-        claim(jobstore, other_code), error_code="invalid_image", error_message="bad"
-    )
+    other_code = fail(jobstore, create(jobstore), "invalid_image")
     cancelled = finish(jobstore, create(jobstore), JobStatus.CANCELLED)
     history = {job.id: jobstore.events(job.id) for job in (old, recent, other_code, cancelled)}
-    selection: dict[str, Any] = {"error_code": "input_not_found", "since": recent.created_at}
+    selection: dict[str, Any] = {
+        "error_code": "input_not_found",
+        "since": recent.created_at,
+        "include_permanent": True,
+    }
 
     preview = jobstore.requeue(actor="cli", dry_run=True, **selection)
 
-    assert [job.id for job in preview] == [recent.id]
-    assert preview[0].status is JobStatus.FAILED
+    assert [job.id for job in preview.requeued] == [recent.id]
+    assert preview.requeued[0].status is JobStatus.FAILED
     assert {job_id: jobstore.events(job_id) for job_id in history} == history
 
-    requeued = jobstore.requeue(actor="cli", **selection)
+    requeued = jobstore.requeue(actor="cli", **selection).requeued
 
     assert [job.id for job in requeued] == [recent.id]
     assert requeued[0].status is JobStatus.QUEUED
     assert jobstore.get(old.id).status is JobStatus.FAILED
-    assert [job.id for job in jobstore.requeue(status="cancelled", actor="cli")] == [cancelled.id]
-    assert [job.id for job in jobstore.requeue(actor="cli")] == [old.id, other_code.id]
+    assert [job.id for job in jobstore.requeue(status="cancelled", actor="cli").requeued] == [
+        cancelled.id
+    ]
+    everything = jobstore.requeue(all=True, include_permanent=True, actor="cli")
+    assert [job.id for job in everything.requeued] == [old.id, other_code.id]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_requeue_by_filter_skips_permanent_failures(jobstore: JobStore, dry_run: bool) -> None:
+    permanent = fail(jobstore, create(jobstore), "invalid_image")
+    transient = fail(jobstore, create(jobstore), "storage_unavailable")
+    internal = fail(jobstore, create(jobstore), "internal_error")
+
+    result = jobstore.requeue(all=True, actor="cli", dry_run=dry_run)
+
+    assert [job.id for job in result.requeued] == [transient.id, internal.id]
+    assert result.skipped == [permanent]
+    assert jobstore.get(permanent.id) == permanent
+    expected = JobStatus.FAILED if dry_run else JobStatus.QUEUED
+    assert {jobstore.get(job.id).status for job in result.requeued} == {expected}
+    by_code = jobstore.requeue(error_code="invalid_image", actor="cli", dry_run=dry_run)
+    assert (by_code.requeued, by_code.skipped) == ([], [permanent])
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {},
+        {"job_ids": [], "error_code": "internal_error"},
+        {"job_ids": [], "all": True},
+        {"all": True, "since": datetime(2026, 1, 1, tzinfo=UTC)},
+    ],
+    ids=["nothing", "ids-and-filter", "ids-and-all", "all-and-filter"],
+)
+def test_requeue_needs_one_selection(jobstore: JobStore, selection: dict[str, Any]) -> None:
+    failed = fail(jobstore, create(jobstore), "internal_error")
+
+    with pytest.raises(InvalidRequestError, match="requeue"):
+        jobstore.requeue(actor="cli", **selection)
+
+    assert jobstore.get(failed.id) == failed
 
 
 def test_requeue_only_selects_failed_or_cancelled(jobstore: JobStore) -> None:

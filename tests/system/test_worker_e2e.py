@@ -169,18 +169,23 @@ def test_requeue_failed_jobs_by_id_and_by_filter_with_dry_run(system: Cluster) -
 
     # By id.
     requeued = run_json("requeue", str(first.id), env=env)
-    assert [job["id"] for job in requeued] == [str(first.id)]
+    assert [job["id"] for job in requeued["requeued"]] == [str(first.id)]
     assert system.client.wait(first.id, timeout=WAIT_S).status == JobStatus.SUCCEEDED
 
-    # By filter, first as a dry run that changes nothing.
+    # By filter, first as a dry run that changes nothing. input_not_found is permanent: a filter
+    # skips it unless asked to include it.
     since = first.created_at.isoformat()
     flags = ["--status", "failed", "--error-code", "input_not_found", "--since", since]
+    assert [job["id"] for job in run_json("requeue", *flags, env=env)["skipped"]] == [
+        str(second.id)
+    ]
+    flags.append("--include-permanent")
     preview = run_json("requeue", *flags, "--dry-run", env=env)
-    assert [job["id"] for job in preview] == [str(second.id)]
+    assert [job["id"] for job in preview["requeued"]] == [str(second.id)]
     assert system.client.get(second.id).status == JobStatus.FAILED
 
     requeued = run_json("requeue", *flags, env=env)
-    assert [job["id"] for job in requeued] == [str(second.id)]
+    assert [job["id"] for job in requeued["requeued"]] == [str(second.id)]
     done = system.client.wait(second.id, timeout=WAIT_S)
     assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1)
     assert EventKind.REQUEUED in system.event_kinds(second.id)

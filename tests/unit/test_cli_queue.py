@@ -74,11 +74,13 @@ def created_job(jobstore: InMemoryJobStore, settings: Settings) -> Job:
     return job
 
 
-def failed_job(jobstore: InMemoryJobStore, settings: Settings) -> Job:
+def failed_job(
+    jobstore: InMemoryJobStore, settings: Settings, error_code: str = "input_not_found"
+) -> Job:
     job = created_job(jobstore, settings)
     claim = jobstore.claim(job.id, worker="w1", lease_s=60)
     assert claim is not None
-    assert jobstore.mark_failed(claim, error_code="input_not_found", error_message="gone")
+    assert jobstore.mark_failed(claim, error_code=error_code, error_message="gone")
     return jobstore.get(job.id)
 
 
@@ -161,33 +163,109 @@ def test_cancel_records_who_cancelled_and_why(client: ToonqClient, settings: Set
     assert again.stderr.startswith("error [invalid_transition]: ")
 
 
-def test_requeue_dry_run_changes_nothing(
+def test_requeue_dry_run_shows_what_the_run_does_and_changes_nothing(
     client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
 ) -> None:
-    failed = failed_job(jobstore, settings)
-    history = jobstore.events(failed.id)
+    transient = failed_job(jobstore, settings, "storage_unavailable")
+    permanent = failed_job(jobstore, settings, "invalid_image")
+    history = jobstore.events(transient.id)
 
-    result = toonq(client, "requeue", "--error-code", "input_not_found", "--dry-run")
+    preview = toonq(client, "requeue", "--all", "--dry-run")
 
-    assert result.exit_code == 0, result.output
-    assert str(failed.id) in result.stdout
-    assert result.stdout.endswith("would requeue 1 job(s)\n")
-    assert jobstore.get(failed.id) == failed
-    assert jobstore.events(failed.id) == history
+    assert preview.exit_code == 0, preview.output
+    lines = preview.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[1:2]] == [[str(transient.id), "failed"]]
+    assert lines[2] == "would requeue 1 job(s)"
+    assert lines[3].startswith("would skip 1 job(s) that failed with a permanent error code")
+    assert [line.split()[:4] for line in lines[5:]] == [
+        [str(permanent.id), "failed", "1", "invalid_image"]
+    ]
+    assert jobstore.get(transient.id) == transient
+    assert jobstore.events(transient.id) == history
     assert broker.take_sent() == []
+
+    dry = toonq_json(client, "requeue", "--all", "--dry-run")
+    done = toonq_json(client, "requeue", "--all")
+
+    assert (dry["dry_run"], done["dry_run"]) == (True, False)
+    assert [job["id"] for job in dry["requeued"]] == [job["id"] for job in done["requeued"]]
+    assert dry["skipped"] == done["skipped"] == [permanent.to_dict()]
+    assert [message.job_id for message in broker.take_sent()] == [transient.id]
+    assert jobstore.get(permanent.id) == permanent
+
+
+def test_requeue_by_filter_includes_permanent_failures_only_when_asked(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
+) -> None:
+    failed = failed_job(jobstore, settings)  # input_not_found: permanent
+
+    skipped = toonq(client, "requeue", "--error-code", "input_not_found")
+
+    assert skipped.exit_code == 0, skipped.output
+    assert skipped.stdout.splitlines()[:2] == [
+        "requeued 0 job(s)",
+        "skipped 1 job(s) that failed with a permanent error code "
+        "(--include-permanent requeues them):",
+    ]
+    assert jobstore.get(failed.id) == failed
+
+    included = toonq_json(
+        client, "requeue", "--error-code", "input_not_found", "--include-permanent"
+    )
+
+    assert [(job["id"], job["status"]) for job in included["requeued"]] == [
+        (str(failed.id), "queued")
+    ]
+    assert included["skipped"] == []
+    assert [message.job_id for message in broker.take_sent()] == [failed.id]
 
 
 def test_requeue_sends_the_jobs_back_to_the_queue(
     client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
 ) -> None:
-    failed = failed_job(jobstore, settings)
+    failed = failed_job(jobstore, settings)  # permanent, but named by its id
 
-    [data] = toonq_json(client, "requeue", str(failed.id), "--reason", "fixed")
+    data = toonq_json(client, "requeue", str(failed.id), "--reason", "fixed")
 
-    assert (data["id"], data["status"], data["attempts"]) == (str(failed.id), "queued", 0)
+    [requeued] = data["requeued"]
+    assert (requeued["id"], requeued["status"], requeued["attempts"]) == (
+        str(failed.id),
+        "queued",
+        0,
+    )
+    assert data["skipped"] == []
     assert [message.job_id for message in broker.take_sent()] == [failed.id]
-    requeued = jobstore.events(failed.id)[-1]
-    assert (requeued.kind, requeued.actor, requeued.reason) == (EventKind.REQUEUED, ACTOR, "fixed")
+    event = jobstore.events(failed.id)[-1]
+    assert (event.kind, event.actor, event.reason) == (EventKind.REQUEUED, ACTOR, "fixed")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "requeue needs JOB_IDs, a filter (--status, --error-code, --since) or --all"),
+        (["--reason", "fixed", "--dry-run"], "requeue needs JOB_IDs"),
+        (["--all", "--status", "failed"], "give JOB_IDs, filters or --all: only one of them"),
+        (["ID", "--all"], "give JOB_IDs, filters or --all: only one of them"),
+        (["ID", "--error-code", "invalid_image"], "only one of them"),
+    ],
+)
+def test_requeue_without_one_selection_is_a_usage_error(
+    client: ToonqClient,
+    jobstore: InMemoryJobStore,
+    settings: Settings,
+    args: list[str],
+    message: str,
+) -> None:
+    failed = failed_job(jobstore, settings, "storage_unavailable")
+    args = [str(failed.id) if arg == "ID" else arg for arg in args]
+
+    refused = toonq(client, "requeue", *args)
+
+    assert refused.exit_code == 2
+    assert refused.stdout == ""
+    assert refused.stderr.startswith("Usage: ")
+    assert message in refused.stderr
+    assert jobstore.get(failed.id) == failed
 
 
 def test_recover_sends_an_unsent_job_and_says_why(

@@ -29,7 +29,7 @@ from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import InvalidRequestError, ToonqError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
-from toonq.shared.jobstore import JobStore, SqlJobStore
+from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -202,27 +202,34 @@ class ToonqClient:
         self,
         job_ids: Sequence[uuid.UUID | str] | None = None,
         *,
-        status: JobStatus | str = JobStatus.FAILED,
+        status: JobStatus | str | None = None,
         error_code: str | None = None,
         since: datetime | None = None,
+        all: bool = False,
+        include_permanent: bool = False,
         dry_run: bool = False,
         reason: str | None = None,
-    ) -> builtins.list[Job]:
+    ) -> RequeueResult:
         """Put failed (or cancelled) jobs back in the queue with fresh attempts: the given ids,
-        or every job matching the filter. With `dry_run`, report what would be requeued."""
-        jobs = self.store.requeue(
+        every job matching the filters (`status`, failed unless given; `error_code`; `since`),
+        or with `all` every failed job; a call naming none of these is refused. Filters and
+        `all` skip jobs that failed permanently unless `include_permanent`. With `dry_run`,
+        report what would be requeued and skipped."""
+        result = self.store.requeue(
             None if job_ids is None else [_as_uuid(j) for j in job_ids],
             status=status,
             error_code=error_code,
             since=since,
+            all=all,
+            include_permanent=include_permanent,
             actor=self.actor,
             reason=reason,
             dry_run=dry_run,
         )
         if not dry_run:
-            for job in jobs:
+            for job in result.requeued:
                 self.sender.send(job)
-        return jobs
+        return result
 
 
 #: Namespace of the job ids derived from idempotency keys.

@@ -140,20 +140,26 @@ class ChecksumMismatchError(ModelUnavailableError):
     code = "checksum_mismatch"
 
 
+#: Every error a job can fail with.
+_JOB_ERRORS: tuple[type[ToonqError], ...] = (
+    JobError,  # internal_error: an unexpected exception, after its retries
+    InputNotFoundError,
+    InputAccessDeniedError,
+    OutputAccessDeniedError,
+    InvalidImageError,
+    UnsupportedFormatError,
+    ImageTooLargeError,
+    WorkerLostError,
+    InvalidURIError,  # a job row whose URI a newer worker no longer accepts
+    StorageUnavailableError,
+    DatabaseUnavailableError,
+)
+
 #: Every code a job's `error_code` can hold (validates `--error-code` filters).
-JOB_ERROR_CODES: frozenset[str] = frozenset(
-    cls.code
-    for cls in (
-        JobError,  # internal_error: an unexpected exception, after its retries
-        InputNotFoundError,
-        InputAccessDeniedError,
-        OutputAccessDeniedError,
-        InvalidImageError,
-        UnsupportedFormatError,
-        ImageTooLargeError,
-        WorkerLostError,
-        InvalidURIError,  # a job row whose URI a newer worker no longer accepts
-        StorageUnavailableError,
-        DatabaseUnavailableError,
-    )
+JOB_ERROR_CODES: frozenset[str] = frozenset(cls.code for cls in _JOB_ERRORS)
+
+#: The codes of failures that running the job again cannot help: a requeue by filter skips
+#: the jobs that failed with one unless asked to include them.
+PERMANENT_ERROR_CODES: frozenset[str] = frozenset(
+    cls.code for cls in _JOB_ERRORS if issubclass(cls, (PermanentJobError, InvalidRequestError))
 )

@@ -15,7 +15,7 @@ from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_
 from toonq.producer.client import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
-from toonq.shared.errors import JOB_ERROR_CODES
+from toonq.shared.errors import JOB_ERROR_CODES, PERMANENT_ERROR_CODES
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.recovery import recover_once
 
@@ -153,46 +153,77 @@ def jobs(
     "--status",
     "status_",
     type=click.Choice([JobStatus.FAILED.value, JobStatus.CANCELLED.value]),
-    default=JobStatus.FAILED.value,
-    show_default=True,
-    help="Without JOB_IDs: requeue jobs in this status.",
+    help="Requeue the jobs in this status [default with the other filters: failed].",
 )
+@click.option("--error-code", type=error_code_choice, help="Requeue jobs failed with this code.")
+@click.option("--since", callback=_parse_since, help="Requeue jobs created at or after (ISO 8601).")
+@click.option("--all", "all_", is_flag=True, help="Requeue every failed job.")
 @click.option(
-    "--error-code", type=error_code_choice, help="Without JOB_IDs: only jobs failed with this code."
+    "--include-permanent",
+    is_flag=True,
+    help="With filters or --all: also jobs that failed with a permanent error code "
+    f"({', '.join(sorted(PERMANENT_ERROR_CODES))}).",
 )
-@click.option("--since", callback=_parse_since, help="Without JOB_IDs: created at or after.")
 @click.option("--reason", help="Recorded in each job's history.")
-@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be requeued and skipped; change nothing."
+)
 @json_option
 @pass_context
 def requeue(
     ctx: Context,
     job_ids: tuple[str, ...],
-    status_: str,
+    status_: str | None,
     error_code: str | None,
     since: datetime | None,
+    all_: bool,
+    include_permanent: bool,
     reason: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Put failed (or cancelled) jobs back in the queue with fresh attempts: the JOB_IDs given,
-    or every job matching the filters."""
-    if job_ids and (error_code or since):
-        raise click.UsageError("give JOB_IDs or filters (--error-code, --since), not both")
-    found = ctx.client.requeue(
+    """Put failed (or cancelled) jobs back in the queue with fresh attempts: the JOB_IDs given
+    (full ids or unique prefixes), the jobs matching the filters, or with --all every failed job.
+
+    Filters and --all skip jobs that failed with a permanent error code (retrying cannot help
+    until something is fixed) unless --include-permanent; JOB_IDs are always requeued.
+    """
+    filters = status_ is not None or error_code is not None or since is not None
+    chosen = sum((bool(job_ids), filters, all_))
+    if chosen == 0:
+        raise click.UsageError(
+            "requeue needs JOB_IDs, a filter (--status, --error-code, --since) or --all"
+        )
+    if chosen > 1:
+        raise click.UsageError("give JOB_IDs, filters or --all: only one of them")
+    result = ctx.client.requeue(
         list(job_ids) or None,
         status=status_,
         error_code=error_code,
         since=since,
+        all=all_,
+        include_permanent=include_permanent,
         dry_run=dry_run,
         reason=reason,
     )
     if as_json:
-        print_json([job.to_dict() for job in found])
+        print_json(
+            {
+                "dry_run": dry_run,
+                "requeued": [job.to_dict() for job in result.requeued],
+                "skipped": [job.to_dict() for job in result.skipped],
+            }
+        )
         return
-    print_jobs_table(found)
-    verb = "would requeue" if dry_run else "requeued"
-    click.echo(f"{verb} {len(found)} job(s)")
+    if result.requeued:
+        print_jobs_table(result.requeued)
+    click.echo(f"{'would requeue' if dry_run else 'requeued'} {len(result.requeued)} job(s)")
+    if result.skipped:
+        click.echo(
+            f"{'would skip' if dry_run else 'skipped'} {len(result.skipped)} job(s) that failed "
+            "with a permanent error code (--include-permanent requeues them):"
+        )
+        print_jobs_table(result.skipped)
 
 
 @click.command()

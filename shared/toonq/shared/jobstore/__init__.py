@@ -4,8 +4,9 @@ once, over the few primitives of a transaction that each store implements: the S
 transition writes (`transitions`) and which jobs a read or a guard selects (`selections`) are
 defined once, as data both stores apply."""
 
+from toonq.shared.jobstore.admin import RequeueResult
 from toonq.shared.jobstore.memory import InMemoryJobStore
 from toonq.shared.jobstore.sql import SqlJobStore
 from toonq.shared.jobstore.store import JobStore
 
-__all__ = ["InMemoryJobStore", "JobStore", "SqlJobStore"]
+__all__ = ["InMemoryJobStore", "JobStore", "RequeueResult", "SqlJobStore"]

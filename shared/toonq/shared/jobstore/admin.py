@@ -6,9 +6,14 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
-from toonq.shared.errors import InvalidTransitionError
+from toonq.shared.errors import (
+    PERMANENT_ERROR_CODES,
+    InvalidRequestError,
+    InvalidTransitionError,
+)
 from toonq.shared.job import Job, JobStatus, aware
 from toonq.shared.jobstore import selections, transitions
 from toonq.shared.jobstore.core import StoreCore
@@ -32,29 +37,50 @@ class Administration(StoreCore):
         self,
         job_ids: Iterable[uuid.UUID] | None = None,
         *,
-        status: JobStatus | str = JobStatus.FAILED,
+        status: JobStatus | str | None = None,
         error_code: str | None = None,
         since: datetime | None = None,
+        all: bool = False,
+        include_permanent: bool = False,
         actor: str,
         reason: str | None = None,
         dry_run: bool = False,
-    ) -> builtins.list[Job]:
+    ) -> RequeueResult:
         """Send failed or cancelled jobs back to the queue with fresh attempts.
 
-        Selects `job_ids` (all of which must be failed or cancelled, or nothing is written), or,
-        without ids, the jobs matching the filters. Returns the jobs as requeued, oldest first; a
-        dry run returns them as they are and writes nothing.
+        Selects `job_ids` (all of which must be failed or cancelled, or nothing is written),
+        or the jobs matching the filters (`status`, failed unless given; `error_code`; created
+        at or after `since`), or with `all` every failed job. Refuses a call that names none of
+        these, so that no job is requeued by accident. Jobs selected by filters or `all` that
+        failed with a permanent error code (`PERMANENT_ERROR_CODES`) are skipped unless
+        `include_permanent`; jobs named by id never are. A dry run selects and skips the same
+        jobs and writes nothing.
         """
+        filters = status is not None or error_code is not None or since is not None
+        if job_ids is not None and (filters or all):
+            raise InvalidRequestError("requeue takes job ids or filters, not both")
+        if all and filters:
+            raise InvalidRequestError("requeue takes filters or all, not both")
+        if job_ids is None and not (filters or all):
+            raise InvalidRequestError(
+                "requeue needs job ids, a filter (status, error_code, since) or all"
+            )
         with self._transaction() as transaction:
+            jobs: builtins.list[Job] = []
+            skipped: builtins.list[Job] = []
             if job_ids is not None:
                 jobs = _jobs_to_requeue(transaction, builtins.list(job_ids))
             else:
                 selection = selections.filtered(
-                    transitions.requeue_filter(status), error_code, aware(since, "since")
+                    transitions.requeue_filter(status or JobStatus.FAILED),
+                    error_code,
+                    aware(since, "since"),
                 )
-                jobs = transaction.select(selection, ("created_at",))
+                for job in transaction.select(selection, ("created_at", "id")):
+                    permanent = job.error_code in PERMANENT_ERROR_CODES
+                    (skipped if permanent and not include_permanent else jobs).append(job)
             if dry_run:
-                return jobs
+                return RequeueResult(requeued=jobs, skipped=skipped)
             now = self._clock()
             requeued = []
             for job in jobs:
@@ -65,7 +91,19 @@ class Administration(StoreCore):
                         continue  # changed under us (e.g. requeued by another operator)
                     raise InvalidTransitionError(f"job {job.id} changed while requeueing")
                 requeued.append(written)
-            return requeued
+            return RequeueResult(requeued=requeued, skipped=skipped)
+
+
+@dataclass(frozen=True)
+class RequeueResult:
+    """What a requeue did, or in a dry run would do."""
+
+    #: The jobs sent back to the queue as they were written (in a dry run: as they are), oldest
+    #: first.
+    requeued: builtins.list[Job]
+    #: The jobs the filters selected but that failed permanently, left as they are, oldest
+    #: first.
+    skipped: builtins.list[Job]
 
 
 def _jobs_to_requeue(
