@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from toonq.shared.errors import (
+    AlreadyCancelledError,
+    AmbiguousJobIdError,
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidTransitionError,
@@ -217,6 +219,39 @@ def test_unknown_job(jobstore: JobStore) -> None:
         with pytest.raises(JobNotFoundError, match=str(unknown)):
             call()
     assert not jobstore.mark_enqueued(unknown)
+
+
+def test_resolve_a_job_id_from_a_unique_prefix(jobstore: JobStore) -> None:
+    first, second, lowest, highest = (
+        create(jobstore, id=uuid.UUID(text)).id
+        for text in (
+            "abcdef01-2345-4000-8000-000000000001",
+            "abcdef01-2345-4000-8000-100000000000",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        )
+    )
+
+    assert jobstore.resolve(first) == first
+    assert jobstore.resolve(str(second)) == second
+    assert jobstore.resolve("abcdef01-2345-4000-8000-0") == first
+    assert jobstore.resolve("ABCDEF0123454000800010") == second  # no dashes, any case
+    assert jobstore.resolve("00000000") == lowest
+    assert jobstore.resolve("ffffffff") == highest
+    with pytest.raises(AmbiguousJobIdError, match=r"^2 job ids start with 'abcdef01'") as ambiguous:
+        jobstore.resolve("abcdef01")
+    assert ambiguous.value.code == "ambiguous_job_id"
+    with pytest.raises(JobNotFoundError, match="abcdef02"):
+        jobstore.resolve("abcdef02")
+
+
+@pytest.mark.parametrize("text", ["abcdef0", "abcdef0g", "", "abcdef01 "])
+def test_resolve_refuses_text_that_is_no_job_id(jobstore: JobStore, text: str) -> None:
+    create(jobstore, id=uuid.UUID("abcdef01-2345-4000-8000-000000000001"))
+
+    with pytest.raises(InvalidRequestError) as refused:
+        jobstore.resolve(text)
+    assert refused.value.code == "invalid_job_id"
 
 
 def test_list_newest_first_with_filters(jobstore: JobStore, clock: ManualClock) -> None:
@@ -560,8 +595,9 @@ def test_cancel(jobstore: JobStore, running: bool) -> None:
 def test_a_finished_job_cannot_be_cancelled(jobstore: JobStore, status: JobStatus) -> None:
     job = finish(jobstore, create(jobstore), status)
 
-    with pytest.raises(InvalidTransitionError, match=status.value):
+    with pytest.raises(InvalidTransitionError, match=status.value) as refused:
         jobstore.cancel(job.id, actor="cli")
+    assert isinstance(refused.value, AlreadyCancelledError) == (status is JobStatus.CANCELLED)
     assert jobstore.get(job.id) == job
 
 
@@ -853,7 +889,7 @@ def test_each_event_leads_to_the_status_its_kind_names(
     check()
     jobstore.cancel(job.id, actor="cli:ops@laptop")
     check()
-    jobstore.requeue([job.id], status=JobStatus.CANCELLED, actor="cli:ops@laptop")
+    jobstore.requeue([job.id], actor="cli:ops@laptop")
     check()
     current = claim(jobstore, job)
     check()

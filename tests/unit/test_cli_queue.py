@@ -60,10 +60,13 @@ def input_uri(settings: Settings) -> str:
     return source.as_uri()
 
 
-def created_job(jobstore: InMemoryJobStore, settings: Settings) -> Job:
+def created_job(
+    jobstore: InMemoryJobStore, settings: Settings, job_id: uuid.UUID | None = None
+) -> Job:
     """A job created in the store (its message never sent)."""
     job, _ = jobstore.create(
         JobSpec(
+            id=job_id or uuid.uuid4(),
             input_uri=input_uri(settings),
             output_uri=(settings.home / "out.png").as_uri(),
             params=JobParams(bg_color="#808080", format="png", resolution=1024),
@@ -158,9 +161,96 @@ def test_cancel_records_who_cancelled_and_why(client: ToonqClient, settings: Set
         ACTOR,
         "wrong input",
     )
-    again = toonq(client, "cancel", str(job.id))
-    assert again.exit_code == 1
-    assert again.stderr.startswith("error [invalid_transition]: ")
+
+
+def test_cancel_takes_several_ids_and_a_cancelled_job_is_a_note(
+    client: ToonqClient, settings: Settings
+) -> None:
+    first, second = client.submit(input_uri(settings)), client.submit(input_uri(settings))
+    client.cancel(first.id)
+    history = client.events(first.id)
+
+    result = toonq(client, "cancel", str(first.id), str(second.id)[:8])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{first.id} cancelled\n{second.id} cancelled\n"
+    assert result.stderr == f"note: job {first.id} was already cancelled\n"
+    assert client.events(first.id) == history
+    assert client.get(second.id).status is JobStatus.CANCELLED
+
+
+def test_cancel_of_a_finished_job_fails_after_cancelling_the_others(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings
+) -> None:
+    failed = failed_job(jobstore, settings)
+    queued = client.submit(input_uri(settings))
+
+    result = toonq(client, "cancel", str(failed.id), str(queued.id), "--json")
+
+    assert result.exit_code == 1
+    assert [job["id"] for job in json.loads(result.stdout)] == [str(queued.id)]
+    assert result.stderr.startswith(f"error [invalid_transition]: job {failed.id} is failed")
+    assert (client.get(queued.id).status, client.get(failed.id)) == (JobStatus.CANCELLED, failed)
+
+
+def test_cancel_checks_every_id_before_cancelling_any(
+    client: ToonqClient, settings: Settings
+) -> None:
+    queued = client.submit(input_uri(settings))
+    unknown = uuid.uuid4()
+
+    result = toonq(client, "cancel", str(queued.id), str(unknown))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error [job_not_found]: job {unknown} not found\n"
+    assert client.get(queued.id).status is JobStatus.QUEUED
+
+
+def test_commands_take_a_unique_id_prefix(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings
+) -> None:
+    failed = failed_job(jobstore, settings)
+    prefix = str(failed.id)[:8]
+
+    assert toonq_json(client, "status", prefix)["id"] == str(failed.id)
+    requeued = toonq_json(client, "requeue", prefix.upper())["requeued"]
+    assert [job["id"] for job in requeued] == [str(failed.id)]
+    assert toonq_json(client, "cancel", prefix)[0]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "error"),
+    [
+        (
+            "abcdef0",
+            "error [invalid_job_id]: not a job id: 'abcdef0'; give a full id or its first "
+            "8 or more hex digits\n",
+        ),
+        (
+            "abcdef01",
+            "error [ambiguous_job_id]: 2 job ids start with 'abcdef01': give more of the id\n",
+        ),
+        ("abcdef02", "error [job_not_found]: no job id starts with 'abcdef02'\n"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "cancel", "requeue"])
+def test_an_id_prefix_that_names_no_single_job_is_a_typed_error(
+    client: ToonqClient,
+    jobstore: InMemoryJobStore,
+    settings: Settings,
+    command: str,
+    prefix: str,
+    error: str,
+) -> None:
+    for last in "12":
+        created_job(jobstore, settings, uuid.UUID(f"abcdef01-0000-4000-8000-00000000000{last}"))
+
+    result = toonq(client, command, prefix)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == error
 
 
 def test_requeue_dry_run_shows_what_the_run_does_and_changes_nothing(

@@ -27,7 +27,7 @@ from celery import Celery
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat
 from toonq.shared.db.engine import create_db_engine
-from toonq.shared.errors import InvalidRequestError, ToonqError
+from toonq.shared.errors import ToonqError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
@@ -168,11 +168,16 @@ class ToonqClient:
 
     # --- reading --------------------------------------------------------------------------------
 
+    def resolve(self, job_id: uuid.UUID | str) -> uuid.UUID:
+        """The id of the job `job_id` names: a full id, or a unique prefix of at least 8 hex
+        digits. Every method taking a job id accepts either."""
+        return self.store.resolve(job_id)
+
     def get(self, job_id: uuid.UUID | str) -> Job:
-        return self.store.get(_as_uuid(job_id))
+        return self.store.get(self.resolve(job_id))
 
     def events(self, job_id: uuid.UUID | str) -> builtins.list[JobEvent]:
-        return self.store.events(_as_uuid(job_id))
+        return self.store.events(self.resolve(job_id))
 
     def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:
         """Jobs newest first: `status`, `error_code`, created at or after `since`, `limit`."""
@@ -184,6 +189,7 @@ class ToonqClient:
         """Poll until the job is finished (succeeded, failed or cancelled) and return it.
         Raises `WaitTimeoutError` after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        job_id = self.resolve(job_id)
         while True:
             job = self.get(job_id)
             if JobStatus(job.status).is_finished:
@@ -195,8 +201,9 @@ class ToonqClient:
     # --- administering --------------------------------------------------------------------------
 
     def cancel(self, job_id: uuid.UUID | str, *, reason: str | None = None) -> Job:
-        """Cancel a job that has not finished. A running job's result is discarded."""
-        return self.store.cancel(_as_uuid(job_id), actor=self.actor, reason=reason)
+        """Cancel a job that has not finished. A running job's result is discarded. A job
+        cancelled already raises `AlreadyCancelledError` (an `InvalidTransitionError`)."""
+        return self.store.cancel(self.resolve(job_id), actor=self.actor, reason=reason)
 
     def requeue(
         self,
@@ -216,7 +223,7 @@ class ToonqClient:
         `all` skip jobs that failed permanently unless `include_permanent`. With `dry_run`,
         report what would be requeued and skipped."""
         result = self.store.requeue(
-            None if job_ids is None else [_as_uuid(j) for j in job_ids],
+            None if job_ids is None else [self.resolve(job_id) for job_id in job_ids],
             status=status,
             error_code=error_code,
             since=since,
@@ -242,12 +249,3 @@ def _job_id(idempotency_key: str | None) -> uuid.UUID:
     if idempotency_key is None:
         return uuid.uuid4()
     return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key)
-
-
-def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(job_id, uuid.UUID):
-        return job_id
-    try:
-        return uuid.UUID(job_id)
-    except ValueError:
-        raise InvalidRequestError(f"not a job id: {job_id!r}", code="invalid_job_id") from None

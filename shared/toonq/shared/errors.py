@@ -53,6 +53,12 @@ class IdempotencyConflictError(InvalidRequestError):
     code = "idempotency_conflict"
 
 
+class AmbiguousJobIdError(InvalidRequestError):
+    """A job id prefix that more than one job's id starts with."""
+
+    code = "ambiguous_job_id"
+
+
 class JobNotFoundError(ToonqError):
     code = "job_not_found"
 
@@ -61,6 +67,12 @@ class InvalidTransitionError(ToonqError):
     """The job's status does not allow the operation (e.g. cancel a finished job)."""
 
     code = "invalid_transition"
+
+
+class AlreadyCancelledError(InvalidTransitionError):
+    """Cancelling a job that is cancelled already: nothing changed, as the caller wanted."""
+
+    code = "already_cancelled"
 
 
 class ConfigurationError(ToonqError):

@@ -15,7 +15,12 @@ from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_
 from toonq.producer.client import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
-from toonq.shared.errors import JOB_ERROR_CODES, PERMANENT_ERROR_CODES
+from toonq.shared.errors import (
+    JOB_ERROR_CODES,
+    PERMANENT_ERROR_CODES,
+    AlreadyCancelledError,
+    InvalidTransitionError,
+)
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.recovery import recover_once
 
@@ -115,7 +120,7 @@ def _outcome_line(job: Job) -> str:
 @json_option
 @pass_context
 def status(ctx: Context, job_id: str, as_json: bool) -> None:
-    """Show a job and its history."""
+    """Show a job and its history. JOB_ID: a full id or a unique prefix (8+ hex digits)."""
     job = ctx.client.get(job_id)
     events = ctx.client.events(job.id)
     if as_json:
@@ -227,17 +232,36 @@ def requeue(
 
 
 @click.command()
-@click.argument("job_id")
-@click.option("--reason", help="Recorded in the job's history.")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--reason", help="Recorded in each job's history.")
 @json_option
 @pass_context
-def cancel(ctx: Context, job_id: str, reason: str | None, as_json: bool) -> None:
-    """Cancel a job that has not finished."""
-    job = ctx.client.cancel(job_id, reason=reason)
+def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: bool) -> None:
+    """Cancel the jobs JOB_IDs (full ids or unique prefixes) that have not finished.
+
+    Every id is checked before any job is cancelled. A job cancelled already is left as it is,
+    with a note on stderr. Exits 1 if a job had finished (it stays as it is), after cancelling
+    the others.
+    """
+    found = dict.fromkeys(ctx.client.get(job_id).id for job_id in job_ids)  # each once
+    cancelled: list[Job] = []
+    refused = False
+    for job_id in found:
+        try:
+            cancelled.append(ctx.client.cancel(job_id, reason=reason))
+        except AlreadyCancelledError as exc:
+            click.echo(f"note: {exc}", err=True)
+            cancelled.append(ctx.client.get(job_id))
+        except InvalidTransitionError as exc:
+            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            refused = True
     if as_json:
-        print_json(job.to_dict())
+        print_json([job.to_dict() for job in cancelled])
     else:
-        click.echo(f"{job.id} {job.status}")
+        for job in cancelled:
+            click.echo(f"{job.id} {job.status}")
+    if refused:
+        sys.exit(1)
 
 
 @click.command()

@@ -6,13 +6,46 @@ import builtins
 import uuid
 from typing import Unpack
 
+from toonq.shared.errors import AmbiguousJobIdError, InvalidRequestError, JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobFilters, aware, parse_status
 from toonq.shared.jobstore import selections
 from toonq.shared.jobstore.core import StoreCore
 
+#: The fewest hex digits of a job id that name it: fewer would soon name several jobs.
+MIN_ID_PREFIX = 8
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
 
 class Reads(StoreCore):
     """Reads jobs and their events."""
+
+    def resolve(self, job_id: uuid.UUID | str) -> uuid.UUID:
+        """The id of the job `job_id` names: a full id, or the start of exactly one job's id,
+        at least 8 hex digits (dashes and case do not matter). InvalidRequestError
+        (`invalid_job_id`) for other text, JobNotFoundError when no job's id starts with it,
+        AmbiguousJobIdError (naming how many) when several do."""
+        if isinstance(job_id, uuid.UUID):
+            return job_id
+        try:
+            return uuid.UUID(job_id)
+        except ValueError:
+            pass
+        digits = job_id.replace("-", "").lower()
+        if len(digits) < MIN_ID_PREFIX or not _HEX_DIGITS.issuperset(digits):
+            raise InvalidRequestError(
+                f"not a job id: {job_id!r}; give a full id or its first {MIN_ID_PREFIX} or more "
+                "hex digits",
+                code="invalid_job_id",
+            )
+        with self._transaction() as transaction:
+            found = transaction.select(selections.id_prefix(digits), ("id",))
+        if not found:
+            raise JobNotFoundError(f"no job id starts with {job_id!r}")
+        if len(found) > 1:
+            raise AmbiguousJobIdError(
+                f"{len(found)} job ids start with {job_id!r}: give more of the id"
+            )
+        return found[0].id
 
     def get(self, job_id: uuid.UUID) -> Job:
         with self._transaction(single_write=True) as transaction:

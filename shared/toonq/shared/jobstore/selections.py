@@ -8,6 +8,7 @@ checks on a snapshot (`Selection.matches`), so the two select the same jobs by c
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,13 +21,15 @@ from toonq.shared.job import CANCELLABLE_STATUSES, WAITING_STATUSES, Claim, Job,
 class Clause:
     """Jobs whose fields hold all of these: those named in `equal` the values given there, in
     `among` one of the values given there, in `before` instants before the ones given there, in
-    `not_before` instants at or after them, and in `empty` nothing (True) or something (False).
-    As in SQL, an empty field is before, and not before, nothing."""
+    `not_before` instants at or after them, in `within` values between the (lowest, highest)
+    given there, both included, and in `empty` nothing (True) or something (False). As in SQL,
+    an empty field is before, not before and within nothing."""
 
     equal: Mapping[str, Any] = field(default_factory=dict)
     among: Mapping[str, frozenset[Any]] = field(default_factory=dict)
     before: Mapping[str, datetime] = field(default_factory=dict)
     not_before: Mapping[str, datetime] = field(default_factory=dict)
+    within: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     empty: Mapping[str, bool] = field(default_factory=dict)
 
     def matches(self, job: Job) -> bool:
@@ -38,6 +41,7 @@ class Clause:
             and all(value(name) in wanted for name, wanted in self.among.items())
             and all(_before(value(name), limit) for name, limit in self.before.items())
             and all(_not_before(value(name), limit) for name, limit in self.not_before.items())
+            and all(_within(value(name), *bounds) for name, bounds in self.within.items())
             and all((value(name) is None) is empty for name, empty in self.empty.items())
         )
 
@@ -73,6 +77,13 @@ def filtered(
     if error_code is not None:
         equal["error_code"] = error_code
     return _one(equal=equal, not_before={} if since is None else {"created_at": since})
+
+
+def id_prefix(digits: str) -> Selection:
+    """Jobs whose id's hex digits start with `digits` (lowercase, no dashes): the ids from
+    `digits` followed by zeros to `digits` followed by f's, an index's range scan."""
+    lowest, highest = (uuid.UUID(digits.ljust(32, filler)) for filler in "0f")
+    return _one(within={"id": (lowest, highest)})
 
 
 def in_status(*statuses: JobStatus) -> Selection:
@@ -170,3 +181,7 @@ def _before(value: datetime | None, limit: datetime) -> bool:
 
 def _not_before(value: datetime | None, limit: datetime) -> bool:
     return value is not None and value >= limit
+
+
+def _within(value: Any, lowest: Any, highest: Any) -> bool:
+    return value is not None and lowest <= value <= highest

@@ -189,6 +189,7 @@ def _clause_condition(clause: Clause) -> ColumnElement[bool]:
     conditions += [column(name).in_(sorted(values)) for name, values in clause.among.items()]
     conditions += [column(name) < limit for name, limit in clause.before.items()]
     conditions += [column(name) >= limit for name, limit in clause.not_before.items()]
+    conditions += [column(name).between(*bounds) for name, bounds in clause.within.items()]
     conditions += [
         column(name).is_(None) if empty else column(name).is_not(None)
         for name, empty in clause.empty.items()

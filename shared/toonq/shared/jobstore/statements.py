@@ -45,6 +45,7 @@ _ClauseShape = tuple[
     tuple[str, ...],  # among
     tuple[str, ...],  # before
     tuple[str, ...],  # not_before
+    tuple[str, ...],  # within
     tuple[tuple[str, bool], ...],  # empty
 ]
 _GuardShape = tuple[_ClauseShape, ...]
@@ -104,6 +105,7 @@ def _guard_shape(guard: Selection) -> _GuardShape:
             tuple(sorted(clause.among)),
             tuple(sorted(clause.before)),
             tuple(sorted(clause.not_before)),
+            tuple(sorted(clause.within)),
             tuple(sorted(clause.empty.items())),
         )
         for clause in guard.clauses
@@ -128,6 +130,8 @@ def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
     parameters |= {f"{prefix}_in_{name}": sorted(v) for name, v in clause.among.items()}
     parameters |= {f"{prefix}_lt_{name}": value for name, value in clause.before.items()}
     parameters |= {f"{prefix}_ge_{name}": value for name, value in clause.not_before.items()}
+    for name, (lowest, highest) in clause.within.items():
+        parameters |= {f"{prefix}_lo_{name}": lowest, f"{prefix}_hi_{name}": highest}
     return parameters
 
 
@@ -168,7 +172,7 @@ def _condition(guard: _GuardShape) -> ColumnElement[bool]:
 
 
 def _clause_condition(number: int, shape: _ClauseShape) -> ColumnElement[bool]:
-    equal, among, before, not_before, empty = shape
+    equal, among, before, not_before, within, empty = shape
     prefix = f"g{number}"
     column = JOBS.c
     conditions = [
@@ -181,6 +185,10 @@ def _clause_condition(number: int, shape: _ClauseShape) -> ColumnElement[bool]:
     ]
     conditions += [column[name] < _param(f"{prefix}_lt_", name) for name in before]
     conditions += [column[name] >= _param(f"{prefix}_ge_", name) for name in not_before]
+    conditions += [
+        column[name].between(_param(f"{prefix}_lo_", name), _param(f"{prefix}_hi_", name))
+        for name in within
+    ]
     conditions += [
         column[name].is_(None) if is_empty else column[name].is_not(None)
         for name, is_empty in empty

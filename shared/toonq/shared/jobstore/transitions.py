@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from toonq.shared.errors import InvalidRequestError, InvalidTransitionError, WorkerLostError
+from toonq.shared.errors import (
+    AlreadyCancelledError,
+    InvalidRequestError,
+    InvalidTransitionError,
+    WorkerLostError,
+)
 from toonq.shared.job import (
     REQUEUEABLE_STATUSES,
     Claim,
@@ -96,6 +101,8 @@ def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
 
 
 def not_cancellable(job: Job) -> InvalidTransitionError:
+    if job.status is JobStatus.CANCELLED:
+        return AlreadyCancelledError(f"job {job.id} was already cancelled")
     return InvalidTransitionError(
         f"job {job.id} is {job.status}: only queued, retrying or running jobs can be cancelled"
     )
