@@ -19,6 +19,7 @@ import pytest
 from toonq.shared.errors import (
     AlreadyCancelledError,
     AmbiguousJobIdError,
+    DuplicateJobIdError,
     IdempotencyConflictError,
     InvalidRequestError,
     InvalidTransitionError,
@@ -128,28 +129,65 @@ def test_create_with_an_id_chosen_by_the_caller(jobstore: JobStore) -> None:
     assert create(jobstore, id=chosen).id == chosen
 
 
+def test_an_id_chosen_twice_is_a_typed_error(jobstore: JobStore) -> None:
+    taken = create(jobstore, idempotency_key="first")
+
+    for specs in (
+        [make_spec(id=taken.id)],
+        [make_spec(id=taken.id, idempotency_key="other")],
+        [make_spec(), make_spec(id=taken.id)],
+    ):
+        with pytest.raises(DuplicateJobIdError, match=f"^job {taken.id} already exists$"):
+            jobstore.create_many(specs, actor="producer")
+    twice = uuid.uuid4()
+    with pytest.raises(DuplicateJobIdError, match=str(twice)) as duplicate:
+        jobstore.create_many([make_spec(id=twice), make_spec(id=twice)], actor="producer")
+
+    assert duplicate.value.code == "duplicate_job_id"
+    assert jobstore.list() == [taken]
+
+
 def test_create_with_a_known_idempotency_key_returns_the_existing_job(jobstore: JobStore) -> None:
     first = create(jobstore, idempotency_key="same")
 
-    # Delivery options may differ; what the output depends on may not.
-    again, created = jobstore.create(
-        make_spec(idempotency_key="same", priority=9), actor="producer"
-    )
+    again, created = jobstore.create(make_spec(idempotency_key="same"), actor="producer")
 
     assert (again, created) == (first, False)
     assert [job.id for job in jobstore.list()] == [first.id]
     assert kinds(jobstore, first) == [EventKind.CREATED]
 
 
-def test_create_with_a_known_key_and_other_parameters_conflicts(jobstore: JobStore) -> None:
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            {"input_uri": "s3://in/dog.png"},
+            "input_uri 's3://in/dog.png' (the job's: 's3://in/cat.png')",
+        ),
+        (
+            {"params": replace(PARAMS, bg_color="#000000")},
+            "bg_color '#000000' (the job's: '#808080')",
+        ),
+        ({"params": replace(PARAMS, mask_only=True)}, "mask_only True (the job's: False)"),
+        ({"priority": 9}, "priority 9 (the job's: 0)"),
+        ({"max_attempts": 1}, "max_attempts 1 (the job's: 3)"),
+        (
+            {"priority": 5, "params": replace(PARAMS, format="webp")},
+            "priority 5 (the job's: 0), format 'webp' (the job's: 'png')",
+        ),
+    ],
+)
+def test_create_with_a_known_key_and_other_parameters_conflicts(
+    jobstore: JobStore, change: dict[str, Any], named: str
+) -> None:
     first = create(jobstore, idempotency_key="same")
 
-    with pytest.raises(IdempotencyConflictError, match=str(first.id)):
-        jobstore.create(
-            make_spec(idempotency_key="same", params=replace(PARAMS, bg_color="#000000")),
-            actor="producer",
-        )
+    with pytest.raises(IdempotencyConflictError) as conflict:
+        jobstore.create(make_spec(idempotency_key="same", **change), actor="producer")
 
+    assert str(conflict.value) == (
+        f"idempotency key 'same' is already used by job {first.id} with other parameters: {named}"
+    )
     assert [job.id for job in jobstore.list()] == [first.id]
 
 

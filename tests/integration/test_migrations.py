@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from toonq.shared.db.engine import (
     alembic_config,
@@ -18,14 +20,14 @@ from toonq.shared.db.engine import (
     migrate,
 )
 from toonq.shared.db.schema import Base
-from toonq.shared.job import JobParams, JobSpec
+from toonq.shared.job import JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import SqlJobStore
 
 if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -51,7 +53,7 @@ def _state(url: str) -> tuple[set[str], str | None]:
 def test_the_revisions_form_one_line() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert script.get_heads() == [HEAD]
-    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0001"]
+    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0002", "0001"]
 
 
 def test_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
@@ -100,6 +102,38 @@ def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
 
     migrate(empty_db_url)
     assert _kinds(empty_db_url) == ["created", "started", "requeued"]
+
+
+def test_a_mask_asked_refined_before_0003_is_read_unrefined(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0002")
+    now, job_id = datetime.now(UTC), uuid.uuid4()
+    row = {
+        "id": job_id,
+        "status": JobStatus.SUCCEEDED,
+        "input_uri": "s3://in/a.png",
+        "output_uri": "s3://out/a.png",
+        "bg_color": "#808080",
+        "output_format": "png",
+        "resolution": 64,
+        "refine_foreground": True,  # ignored on a mask, refused since
+        "mask_only": True,
+        "priority": 0,
+        "attempts": 1,
+        "max_attempts": 3,
+        "created_at": now,
+        "updated_at": now,
+    }
+    engine = create_db_engine(empty_db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(Base.metadata.tables["jobs"]).values(row))
+
+        migrate(empty_db_url)
+
+        params = SqlJobStore(engine).get(job_id).params
+    finally:
+        engine.dispose()
+    assert (params.mask_only, params.refine_foreground) == (True, False)
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

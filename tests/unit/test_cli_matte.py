@@ -75,6 +75,20 @@ def test_a_bad_resolution_is_refused_as_submit_refuses_it(
     assert not out.exists()
 
 
+def test_a_refined_mask_is_refused_as_submit_refuses_it(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = matte(
+        source, "--out", str(out), "--device", "cpu", "--mask-only", "--refine-foreground"
+    )
+
+    assert result.exit_code == 1
+    assert (
+        "error [invalid_request]: refine_foreground estimates the cut-out's colours and a mask "
+        "has none: ask for mask_only or refine_foreground, not both"
+    ) in result.output
+    assert not out.exists()
+
+
 def test_an_output_folder_that_is_a_file_is_a_usage_error(source: Path, tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.write_text("not a folder")
@@ -105,6 +119,35 @@ def engine() -> MattingEngine:
     return MattingEngine(
         load_model("random:tiny"), device="cpu", resolution=RESOLUTION, max_image_pixels=20_000
     )
+
+
+def test_a_mask_asked_as_webp_is_written_as_webp(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "matte",
+            str(source),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--model",
+            "random:tiny",
+            "--resolution",
+            str(RESOLUTION),
+            "--mask-only",
+            "--format",
+            "webp",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in out.iterdir()] == ["cat.webp"]
+    mask = Image.open(out / "cat.webp")
+    assert (mask.format, mask.size) == ("WEBP", (40, 30))
+    channels = np.asarray(mask.convert("RGB"))
+    assert (channels == channels[..., :1]).all()  # grey: each channel holds the mask
 
 
 def test_each_file_gets_its_own_cutout_and_bad_files_do_not_stop_the_others(

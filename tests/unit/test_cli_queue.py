@@ -103,6 +103,44 @@ def test_submit_writes_a_queued_job_and_sends_its_message(
     ]
 
 
+def test_submit_writes_a_mask_as_webp(client: ToonqClient, settings: Settings) -> None:
+    data = toonq_json(client, "submit", input_uri(settings), "--mask-only", "--format", "webp")
+
+    assert (data["params"]["mask_only"], data["params"]["format"]) == (True, "webp")
+    assert data["output_uri"] == f"{settings.output_prefix}/{data['id']}.webp"
+
+
+def test_submit_refuses_to_refine_a_mask(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> None:
+    refused = toonq(client, "submit", input_uri(settings), "--mask-only", "--refine-foreground")
+
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "error [invalid_request]: refine_foreground estimates the cut-out's colours and a mask "
+        "has none: ask for mask_only or refine_foreground, not both\n"
+    )
+    assert jobstore.list() == []
+    assert broker.take_sent() == []
+
+
+def test_an_idempotency_conflict_names_what_differs(
+    client: ToonqClient, settings: Settings
+) -> None:
+    uri = input_uri(settings)
+    job = client.submit(uri, idempotency_key="sticker-9")
+
+    refused = toonq(client, "submit", uri, "--idempotency-key", "sticker-9", "--priority", "7")
+
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"error [idempotency_conflict]: idempotency key 'sticker-9' is already used by job "
+        f"{job.id} with other parameters: priority 7 (the job's: 0)\n"
+    )
+    assert client.list() == [job]
+
+
 def test_status_shows_the_job_and_its_history(client: ToonqClient, settings: Settings) -> None:
     job = client.submit(input_uri(settings))
 

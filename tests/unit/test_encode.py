@@ -1,4 +1,4 @@
-"""encode_rgba and encode_rgba_pixels (PNG, lossless WebP) and encode_mask (grey PNG), with
+"""encode_rgba and encode_rgba_pixels (PNG, lossless WebP) and encode_mask (grey PNG, WebP), with
 either PNG encoder."""
 
 from __future__ import annotations
@@ -77,6 +77,16 @@ def test_mask_is_an_8_bit_grey_png():
     assert encode_mask(torch.from_numpy(alpha)) == encode_mask(alpha)
 
 
+@pytest.mark.parametrize(("method", "quality"), [(0, 0), (4, 25)])
+def test_a_mask_as_webp_is_lossless(method, quality):
+    _, alpha = _planes(seed=9)
+    image = _open(encode_mask(alpha, fmt="webp", webp_method=method, webp_quality=quality))
+    assert (image.format, image.size) == ("WEBP", (40, 24))
+    # WebP has no grey mode: each colour channel holds the mask.
+    assert np.array_equal(np.asarray(image.convert("L")), alpha)
+    assert np.array_equal(np.asarray(image.convert("RGB"))[..., 2], alpha)
+
+
 @pytest.mark.parametrize("encoder", PNG_ENCODERS)
 def test_compress_level_trades_size(encoder):
     # Smooth gradients compress well, so the levels differ clearly.
@@ -140,6 +150,8 @@ def test_rejects_unknown_formats():
     rgb, alpha = _planes()
     with pytest.raises(ValueError, match="unknown output format"):
         encode_rgba(rgb, alpha, fmt="jpeg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown output format"):
+        encode_mask(alpha, fmt="jpeg")  # type: ignore[arg-type]
 
 
 def test_webp_size_limit_is_explicit():
@@ -147,6 +159,8 @@ def test_webp_size_limit_is_explicit():
     with pytest.raises(ImageTooLargeError, match="16383"):
         encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="webp")
     assert encode_rgba(wide_rgb, np.zeros((1, 16_384), np.uint8), fmt="png")
+    with pytest.raises(ImageTooLargeError, match="16383"):
+        encode_mask(np.zeros((16_384, 1), np.uint8), fmt="webp")
 
 
 @pytest.mark.parametrize("level", [0, 1, 3, 4, 9])

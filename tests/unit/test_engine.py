@@ -69,6 +69,15 @@ def test_mask_only_writes_an_8bit_mask_of_the_input_size(engine: MattingEngine) 
     assert (mask.mode, mask.size, result.content_type) == ("L", (33, 47), "image/png")
 
 
+def test_a_mask_is_written_in_the_format_asked_for(engine: MattingEngine) -> None:
+    source = encode(sticker((33, 47)))
+    png = decode(matte_one(engine, source, replace(PARAMS, mask_only=True)).data)
+    result = matte_one(engine, source, replace(PARAMS, mask_only=True, format="webp"))
+    webp = decode(result.data)
+    assert (webp.format, webp.size, result.content_type) == ("WEBP", (33, 47), "image/webp")
+    np.testing.assert_array_equal(np.asarray(webp.convert("L")), np.asarray(png))
+
+
 def test_webp_output_is_lossless(engine: MattingEngine) -> None:
     source = sticker()
     png = decode(matte_one(engine, encode(source), PARAMS).data)

@@ -33,6 +33,11 @@ def test_the_colour_is_normalised_and_read_as_rgb() -> None:
         ({"resolution": 0}, "invalid_request", "resolution must be a positive multiple of 32"),
         ({"resolution": 1000}, "invalid_request", "multiple of 32"),
         ({"resolution": 4128}, "invalid_request", "up to 4096"),
+        (
+            {"refine_foreground": True, "mask_only": True},
+            "invalid_request",
+            "ask for mask_only or refine_foreground, not both",
+        ),
     ],
 )
 def test_invalid_parameters_raise_typed_errors(
@@ -41,11 +46,6 @@ def test_invalid_parameters_raise_typed_errors(
     with pytest.raises(InvalidRequestError, match=message) as raised:
         replace(PARAMS, **change)
     assert raised.value.code == code
-
-
-def test_a_mask_is_always_written_as_png() -> None:
-    assert replace(PARAMS, format="webp").file_format == "webp"
-    assert replace(PARAMS, format="webp", mask_only=True).file_format == "png"
 
 
 def test_a_request_leaves_colour_and_resolution_to_the_settings() -> None:

@@ -152,9 +152,7 @@ class ToonqClient:
             mask_only=request.mask_only,
         )
         job_id = _job_id(request.idempotency_key)
-        output_uri = (
-            request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.file_format}"
-        )
+        output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.format}"
         self._validator.check_output(output_uri)
         return JobSpec(
             id=job_id,

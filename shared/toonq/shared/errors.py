@@ -53,6 +53,12 @@ class IdempotencyConflictError(InvalidRequestError):
     code = "idempotency_conflict"
 
 
+class DuplicateJobIdError(InvalidRequestError):
+    """A job id chosen by the caller that another job has."""
+
+    code = "duplicate_job_id"
+
+
 class AmbiguousJobIdError(InvalidRequestError):
     """A job id prefix that more than one job's id starts with."""
 

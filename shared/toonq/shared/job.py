@@ -159,14 +159,16 @@ class JobParams:
     #: `#rrggbb`, whatever hex spelling it was given in.
     bg_color: str = _param("Colour RGBA input is composited onto [default: TOONQ_BG_COLOR].")
     format: OutputFormat = _param(  # noqa: RUF009
-        "Output format, webp lossless; a mask is always a PNG [default: png]."
+        "Output format of the cut-out or the mask, webp lossless [default: png]."
     )
     #: The model's input size.
     resolution: int = _param(
         f"Model input size, a multiple of {RESOLUTION_MULTIPLE} up to {MAX_RESOLUTION} "
         f"[default: TOONQ_RESOLUTION, else {DEFAULT_RESOLUTION}]."
     )
-    refine_foreground: bool = _param("Estimate clean edge colours.", default=False)
+    refine_foreground: bool = _param(
+        "Estimate clean edge colours (not with --mask-only).", default=False
+    )
     mask_only: bool = _param("Write an 8-bit mask instead of the cut-out.", default=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +178,13 @@ class JobParams:
                 f"output format must be one of {', '.join(OUTPUT_FORMATS)}; got {self.format!r}"
             )
         check_resolution(self.resolution)
+        if self.refine_foreground and self.mask_only:
+            # Refinement estimates the cut-out's colours, and a mask has none: asking for both
+            # is a mistake the caller should hear about, not a flag silently ignored.
+            raise InvalidRequestError(
+                "refine_foreground estimates the cut-out's colours and a mask has none: "
+                "ask for mask_only or refine_foreground, not both"
+            )
 
     @classmethod
     def with_defaults(
@@ -202,11 +211,6 @@ class JobParams:
     @property
     def bg_rgb(self) -> RGB:
         return parse_color(self.bg_color)
-
-    @property
-    def file_format(self) -> OutputFormat:
-        """The format of the output file: a mask is always a PNG."""
-        return "png" if self.mask_only else self.format
 
 
 # --- Jobs and their history -----------------------------------------------------------------------
@@ -287,17 +291,18 @@ class Job:
         )
 
     def reuse_for(self, spec: JobSpec) -> Job:
-        """This job, found by the idempotency key of `spec`; IdempotencyConflictError unless
-        `spec` asks for the same output (what an idempotent retry must repeat). Priority and
-        max_attempts are delivery options and may differ."""
-        if (self.input_uri, self.output_uri, self.params) != (
-            spec.input_uri,
-            spec.output_uri,
-            spec.params,
-        ):
+        """This job, found by the idempotency key of `spec`; IdempotencyConflictError, naming
+        each parameter that differs, unless `spec` asks for exactly this job."""
+        held, asked = _requested(self), _requested(spec)
+        differences = [
+            f"{name} {asked[name]!r} (the job's: {held[name]!r})"
+            for name in held
+            if asked[name] != held[name]
+        ]
+        if differences:
             raise IdempotencyConflictError(
                 f"idempotency key {spec.idempotency_key!r} is already used by job {self.id} "
-                "with different parameters"
+                f"with other parameters: {', '.join(differences)}"
             )
         return self
 
@@ -330,6 +335,17 @@ class Job:
             "lease_expires_at": iso_utc(self.lease_expires_at),
             "enqueued_at": iso_utc(self.enqueued_at),
         }
+
+
+#: What a job is asked for besides its parameters: an idempotent resubmit repeats all of it.
+_REQUESTED_FIELDS: Final = ("input_uri", "output_uri", "priority", "max_attempts")
+
+
+def _requested(job: Job | JobSpec) -> dict[str, Any]:
+    """Everything `job` asks for, by name: its URIs, each of its parameters, its priority and
+    its attempts."""
+    requested = {name: getattr(job, name) for name in _REQUESTED_FIELDS}
+    return requested | asdict(job.params)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
-from toonq.shared.errors import InvalidRequestError, JobNotFoundError
+from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, utc_now
 from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
-from toonq.shared.jobstore.transitions import Transition
+from toonq.shared.jobstore.transitions import Transition, duplicate_id
 
 
 def _stored(value: Any) -> Any:
@@ -120,7 +120,7 @@ class _MemoryTransaction(Transaction):
     def insert(self, creation: Transition) -> Job:
         job = Job(**{**_EMPTY_JOB, **_stored_values(creation.values)})
         if job.id in self._jobs:
-            raise InvalidRequestError(f"job {job.id} already exists")
+            raise duplicate_id(job.id)
         self._jobs[job.id] = job
         self._events[job.id] = []
         self._undo += [lambda: self._jobs.pop(job.id), lambda: self._events.pop(job.id)]

@@ -9,7 +9,7 @@ checks on a snapshot (`Selection.matches`), so the two select the same jobs by c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +77,10 @@ def filtered(
     if error_code is not None:
         equal["error_code"] = error_code
     return _one(equal=equal, not_before={} if since is None else {"created_at": since})
+
+
+def with_ids(job_ids: Iterable[uuid.UUID]) -> Selection:
+    return _one(among={"id": frozenset(job_ids)})
 
 
 def id_prefix(digits: str) -> Selection:

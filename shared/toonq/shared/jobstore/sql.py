@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from toonq.shared.db.engine import translate_db_errors
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, utc_now
-from toonq.shared.jobstore import statements
+from toonq.shared.jobstore import selections, statements, transitions
 from toonq.shared.jobstore.selections import Clause, Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
@@ -86,6 +86,7 @@ class SqlJobStore(JobStore):
         try:
             return super()._create_at_once(specs, actor=actor)
         except IntegrityError:
+            self._refuse_taken_ids(specs)
             if len(specs) > 1:
                 # A concurrent producer took one of the keys: the batch was rolled back, and each
                 # job is created in a transaction of its own.
@@ -96,6 +97,18 @@ class SqlJobStore(JobStore):
             if existing is None:
                 raise
             return [(existing.reuse_for(spec), False)]
+
+    def _refuse_taken_ids(self, specs: builtins.list[JobSpec]) -> None:
+        """DuplicateJobIdError if a spec's id is another job's, as the in-memory store says at
+        once: a stored job's, or an earlier spec's, with another idempotency key or none (a job
+        with the spec's own key is the one the spec asks for, created concurrently)."""
+        with self._transaction() as transaction:
+            stored = transaction.select(selections.with_ids(spec.id for spec in specs), ("id",))
+        keys: dict[uuid.UUID, str | None] = {job.id: job.idempotency_key for job in stored}
+        for spec in specs:
+            if spec.id in keys and (keys[spec.id] is None or keys[spec.id] != spec.idempotency_key):
+                raise transitions.duplicate_id(spec.id)
+            keys[spec.id] = spec.idempotency_key
 
     def _existing_after_race(self, spec: JobSpec) -> Job | None:
         if spec.idempotency_key is None:

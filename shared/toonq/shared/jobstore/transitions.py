@@ -17,6 +17,7 @@ from typing import Any
 
 from toonq.shared.errors import (
     AlreadyCancelledError,
+    DuplicateJobIdError,
     InvalidRequestError,
     InvalidTransitionError,
     WorkerLostError,
@@ -98,6 +99,10 @@ def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
             "enqueued_at": None,
         },
     )
+
+
+def duplicate_id(job_id: uuid.UUID) -> DuplicateJobIdError:
+    return DuplicateJobIdError(f"job {job_id} already exists")
 
 
 def not_cancellable(job: Job) -> InvalidTransitionError:

@@ -78,7 +78,7 @@ def _outputs(
     taken: dict[Path, Path] = {}
     clashes: list[tuple[Path, Path, Path]] = []
     for source in files:
-        target = out_dir / f"{source.stem}.{params.file_format}"
+        target = out_dir / f"{source.stem}.{params.format}"
         if target in taken:
             clashes.append((source, target, taken[target]))
         else:

@@ -1,4 +1,4 @@
-"""Encode results: the RGBA cut-out (PNG or lossless WebP) and the bare mask (8-bit grey PNG).
+"""Encode results: the RGBA cut-out and the bare 8-bit mask, each as PNG or lossless WebP.
 
 Array layout: `encode_rgba` takes channels first like the rest of the engine's tensors: RGB is
 3×H×W, alpha is H×W, both uint8, as NumPy arrays or torch tensors on any device, and interleaves
@@ -107,37 +107,35 @@ def encode_rgba_pixels(
     """Encode uint8 H×W×4 RGBA `pixels` in `fmt`, losslessly, as `encode_rgba` does."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 4:
         raise ValueError(f"pixels must be uint8 H×W×4, got {pixels.dtype} of shape {pixels.shape}")
-    if fmt not in CONTENT_TYPES:
-        raise ValueError(f"unknown output format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
-    height, width = pixels.shape[:2]
-    if fmt == "webp" and max(height, width) > WEBP_MAX_SIDE:
-        raise ImageTooLargeError(
-            f"WebP cannot store a {width}x{height} image (at most {WEBP_MAX_SIDE} pixels "
-            "per side); use PNG"
-        )
+    _check_format(fmt)
     if fmt == "png":
         return _encode_png(pixels, png_compress_level, png_encoder)
-    return _save(
-        Image.fromarray(pixels),
-        "WEBP",
-        lossless=True,
-        method=webp_method,
-        quality=webp_quality,
-        exact=True,
-    )
+    return _encode_webp(pixels, webp_method, webp_quality)
 
 
 def encode_mask(
     alpha: npt.NDArray[np.uint8] | torch.Tensor,
     *,
+    fmt: OutputFormat = "png",
     png_compress_level: int = 1,
     png_encoder: PngEncoder | None = None,
+    webp_method: int = WEBP_METHOD,
+    webp_quality: int = WEBP_QUALITY,
 ) -> bytes:
-    """Encode an H×W uint8 alpha as an 8-bit greyscale PNG."""
+    """Encode an H×W uint8 alpha as an 8-bit greyscale PNG, or a lossless WebP (which has no
+    grey mode: its three colour channels each hold the mask)."""
     mask = _as_array(alpha, "alpha")
     if mask.ndim != 2:
         raise ValueError(f"alpha must be H×W, got shape {mask.shape}")
-    return _encode_png(mask, png_compress_level, png_encoder)
+    _check_format(fmt)
+    if fmt == "png":
+        return _encode_png(mask, png_compress_level, png_encoder)
+    return _encode_webp(mask, webp_method, webp_quality)
+
+
+def _check_format(fmt: OutputFormat) -> None:
+    if fmt not in CONTENT_TYPES:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
 
 
 def _as_array(values: npt.NDArray[np.uint8] | torch.Tensor, name: str) -> npt.NDArray[np.uint8]:
@@ -164,6 +162,18 @@ def _encode_png(pixels: npt.NDArray[np.uint8], level: int, encoder: PngEncoder |
     # libpng reads whole rows: a copy only where the rows are strided.
     data = imagecodecs.png_encode(np.ascontiguousarray(pixels), level=level, **options)
     return bytes(data)
+
+
+def _encode_webp(pixels: npt.NDArray[np.uint8], method: int, quality: int) -> bytes:
+    """Lossless WebP of H×W×4 (RGBA) or H×W (grey) `pixels`."""
+    height, width = pixels.shape[:2]
+    if max(height, width) > WEBP_MAX_SIDE:
+        raise ImageTooLargeError(
+            f"WebP cannot store a {width}x{height} image (at most {WEBP_MAX_SIDE} pixels "
+            "per side); use PNG"
+        )
+    image = Image.fromarray(pixels)
+    return _save(image, "WEBP", lossless=True, method=method, quality=quality, exact=True)
 
 
 def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:

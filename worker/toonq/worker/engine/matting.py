@@ -218,16 +218,12 @@ class MattingEngine:
         with torch.inference_mode():
             with watch.stage("postprocess"):
                 alpha = self.alpha(prepared, logits)
-                refined = (
-                    refine_foreground(image[:3], alpha)
-                    if options.refine_foreground and not options.mask_only
-                    else None
-                )
+                refined = refine_foreground(image[:3], alpha) if options.refine_foreground else None
             with watch.stage("encode"):
                 data = self._encode(prepared, alpha, refined)
         return MatteResult(
             data=data,
-            content_type=CONTENT_TYPES[options.file_format],
+            content_type=CONTENT_TYPES[options.format],
             width=image.shape[-1],
             height=image.shape[-2],
             timings_ms=prepared.timings_ms | watch.ms,
@@ -267,7 +263,7 @@ class MattingEngine:
         options, level = prepared.options, self.png_compress_level
         alpha = alpha_matte.cpu().numpy()
         if options.mask_only:
-            return encode_mask(alpha, png_compress_level=level)
+            return encode_mask(alpha, fmt=options.format, png_compress_level=level)
         if refined is not None:
             return encode_rgba(refined, alpha, fmt=options.format, png_compress_level=level)
         prepared.pixels[..., 3] = alpha
