@@ -254,7 +254,7 @@ def test_commands_take_a_unique_id_prefix(
     assert toonq_json(client, "status", prefix)["id"] == str(failed.id)
     requeued = toonq_json(client, "requeue", prefix.upper())["requeued"]
     assert [job["id"] for job in requeued] == [str(failed.id)]
-    assert toonq_json(client, "cancel", prefix)[0]["status"] == "cancelled"
+    assert toonq_json(client, "cancel", prefix)["status"] == "cancelled"
 
 
 @pytest.mark.parametrize(

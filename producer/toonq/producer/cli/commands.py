@@ -241,7 +241,7 @@ def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: 
 
     Every id is checked before any job is cancelled. A job cancelled already is left as it is,
     with a note on stderr. Exits 1 if a job had finished (it stays as it is), after cancelling
-    the others.
+    the others. With --json: the job's JSON for one id, a list of them for several.
     """
     found = dict.fromkeys(ctx.client.get(job_id).id for job_id in job_ids)  # each once
     cancelled: list[Job] = []
@@ -256,7 +256,12 @@ def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: 
             click.echo(f"error [{exc.code}]: {exc}", err=True)
             refused = True
     if as_json:
-        print_json([job.to_dict() for job in cancelled])
+        # One id prints the job's JSON, as it always did; several print a list.
+        if len(found) == 1:
+            if cancelled:
+                print_json(cancelled[0].to_dict())
+        else:
+            print_json([job.to_dict() for job in cancelled])
     else:
         for job in cancelled:
             click.echo(f"{job.id} {job.status}")
