@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.support import job_spec
 from toonq.shared.job import Claim, EventKind, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.recovery import Sender
-from toonq.worker.lease import LeaseKeeper
+from toonq.worker.lease import ClaimLostError, LeaseKeeper
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
@@ -79,3 +81,36 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
     # The worker that handed the job back can no longer record an outcome for it.
     assert not jobstore.mark_failed(held, error_code="internal_error", error_message="late")
     assert jobstore.claim(job.id, worker="w2", lease_s=60) is not None
+
+
+def test_a_claim_the_store_refuses_to_renew_is_lost_and_its_work_stops(
+    jobstore: JobStore,
+) -> None:
+    keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
+    kept, cancelled = claimed(jobstore), claimed(jobstore)
+    with keeper.holding(kept), keeper.holding(cancelled):
+        jobstore.cancel(cancelled.job.id, actor="cli:ops@laptop")
+
+        keeper.renew()
+
+        keeper.check(kept)
+        with pytest.raises(ClaimLostError):
+            keeper.check(cancelled)
+
+
+def test_a_new_attempt_of_a_job_is_not_taken_for_its_lost_one(jobstore: JobStore) -> None:
+    keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
+    stale = claimed(jobstore)
+    with keeper.holding(stale):
+        jobstore.cancel(stale.job.id, actor="cli:ops@laptop")
+        keeper.renew()
+        jobstore.requeue([stale.job.id], actor="cli:ops@laptop")
+        fresh = jobstore.claim(stale.job.id, worker="w2", lease_s=60)
+        assert fresh is not None
+        assert fresh.attempt == stale.attempt  # a requeue starts the count again
+
+        with keeper.holding(fresh):
+            keeper.renew()
+            keeper.check(fresh)
+            with pytest.raises(ClaimLostError):
+                keeper.check(stale)

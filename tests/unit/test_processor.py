@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.support import png_bytes
-from toonq.shared.errors import StorageUnavailableError
+from toonq.shared.errors import InputNotFoundError, StorageUnavailableError
 from toonq.shared.job import EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.recovery import Sender
@@ -223,6 +223,24 @@ def test_the_outcome_of_a_job_cancelled_while_it_ran_is_discarded(ctx: WorkerCon
     assert cancelled.status is JobStatus.CANCELLED
     assert cancelled.model is None
     assert ctx.store.events(job.id)[-1].kind is EventKind.CANCELLED
+
+
+def test_a_job_whose_lease_renewal_is_refused_stops_before_writing_its_output(
+    ctx: WorkerContext,
+) -> None:
+    job = submitted(ctx)
+
+    def cancel_then_heartbeat() -> None:
+        ctx.store.cancel(job.id, actor="cli:ops@laptop", reason="wrong input")
+        ctx.leases.renew()
+
+    interrupted = replace(ctx, objects=InterruptedStore([ctx.settings.home], cancel_then_heartbeat))
+
+    assert process_job(interrupted, job.id) is Outcome.DISCARDED
+
+    assert ctx.store.get(job.id).status is JobStatus.CANCELLED
+    with pytest.raises(InputNotFoundError):  # nothing was written
+        ctx.objects.get(job.output_uri, max_bytes=1 << 20)
 
 
 def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(

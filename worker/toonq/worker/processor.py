@@ -28,7 +28,7 @@ from toonq.shared.errors import (
     ToonqError,
     TransientJobError,
 )
-from toonq.shared.job import Claim, Job, NotDue, Outcome
+from toonq.shared.job import Claim, NotDue, Outcome
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
@@ -38,7 +38,7 @@ from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MatteResult, MattingEngine
-from toonq.worker.lease import LeaseKeeper
+from toonq.worker.lease import ClaimLostError, LeaseKeeper
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
@@ -83,7 +83,11 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
     try:
         with ctx.leases.holding(claim), metrics.in_flight():
-            result, timings = _run(ctx, claim.job)
+            result, timings = _run(ctx, claim)
+    except ClaimLostError:
+        # Cancelled, requeued or reclaimed while it ran: whoever holds the job now records it.
+        log.warning("job_abandoned", reason="the claim is no longer current")
+        return _counted(Outcome.DISCARDED)
     except (PermanentJobError, InvalidRequestError) as exc:
         # InvalidRequestError: a job row whose URI this worker refuses (e.g. written by an
         # older producer): retrying cannot help.
@@ -111,16 +115,20 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     return _counted(Outcome.SUCCEEDED)
 
 
-def _run(ctx: WorkerContext, job: Job) -> tuple[MatteResult, dict[str, float]]:
+def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float]]:
+    """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost."""
+    job = claim.job
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
+    ctx.leases.check(claim)
     with ctx.cpu.held():
         prepared = ctx.engine.prepare(data, job.params)
     batch = ctx.batcher.run(prepared.model_input)
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     with ctx.cpu.held():
         result = ctx.engine.finish(prepared, batch.logits)
+    ctx.leases.check(claim)
     start = time.perf_counter()
     ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
     upload_ms = (time.perf_counter() - start) * 1000
