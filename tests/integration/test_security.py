@@ -413,7 +413,7 @@ def test_credentials_never_reach_the_log_output(
     fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging(fmt=fmt, level="INFO")
-    log = get_logger("tests.security")
+    log = get_logger("toonq.tests.security")
 
     log.info(
         "connecting",

@@ -99,5 +99,6 @@ def test_demo_without_its_model_fails_before_submitting_anything(tmp_path: Path)
     result = run_toonq("demo", env=env, timeout=120)
 
     assert result.returncode == 1
-    assert "error [model_unavailable]" in result.stdout
+    assert result.stdout == ""  # what went wrong is a message: on stderr
+    assert "error [model_unavailable]" in result.stderr
     assert run_toonq("jobs", "--json", env=env).stdout.strip() == "[]"
