@@ -4,6 +4,7 @@ writes, what it enqueues, and what it rejects before writing anything."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,7 +14,7 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, update
 
-from tests.support import png_bytes
+from tests.support import png_bytes, run_json, run_toonq
 from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
 from toonq.producer.cli.main import cli
 from toonq.shared.db.schema import JobRow
@@ -24,6 +25,7 @@ from toonq.shared.errors import (
     UnknownBucketError,
 )
 from toonq.shared.job import JobStatus, utc_now
+from toonq.shared.queue import queue_lists
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
 
@@ -163,7 +165,57 @@ def test_toonq_recover_sends_an_unsent_job_and_says_why(
         "recovered": 1,
         "by_status": {"queued": 1},
         "by_reason": {"unsent": 1},
+        "forced": 0,
+        "waiting": {"queued": 1},
+        "in_queue": 1,  # the message it just sent
+        "next_due_at": None,
+        "last_due_at": None,
     }
+    assert queued_messages(queue) == 1
+
+
+def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
+    client: ToonqClient, producer_settings: Settings, queue: redis.Redis, s3_bucket: str
+) -> None:
+    job = client.submit(f"s3://{s3_bucket}/in/a.png")
+    queue.delete(*queue_lists(producer_settings.queue))  # Redis restarted without its data
+    env = dict(
+        os.environ,
+        TOONQ_DATABASE_URL=producer_settings.database_url,
+        TOONQ_BROKER_URL=producer_settings.broker_url,
+        TOONQ_QUEUE=producer_settings.queue,
+    )
+    sent_at = client.get(job.id).enqueued_at
+    assert sent_at is not None
+    # A worker that took the message would have claimed the job within a lease.
+    due_at = sent_at + timedelta(seconds=producer_settings.lease_s)
+    due = due_at.isoformat()
+
+    waiting = run_json("recover", env=env)
+    told = run_toonq("recover", env=env)
+    forced = run_json("recover", "--force", env=env)
+    again = run_json("recover", "--force", env=env)
+
+    assert waiting == {
+        "recovered": 0,
+        "by_status": {},
+        "by_reason": {},
+        "forced": 0,
+        "waiting": {"queued": 1},
+        "in_queue": 0,
+        "next_due_at": due,
+        "last_due_at": due,
+    }
+    assert (told.returncode, told.stderr) == (0, "")
+    assert told.stdout.splitlines()[1:] == [
+        "still waiting: 1 queued (0 with a message in the queue)",
+        f"if no worker takes them, they are sent again when due: {due_at:%Y-%m-%d %H:%M:%S} UTC "
+        "(`toonq recover --force` sends the queued ones now)",
+    ]
+    assert (forced["recovered"], forced["forced"], forced["by_reason"]) == (1, 1, {"lost": 1})
+    assert queued_messages(queue) == 1
+    # Its message is in the queue now: nothing to force, nothing due.
+    assert (again["recovered"], again["in_queue"], again["next_due_at"]) == (0, 1, None)
     assert queued_messages(queue) == 1
 
 
