@@ -53,7 +53,9 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
     click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}", err=True)
     # Warm shutdown on leaving: finish the current job, then exit.
     with WorkerProcess(
-        os.environ | {"TOONQ_HOME": str(settings.home), "TOONQ_LOG_FORMAT": "console"}, worker_log
+        os.environ | {"TOONQ_HOME": str(settings.home), "TOONQ_LOG_FORMAT": "console"},
+        worker_log,
+        verbose=ctx.verbose,
     ) as worker:
         _wait_until_ready(worker, timeout)
         jobs = [client.submit(uri, bg_color=settings.bg_color) for uri in input_uris]
