@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -43,13 +43,15 @@ def queue(redis_url: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-def queued_messages(connection: redis.Redis, name: str = "producer-test") -> int:
+@pytest.fixture
+def queued_messages(queue: redis.Redis, redis_queue: str) -> Callable[[], int]:
+    """How many messages wait in the test's queue."""
     # Kombu's Redis transport keeps each priority level in a list of its own.
-    return sum(int(connection.llen(key)) for key in connection.scan_iter(f"{name}*"))
+    return lambda: sum(int(queue.llen(name)) for name in queue_lists(redis_queue))
 
 
 def test_submit_writes_a_queued_job_and_sends_one_message(
-    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+    client: ToonqClient, queued_messages: Callable[[], int], s3_bucket: str
 ) -> None:
     job = client.submit(f"s3://{s3_bucket}/in/a.png", bg_color="#FFF", format="webp", priority=5)
 
@@ -57,18 +59,18 @@ def test_submit_writes_a_queued_job_and_sends_one_message(
     assert job.output_uri == f"s3://{s3_bucket}/out/{job.id}.webp"
     assert job.params.bg_color == "#ffffff"
     assert job.enqueued_at is not None
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_resubmitting_with_the_same_idempotency_key_enqueues_nothing(
-    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+    client: ToonqClient, queued_messages: Callable[[], int], s3_bucket: str
 ) -> None:
     uri = f"s3://{s3_bucket}/in/a.png"
     first = client.submit(uri, idempotency_key="sticker-42")
     second = client.submit(uri, idempotency_key="sticker-42")
 
     assert second.id == first.id
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
     with pytest.raises(IdempotencyConflictError):
         client.submit(f"s3://{s3_bucket}/in/other.png", idempotency_key="sticker-42")
 
@@ -83,12 +85,12 @@ def test_resubmitting_with_the_same_idempotency_key_enqueues_nothing(
     ],
 )
 def test_bad_input_is_rejected_before_any_row_is_written(
-    client: ToonqClient, queue: redis.Redis, uri: str, error: type[Exception]
+    client: ToonqClient, queued_messages: Callable[[], int], uri: str, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         client.submit(uri)
     assert client.list() == []
-    assert queued_messages(queue) == 0
+    assert queued_messages() == 0
 
 
 def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
@@ -125,7 +127,7 @@ def unsent_job(producer_settings: Settings, s3_bucket: str, s3_server: str) -> J
 
 
 def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
-    producer_settings: Settings, queue: redis.Redis, unsent_job: Job
+    producer_settings: Settings, queued_messages: Callable[[], int], unsent_job: Job
 ) -> None:
     job = unsent_job
     assert job.status == JobStatus.QUEUED
@@ -136,13 +138,13 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
         assert [(item.job.id, item.reason) for item in sent] == [(job.id, RecoveryReason.UNSENT)]
         assert client.get(job.id).enqueued_at is not None
         assert recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0) == []
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_toonq_recover_sends_an_unsent_job_and_says_why(
     producer_settings: Settings,
     pg_database: Engine,
-    queue: redis.Redis,
+    queued_messages: Callable[[], int],
     unsent_job: Job,
 ) -> None:
     # Unsent for longer than the grace a sender has to send its job itself.
@@ -171,11 +173,15 @@ def test_toonq_recover_sends_an_unsent_job_and_says_why(
         "next_due_at": None,
         "last_due_at": None,
     }
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
-    client: ToonqClient, producer_settings: Settings, queue: redis.Redis, s3_bucket: str
+    client: ToonqClient,
+    producer_settings: Settings,
+    queue: redis.Redis,
+    queued_messages: Callable[[], int],
+    s3_bucket: str,
 ) -> None:
     job = client.submit(f"s3://{s3_bucket}/in/a.png")
     queue.delete(*queue_lists(producer_settings.queue))  # Redis restarted without its data
@@ -213,10 +219,10 @@ def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
         "(`toonq recover --force` sends the queued ones now)",
     ]
     assert (forced["recovered"], forced["forced"], forced["by_reason"]) == (1, 1, {"lost": 1})
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
     # Its message is in the queue now: nothing to force, nothing due.
     assert (again["recovered"], again["in_queue"], again["next_due_at"]) == (0, 1, None)
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:
