@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -240,10 +239,9 @@ def running_cluster(
     log_dir: Path,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """A cluster on a new database of the PostgreSQL server at `postgres_admin_url`, the Redis
-    database at `broker_url` (flushed first) and a new bucket at `s3_endpoint`; its workers are
-    stopped and the database dropped on exit."""
-    redis.Redis.from_url(broker_url).flushdb()
+    """A cluster on a new database of the PostgreSQL server at `postgres_admin_url`, a queue of
+    its own on the Redis database at `broker_url` and a new bucket at `s3_endpoint`; its workers
+    are stopped, and its database and queue deleted, on exit."""
     with (
         FaultyS3Proxy(s3_endpoint).running() as proxy,
         Cluster(

@@ -5,10 +5,13 @@ with the reason instead of skipping (`.ci/run` starts both). Where they are:
 
 * `TOONQ_TEST_POSTGRES_URL`: an admin connection used to create and drop one database per use
   (default `postgresql://postgres@127.0.0.1:5432/postgres`);
-* `TOONQ_TEST_REDIS_URL`: a Redis database the tests may flush (default
-  `redis://127.0.0.1:6379/15`, away from the default database 0);
-* `TOONQ_TEST_E2E_REDIS_URL`: another, which each module running a worker flushes once at its
-  start (default `redis://127.0.0.1:6379/14`).
+* `TOONQ_TEST_REDIS_URL`: a Redis database for the tests (default `redis://127.0.0.1:6379/15`,
+  away from the default database 0);
+* `TOONQ_TEST_E2E_REDIS_URL`: another, for the modules running workers (default
+  `redis://127.0.0.1:6379/14`).
+
+Others may use those databases too: the tests flush nothing. Each test or cluster uses queues
+named for it alone and deletes only those queues' keys (`toonq.worker.harness.broker`).
 
 Fixtures, by service:
 
@@ -16,7 +19,7 @@ Fixtures, by service:
   `pg_database`, `pg_jobstore`.
 * The job store contract: `jobstore`, each test once on PostgreSQL and once in memory.
 * SQLite: `sqlite_url`, `sqlite_jobstore`.
-* Redis: `redis_url`.
+* Redis: `redis_url`, `redis_queue`.
 * S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`, `refused_endpoint`.
 * Time: `clock`, which every job store fixture uses.
 * Servers of the session's own, which tests may kill and restart: `private_postgres`,
@@ -47,6 +50,7 @@ from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.job import utc_now
 from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
 from toonq.shared.settings import Settings
+from toonq.worker.harness.broker import delete_queue
 from toonq.worker.harness.moto import MotoServer, local_s3_credentials
 from toonq.worker.harness.network import free_port
 from toonq.worker.harness.postgres import PostgresServer
@@ -193,12 +197,22 @@ def sqlite_jobstore(sqlite_url: str, clock: ManualClock) -> Iterator[JobStore]:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """The URL of a Redis database of its own (number 15 by default), flushed before the test."""
+    """The URL of the tests' Redis database (number 15 by default), which others may share: a
+    test works on queues of its own (`redis_queue`)."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
     with _required("Redis", REDIS_URL, "TOONQ_TEST_REDIS_URL", redis.ConnectionError):
-        client.flushdb()
+        client.ping()
     yield REDIS_URL
     client.close()
+
+
+@pytest.fixture
+def redis_queue(redis_url: str) -> Iterator[str]:
+    """A queue name of the test's own on `redis_url`; its lists, kombu's keys for it and its
+    unacknowledged messages are deleted after the test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_queue(redis_url, name)
 
 
 # --- S3 (moto) ------------------------------------------------------------------------------------
@@ -279,7 +293,7 @@ def start_cluster(
     pg_server: PostgresServer, s3_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StartCluster]:
     """`start_cluster(worker, **env)` starts a cluster with the settings `env` on the shared
-    PostgreSQL and S3 servers and the Redis database at TOONQ_TEST_E2E_REDIS_URL (flushed), and
+    PostgreSQL and S3 servers and the Redis database at TOONQ_TEST_E2E_REDIS_URL, and
     a worker named `worker`; returns once the worker is ready. Both last until the module ends."""
     with ExitStack() as stack:
 
@@ -331,6 +345,7 @@ def producer_settings(
     migrated_pg_url: str,
     pg_database: Engine,
     redis_url: str,
+    redis_queue: str,
     s3_server: str,
     s3_bucket: str,
     tmp_path: Path,
@@ -342,7 +357,7 @@ def producer_settings(
             "TOONQ_HOME": str(tmp_path / "home"),
             "TOONQ_DATABASE_URL": migrated_pg_url,
             "TOONQ_BROKER_URL": redis_url,
-            "TOONQ_QUEUE": "producer-test",
+            "TOONQ_QUEUE": redis_queue,
             "TOONQ_S3_ENDPOINT_URL": s3_server,
             "TOONQ_OUTPUT_PREFIX": f"s3://{s3_bucket}/out",
         }

@@ -4,8 +4,9 @@ writes, what it enqueues, and what it rejects before writing anything."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, update
 
-from tests.support import png_bytes
+from tests.support import png_bytes, run_json, run_toonq
 from toonq.producer import Job, SubmitRequest, ToonqClient, WaitTimeoutError
 from toonq.producer.cli.main import cli
 from toonq.shared.db.schema import JobRow
@@ -24,6 +25,7 @@ from toonq.shared.errors import (
     UnknownBucketError,
 )
 from toonq.shared.job import JobStatus, utc_now
+from toonq.shared.queue import queue_lists
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
 
@@ -41,13 +43,15 @@ def queue(redis_url: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-def queued_messages(connection: redis.Redis, name: str = "producer-test") -> int:
+@pytest.fixture
+def queued_messages(queue: redis.Redis, redis_queue: str) -> Callable[[], int]:
+    """How many messages wait in the test's queue."""
     # Kombu's Redis transport keeps each priority level in a list of its own.
-    return sum(int(connection.llen(key)) for key in connection.scan_iter(f"{name}*"))
+    return lambda: sum(int(queue.llen(name)) for name in queue_lists(redis_queue))
 
 
 def test_submit_writes_a_queued_job_and_sends_one_message(
-    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+    client: ToonqClient, queued_messages: Callable[[], int], s3_bucket: str
 ) -> None:
     job = client.submit(f"s3://{s3_bucket}/in/a.png", bg_color="#FFF", format="webp", priority=5)
 
@@ -55,18 +59,18 @@ def test_submit_writes_a_queued_job_and_sends_one_message(
     assert job.output_uri == f"s3://{s3_bucket}/out/{job.id}.webp"
     assert job.params.bg_color == "#ffffff"
     assert job.enqueued_at is not None
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_resubmitting_with_the_same_idempotency_key_enqueues_nothing(
-    client: ToonqClient, queue: redis.Redis, s3_bucket: str
+    client: ToonqClient, queued_messages: Callable[[], int], s3_bucket: str
 ) -> None:
     uri = f"s3://{s3_bucket}/in/a.png"
     first = client.submit(uri, idempotency_key="sticker-42")
     second = client.submit(uri, idempotency_key="sticker-42")
 
     assert second.id == first.id
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
     with pytest.raises(IdempotencyConflictError):
         client.submit(f"s3://{s3_bucket}/in/other.png", idempotency_key="sticker-42")
 
@@ -81,12 +85,12 @@ def test_resubmitting_with_the_same_idempotency_key_enqueues_nothing(
     ],
 )
 def test_bad_input_is_rejected_before_any_row_is_written(
-    client: ToonqClient, queue: redis.Redis, uri: str, error: type[Exception]
+    client: ToonqClient, queued_messages: Callable[[], int], uri: str, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         client.submit(uri)
     assert client.list() == []
-    assert queued_messages(queue) == 0
+    assert queued_messages() == 0
 
 
 def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
@@ -123,7 +127,7 @@ def unsent_job(producer_settings: Settings, s3_bucket: str, s3_server: str) -> J
 
 
 def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
-    producer_settings: Settings, queue: redis.Redis, unsent_job: Job
+    producer_settings: Settings, queued_messages: Callable[[], int], unsent_job: Job
 ) -> None:
     job = unsent_job
     assert job.status == JobStatus.QUEUED
@@ -134,13 +138,13 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
         assert [(item.job.id, item.reason) for item in sent] == [(job.id, RecoveryReason.UNSENT)]
         assert client.get(job.id).enqueued_at is not None
         assert recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0) == []
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
 
 
 def test_toonq_recover_sends_an_unsent_job_and_says_why(
     producer_settings: Settings,
     pg_database: Engine,
-    queue: redis.Redis,
+    queued_messages: Callable[[], int],
     unsent_job: Job,
 ) -> None:
     # Unsent for longer than the grace a sender has to send its job itself.
@@ -163,8 +167,62 @@ def test_toonq_recover_sends_an_unsent_job_and_says_why(
         "recovered": 1,
         "by_status": {"queued": 1},
         "by_reason": {"unsent": 1},
+        "forced": 0,
+        "waiting": {"queued": 1},
+        "in_queue": 1,  # the message it just sent
+        "next_due_at": None,
+        "last_due_at": None,
     }
-    assert queued_messages(queue) == 1
+    assert queued_messages() == 1
+
+
+def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
+    client: ToonqClient,
+    producer_settings: Settings,
+    queue: redis.Redis,
+    queued_messages: Callable[[], int],
+    s3_bucket: str,
+) -> None:
+    job = client.submit(f"s3://{s3_bucket}/in/a.png")
+    queue.delete(*queue_lists(producer_settings.queue))  # Redis restarted without its data
+    env = dict(
+        os.environ,
+        TOONQ_DATABASE_URL=producer_settings.database_url,
+        TOONQ_BROKER_URL=producer_settings.broker_url,
+        TOONQ_QUEUE=producer_settings.queue,
+    )
+    sent_at = client.get(job.id).enqueued_at
+    assert sent_at is not None
+    # A worker that took the message would have claimed the job within a lease.
+    due_at = sent_at + timedelta(seconds=producer_settings.lease_s)
+    due = due_at.isoformat()
+
+    waiting = run_json("recover", env=env)
+    told = run_toonq("recover", env=env)
+    forced = run_json("recover", "--force", env=env)
+    again = run_json("recover", "--force", env=env)
+
+    assert waiting == {
+        "recovered": 0,
+        "by_status": {},
+        "by_reason": {},
+        "forced": 0,
+        "waiting": {"queued": 1},
+        "in_queue": 0,
+        "next_due_at": due,
+        "last_due_at": due,
+    }
+    assert (told.returncode, told.stderr) == (0, "")
+    assert told.stdout.splitlines()[1:] == [
+        "still waiting: 1 queued (0 with a message in the queue)",
+        f"if no worker takes them, they are sent again when due: {due_at:%Y-%m-%d %H:%M:%S} UTC "
+        "(`toonq recover --force` sends the queued ones now)",
+    ]
+    assert (forced["recovered"], forced["forced"], forced["by_reason"]) == (1, 1, {"lost": 1})
+    assert queued_messages() == 1
+    # Its message is in the queue now: nothing to force, nothing due.
+    assert (again["recovered"], again["in_queue"], again["next_due_at"]) == (0, 1, None)
+    assert queued_messages() == 1
 
 
 def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:

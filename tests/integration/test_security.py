@@ -31,6 +31,7 @@ from toonq.shared.errors import (
     UnknownBucketError,
 )
 from toonq.shared.logging import REDACTED, configure_logging, get_logger
+from toonq.shared.queue import queue_lists
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectURI, local_roots
 from toonq.shared.storage.local import LocalStore
@@ -249,11 +250,11 @@ def client(producer_settings: Settings) -> Iterator[ToonqClient]:
         yield client
 
 
-def _queued(redis_url: str) -> list[bytes]:
+def _queued(redis_url: str, queue: str) -> list[bytes]:
     """The raw messages in the test queue's Redis lists (one per priority step)."""
     messages = []
     with redis.Redis.from_url(redis_url) as connection:
-        for key in connection.scan_iter("producer-test*"):
+        for key in queue_lists(queue):
             for message in connection.lrange(key, 0, -1):
                 assert isinstance(message, bytes)  # no decode_responses
                 messages.append(message)
@@ -282,7 +283,7 @@ def test_submit_refuses_invalid_uris_before_writing_anything(
             output_uri=None if output_uri is None else output_uri.format(bucket=s3_bucket),
         )
     assert client.list() == []
-    assert _queued(redis_url) == []
+    assert _queued(redis_url, client.settings.queue) == []
 
 
 def test_submit_accepts_files_under_toonq_home(client: ToonqClient) -> None:
@@ -316,7 +317,7 @@ def test_the_message_holds_only_the_job_id(
     input_uri = f"s3://{s3_bucket}/private/user-4242/selfie.png"
     job = client.submit(input_uri, idempotency_key="user-4242-selfie", bg_color="#123456")
 
-    (raw,) = _queued(redis_url)
+    (raw,) = _queued(redis_url, client.settings.queue)
     envelope = json.loads(raw)
     assert envelope["content-type"] == "application/json"  # never pickle
     args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
@@ -413,7 +414,7 @@ def test_credentials_never_reach_the_log_output(
     fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging(fmt=fmt, level="INFO")
-    log = get_logger("tests.security")
+    log = get_logger("toonq.tests.security")
 
     log.info(
         "connecting",

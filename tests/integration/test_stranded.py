@@ -17,9 +17,6 @@ from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import QueueMessages, RecoveryReason, Sender, recover
 from toonq.shared.settings import Settings
 
-QUEUE = "stranded"
-LISTS = queue_lists(QUEUE)
-
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
@@ -29,8 +26,8 @@ def app(redis_url: str) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def messages(redis_url: str) -> Iterator[QueueMessages]:
-    messages = QueueMessages(redis_url, QUEUE)
+def messages(redis_url: str, redis_queue: str) -> Iterator[QueueMessages]:
+    messages = QueueMessages(redis_url, redis_queue)
     yield messages
     messages.close()
 
@@ -42,9 +39,9 @@ def sent_jobs(jobstore: JobStore, sender: Sender, count: int) -> list[Job]:
     return jobs
 
 
-def waiting(redis_url: str) -> int:
+def waiting(redis_url: str, queue: str) -> int:
     connection = redis.Redis.from_url(redis_url)
-    return sum(int(connection.llen(name)) for name in LISTS)
+    return sum(int(connection.llen(name)) for name in queue_lists(queue))
 
 
 def recover_stranded(jobstore: JobStore, sender: Sender, messages: QueueMessages) -> list[Job]:
@@ -61,13 +58,13 @@ def recover_stranded(jobstore: JobStore, sender: Sender, messages: QueueMessages
 
 
 def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
-    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str, redis_queue: str
 ) -> None:
-    sender = Sender(app, jobstore, queue=QUEUE)
+    sender = Sender(app, jobstore, queue=redis_queue)
     stranded, claimed = sent_jobs(jobstore, sender, 2)
     # A worker receives both messages without acknowledging them, claims one job, and dies.
     with app.connection_for_read() as connection:
-        queue = connection.SimpleQueue(QUEUE, no_ack=False)
+        queue = connection.SimpleQueue(redis_queue, no_ack=False)
         try:
             queue.get(timeout=5)
             queue.get(timeout=5)
@@ -79,20 +76,20 @@ def test_a_received_but_unacknowledged_message_of_a_waiting_job_is_sent_again(
 
             # Only the job still waiting is sent again; the running one is its lease's business.
             assert [job.id for job in sent] == [stranded.id]
-            assert waiting(redis_url) == 1
+            assert waiting(redis_url, redis_queue) == 1
         finally:
             queue.close()
 
 
 def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
-    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str, redis_queue: str
 ) -> None:
-    sender = Sender(app, jobstore, queue=QUEUE)
+    sender = Sender(app, jobstore, queue=redis_queue)
     (lost,) = sent_jobs(jobstore, sender, 1)
     time.sleep(1.2)  # more than the clock-skew margin between the two sends
     (behind,) = sent_jobs(jobstore, sender, 1)
     # A worker popped the first message and was killed before recording it as unacknowledged.
-    popped = redis.Redis.from_url(redis_url).rpop(LISTS[-1])
+    popped = redis.Redis.from_url(redis_url).rpop(queue_lists(redis_queue)[-1])
     assert popped is not None
 
     sent = recover_stranded(jobstore, sender, messages)
@@ -100,29 +97,34 @@ def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
     # The second message still waits in the list: its job is left alone.
     assert [job.id for job in sent] == [lost.id]
     assert behind.id not in {job.id for job in sent}
-    assert waiting(redis_url) == 2
+    assert waiting(redis_url, redis_queue) == 2
 
 
 def test_messages_still_waiting_in_the_queue_are_not_sent_again(
-    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str, redis_queue: str
 ) -> None:
-    sender = Sender(app, jobstore, queue=QUEUE)
+    sender = Sender(app, jobstore, queue=redis_queue)
     sent_jobs(jobstore, sender, 3)
 
     assert recover_stranded(jobstore, sender, messages) == []
-    assert waiting(redis_url) == 3
+    assert waiting(redis_url, redis_queue) == 3
 
 
-def test_foreign_or_malformed_entries_are_ignored(redis_url: str, messages: QueueMessages) -> None:
+def test_foreign_or_malformed_entries_are_ignored(
+    redis_url: str, redis_queue: str, messages: QueueMessages
+) -> None:
     connection = redis.Redis.from_url(redis_url)
-    connection.zadd("unacked_index", {"tag-1": 0, "tag-2": 0})
-    connection.hset("unacked", "tag-1", b"not json")
+    # Routed to the test's queue, so that they go with it.
+    malformed, foreign = f"{redis_queue}-1", f"{redis_queue}-2"
+    connection.zadd("unacked_index", {malformed: 0, foreign: 0})
+    connection.hset("unacked", malformed, f'["not a message", "", "{redis_queue}"]')
     connection.hset(
         "unacked",
-        "tag-2",
-        b'[{"body": "W1tdXQ==", "headers": {"task": "other.task"}, "properties": {}}, "", ""]',
+        foreign,
+        '[{"body": "W1tdXQ==", "headers": {"task": "other.task"}, "properties": {}}, "", '
+        f'"{redis_queue}"]',
     )
-    connection.rpush(LISTS[0], b"not json either")
+    connection.rpush(queue_lists(redis_queue)[0], b"not json either")
     assert messages.received_job_ids() == set()
     # Of unknown age: counted as the oldest possible, so that nothing is taken for lost.
     assert messages.oldest_waiting_sent_at() == 0.0

@@ -102,8 +102,8 @@ def test_offline_with_nothing_cached_says_what_to_fetch_and_where(tmp_path: Path
         known.sha256,
         str(tmp_path / "hf" / "hub"),
         "hf download joelseytre/toonout",
-        "--model /path/to/birefnet_finetuned_toonout.pth",
-        "random:tiny",
+        "TOONQ_MODEL=/path/to/birefnet_finetuned_toonout.pth",
+        "TOONQ_MODEL=random:tiny",
     ):
         assert expected in result.stderr
 

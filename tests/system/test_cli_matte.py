@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.image_corpus import png
 from tests.support import png_bytes, run_toonq
 from toonq.worker.engine.weights import random_model
 
@@ -51,6 +52,26 @@ def test_matte_writes_one_cutout_per_input_and_reports_bad_files(
     for name, size in (("a.png", (64, 48)), ("b.png", (30, 20))):
         image = Image.open(out / name)
         assert (image.mode, image.size) == ("RGBA", size)
+
+
+def test_images_with_too_many_pixels_get_one_message_naming_the_limit(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    # Headers alone: over twice Pillow's own threshold (where it refuses), and over it (where it
+    # warns), both over the default TOONQ_MAX_IMAGE_PIXELS.
+    (inputs / "huge.png").write_bytes(png(100_000, 100_000))
+    (inputs / "big.png").write_bytes(png(10_000, 10_000))
+
+    code, output = matte(str(inputs), "--out", str(tmp_path / "out"), tiny_model=tiny_model)
+
+    assert code == 1
+    for size in ("100000x100000 = 10000000000", "10000x10000 = 100000000"):
+        assert f"the image is {size} pixels, over the limit of 50000000 pixels" in output
+    assert output.count("image_too_large") == 2
+    assert "Warning" not in output
+    assert "0/2 succeeded" in output
 
 
 def test_matte_mask_only_and_webp(tiny_model: str, tmp_path: Path) -> None:
@@ -99,5 +120,6 @@ def test_demo_without_its_model_fails_before_submitting_anything(tmp_path: Path)
     result = run_toonq("demo", env=env, timeout=120)
 
     assert result.returncode == 1
-    assert "error [model_unavailable]" in result.stdout
+    assert result.stdout == ""  # what went wrong is a message: on stderr
+    assert "error [model_unavailable]" in result.stderr
     assert run_toonq("jobs", "--json", env=env).stdout.strip() == "[]"

@@ -122,7 +122,7 @@ def test_a_message_that_died_with_its_worker_before_the_claim_is_not_lost(
 
 def _submitted_unannounced(cluster: Cluster) -> uuid.UUID:
     """A job committed with its message sent where no worker listens: queued, and sent."""
-    parked = Settings.from_env(cluster.env | {"TOONQ_QUEUE": f"parked-{uuid.uuid4().hex[:8]}"})
+    parked = Settings.from_env(cluster.env | {"TOONQ_QUEUE": cluster.new_queue("parked")})
     with ToonqClient(parked) as client:
         return client.submit(cluster.put_input("announced-late.png")).id
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -138,7 +137,7 @@ def test_permanent_failures_fail_at_once_and_the_worker_goes_on(system: Cluster)
 def test_a_job_cancelled_before_it_starts_is_never_processed(system: Cluster) -> None:
     # Submitted on a queue no worker reads, so it cannot start before the cancel.
     parked = ToonqClient(
-        Settings.from_env(system.env | {"TOONQ_QUEUE": f"parked-{uuid.uuid4().hex[:8]}"})
+        Settings.from_env(system.env | {"TOONQ_QUEUE": system.new_queue("parked")})
     )
     job = parked.submit(system.put_input("cancel.png", png_bytes()))
     cancelled = system.client.cancel(job.id, reason="changed my mind")
@@ -219,7 +218,7 @@ def test_cli_submit_wait_and_status_print_the_json_contract(system: Cluster) -> 
 
 def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(system: Cluster) -> None:
     settings = {
-        "TOONQ_QUEUE": f"lost-{uuid.uuid4().hex[:8]}",
+        "TOONQ_QUEUE": system.new_queue("lost"),
         "TOONQ_LEASE_SECONDS": "3",
         "TOONQ_SWEEP_INTERVAL_S": "1",
     }
@@ -252,7 +251,7 @@ def test_a_job_whose_worker_dies_is_reclaimed_by_another_worker(system: Cluster)
 
 def test_a_slow_job_keeps_its_lease_and_runs_once(system: Cluster) -> None:
     settings = {
-        "TOONQ_QUEUE": f"slow-{uuid.uuid4().hex[:8]}",
+        "TOONQ_QUEUE": system.new_queue("slow"),
         "TOONQ_LEASE_SECONDS": "2",  # the download below takes four leases
         "TOONQ_SWEEP_INTERVAL_S": "1",
     }
@@ -285,7 +284,7 @@ def _scrape(url: str) -> tuple[int, str]:
 def test_a_running_worker_serves_its_probes_and_the_metrics_of_the_jobs_it_ran(
     system: Cluster,
 ) -> None:
-    queue = {"TOONQ_QUEUE": f"metrics-{uuid.uuid4().hex[:8]}"}
+    queue = {"TOONQ_QUEUE": system.new_queue("metrics")}
     with system.start_worker("metrics", TOONQ_METRICS_QUEUE_DEPTH="1", **queue) as worker:
         worker.wait_ready()
         base = f"http://127.0.0.1:{worker.port}"

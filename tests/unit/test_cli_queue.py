@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -406,13 +407,46 @@ def test_recover_sends_an_unsent_job_and_says_why(
     unsent = created_job(jobstore, settings)  # its producer died before sending it
     clock.advance(UNSENT_GRACE_S + 1)
 
-    assert toonq_json(client, "recover") == {
+    reported = toonq_json(client, "recover")
+
+    # Sent now: if its new message is lost too, it is presumed lost TOONQ_RESEND_AFTER_S later.
+    sent_at = jobstore.get(unsent.id).enqueued_at
+    assert sent_at is not None
+    due = sent_at + timedelta(seconds=settings.resend_after_s)
+    assert reported == {
         "recovered": 1,
         "by_status": {"queued": 1},
         "by_reason": {"unsent": 1},
+        "forced": 0,
+        "waiting": {"queued": 1},
+        "in_queue": None,  # kombu's memory transport cannot be read
+        "next_due_at": due.isoformat(),
+        "last_due_at": due.isoformat(),
     }
     assert [message.job_id for message in broker.take_sent()] == [unsent.id]
-    assert toonq(client, "recover").stdout == "re-sent 0 job(s)\n"
+    assert toonq(client, "recover").stdout == (
+        "re-sent 0 job(s)\n"
+        "still waiting: 1 queued\n"
+        f"if no worker takes them, they are sent again when due: {due:%Y-%m-%d %H:%M:%S} UTC "
+        "(`toonq recover --force` sends the queued ones now)\n"
+    )
+
+
+def test_recover_force_sends_the_queued_jobs_now(
+    client: ToonqClient, jobstore: InMemoryJobStore, settings: Settings, broker: MemoryBroker
+) -> None:
+    sent = client.submit(input_uri(settings))
+    broker.take_sent()  # and lost: the broker restarted without its data
+
+    assert toonq_json(client, "recover")["recovered"] == 0
+    forced = toonq_json(client, "recover", "--force")
+
+    assert {key: forced[key] for key in ("recovered", "by_reason", "forced")} == {
+        "recovered": 1,
+        "by_reason": {"lost": 1},
+        "forced": 1,
+    }
+    assert [message.job_id for message in broker.take_sent()] == [sent.id]
 
 
 def test_sweep_is_a_hidden_deprecated_name_of_recover(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -303,17 +304,33 @@ def test_pixel_limit_checked_from_the_header_alone():
     assert "5000x5000" in str(error)
 
 
-def test_pillow_bomb_error_becomes_too_large():
-    # 50000² is over twice Pillow's MAX_IMAGE_PIXELS: Pillow refuses it at open.
-    error = _error(png(50_000, 50_000), max_pixels=10**12)
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        (100_000, 100_000),  # over twice Pillow's MAX_IMAGE_PIXELS, where Pillow refuses
+        (10_000, 10_000),  # over Pillow's MAX_IMAGE_PIXELS, where Pillow warns
+        (8_000, 8_000),  # under both of Pillow's thresholds
+    ],
+)
+def test_too_many_pixels_is_one_error_with_the_configured_limit(width: int, height: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        error = _error(png(width, height), max_pixels=50_000_000)
+
     assert isinstance(error, ImageTooLargeError)
+    assert str(error) == (
+        f"the image is {width}x{height} = {width * height} pixels, "
+        "over the limit of 50000000 pixels"
+    )
 
 
-def test_pillow_bomb_warning_threshold_is_a_limit(monkeypatch):
+def test_pillow_bomb_threshold_is_a_limit_too(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.warns(Image.DecompressionBombWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         error = _error(save(Image.new("RGB", (11, 10)), "PNG"), max_pixels=LIMIT)
     assert isinstance(error, ImageTooLargeError)
+    assert str(error).endswith("over the limit of 100 pixels")
 
 
 def test_pixel_limit_is_inclusive():

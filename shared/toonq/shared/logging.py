@@ -3,7 +3,9 @@
 Configure once at process start with `configure_logging`; then bind context instead of formatting
 it into messages (`log.bind(job_id=...)` or `bound_job(job_id)`), so every line of a job's work
 carries its `job_id`. Standard-library loggers (Celery, botocore...) go through the same renderer,
-and every line goes through `redact_secrets` before it is written.
+and every line goes through `redact_secrets` before it is written. Other libraries' lines below
+WARNING (botocore's "Found credentials...", Alembic's steps, Celery's start-up) are written only
+when `verbose`: what a command prints is then toonq's own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ _AUTHORIZATION: Final = re.compile(
     re.IGNORECASE,
 )
 
+#: Libraries whose warnings are progress rather than problems, and the level they show from
+#: when not verbose: the Hugging Face hub warns at each retry of a download whose failure toonq
+#: reports itself (`model_unavailable`).
+_LIBRARY_THRESHOLDS: Final = {"huggingface_hub": logging.ERROR}
+
 _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
@@ -46,10 +53,12 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
-def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
+def configure_logging(*, fmt: str = "auto", level: str = "INFO", verbose: bool = False) -> None:
     """Route structlog and the standard library through one handler on stderr.
 
     `fmt` is "json", "console" or "auto" (console when stderr is a terminal, JSON otherwise).
+    `level` is the root logger's; unless `verbose`, other libraries' lines below WARNING (the
+    Hugging Face hub's below ERROR) are dropped.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
@@ -79,9 +88,18 @@ def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    if not verbose:
+        handler.addFilter(_quiet_libraries)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    library = record.name.partition(".")[0]
+    if library == "toonq":
+        return True
+    return record.levelno >= _LIBRARY_THRESHOLDS.get(library, logging.WARNING)
 
 
 def redact_secrets(

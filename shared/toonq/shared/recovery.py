@@ -28,8 +28,10 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -56,6 +58,9 @@ UNACKED_HASH = "unacked"
 UNACKED_INDEX = "unacked_index"
 #: The broker URL schemes of Redis, whose queues `QueueMessages` reads.
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
+#: The statuses of the jobs that wait for a worker, and the most of each that `backlog` reads.
+WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
+BACKLOG_LIMIT = 10_000
 
 
 class RecoveryReason(StrEnum):
@@ -124,6 +129,15 @@ class QueueMessages:
             if message is not None:
                 job_ids.add(message[0])
         return job_ids
+
+    def waiting_job_ids(self) -> set[uuid.UUID]:
+        """Job ids of the messages waiting in the queue's lists."""
+        pipe = self._redis.pipeline()
+        for name in self._lists:
+            pipe.lrange(name, 0, -1)
+        raws = [raw for listed in cast(list[list[bytes]], pipe.execute()) for raw in listed]
+        messages = (_message(raw, wrapped=False) for raw in raws)
+        return {message[0] for message in messages if message is not None}
 
     def oldest_waiting_sent_at(self) -> float | None:
         """When the oldest message still waiting in the queue was sent (Unix seconds), or None
@@ -215,6 +229,73 @@ def recover_once(
         messages=messages or QueueMessages.of(settings),
         stranded_after_s=settings.lease_s,
     )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The jobs waiting for a worker (queued, retrying or running; at most `BACKLOG_LIMIT` of
+    each are read), and when recovery becomes due for those whose message is not in the queue."""
+
+    by_status: dict[str, int]
+    #: How many of them have a message waiting in the queue; None where the broker cannot tell
+    #: (not Redis): all of them then count as without one.
+    in_queue: int | None
+    #: When a recovery pass would send each of the others again, earliest first.
+    due: list[datetime]
+
+
+def backlog(store: JobStore, settings: Settings, messages: QueueMessages | None) -> Backlog:
+    """What `toonq recover` reports after its pass: a message lost with Redis's data, say, is
+    only sent again once its job is due (`due_at`), and this says when that is."""
+    waiting = [job for status in WAITING_STATUSES for job in _listed(store, status)]
+    in_queue = None if messages is None else messages.waiting_job_ids()
+    without = [job for job in waiting if in_queue is None or job.id not in in_queue]
+    return Backlog(
+        by_status=dict(Counter(str(job.status) for job in waiting)),
+        in_queue=None if in_queue is None else len(waiting) - len(without),
+        due=sorted(due_at(job, settings, stranded=messages is not None) for job in without),
+    )
+
+
+def due_at(job: Job, settings: Settings, *, stranded: bool) -> datetime:
+    """When recovery sends the waiting `job` again if no worker takes it first: the time its
+    row meets `selections.due_for_recovery` or, where `stranded` messages are looked for (a
+    Redis broker), `_stranded`'s condition, whichever comes first."""
+    lost_after = timedelta(seconds=settings.resend_after_s)
+    if job.status == JobStatus.RUNNING:
+        expiry = job.lease_expires_at or job.updated_at
+        return expiry if job.enqueued_at is None else max(expiry, job.enqueued_at + lost_after)
+    # A queued job waits since it was queued; a retrying one since its retry became due.
+    retrying = job.status == JobStatus.RETRYING
+    became_due = (job.next_attempt_at if retrying else None) or job.updated_at
+    if job.enqueued_at is None:
+        return became_due + timedelta(seconds=UNSENT_GRACE_S)
+    waiting_since = became_due if retrying else job.enqueued_at
+    lost = max(job.enqueued_at, waiting_since) + lost_after
+    return min(lost, waiting_since + timedelta(seconds=settings.lease_s)) if stranded else lost
+
+
+def resend_queued(
+    store: JobStore,
+    sender: Sender,
+    messages: QueueMessages | None,
+    *,
+    skip: Collection[uuid.UUID] = (),
+) -> list[Recovered]:
+    """Send now the message of every queued job without one waiting in the queue (of every
+    queued job where the broker cannot tell), except those in `skip`: what an operator does
+    once Redis lost its data, rather than wait until the jobs are due."""
+    in_queue = set() if messages is None else messages.waiting_job_ids()
+    sent = []
+    for job in _listed(store, JobStatus.QUEUED):
+        if job.id not in in_queue and job.id not in skip and sender.send(job):
+            sent.append(Recovered(job, _reason(job)))
+            log.info("job_recovered", job_id=str(job.id), status=job.status, forced=True)
+    return sent
+
+
+def _listed(store: JobStore, status: JobStatus) -> list[Job]:
+    return store.list(status=status, limit=BACKLOG_LIMIT)
 
 
 def _reason(job: Job) -> RecoveryReason:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +10,12 @@ import click
 
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.params import job_params_options
-from toonq.producer.cli.render import print_job_detail, print_jobs_table, print_json
+from toonq.producer.cli.render import (
+    print_job_detail,
+    print_jobs_table,
+    print_json,
+    print_recovery,
+)
 from toonq.producer.client import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
@@ -22,7 +26,7 @@ from toonq.shared.errors import (
     InvalidTransitionError,
 )
 from toonq.shared.job import Job, JobStatus
-from toonq.shared.recovery import recover_once
+from toonq.shared.recovery import QueueMessages, backlog, recover_once, resend_queued
 
 #: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
 EXIT_TIMEOUT = 124
@@ -270,26 +274,26 @@ def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: 
 
 
 @click.command()
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also send now the message of every queued job that has none waiting in the queue "
+    "(after Redis lost its data), rather than when it becomes due.",
+)
 @json_option
 @pass_context
-def recover(ctx: Context, as_json: bool) -> None:
+def recover(ctx: Context, force: bool, as_json: bool) -> None:
     """Send again the messages of jobs that would otherwise wait for ever: never sent, lost,
     stranded with a dead worker, or of running jobs whose worker stopped renewing its lease
-    (every worker also does this periodically)."""
-    recovered = recover_once(ctx.client.store, ctx.client.sender, ctx.settings)
-    by_status = Counter(str(item.job.status) for item in recovered)
-    by_reason = Counter(str(item.reason) for item in recovered)
-    if as_json:
-        print_json(
-            {
-                "recovered": len(recovered),
-                "by_status": dict(by_status),
-                "by_reason": dict(by_reason),
-            }
-        )
-    else:
-        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
-        click.echo(f"re-sent {len(recovered)} job(s)" + (f": {detail}" if detail else ""))
+    (every worker also does this periodically). Then say what is still waiting, and when
+    recovery becomes due for the jobs whose message is not in the queue."""
+    store, sender, messages = ctx.client.store, ctx.client.sender, QueueMessages.of(ctx.settings)
+    recovered = recover_once(store, sender, ctx.settings, messages)
+    forced = (
+        resend_queued(store, sender, messages, skip={r.job.id for r in recovered}) if force else []
+    )
+    left = backlog(store, ctx.settings, messages)
+    print_recovery([*recovered, *forced], len(forced), left, as_json=as_json)
 
 
 #: `recover`'s first name, kept for the scripts that call it: hidden, and it says it is deprecated.

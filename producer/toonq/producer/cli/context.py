@@ -20,14 +20,16 @@ class Context:
     commands on test doubles: `CliRunner().invoke(cli, args, obj=Context(client))`).
     """
 
-    def __init__(self, client: ToonqClient | None = None) -> None:
+    def __init__(self, client: ToonqClient | None = None, *, verbose: bool = False) -> None:
         self._ready_client = client
+        #: Whether other libraries' INFO lines are logged too (`toonq --verbose`).
+        self.verbose = verbose
 
     @cached_property
     def settings(self) -> Settings:
         client = self._ready_client
         settings = Settings.from_env() if client is None else client.settings
-        configure_logging(fmt=settings.log_format, level=settings.log_level)
+        configure_logging(fmt=settings.log_format, level=settings.log_level, verbose=self.verbose)
         return settings
 
     @cached_property

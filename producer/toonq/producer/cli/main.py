@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from toonq.producer.cli.commands import QUEUE_COMMANDS
+from toonq.producer.cli.context import Context
 from toonq.shared.errors import ConfigurationError, ToonqError
 
 #: The entry-point group through which other packages add commands.
@@ -79,8 +80,18 @@ def _unavailable(name: str, cause: ImportError) -> click.Command:
 
 @click.group(cls=ToonqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="toonq")
-def cli() -> None:
-    """toonq: background removal for anime images, as a distributed job queue."""
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Log other libraries' progress too (botocore, Alembic, Celery, the Hugging Face hub).",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """toonq: background removal for anime images, as a distributed job queue.
+
+    Data goes to stdout; progress, logs and errors to stderr.
+    """
+    ctx.ensure_object(Context).verbose |= verbose
 
 
 for _command in QUEUE_COMMANDS:

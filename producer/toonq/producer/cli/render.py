@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from toonq.shared.job import Job, JobEvent
+from toonq.shared.recovery import Backlog, Recovered
 
 _COLUMNS = ("id", "status", "attempts", "error_code", "input_uri", "output_uri")
 
@@ -37,6 +40,49 @@ def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:
         for event in events:
             reason = f"  ({event.reason})" if event.reason else ""
             click.echo(f"  {event.at.isoformat()}  {event.kind:<10} by {event.actor}{reason}")
+
+
+def print_recovery(
+    recovered: Sequence[Recovered], forced: int, left: Backlog, *, as_json: bool
+) -> None:
+    """What a recovery pass sent (`forced` of them by --force), what is still waiting, and when
+    recovery becomes due for those whose message is not in the queue."""
+    by_reason = Counter(str(item.reason) for item in recovered)
+    next_due, last_due = (left.due[0], left.due[-1]) if left.due else (None, None)
+    if as_json:
+        print_json(
+            {
+                "recovered": len(recovered),
+                "by_status": dict(Counter(str(item.job.status) for item in recovered)),
+                "by_reason": dict(by_reason),
+                "forced": forced,
+                "waiting": left.by_status,
+                "in_queue": left.in_queue,
+                "next_due_at": None if next_due is None else next_due.isoformat(),
+                "last_due_at": None if last_due is None else last_due.isoformat(),
+            }
+        )
+        return
+    detail = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
+    click.echo(f"re-sent {len(recovered)} job(s)" + (f": {detail}" if detail else ""))
+    if not left.by_status:
+        return
+    waiting = ", ".join(f"{n} {status}" for status, n in left.by_status.items())
+    in_queue = "" if left.in_queue is None else f" ({left.in_queue} with a message in the queue)"
+    click.echo(f"still waiting: {waiting}{in_queue}")
+    if next_due is not None and last_due is not None:
+        others = "the others" if left.in_queue else "they"
+        span = (
+            _when(next_due) if next_due == last_due else f"{_when(next_due)} to {_when(last_due)}"
+        )
+        click.echo(
+            f"if no worker takes them, {others} are sent again when due: {span} "
+            "(`toonq recover --force` sends the queued ones now)"
+        )
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _cell(value: Any) -> str:

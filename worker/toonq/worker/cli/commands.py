@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import click
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.params import job_param_option, job_params_options
 from toonq.shared.choices import IMAGE_SUFFIXES, PRECISIONS
+from toonq.shared.errors import ConfigurationError
 from toonq.shared.job import JobParams
 from toonq.shared.storage import open_store
 from toonq.worker.birefnet import PRESETS
@@ -37,17 +39,41 @@ resolution_option = job_param_option("resolution")
 
 @click.command()
 @click.option("--gpu", type=click.IntRange(min=0), help="Pin this process to GPU N.")
+@device_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     help="Jobs in flight [default: TOONQ_CONCURRENCY, or 4 x the batch size + 2].",
 )
 @pass_context
-def worker(ctx: Context, gpu: int | None, concurrency: int | None) -> None:
-    """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM."""
+def worker(ctx: Context, gpu: int | None, device: str | None, concurrency: int | None) -> None:
+    """Run a GPU worker: load the model, warm it up, then process jobs until SIGTERM.
+
+    A worker asked for a GPU (--gpu N, or the device cuda or cuda:N) that it cannot use exits at
+    once, before loading the model; a CPU worker runs with --device cpu (or auto).
+    """
+    target = _worker_device(gpu, device or ctx.settings.device)
     if gpu is not None:
         pin_gpu(gpu)
-    run_worker(ctx.settings, gpu=gpu, concurrency=concurrency)
+    try:
+        resolve_device(target)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--gpu {gpu}: {exc}" if gpu is not None else str(exc)) from None
+    run_worker(replace(ctx.settings, device=target), gpu=gpu, concurrency=concurrency)
+
+
+def _worker_device(gpu: int | None, device: str) -> str:
+    """The device a worker runs on: with --gpu, the GPU it is pinned to (then `cuda:0`), which
+    `auto` must not quietly replace by the CPU when the GPU cannot be used."""
+    if gpu is None:
+        return device
+    if device == "auto":
+        return "cuda"
+    if device == "cpu":
+        raise ConfigurationError(
+            f"--gpu {gpu} pins a GPU but the device is cpu: drop --gpu for a CPU worker"
+        )
+    return device
 
 
 @click.command()

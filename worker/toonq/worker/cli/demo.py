@@ -9,7 +9,6 @@ what happened.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 from pathlib import Path
@@ -38,7 +37,6 @@ _SIZES = [(768, 1024), (1024, 1024), (640, 896), (1024, 768), (512, 512), (900, 
 def demo(ctx: Context, images: int, timeout: float) -> None:
     """Matte a few generated anime-style images through the queue, end to end."""
     settings = ctx.settings
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     migrate(settings.database_url)
     client = ctx.client
     demo_dir = settings.home / "demo"
@@ -48,17 +46,20 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
             f"TOONQ_MODEL={settings.model}: RANDOM WEIGHTS, a pipeline smoke test; "
             "the masks will be noise.",
             fg="yellow",
+            err=True,
         )
     input_uris = _upload_samples(client, f"{settings.output_prefix}/demo-inputs", images)
     worker_log = demo_dir / "worker.log"
-    click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}")
+    click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}", err=True)
     # Warm shutdown on leaving: finish the current job, then exit.
     with WorkerProcess(
-        os.environ | {"TOONQ_HOME": str(settings.home), "TOONQ_LOG_FORMAT": "console"}, worker_log
+        os.environ | {"TOONQ_HOME": str(settings.home), "TOONQ_LOG_FORMAT": "console"},
+        worker_log,
+        verbose=ctx.verbose,
     ) as worker:
         _wait_until_ready(worker, timeout)
         jobs = [client.submit(uri, bg_color=settings.bg_color) for uri in input_uris]
-        click.echo(f"submitted {len(jobs)} jobs to queue {settings.queue!r}")
+        click.echo(f"submitted {len(jobs)} jobs to queue {settings.queue!r}", err=True)
         jobs = _follow(client, jobs, worker, timeout)
     click.echo()
     print_jobs_table(jobs)
@@ -103,7 +104,7 @@ def _wait_until_ready(worker: WorkerProcess, timeout: float) -> None:
         _exited(worker)
     except TimeoutError:
         _timed_out(worker, "the worker to be ready")
-    click.echo("worker ready")
+    click.echo("worker ready", err=True)
 
 
 def _follow(
@@ -126,12 +127,13 @@ def _follow(
 
 
 def _exited(worker: WorkerProcess) -> NoReturn:
-    click.echo("\n".join(["the worker exited early; the end of its log:", *worker.log_tail(15)]))
+    tail = worker.log_tail(15)
+    click.echo("\n".join(["the worker exited early; the end of its log:", *tail]), err=True)
     raise SystemExit(1)
 
 
 def _timed_out(worker: WorkerProcess, waiting_for: str) -> NoReturn:
-    click.echo(f"timed out waiting for {waiting_for}; see {worker.log_path}")
+    click.echo(f"timed out waiting for {waiting_for}; see {worker.log_path}", err=True)
     raise SystemExit(1)
 
 

@@ -19,7 +19,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
@@ -74,10 +74,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode `data` (PNG, JPEG, WebP, GIF, BMP or TIFF) into a new 8-bit "RGBA" image.
 
     The pixel count is checked against `max_pixels` from the header, before any pixel data is
-    decoded. Pillow's own bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`, where it warns, and
-    twice that, where it refuses) counts as a limit too, so the effective limit is the smaller of
-    the two. The EXIF orientation (or the XMP `tiff:Orientation`, or the TIFF tag) is applied, so
-    width and height are those of the upright image; an orientation outside 1..8 counts as 1.
+    decoded. Pillow's own bomb threshold (`PIL.Image.MAX_IMAGE_PIXELS`) counts as a limit too,
+    so the effective limit is the smaller of the two; either way the error is one
+    `ImageTooLargeError` naming that limit, and no `DecompressionBombWarning` is raised.
+    The EXIF orientation (or the XMP `tiff:Orientation`, or the TIFF tag) is applied, so width
+    and height are those of the upright image; an orientation outside 1..8 counts as 1.
     Animations (GIF, APNG, WebP) and multi-page TIFFs give their first frame.
 
     Mode conversions: tRNS transparency (palette entries, or one grey or RGB colour) becomes
@@ -107,8 +108,9 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]
     """The upright 8-bit RGBA pixels of `data`: an H×W×4 array from libpng, or a Pillow image."""
     if not data:
         raise InvalidImageError("the image data is empty (0 bytes)")
-    image = _open(data)
-    _check_pixel_count(image.size, max_pixels)
+    limit = _pixel_limit(max_pixels)
+    image = _open(data, limit)
+    _check_pixel_count(image.size, limit)
     if imagecodecs is not None and _is_plain_png(data):
         try:
             return _rgba_array(imagecodecs.png_decode(data))
@@ -162,12 +164,16 @@ def _rgba_array(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return rgba
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, limit: int) -> Image.Image:
     """Identify the format and read the header only (Pillow decodes lazily)."""
     try:
-        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        return _read_header(data)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image has too many pixels: {exc}") from exc
+        # A format's own check of what its header promises beyond the image's size (a GIF
+        # frame larger than its canvas), at twice Pillow's threshold.
+        raise ImageTooLargeError(
+            f"the image has more pixels than the limit of {limit} pixels"
+        ) from exc
     except MemoryError:
         raise
     except Exception as exc:  # UnidentifiedImageError, or a parser error (see decode_image)
@@ -183,6 +189,27 @@ def _open(data: bytes) -> Image.Image:
         ) from exc
 
 
+def _read_header(data: bytes) -> Image.Image:
+    """What `Image.open(..., formats=ALLOWED_FORMATS)` does, less its decompression-bomb check:
+    that check refuses at a threshold of Pillow's own (twice MAX_IMAGE_PIXELS) with a text of
+    its own, and below it emits a `DecompressionBombWarning` that cannot be silenced per call
+    (the warning filters are process-wide and not thread-safe). `_check_pixel_count` applies
+    the limit instead, to the size read here."""
+    Image.init()  # registers the formats' openers; at once after the first call
+    stream = io.BytesIO(data)
+    for name in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN[name]
+        accepted = accept is None or accept(data[:16])
+        if isinstance(accepted, str) or not accepted:  # a string: recognised but unsupported
+            continue
+        stream.seek(0)
+        try:
+            return factory(stream, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # what Image.open takes for "not this format"
+    raise UnidentifiedImageError("cannot identify the image data")
+
+
 def _sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
@@ -192,12 +219,13 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
-    # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that. Checking its threshold here
-    # turns the warning into an error without touching the process-wide warning filters, which
-    # are not thread-safe.
+def _pixel_limit(max_pixels: int) -> int:
+    # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; here its threshold refuses.
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+    return max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+
+
+def _check_pixel_count(size: tuple[int, int], limit: int) -> None:
     width, height = size
     if width * height > limit:
         raise ImageTooLargeError(

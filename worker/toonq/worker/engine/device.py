@@ -27,7 +27,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigurationError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigurationError(f"device {name!r} requested but CUDA is not available")
+            raise ConfigurationError(
+                f"device {name!r} requested but CUDA is not available (no GPU visible, or a "
+                "PyTorch without CUDA): to run on the CPU use --device cpu (TOONQ_DEVICE=cpu), "
+                "or auto to take a GPU only when there is one"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigurationError(
                 f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible"

@@ -17,6 +17,7 @@ verified against its known SHA-256.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ from toonq.worker.birefnet import (
 from toonq.worker.engine.standin import STANDIN_PREFIX, StandInModel
 
 log = get_logger(__name__)
+
+# The hub gives its loggers a stream handler of their own on import, so that each of its lines
+# was written twice once the process routes logging: they go through the process's handlers only.
+logging.getLogger("huggingface_hub").handlers.clear()
 
 RANDOM_PREFIX = "random:"
 _HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
@@ -229,8 +234,8 @@ def _offline_message(
         f"Either fetch it on a machine with network and copy the cache here:\n"
         f"    hf download {repo} {filename} --revision {rev}\n"
         f"or download https://huggingface.co/{repo}/resolve/{rev}/{filename}{checksum} "
-        f"and pass its path: --model /path/to/{filename} (or TOONQ_MODEL=/path/to/{filename}).\n"
-        f"To smoke-test without real weights use --model random:tiny."
+        f"and set TOONQ_MODEL=/path/to/{filename}.\n"
+        f"To smoke-test without real weights: TOONQ_MODEL=random:tiny."
     )
 
 

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Self
 
@@ -32,8 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from toonq.producer import SubmitRequest, ToonqClient
 from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.job import FINISHED_STATUSES
-from toonq.shared.queue import queue_lists
 from toonq.shared.settings import EMBEDDED_BROKER, Settings
+from toonq.worker.harness.broker import delete_queue
 from toonq.worker.harness.postgres import PostgresServer
 from toonq.worker.harness.worker import WorkerProcess
 
@@ -65,6 +65,7 @@ class Deployment:
         self.home = home
         self.broker_url = broker_url or EMBEDDED_BROKER
         self.queue = f"{name}-{suffix}"
+        self._queues = [self.queue]
         self.bucket: str | None = None
         self.workers: list[WorkerProcess] = []
         self._by_name: dict[str, WorkerProcess] = {}
@@ -81,7 +82,7 @@ class Deployment:
                 broker = redis.Redis.from_url(broker_url, socket_timeout=5)
                 with broker:
                     broker.ping()
-                self._teardown.callback(self._delete_queue)
+                self._teardown.callback(self._delete_queues)
             own = {
                 "TOONQ_HOME": str(home),
                 "TOONQ_DATABASE_URL": self.database_url,
@@ -117,11 +118,16 @@ class Deployment:
         migrate(url)
         return url
 
-    def _delete_queue(self) -> None:
-        broker = redis.Redis.from_url(self.broker_url, socket_timeout=5)
-        # A test may have left the broker down.
-        with broker, suppress(redis.RedisError):
-            broker.delete(*queue_lists(self.queue))
+    def new_queue(self, name: str) -> str:
+        """Another queue of the deployment's own, for workers or a client that must not share
+        `queue`; deleted with the deployment."""
+        queue = f"{self.queue}-{name}"
+        self._queues.append(queue)
+        return queue
+
+    def _delete_queues(self) -> None:
+        for queue in self._queues:
+            delete_queue(self.broker_url, queue)
 
     def close(self) -> None:
         self._teardown.close()
@@ -144,8 +150,13 @@ class Deployment:
     ) -> WorkerProcess:
         """`start_worker`, on the CPUs numbered in `cpus` only (all of them if None)."""
         name = name or f"worker-{len(self.workers)}"
+        # Verbose: what a throw-away deployment's logs are read for (by the tests, say) includes
+        # Celery's own lines, such as which worker received a message.
         worker = WorkerProcess(
-            self.env | {"TOONQ_WORKER_NAME": name} | env, self.home / f"{name}.log", cpus=cpus
+            self.env | {"TOONQ_WORKER_NAME": name} | env,
+            self.home / f"{name}.log",
+            cpus=cpus,
+            verbose=True,
         )
         self.workers.append(worker)
         self._by_name[name] = worker

@@ -20,17 +20,23 @@ TOONQ_COMMAND = (sys.executable, "-m", "toonq.producer.cli")
 
 
 class WorkerProcess(ChildProcess):
-    """`toonq worker` with `env`, logging to `log_path`, on the CPUs numbered in `cpus` (all by
-    default; `taskset`); stopped with SIGTERM (a warm shutdown: jobs in hand finish or are
-    handed back) on leaving a `with` block."""
+    """`toonq worker` with `env`, logging to `log_path` (with Celery's and the other libraries'
+    lines too when `verbose`), on the CPUs numbered in `cpus` (all by default; `taskset`);
+    stopped with SIGTERM (a warm shutdown: jobs in hand finish or are handed back) on leaving a
+    `with` block."""
 
     def __init__(
-        self, env: Mapping[str, str], log_path: Path, *, cpus: Collection[int] | None = None
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        cpus: Collection[int] | None = None,
+        verbose: bool = False,
     ) -> None:
         self.port = int(env.get("TOONQ_METRICS_PORT") or 0) or free_port()
         pinned = [] if cpus is None else ["taskset", "--cpu-list", ",".join(map(str, cpus))]
         super().__init__(
-            [*pinned, *TOONQ_COMMAND, "worker"],
+            [*pinned, *TOONQ_COMMAND, *(["--verbose"] if verbose else []), "worker"],
             name=f"the worker logging to {log_path}",
             log_path=log_path,
             env={"TOONQ_METRICS_HOST": "127.0.0.1", **env, "TOONQ_METRICS_PORT": str(self.port)},
