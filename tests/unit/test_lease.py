@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import job_spec
-from toonq.shared.job import Claim, EventKind, JobStatus
+from toonq.shared.job import Claim, EventKind, Job, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.recovery import Sender
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
@@ -114,3 +114,33 @@ def test_a_new_attempt_of_a_job_is_not_taken_for_its_lost_one(jobstore: JobStore
             keeper.check(fresh)
             with pytest.raises(ClaimLostError):
                 keeper.check(stale)
+
+
+class SenderFailingOnce(Sender):
+    """A sender whose first send raises something its broker handling does not expect."""
+
+    def __init__(self, sender: Sender) -> None:
+        super().__init__(sender.app, sender.store, queue=sender.queue)
+        self.failed = False
+
+    def send(self, job: Job, *, countdown: float | None = None) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("unexpected broker error")
+        return super().send(job, countdown=countdown)
+
+
+def test_a_failed_send_does_not_stop_the_hand_back_of_the_others(
+    jobstore: JobStore, sender: Sender, broker: MemoryBroker
+) -> None:
+    keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
+    first, second = claimed(jobstore), claimed(jobstore)
+    with keeper.holding(first), keeper.holding(second):
+        handed = keeper.hand_back_all(SenderFailingOnce(sender), reason="shutting down")
+
+    assert handed == 2
+    jobs = [jobstore.get(claim.job.id) for claim in (first, second)]
+    assert [job.status for job in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
+    # One message went out; the other job waits for recovery, as an unsent job.
+    assert [job.enqueued_at is None for job in jobs] == [True, False]
+    assert [message.job_id for message in broker.take_sent()] == [second.job.id]

@@ -100,10 +100,14 @@ class LeaseKeeper:
                 continue
             if job is None:
                 continue  # finished (or was taken away) in the meantime
-            sender.send(job)
             metrics.record_job(Outcome.HANDED_BACK)
             log.warning("job_handed_back", job_id=str(job.id), reason=reason)
             handed += 1
+            try:
+                sender.send(job)
+            except Exception:
+                # The job is queued again; recovery sends its message as an unsent job's.
+                log.exception("hand_back_send_failed", job_id=str(job.id))
         return handed
 
     def renew(self) -> None:

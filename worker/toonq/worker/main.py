@@ -168,12 +168,15 @@ class GracefulShutdown:
             self._timer.start()
 
     def _expire(self) -> None:
-        handed = self._ctx.leases.hand_back_all(
-            self._ctx.sender, reason="the worker shut down before the job finished"
-        )
-        log.warning("worker_shutdown_grace_expired", handed_back=handed)
-        # The job threads cannot be interrupted; their late outcomes would be fenced off anyway.
-        os._exit(EXIT_HANDED_BACK)
+        try:
+            handed = self._ctx.leases.hand_back_all(
+                self._ctx.sender, reason="the worker shut down before the job finished"
+            )
+            log.warning("worker_shutdown_grace_expired", handed_back=handed)
+        finally:
+            # Exit even if the hand-back failed: what it missed, leases and recovery bring back.
+            # The job threads cannot be interrupted; their late outcomes would be fenced off.
+            os._exit(EXIT_HANDED_BACK)
 
 
 def run_worker(
