@@ -4,14 +4,15 @@ unmigrated database. Its behaviour as a job store is in `test_jobstore.py`, for 
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import QueuePool, create_engine, text
 
 from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
-from toonq.shared.db.engine import create_db_engine
+from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
 from toonq.shared.jobstore import JobStore, SqlJobStore
 
@@ -75,6 +76,28 @@ def test_an_unreachable_database_is_unavailable() -> None:
     with pytest.raises(DatabaseUnavailableError) as raised:
         store.list()
     assert raised.value.code == "database_unavailable"
+    engine.dispose()
+
+
+def test_an_exhausted_connection_pool_is_unavailable(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    engine = create_engine(sqlite_url, pool_size=1, max_overflow=0, pool_timeout=0.01)
+    store = SqlJobStore(engine)
+
+    with engine.connect(), pytest.raises(DatabaseUnavailableError) as raised:
+        store.get(uuid.uuid4())
+    assert raised.value.code == "database_unavailable"
+    engine.dispose()
+
+
+def test_the_pool_keeps_as_many_connections_as_asked(sqlite_url: str) -> None:
+    engine = create_db_engine(sqlite_url, pool_size=8)
+    with ExitStack() as held:
+        for _ in range(8):
+            held.enter_context(engine.connect())
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == 8  # none closed as an overflow connection
     engine.dispose()
 
 

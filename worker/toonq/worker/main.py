@@ -105,7 +105,6 @@ def build_context(
     settings: Settings, *, worker_name: str, health: Health, concurrency: int | None = None
 ) -> tuple[WorkerContext, Pipeline]:
     started = time.perf_counter()
-    store = SqlJobStore(create_db_engine(settings.database_url))
     objects = open_store(settings)
     loaded = load_model(settings.model, store=objects)
     engine = MattingEngine(
@@ -119,6 +118,8 @@ def build_context(
         channels_last=settings.channels_last,
     )
     pipeline = Pipeline.for_device(settings, engine, concurrency)
+    # A connection for each job in flight, and for the lease keeper and the recovery thread.
+    store = SqlJobStore(create_db_engine(settings.database_url, pool_size=pipeline.concurrency + 2))
     if engine.device.type == "cpu":
         # PyTorch sizes its pool from the host's cores, not from what this process may use.
         torch.set_num_threads(pipeline.cpu_workers)

@@ -13,6 +13,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 import toonq.migrations
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError
@@ -25,14 +26,19 @@ _SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, undefined 
 _SCHEMA_MESSAGES = ("no such table", "no such column")
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for `url`, set up so that a worker process and the CLI can share it."""
+def create_db_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    """An engine for `url`, set up so that a worker process and the CLI can share it.
+
+    `pool_size` is how many connections the pool keeps: as many as the threads that use the
+    engine at once, or SQLAlchemy's default (5) when None.
+    """
     parsed = make_url(url)
+    pool: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             # The embedded default lives under TOONQ_HOME, which may not exist yet.
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
@@ -41,7 +47,7 @@ def create_db_engine(url: str) -> Engine:
         if parsed.get_backend_name() == "postgresql"
         else {}
     )
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -64,7 +70,8 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
 
 @contextmanager
 def translate_db_errors() -> Iterator[None]:
-    """Raise toonq's taxonomy instead of SQLAlchemy's for an unreachable or unmigrated database."""
+    """Raise toonq's taxonomy instead of SQLAlchemy's for an unreachable, busy or unmigrated
+    database."""
     try:
         yield
     except (OperationalError, ProgrammingError) as exc:
@@ -77,6 +84,9 @@ def translate_db_errors() -> Iterator[None]:
         raise DatabaseUnavailableError(f"database unavailable: {exc.orig}") from exc
     except InterfaceError as exc:
         raise DatabaseUnavailableError(f"database unavailable: {exc.orig}") from exc
+    except PoolTimeoutError as exc:
+        # Every pooled connection is in use: retry later, as for a database that is down.
+        raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
 
 
 def _is_schema_outdated(exc: OperationalError | ProgrammingError) -> bool:
