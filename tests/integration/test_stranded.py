@@ -27,7 +27,7 @@ def app(redis_url: str) -> Iterator[Celery]:
 
 @pytest.fixture
 def messages(redis_url: str, redis_queue: str) -> Iterator[QueueMessages]:
-    messages = QueueMessages(redis_url, redis_queue)
+    messages = QueueMessages(redis_url, redis_queue, socket_timeout_s=5)
     yield messages
     messages.close()
 

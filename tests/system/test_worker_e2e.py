@@ -4,6 +4,7 @@ a fault-injecting proxy) and a real `toonq worker` process running a tiny random
 from __future__ import annotations
 
 import io
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,8 @@ from toonq.shared.settings import Settings
 
 WAIT_S = 120
 WORKER = "e2e-worker"
+#: The shortest allowed: twice kombu's BRPOP timeout.
+REDIS_SOCKET_TIMEOUT_S = 2
 
 
 def read_output(system: Cluster, uri: str) -> Image.Image:
@@ -47,6 +50,7 @@ def system(start_cluster: StartCluster, tiny_model_dir: Path) -> Cluster:
         TOONQ_MAX_ATTEMPTS="3",
         TOONQ_RETRY_BACKOFF_MAX_S="0.5",
         TOONQ_SWEEP_INTERVAL_S="0",
+        TOONQ_REDIS_SOCKET_TIMEOUT_S=str(REDIS_SOCKET_TIMEOUT_S),
     )
 
 
@@ -68,6 +72,16 @@ def test_happy_path_writes_an_rgba_cutout_of_the_input_size(system: Cluster) -> 
     output = read_output(system, done.output_uri)
     assert (output.format, output.mode, output.size) == ("PNG", "RGBA", (200, 150))
     assert system.event_kinds(job.id) == [EventKind.CREATED, EventKind.STARTED, EventKind.SUCCEEDED]
+
+
+def test_an_idle_worker_outlasting_its_redis_socket_timeout_still_consumes(
+    system: Cluster,
+) -> None:
+    # Idle for several socket timeouts: the worker's BRPOP waits must not time its reads out.
+    time.sleep(3 * REDIS_SOCKET_TIMEOUT_S)
+    job = system.client.submit(system.put_input("idle.png", png_bytes()))
+
+    assert system.client.wait(job.id, timeout=WAIT_S).status == JobStatus.SUCCEEDED
 
 
 def test_the_same_message_delivered_twice_is_processed_once(system: Cluster) -> None:

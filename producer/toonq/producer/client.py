@@ -75,7 +75,10 @@ class ToonqClient:
         self.actor = actor
         self._owned = ExitStack()
         if store is None:
-            database = create_db_engine(self.settings.database_url)
+            database = create_db_engine(
+                self.settings.database_url,
+                statement_timeout_s=self.settings.db_statement_timeout_s,
+            )
             self._owned.callback(database.dispose)
             store = SqlJobStore(database)
         self.store: JobStore = store

@@ -46,7 +46,12 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
+    socket_timeout = settings.redis_socket_timeout_s or None
     return {
+        # A silent Redis fails a send after this rather than blocking it; consuming is safe, as
+        # the timeout outlasts the BRPOP's own (Settings.validate).
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
         # Unacked messages of a lost worker come back after this long; retries never wait
         # longer than it (Settings.validate), or Redis would redeliver them early.
         "visibility_timeout": settings.visibility_timeout_s,

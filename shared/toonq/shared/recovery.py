@@ -102,8 +102,10 @@ class QueueMessages:
     """One toonq queue's messages on a Redis broker: those waiting in its lists, and those
     received but not yet acknowledged."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
-        self._redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, broker_url: str, queue: str, *, socket_timeout_s: float | None) -> None:
+        self._redis = redis.Redis.from_url(
+            broker_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
         self._lists = queue_lists(queue)
 
     @classmethod
@@ -112,7 +114,11 @@ class QueueMessages:
         broker, kombu's in-memory transport), which keeps no such sets."""
         if urlsplit(settings.broker_url).scheme not in REDIS_SCHEMES:
             return None
-        return cls(settings.broker_url, settings.queue)
+        return cls(
+            settings.broker_url,
+            settings.queue,
+            socket_timeout_s=settings.redis_socket_timeout_s or None,
+        )
 
     def received_job_ids(
         self, *, since: float = float("-inf"), until: float | None = None

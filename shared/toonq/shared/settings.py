@@ -29,6 +29,9 @@ DEFAULT_BG_COLOR = "#808080"
 #: The model input size ToonOut was trained and evaluated at.
 DEFAULT_RESOLUTION = 1024
 EMBEDDED_BROKER = "filesystem://localhost/"
+#: How long kombu's Redis transport blocks in BRPOP waiting for a message (its default). A
+#: Redis socket timeout must outlast it, or an idle consumer's read times out.
+KOMBU_BRPOP_TIMEOUT_S = 1.0
 
 
 def normalize_database_url(url: str) -> str:
@@ -123,6 +126,11 @@ class Settings:
     database_url: str = _setting("TOONQ_DATABASE_URL", "", _database_url)
     broker_url: str = _setting("TOONQ_BROKER_URL", EMBEDDED_BROKER)
     queue: str = _setting("TOONQ_QUEUE", DEFAULT_QUEUE)
+    #: Bounds each Redis command and connect (0: wait for ever), so that a silent Redis fails a
+    #: send instead of blocking it.
+    redis_socket_timeout_s: float = _setting("TOONQ_REDIS_SOCKET_TIMEOUT_S", 10.0, _float)
+    #: PostgreSQL's statement_timeout (0: none), so that one hung query cannot stall a thread.
+    db_statement_timeout_s: float = _setting("TOONQ_DB_STATEMENT_TIMEOUT_S", 30.0, _float)
     s3_endpoint_url: str | None = _setting("TOONQ_S3_ENDPOINT_URL", None)
     s3_max_attempts: int = _setting("TOONQ_S3_MAX_ATTEMPTS", 4, _int(minimum=1))
     s3_connect_timeout_s: float = _setting("TOONQ_S3_CONNECT_TIMEOUT_S", 5.0, _float)
@@ -208,6 +216,11 @@ class Settings:
             # message while it is still waiting: duplicate runs (kombu #337).
             raise ConfigurationError(
                 "TOONQ_RETRY_BACKOFF_MAX_S must be below TOONQ_VISIBILITY_TIMEOUT_S"
+            )
+        if 0 < self.redis_socket_timeout_s < 2 * KOMBU_BRPOP_TIMEOUT_S:
+            raise ConfigurationError(
+                f"TOONQ_REDIS_SOCKET_TIMEOUT_S must be 0 or at least {2 * KOMBU_BRPOP_TIMEOUT_S:g}"
+                f" (twice kombu's BRPOP timeout), got {self.redis_socket_timeout_s:g}"
             )
         if self.job_timeout_s < self.lease_s:
             raise ConfigurationError("TOONQ_JOB_TIMEOUT_S must be at least TOONQ_LEASE_SECONDS")

@@ -119,7 +119,13 @@ def build_context(
     )
     pipeline = Pipeline.for_device(settings, engine, concurrency)
     # A connection for each job in flight, and for the lease keeper and the recovery thread.
-    store = SqlJobStore(create_db_engine(settings.database_url, pool_size=pipeline.concurrency + 2))
+    store = SqlJobStore(
+        create_db_engine(
+            settings.database_url,
+            pool_size=pipeline.concurrency + 2,
+            statement_timeout_s=settings.db_statement_timeout_s,
+        )
+    )
     if engine.device.type == "cpu":
         # PyTorch sizes its pool from the host's cores, not from what this process may use.
         torch.set_num_threads(pipeline.cpu_workers)

@@ -26,11 +26,14 @@ _SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, undefined 
 _SCHEMA_MESSAGES = ("no such table", "no such column")
 
 
-def create_db_engine(url: str, *, pool_size: int | None = None) -> Engine:
+def create_db_engine(
+    url: str, *, pool_size: int | None = None, statement_timeout_s: float = 0
+) -> Engine:
     """An engine for `url`, set up so that a worker process and the CLI can share it.
 
     `pool_size` is how many connections the pool keeps: as many as the threads that use the
-    engine at once, or SQLAlchemy's default (5) when None.
+    engine at once, or SQLAlchemy's default (5) when None. On PostgreSQL, a statement running
+    longer than `statement_timeout_s` (0: no limit) is cancelled.
     """
     parsed = make_url(url)
     pool: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size}
@@ -42,11 +45,11 @@ def create_db_engine(url: str, *, pool_size: int | None = None) -> Engine:
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
-    connect_args = (
-        {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-        if parsed.get_backend_name() == "postgresql"
-        else {}
-    )
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        if statement_timeout_s:
+            connect_args["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
