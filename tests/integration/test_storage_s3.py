@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,8 @@ from toonq.shared.errors import (
     StorageUnavailableError,
     ToonqError,
 )
-from toonq.shared.storage import ObjectURI
+from toonq.shared.settings import Settings
+from toonq.shared.storage import ObjectURI, open_store
 from toonq.shared.storage.s3 import S3Operation, S3Store, translate_s3_error
 
 if TYPE_CHECKING:
@@ -133,6 +135,52 @@ def throttling_endpoint() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+class _GatheringHandler(BaseHTTPRequestHandler):
+    """Answers each GET once `gather` requests are waiting at once (every thread then holds a
+    connection), and counts the connections it was opened on."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: a pooled connection serves many requests
+    gather: threading.Barrier
+    connections = 0
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
+
+    def do_GET(self) -> None:
+        self.gather.wait(timeout=10)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.write(PNG)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_the_store_keeps_a_connection_for_each_thread_using_it() -> None:
+    threads = 34  # more than S3Store's default pool
+    _GatheringHandler.gather = threading.Barrier(threads)
+    _GatheringHandler.connections = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GatheringHandler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    settings = Settings.from_env(
+        {"TOONQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}"}
+    )
+    store = open_store(settings, concurrency=threads)
+
+    for _ in range(2):  # the second round reuses the first one's connections
+        with ThreadPoolExecutor(threads) as pool:
+            bodies = list(
+                pool.map(lambda _: store.get("s3://bucket/key", max_bytes=1 << 20), range(threads))
+            )
+        assert bodies == [PNG] * threads
+    server.shutdown()
+    server.server_close()
+    assert _GatheringHandler.connections == threads
 
 
 @pytest.mark.usefixtures("aws_env")

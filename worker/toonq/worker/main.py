@@ -105,8 +105,8 @@ def build_context(
     settings: Settings, *, worker_name: str, health: Health, concurrency: int | None = None
 ) -> tuple[WorkerContext, Pipeline]:
     started = time.perf_counter()
-    objects = open_store(settings)
-    loaded = load_model(settings.model, store=objects)
+    # The jobs' object store is sized once the pipeline is known; loading the model needs one.
+    loaded = load_model(settings.model, store=open_store(settings))
     engine = MattingEngine(
         loaded,
         device=settings.device,
@@ -118,6 +118,7 @@ def build_context(
         channels_last=settings.channels_last,
     )
     pipeline = Pipeline.for_device(settings, engine, concurrency)
+    objects = open_store(settings, concurrency=pipeline.concurrency)
     # A connection for each job in flight, and for the lease keeper and the recovery thread.
     store = SqlJobStore(
         create_db_engine(
