@@ -10,6 +10,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -217,6 +218,27 @@ def test_create_many_in_one_transaction(jobstore: JobStore) -> None:
     assert results[0][0] == existing
     assert results[1][0] == results[2][0]
     assert len(jobstore.list()) == 3
+
+
+def test_concurrent_batches_sharing_keys_in_opposite_orders_both_succeed(
+    jobstore: JobStore,
+) -> None:
+    keys = [f"key-{n:03}" for n in range(200)]
+    batches = [keys, keys[::-1]]  # locked in opposite orders, they would wait on each other
+    start = threading.Barrier(len(batches))
+
+    def submit(batch: list[str]) -> dict[str | None, uuid.UUID]:
+        start.wait()
+        results = jobstore.create_many(
+            [make_spec(idempotency_key=key) for key in batch], actor="producer"
+        )
+        return {job.idempotency_key: job.id for job, _ in results}
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        first, second = pool.map(submit, batches)
+
+    assert first == second  # one job per key, whichever batch created it
+    assert len(set(first.values())) == len(keys)
 
 
 def test_create_many_with_a_conflict_writes_nothing(jobstore: JobStore) -> None:

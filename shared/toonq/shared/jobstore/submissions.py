@@ -29,18 +29,23 @@ class Submissions(StoreCore):
         self, specs: builtins.list[JobSpec], *, actor: str
     ) -> builtins.list[tuple[Job, bool]]:
         keys = {spec.idempotency_key for spec in specs if spec.idempotency_key is not None}
+        # Inserted in key order: batches sharing keys then lock them in the same order, and one
+        # waits for the other instead of each waiting for the other (a deadlock on PostgreSQL).
+        # The sort is stable: of a key repeated in the batch, the first spec creates the job.
+        order = sorted(range(len(specs)), key=lambda index: specs[index].idempotency_key or "")
         with self._transaction() as transaction:
             by_key = transaction.with_keys(sorted(keys))
-            results: builtins.list[tuple[Job, bool]] = []
-            for spec in specs:
+            results: dict[int, tuple[Job, bool]] = {}
+            for index in order:
+                spec = specs[index]
                 existing = (
                     None if spec.idempotency_key is None else by_key.get(spec.idempotency_key)
                 )
                 if existing is not None:
-                    results.append((existing.reuse_for(spec), False))
+                    results[index] = (existing.reuse_for(spec), False)
                     continue
                 job = transaction.insert(transitions.created(spec, actor=actor, now=self._clock()))
                 if spec.idempotency_key is not None:
                     by_key[spec.idempotency_key] = job
-                results.append((job, True))
-            return results
+                results[index] = (job, True)
+            return [results[index] for index in range(len(specs))]
