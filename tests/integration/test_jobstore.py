@@ -25,6 +25,7 @@ from toonq.shared.errors import (
     InvalidRequestError,
     InvalidTransitionError,
     JobNotFoundError,
+    OutputConflictError,
 )
 from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, NotDue
 from toonq.shared.jobstore import JobStore
@@ -40,9 +41,11 @@ PARAMS = JobParams(bg_color="#808080", format="png", resolution=1024)
 
 
 def make_spec(**overrides: Any) -> JobSpec:
+    """A job's spec; its output is its own (every job writes another URI) unless overridden."""
+    key = overrides.get("idempotency_key") or uuid.uuid4().hex
     fields: dict[str, Any] = {
         "input_uri": "s3://in/cat.png",
-        "output_uri": "s3://out/cat.png",
+        "output_uri": f"s3://out/{key}.png",
         "params": PARAMS,
         "max_attempts": 3,
     }
@@ -190,6 +193,57 @@ def test_create_with_a_known_key_and_other_parameters_conflicts(
         f"idempotency key 'same' is already used by job {first.id} with other parameters: {named}"
     )
     assert [job.id for job in jobstore.list()] == [first.id]
+
+
+SHARED_OUTPUT = "s3://out/shared.png"
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+)
+def test_an_output_uri_belongs_to_one_job(jobstore: JobStore, status: JobStatus) -> None:
+    """Whatever its status: a finished job's output is still read, a failed one may be
+    requeued."""
+    first = create(jobstore, output_uri=SHARED_OUTPUT)
+    if status is not JobStatus.QUEUED:
+        first = finish(jobstore, first, status)
+
+    for specs in (
+        [make_spec(output_uri=SHARED_OUTPUT)],
+        [make_spec(idempotency_key="other", output_uri=SHARED_OUTPUT)],
+        [make_spec(), make_spec(output_uri=SHARED_OUTPUT)],
+    ):
+        with pytest.raises(OutputConflictError) as conflict:
+            jobstore.create_many(specs, actor="producer")
+        assert str(conflict.value) == (
+            f"output URI {SHARED_OUTPUT!r} is already the output of job {first.id}"
+        )
+        assert conflict.value.code == "output_conflict"
+    assert jobstore.list() == [first]
+
+
+def test_one_batch_cannot_give_two_jobs_one_output(jobstore: JobStore) -> None:
+    with pytest.raises(OutputConflictError):
+        jobstore.create_many(
+            [make_spec(output_uri=SHARED_OUTPUT), make_spec(output_uri=SHARED_OUTPUT)],
+            actor="producer",
+        )
+
+    assert jobstore.list() == []
+
+
+def test_an_idempotent_resubmit_keeps_its_output(jobstore: JobStore) -> None:
+    first = create(jobstore, idempotency_key="same", output_uri=SHARED_OUTPUT)
+
+    results = jobstore.create_many(
+        [
+            make_spec(idempotency_key="same", output_uri=SHARED_OUTPUT),
+            make_spec(idempotency_key="same", output_uri=SHARED_OUTPUT),
+        ],
+        actor="producer",
+    )
+
+    assert results == [(first, False), (first, False)]
 
 
 def test_concurrent_creates_with_one_key_make_one_job(jobstore: JobStore) -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -53,7 +53,12 @@ def _state(url: str) -> tuple[set[str], str | None]:
 def test_the_revisions_form_one_line() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert script.get_heads() == [HEAD]
-    assert [revision.revision for revision in script.walk_revisions()] == [HEAD, "0002", "0001"]
+    assert [revision.revision for revision in script.walk_revisions()] == [
+        HEAD,
+        "0003",
+        "0002",
+        "0001",
+    ]
 
 
 def test_upgrade_downgrade_upgrade(empty_db_url: str) -> None:

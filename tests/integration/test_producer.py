@@ -7,6 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -237,12 +238,18 @@ def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:
     assert [event.kind for event in client.events(job.id)] == ["created", "cancelled"]
 
 
-def test_file_uris_need_no_bucket(client: ToonqClient) -> None:
-    home = client.settings.home
+def test_file_uris_need_no_bucket(producer_settings: Settings) -> None:
+    """Beside S3 outputs, where a file:// prefix is allowed."""
+    home = producer_settings.home
+    outputs = home / "outputs"
     home.mkdir(parents=True, exist_ok=True)
     source = home / "in.png"
     source.write_bytes(png_bytes())
-    job = client.submit(source.as_uri(), output_uri=(home / "out.png").as_uri())
+    settings = replace(producer_settings, allowed_output_prefixes=(outputs.as_uri(),))
+
+    with ToonqClient(settings) as client:
+        job = client.submit(source.as_uri(), output_uri=(outputs / "out.png").as_uri())
+
     assert job.input_uri == source.as_uri()
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from toonq.shared.errors import (
     ImageTooLargeError,
     InputNotFoundError,
     InvalidURIError,
+    OutputConflictError,
     UnknownBucketError,
 )
 from toonq.shared.logging import REDACTED, configure_logging, get_logger
@@ -232,13 +233,20 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(root: Path) -> None:
     assert time.monotonic() - start < 5
 
 
-def test_the_roots_are_toonq_home_and_a_file_output_prefix(tmp_path: Path) -> None:
-    home, outputs = tmp_path / "home", tmp_path / "outputs"
-    on_s3 = Settings.from_env({"TOONQ_HOME": str(home), "TOONQ_OUTPUT_PREFIX": "s3://b/out"})
-    on_files = Settings.from_env({"TOONQ_HOME": str(home), "TOONQ_OUTPUT_PREFIX": outputs.as_uri()})
+def test_the_roots_are_toonq_home_and_the_file_prefixes(tmp_path: Path) -> None:
+    home, outputs, uploads = tmp_path / "home", tmp_path / "outputs", tmp_path / "uploads"
+    on_s3 = Settings.from_env({"TOONQ_HOME": str(home), "TOONQ_OUTPUT_PREFIX": "s3://media/out"})
+    on_files = Settings.from_env(
+        {
+            "TOONQ_HOME": str(home),
+            "TOONQ_OUTPUT_PREFIX": outputs.as_uri(),
+            "TOONQ_ALLOWED_OUTPUT_PREFIXES": "s3://media/more",
+            "TOONQ_ALLOWED_INPUT_PREFIXES": f"{uploads.as_uri()},s3://media/in",
+        }
+    )
 
     assert local_roots(on_s3) == [home]
-    assert local_roots(on_files) == [home, outputs]
+    assert local_roots(on_files) == [home, outputs, uploads]
 
 
 # --- Submit-time validation -----------------------------------------------------------------------
@@ -271,8 +279,22 @@ def _queued(redis_url: str, queue: str) -> list[bytes]:
         ("s3://{bucket}/in/a.png", "s3://192.168.0.1/out.png"),
         ("file:///etc/passwd", None),
         ("s3://{bucket}/in/a.png", "file:///tmp/../etc/cron.d/x"),
+        ("s3://{bucket}/in/a.png", "s3://{bucket}/in/a.png"),
+        ("s3://{bucket}/in/a.png", "s3://{bucket}/outside/a.png"),
+        ("s3://{bucket}/out/other-job.png", None),
     ],
-    ids=["bucket", "dot-dot-key", "control-key", "long-key", "ip-bucket", "file-out", "file-up"],
+    ids=[
+        "bucket",
+        "dot-dot-key",
+        "control-key",
+        "long-key",
+        "ip-bucket",
+        "file-out",
+        "file-up",
+        "over-the-input",
+        "outside-the-output-prefix",
+        "input-from-the-outputs",
+    ],
 )
 def test_submit_refuses_invalid_uris_before_writing_anything(
     client: ToonqClient, redis_url: str, s3_bucket: str, input_uri: str, output_uri: str | None
@@ -286,26 +308,63 @@ def test_submit_refuses_invalid_uris_before_writing_anything(
     assert _queued(redis_url, client.settings.queue) == []
 
 
-def test_submit_accepts_files_under_toonq_home(client: ToonqClient) -> None:
+@pytest.fixture
+def file_client(producer_settings: Settings) -> Iterator[ToonqClient]:
+    """A client whose outputs may also go to TOONQ_HOME/outputs (a file:// prefix)."""
+    outputs = (producer_settings.home / "outputs").as_uri()
+    with ToonqClient(replace(producer_settings, allowed_output_prefixes=(outputs,))) as client:
+        yield client
+
+
+def test_submit_refuses_file_uris_without_a_file_prefix(client: ToonqClient) -> None:
     source = client.settings.home / "inputs" / "cat.png"
     source.parent.mkdir(parents=True)
     source.write_bytes(png_bytes())
-    output = (client.settings.home / "outputs" / "cat.png").as_uri()
 
-    job = client.submit(source.as_uri(), output_uri=output)
+    with pytest.raises(InvalidURIError, match="file:// URIs are accepted only"):
+        client.submit(source.as_uri())
+    assert client.list() == []
+
+
+def test_submit_accepts_files_under_toonq_home_with_a_file_prefix(
+    file_client: ToonqClient,
+) -> None:
+    source = file_client.settings.home / "inputs" / "cat.png"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(png_bytes())
+    output = (file_client.settings.home / "outputs" / "cat.png").as_uri()
+
+    job = file_client.submit(source.as_uri(), output_uri=output)
 
     assert (job.input_uri, job.output_uri) == (source.as_uri(), output)
 
 
-def test_submit_refuses_a_file_output_under_a_file(client: ToonqClient) -> None:
-    blocker = client.settings.home / "blocker"
+def test_submit_refuses_a_file_output_under_a_file(file_client: ToonqClient) -> None:
+    blocker = file_client.settings.home / "outputs" / "blocker"
     blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"")
     with pytest.raises(UnknownBucketError, match="cannot be created"):
-        client.submit(
-            f"s3://{client.settings.output_prefix.split('/')[2]}/in/a.png",
+        file_client.submit(
+            f"s3://{file_client.settings.output_prefix.split('/')[2]}/in/a.png",
             output_uri=(blocker / "out.png").as_uri(),
         )
+
+
+def test_submit_refuses_an_output_another_job_has(
+    client: ToonqClient, redis_url: str, s3_bucket: str
+) -> None:
+    """Before its row or message is written; an idempotent resubmit is the same job."""
+    output = f"s3://{s3_bucket}/out/sticker.png"
+    first = client.submit(f"s3://{s3_bucket}/in/a.png", output_uri=output, idempotency_key="a")
+    sent = _queued(redis_url, client.settings.queue)
+
+    with pytest.raises(OutputConflictError, match=str(first.id)):
+        client.submit(f"s3://{s3_bucket}/in/b.png", output_uri=output)
+    again = client.submit(f"s3://{s3_bucket}/in/a.png", output_uri=output, idempotency_key="a")
+
+    assert again.id == first.id
+    assert [job.id for job in client.list()] == [first.id]
+    assert _queued(redis_url, client.settings.queue) == sent
 
 
 # --- The queue message carries the job id, nothing else -------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +66,12 @@ def created_job(
     jobstore: InMemoryJobStore, settings: Settings, job_id: uuid.UUID | None = None
 ) -> Job:
     """A job created in the store (its message never sent)."""
+    job_id = job_id or uuid.uuid4()
     job, _ = jobstore.create(
         JobSpec(
-            id=job_id or uuid.uuid4(),
+            id=job_id,
             input_uri=input_uri(settings),
-            output_uri=(settings.home / "out.png").as_uri(),
+            output_uri=f"{settings.output_prefix}/{job_id}.png",
             params=JobParams(bg_color="#808080", format="png", resolution=1024),
             max_attempts=1,
         ),
@@ -138,6 +140,50 @@ def test_an_idempotency_conflict_names_what_differs(
     assert refused.stderr == (
         f"error [idempotency_conflict]: idempotency key 'sticker-9' is already used by job "
         f"{job.id} with other parameters: priority 7 (the job's: 0)\n"
+    )
+    assert client.list() == [job]
+
+
+@pytest.mark.parametrize("name", ["toonq.db", "toonq.db-wal"])
+def test_submit_never_writes_over_the_embedded_database(
+    settings: Settings,
+    jobstore: InMemoryJobStore,
+    broker: MemoryBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> None:
+    """Not even with an allowed output prefix that holds all of TOONQ_HOME."""
+    uploads = tmp_path_factory.mktemp("uploads")
+    source = uploads / "cat.png"
+    source.write_bytes(png_bytes())
+    settings = replace(
+        settings,
+        allowed_output_prefixes=(settings.home.as_uri(),),
+        allowed_input_prefixes=(uploads.as_uri(),),
+    )
+    with ToonqClient(
+        settings, objects=LocalStore(local_roots(settings)), store=jobstore, app=broker.app
+    ) as client:
+        refused = toonq(
+            client, "submit", source.as_uri(), "--output", (settings.home / name).as_uri()
+        )
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error [invalid_uri]: output URI ")
+    assert "which toonq keeps" in refused.stderr
+    assert jobstore.list() == []
+    assert broker.take_sent() == []
+
+
+def test_an_output_another_job_has_is_refused(client: ToonqClient, settings: Settings) -> None:
+    output = f"{settings.output_prefix}/sticker.png"
+    job = client.submit(input_uri(settings), output_uri=output)
+
+    refused = toonq(client, "submit", input_uri(settings), "--output", output)
+
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"error [output_conflict]: output URI {output!r} is already the output of job {job.id}\n"
     )
     assert client.list() == [job]
 

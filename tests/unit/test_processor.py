@@ -21,6 +21,7 @@ from toonq.shared.job import EventKind, Job, JobParams, JobSpec, JobStatus, Outc
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
+from toonq.shared.storage import UriPolicy
 from toonq.shared.storage.local import LocalStore
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
@@ -79,6 +80,7 @@ def ctx(
         settings=settings,
         store=jobstore,
         objects=LocalStore([settings.home]),
+        uris=UriPolicy.from_settings(settings),
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(2),
@@ -88,8 +90,15 @@ def ctx(
     )
 
 
-def submitted(ctx: WorkerContext, *, max_attempts: int = 3, with_input: bool = True) -> Job:
-    """A job whose input is a PNG in TOONQ_HOME (or nowhere), as the client creates it."""
+def submitted(
+    ctx: WorkerContext,
+    *,
+    max_attempts: int = 3,
+    with_input: bool = True,
+    output_uri: str | None = None,
+) -> Job:
+    """A job whose input is a PNG in TOONQ_HOME (or nowhere) and whose output goes under
+    TOONQ_OUTPUT_PREFIX unless `output_uri` says where, as the client creates it."""
     home = ctx.settings.home
     source = home / "in" / f"{uuid.uuid4().hex}.png"
     if with_input:
@@ -98,7 +107,7 @@ def submitted(ctx: WorkerContext, *, max_attempts: int = 3, with_input: bool = T
     job, _ = ctx.store.create(
         JobSpec(
             input_uri=source.as_uri(),
-            output_uri=(home / "out" / source.name).as_uri(),
+            output_uri=output_uri or f"{ctx.settings.output_prefix}/{source.name}",
             params=JobParams(bg_color="#808080", format="png", resolution=64),
             max_attempts=max_attempts,
         ),
@@ -146,6 +155,47 @@ def test_a_missing_input_fails_the_job_at_once(ctx: WorkerContext, broker: Memor
     )
     assert not output_path(job).exists()
     assert broker.take_sent() == []
+
+
+@pytest.mark.parametrize("name", ["toonq.db", "elsewhere.png"])
+def test_a_row_whose_output_the_policy_refuses_fails_without_writing(
+    ctx: WorkerContext, broker: MemoryBroker, name: str
+) -> None:
+    """A row from an older producer is checked again: an output over the SQLite database, or
+    anywhere else outside the output prefixes, fails the job for good."""
+    target = ctx.settings.home / name
+    target.write_bytes(b"SQLite format 3")
+    job = submitted(ctx, output_uri=target.as_uri())
+
+    assert process_job(ctx, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code, failed.attempts) == (
+        JobStatus.FAILED,
+        "invalid_uri",
+        1,
+    )
+    assert target.read_bytes() == b"SQLite format 3"
+    assert broker.take_sent() == []
+
+
+def test_an_input_under_the_output_prefix_is_not_read(ctx: WorkerContext) -> None:
+    done = submitted(ctx)
+    assert process_job(ctx, done.id) is Outcome.SUCCEEDED
+    job, _ = ctx.store.create(
+        JobSpec(
+            input_uri=done.output_uri,
+            output_uri=f"{ctx.settings.output_prefix}/chained.png",
+            params=done.params,
+            max_attempts=1,
+        ),
+        actor="test",
+    )
+
+    assert process_job(ctx, job.id) is Outcome.FAILED
+
+    assert ctx.store.get(job.id).error_code == "invalid_uri"
+    assert not output_path(job).exists()
 
 
 def test_a_transient_error_schedules_a_retry_and_sends_its_message(

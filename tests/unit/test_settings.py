@@ -70,7 +70,7 @@ def test_every_setting_is_documented_in_the_readme_configuration_table() -> None
 
 #: The settings whose default is a value one can write (unset means the others' defaults).
 _WRITTEN_DEFAULTS = [
-    f for f in fields(Settings) if f.default not in (None, False, "") and f.name != "home"
+    f for f in fields(Settings) if f.default not in (None, False, "", ()) and f.name != "home"
 ]
 
 

@@ -33,7 +33,7 @@ from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
-from toonq.shared.storage import ObjectStore, open_store
+from toonq.shared.storage import ObjectStore, UriPolicy, open_store
 
 
 class WaitTimeoutError(ToonqError):
@@ -87,7 +87,7 @@ class ToonqClient:
             app = create_celery_app(self.settings)
             self._owned.callback(app.close)
         self.sender = Sender(app, self.store, queue=self.settings.queue)
-        self._validator = InputValidator(self.objects)
+        self._validator = InputValidator(self.objects, UriPolicy.from_settings(self.settings))
 
     def close(self) -> None:
         """Release the database and broker connections the client opened."""
@@ -155,8 +155,9 @@ class ToonqClient:
             mask_only=request.mask_only,
         )
         job_id = _job_id(request.idempotency_key)
-        output_uri = request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.format}"
-        self._validator.check_output(output_uri)
+        output_uri = self._validator.check_output(
+            request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.format}"
+        )
         return JobSpec(
             id=job_id,
             input_uri=request.input_uri,

@@ -53,6 +53,12 @@ class IdempotencyConflictError(InvalidRequestError):
     code = "idempotency_conflict"
 
 
+class OutputConflictError(InvalidRequestError):
+    """An output URI that another job writes (or wrote, or may still write)."""
+
+    code = "output_conflict"
+
+
 class DuplicateJobIdError(InvalidRequestError):
     """A job id chosen by the caller that another job has."""
 

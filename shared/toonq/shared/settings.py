@@ -64,6 +64,11 @@ def _prefix(_: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _prefixes(_: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated prefixes; blanks around them and empty entries are ignored."""
+    return tuple(_prefix(_, item.strip()) for item in raw.split(",") if item.strip())
+
+
 def _database_url(_: str, raw: str) -> str:
     return normalize_database_url(raw)
 
@@ -136,6 +141,14 @@ class Settings:
     s3_connect_timeout_s: float = _setting("TOONQ_S3_CONNECT_TIMEOUT_S", 5.0, _float)
     s3_read_timeout_s: float = _setting("TOONQ_S3_READ_TIMEOUT_S", 60.0, _float)
     output_prefix: str = _setting("TOONQ_OUTPUT_PREFIX", "", _prefix)
+    # Where jobs may write besides TOONQ_OUTPUT_PREFIX, and read from (empty: anywhere that is
+    # no output prefix); `toonq.shared.storage.uri.UriPolicy` applies them.
+    allowed_output_prefixes: tuple[str, ...] = _setting(
+        "TOONQ_ALLOWED_OUTPUT_PREFIXES", (), _prefixes
+    )
+    allowed_input_prefixes: tuple[str, ...] = _setting(
+        "TOONQ_ALLOWED_INPUT_PREFIXES", (), _prefixes
+    )
     # Engine.
     model: str = _setting("TOONQ_MODEL", DEFAULT_MODEL)
     device: str = _setting("TOONQ_DEVICE", "auto")

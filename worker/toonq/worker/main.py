@@ -30,7 +30,7 @@ from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
-from toonq.shared.storage import open_store
+from toonq.shared.storage import UriPolicy, open_store
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots, usable_cpus
@@ -139,6 +139,7 @@ def build_context(
         settings=settings,
         store=store,
         objects=objects,
+        uris=UriPolicy.from_settings(settings),
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(pipeline.cpu_workers),

@@ -33,7 +33,7 @@ from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
-from toonq.shared.storage import ObjectStore
+from toonq.shared.storage import ObjectStore, UriPolicy
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
@@ -51,6 +51,8 @@ class WorkerContext:
     settings: Settings
     store: JobStore
     objects: ObjectStore
+    #: Checked again before each attempt: a job row may come from an older producer.
+    uris: UriPolicy
     engine: MattingEngine
     batcher: InferenceBatcher[Any]
     cpu: CpuSlots
@@ -89,8 +91,8 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         log.warning("job_abandoned", reason="the claim is no longer current")
         return _counted(Outcome.DISCARDED)
     except (PermanentJobError, InvalidRequestError) as exc:
-        # InvalidRequestError: a job row whose URI this worker refuses (e.g. written by an
-        # older producer): retrying cannot help.
+        # InvalidRequestError: a job row whose URI the policy refuses (written by an older
+        # producer, or before the policy changed): retrying cannot help.
         return _fail(ctx, claim, exc)
     except TransientJobError as exc:
         return _retry_or_fail(ctx, claim, exc)
@@ -118,6 +120,8 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
 def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float]]:
     """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost."""
     job = claim.job
+    ctx.uris.check_input(job.input_uri)
+    ctx.uris.check_output(job.output_uri)
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000

@@ -105,6 +105,9 @@ class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # Each submit looks its output URIs up. A hash index: a B-tree's entries are limited to
+        # a third of a page, and a file URI has no length limit.
+        Index("ix_jobs_output_uri", "output_uri", postgresql_using="hash"),
         CheckConstraint(
             f"output_format IN ({', '.join(repr(f) for f in OUTPUT_FORMATS)})",
             name="output_format",

@@ -83,6 +83,11 @@ def with_ids(job_ids: Iterable[uuid.UUID]) -> Selection:
     return _one(among={"id": frozenset(job_ids)})
 
 
+def writing(output_uris: Iterable[str]) -> Selection:
+    """Jobs that write one of `output_uris`, whatever their status."""
+    return _one(among={"output_uri": frozenset(output_uris)})
+
+
 def id_prefix(digits: str) -> Selection:
     """Jobs whose id's hex digits start with `digits` (lowercase, no dashes): the ids from
     `digits` followed by zeros to `digits` followed by f's, an index's range scan."""

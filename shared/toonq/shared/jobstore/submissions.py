@@ -1,4 +1,12 @@
-"""The producer's writes: creating jobs, once per idempotency key."""
+"""The producer's writes: creating jobs, once per idempotency key, each with an output of its
+own.
+
+An output URI belongs to the first job created with it: another job asking for it is refused
+with OutputConflictError, whatever the first one's status (a finished job's output is still
+read by whoever submitted it; a failed one may be requeued and write it). The check runs in the
+creating transaction; two producers inserting the same new URI at the same instant can both pass
+it, which the producer's own default URIs (one per job id) never do.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import builtins
 from collections.abc import Iterable
 
 from toonq.shared.job import Job, JobSpec
-from toonq.shared.jobstore import transitions
+from toonq.shared.jobstore import selections, transitions
 from toonq.shared.jobstore.core import StoreCore
 
 
@@ -15,14 +23,15 @@ class Submissions(StoreCore):
 
     def create(self, spec: JobSpec, *, actor: str) -> tuple[Job, bool]:
         """Create a job; returns (job, created). A repeated idempotency key returns the existing
-        job with created=False, or raises IdempotencyConflictError if its parameters differ."""
+        job with created=False, or raises IdempotencyConflictError if its parameters differ. An
+        output URI that another job has raises OutputConflictError."""
         (result,) = self._create_at_once([spec], actor=actor)
         return result
 
     def create_many(
         self, specs: Iterable[JobSpec], *, actor: str
     ) -> builtins.list[tuple[Job, bool]]:
-        """`create` for a batch, all at once, so an idempotency conflict writes nothing."""
+        """`create` for a batch, all at once, so a conflict writes nothing."""
         return self._create_at_once(builtins.list(specs), actor=actor)
 
     def _create_at_once(
@@ -34,6 +43,14 @@ class Submissions(StoreCore):
         # The sort is stable: of a key repeated in the batch, the first spec creates the job.
         order = sorted(range(len(specs)), key=lambda index: specs[index].idempotency_key or "")
         with self._transaction() as transaction:
+            # Outputs first: a job that a concurrent producer commits with the same key between
+            # the two reads is then found by its key (the same job), not taken for another
+            # job holding the output.
+            outputs = {spec.output_uri for spec in specs}
+            by_output = {
+                job.output_uri: job
+                for job in transaction.select(selections.writing(outputs), ("id",))
+            }
             by_key = transaction.with_keys(sorted(keys))
             results: dict[int, tuple[Job, bool]] = {}
             for index in order:
@@ -44,8 +61,11 @@ class Submissions(StoreCore):
                 if existing is not None:
                     results[index] = (existing.reuse_for(spec), False)
                     continue
+                if (holder := by_output.get(spec.output_uri)) is not None:
+                    raise transitions.output_conflict(spec, holder)
                 job = transaction.insert(transitions.created(spec, actor=actor, now=self._clock()))
                 if spec.idempotency_key is not None:
                     by_key[spec.idempotency_key] = job
+                by_output[job.output_uri] = job
                 results[index] = (job, True)
             return [results[index] for index in range(len(specs))]

@@ -20,6 +20,7 @@ from toonq.shared.errors import (
     DuplicateJobIdError,
     InvalidRequestError,
     InvalidTransitionError,
+    OutputConflictError,
     WorkerLostError,
 )
 from toonq.shared.job import (
@@ -103,6 +104,12 @@ def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
 
 def duplicate_id(job_id: uuid.UUID) -> DuplicateJobIdError:
     return DuplicateJobIdError(f"job {job_id} already exists")
+
+
+def output_conflict(spec: JobSpec, holder: Job) -> OutputConflictError:
+    return OutputConflictError(
+        f"output URI {spec.output_uri!r} is already the output of job {holder.id}"
+    )
 
 
 def not_cancellable(job: Job) -> InvalidTransitionError:

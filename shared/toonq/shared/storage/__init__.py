@@ -17,9 +17,9 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage.local import LocalStore
 from toonq.shared.storage.s3 import S3Store
 from toonq.shared.storage.store import ObjectStore
-from toonq.shared.storage.uri import ObjectURI
+from toonq.shared.storage.uri import ObjectURI, UriPolicy
 
-__all__ = ["ObjectStore", "ObjectURI", "Storage", "local_roots", "open_store"]
+__all__ = ["ObjectStore", "ObjectURI", "Storage", "UriPolicy", "local_roots", "open_store"]
 
 
 class Storage:
@@ -42,12 +42,11 @@ class Storage:
 
 
 def local_roots(settings: Settings) -> list[Path]:
-    """The folders `file://` URIs may point into: TOONQ_HOME, and the output folder when
-    TOONQ_OUTPUT_PREFIX is a file URI."""
-    roots = [settings.home]
-    if settings.output_prefix.startswith("file://"):
-        roots.append(ObjectURI.parse(settings.output_prefix).path)
-    return roots
+    """The folders `file://` URIs may point into: TOONQ_HOME, and each `file://` prefix of the
+    URI policy (TOONQ_OUTPUT_PREFIX and the allowed prefixes). Within them, `UriPolicy` says
+    which a job may read or write."""
+    prefixes = UriPolicy.from_settings(settings).file_prefixes
+    return [settings.home, *(Path(prefix.key) for prefix in prefixes)]
 
 
 def open_store(settings: Settings, *, concurrency: int | None = None) -> Storage:

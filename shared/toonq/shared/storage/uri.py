@@ -1,20 +1,27 @@
-"""The URI policy: which object locations toonq accepts.
+"""The URI policy: which object locations toonq accepts, and where a job may read and write.
 
 URIs are untrusted: `ObjectURI.parse` enforces S3's bucket naming rules and a safe subset of
 object keys, and refuses file paths that could point somewhere other than they seem.
+`UriPolicy` confines jobs: outputs under the output prefixes, inputs outside them (and under the
+allowed input prefixes, when set), nothing in the locations toonq keeps for itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from toonq.shared.errors import InvalidURIError
+from sqlalchemy.engine import make_url
+
+from toonq.shared.errors import ConfigurationError, InvalidURIError
+from toonq.shared.settings import Settings
 
 Scheme = Literal["s3", "file"]
 
@@ -135,3 +142,155 @@ def _file_path(uri: str) -> str:
     if _CONTROL_CHARACTERS.search(path):
         raise InvalidURIError(f"{uri!r}: control characters are not allowed in file URIs")
     return path
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A location and everything under it: `s3://bucket` (the whole bucket), `s3://bucket/key`
+    (the object `key` and the keys under `key/`), or `file:///folder` (the file or folder and
+    what lies under it, symbolic links followed)."""
+
+    scheme: Scheme
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, text: str) -> Prefix:
+        """Parse `text`; a trailing slash changes nothing. InvalidURIError if it is no location."""
+        trimmed = text.rstrip("/")
+        if trimmed.startswith("s3://") and "/" not in trimmed.removeprefix("s3://"):
+            bucket = trimmed.removeprefix("s3://")
+            _check_bucket_name(text, bucket)
+            return cls("s3", bucket, "")
+        location = ObjectURI.parse(trimmed)
+        if location.scheme == "file":
+            return cls("file", "", os.path.realpath(location.key))
+        return cls(location.scheme, location.bucket, location.key)
+
+    def holds(self, location: ObjectURI) -> bool:
+        """Whether `location` is this prefix or lies under it. A prefix ends at a path segment:
+        `s3://b/out` holds `s3://b/out/a.png`, not `s3://b/outside.png`."""
+        if location.scheme != self.scheme:
+            return False
+        if self.scheme == "file":
+            # Resolved as the local store resolves it, so that a link cannot lead elsewhere.
+            return Path(os.path.realpath(location.key)).is_relative_to(self.key)
+        return location.bucket == self.bucket and (
+            not self.key or location.key == self.key or location.key.startswith(f"{self.key}/")
+        )
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return Path(self.key).as_uri()
+        return f"s3://{self.bucket}/{self.key}".rstrip("/")
+
+
+@dataclass(frozen=True)
+class UriPolicy:
+    """Where a job may read its input and write its output. The producer checks it at submit and
+    the worker again before each attempt, since a row may come from an older producer.
+
+    * An output lies under one of `outputs` and is no other job's output (the job store checks
+      that part). A `file://` URI is accepted only where a prefix is itself `file://`.
+    * An input lies under one of `inputs`, when there are any, and never under `outputs`: a
+      job cannot read what another job writes or may still be writing.
+    * Nothing lies under `reserved`: the model weights, and the embedded mode's database file
+      and broker folder.
+    """
+
+    outputs: tuple[Prefix, ...]
+    inputs: tuple[Prefix, ...] = ()
+    reserved: tuple[Prefix, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UriPolicy:
+        """The policy of TOONQ_OUTPUT_PREFIX, TOONQ_ALLOWED_OUTPUT_PREFIXES,
+        TOONQ_ALLOWED_INPUT_PREFIXES and TOONQ_MODEL; ConfigurationError if a prefix is no
+        location."""
+        return cls(
+            outputs=_prefixes(
+                "TOONQ_OUTPUT_PREFIX or TOONQ_ALLOWED_OUTPUT_PREFIXES",
+                (settings.output_prefix, *settings.allowed_output_prefixes),
+            ),
+            inputs=_prefixes("TOONQ_ALLOWED_INPUT_PREFIXES", settings.allowed_input_prefixes),
+            reserved=_reserved(settings),
+        )
+
+    @property
+    def file_prefixes(self) -> tuple[Prefix, ...]:
+        """The `file://` prefixes: the folders, besides TOONQ_HOME, that jobs may use."""
+        return tuple(prefix for prefix in (*self.outputs, *self.inputs) if prefix.scheme == "file")
+
+    def check_input(self, uri: str) -> ObjectURI:
+        """`uri` parsed; InvalidURIError if a job may not read it."""
+        location = self._check_common(uri, "input")
+        if holder := _held(location, self.outputs):
+            raise InvalidURIError(
+                f"input URI {uri!r} lies under the output prefix {holder}: "
+                "jobs do not read what jobs write"
+            )
+        if self.inputs and not _held(location, self.inputs):
+            raise InvalidURIError(
+                f"input URI {uri!r} is outside the allowed input prefixes "
+                f"(TOONQ_ALLOWED_INPUT_PREFIXES: {_listed(self.inputs)})"
+            )
+        return location
+
+    def check_output(self, uri: str) -> ObjectURI:
+        """`uri` parsed; InvalidURIError if a job may not write it."""
+        location = self._check_common(uri, "output")
+        if not _held(location, self.outputs):
+            raise InvalidURIError(
+                f"output URI {uri!r} is outside the output prefixes (TOONQ_OUTPUT_PREFIX, "
+                f"TOONQ_ALLOWED_OUTPUT_PREFIXES: {_listed(self.outputs)})"
+            )
+        return location
+
+    def _check_common(self, uri: str, role: str) -> ObjectURI:
+        location = ObjectURI.parse(uri)
+        if location.scheme == "file" and not self.file_prefixes:
+            raise InvalidURIError(
+                f"{role} URI {uri!r}: file:// URIs are accepted only where TOONQ_OUTPUT_PREFIX "
+                "or an allowed prefix is a file:// URI"
+            )
+        if holder := _held(location, self.reserved):
+            raise InvalidURIError(f"{role} URI {uri!r} lies under {holder}, which toonq keeps")
+        return location
+
+
+def _prefixes(variable: str, texts: Iterable[str]) -> tuple[Prefix, ...]:
+    try:
+        return tuple(Prefix.parse(text) for text in texts)
+    except InvalidURIError as exc:
+        raise ConfigurationError(f"{variable}: {exc}") from None
+
+
+def _reserved(settings: Settings) -> tuple[Prefix, ...]:
+    """The locations toonq itself reads or writes: the weights (TOONQ_MODEL when it is a URI
+    or a path), and in the embedded mode the SQLite database and the broker's folder."""
+    paths: list[Path] = []
+    reserved: list[Prefix] = []
+    if settings.model.startswith(("s3://", "file://")):
+        reserved += _prefixes("TOONQ_MODEL", [settings.model])
+    elif settings.model.startswith(("/", ".", "~")):
+        paths.append(Path(settings.model).expanduser().absolute())
+    database = make_url(settings.database_url)
+    if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
+        file = Path(database.database).absolute()
+        # With its journal: SQLite writes "<name>-journal", "-wal" and "-shm" beside it.
+        paths += [file, *(file.with_name(file.name + suffix) for suffix in _SQLITE_SIDE_FILES)]
+    if settings.is_embedded_broker:
+        paths.append(settings.broker_folder)
+    return (*reserved, *(Prefix("file", "", os.path.realpath(path)) for path in paths))
+
+
+_SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+
+
+def _held(location: ObjectURI, prefixes: Iterable[Prefix]) -> Prefix | None:
+    """The first of `prefixes` that holds `location`."""
+    return next((prefix for prefix in prefixes if prefix.holds(location)), None)
+
+
+def _listed(prefixes: Iterable[Prefix]) -> str:
+    return ", ".join(map(str, prefixes)) or "none"

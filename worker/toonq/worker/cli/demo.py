@@ -22,6 +22,7 @@ from toonq.producer.cli.render import print_jobs_table
 from toonq.producer.client import ToonqClient
 from toonq.shared.db.engine import migrate
 from toonq.shared.job import Job, JobStatus
+from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectURI
 from toonq.worker.harness.process import ProcessExitedError
 from toonq.worker.harness.worker import WorkerProcess
@@ -48,7 +49,7 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
             fg="yellow",
             err=True,
         )
-    input_uris = _upload_samples(client, f"{settings.output_prefix}/demo-inputs", images)
+    input_uris = _upload_samples(client, _inputs_prefix(settings), images)
     worker_log = demo_dir / "worker.log"
     click.echo(f"starting a worker (model {settings.model}); its log: {worker_log}", err=True)
     # Warm shutdown on leaving: finish the current job, then exit.
@@ -76,6 +77,15 @@ def demo(ctx: Context, images: int, timeout: float) -> None:
     click.echo(f"\n{succeeded}/{len(jobs)} succeeded. Cut-outs: {_where(settings.output_prefix)}")
     if succeeded != len(jobs):
         raise SystemExit(1)
+
+
+def _inputs_prefix(settings: Settings) -> str:
+    """Where the samples go: never under an output prefix, which jobs may not read from. The
+    first allowed input prefix, else a folder under TOONQ_HOME (readable where the output prefix
+    is a `file://` one; with S3 outputs, set TOONQ_ALLOWED_INPUT_PREFIXES)."""
+    if settings.allowed_input_prefixes:
+        return f"{settings.allowed_input_prefixes[0]}/demo-inputs"
+    return (settings.home / "demo" / "inputs").as_uri()
 
 
 def _upload_samples(client: ToonqClient, prefix: str, count: int) -> list[str]:
