@@ -113,6 +113,8 @@ def test_ab_report_names_the_better_source(dataset: Path) -> None:
         assert (comparison["a_better"], comparison["b_better"]) == (COUNT, 0), name
         assert comparison["better"] == "A"
         assert comparison["p_value"] == pytest.approx(2 / 2**COUNT)
+    assert result["verdict"]["metric"] == "pixel_accuracy"
+    assert result["verdict"]["better"] == "A"
     assert json.loads((report / "report.json").read_text()) == result
 
     markdown = (report / "report.md").read_text()
@@ -126,6 +128,38 @@ def test_ab_report_names_the_better_source(dataset: Path) -> None:
         # image, ground truth, A and B in 192-px cells; every image differs, up to 8 rows.
         assert sheet.width == 4 * 192
         assert sheet.height > COUNT * 192
+
+
+def test_ab_verdict_never_prefers_a_pixel_accuracy_above_one(tmp_path: Path) -> None:
+    """Both sources miss a small disc badly: `near/` by a disc of radius 15 (PA about 1.9),
+    `far/` by one of radius 16 (PA about 4.4, more wrong pixels). The higher PA is the worse
+    mask, so MAE decides, on the terminal and in the report."""
+    for index in range(COUNT):
+        save(tmp_path / "gt" / f"img{index}.png", disc(6))
+        save(tmp_path / "near" / f"img{index}.png", disc(15))
+        save(tmp_path / "far" / f"img{index}.png", disc(16))
+    args = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "near")]
+    args += ["--pred", str(tmp_path / "far"), "--report", str(tmp_path / "report")]
+
+    printed = run_toonq("eval", *args, env=ENV)
+    assert printed.returncode == 0, printed.stderr
+    assert "Verdict: A (near) is better by MAE" in printed.stdout
+    assert "Caution: Pixel accuracy does not rank" in printed.stdout
+    summary = {
+        line.split("|")[1].strip(): line for line in printed.stdout.splitlines() if "|" in line
+    }
+    assert summary["Pixel accuracy ↑"].rstrip().endswith("| not comparable |")
+
+    result = eval_json(*args)
+    near, far = (source["mean"]["pixel_accuracy"] for source in result["sources"])
+    assert 1 < near < far
+    assert result["verdict"]["metric"] == "mae"
+    assert result["verdict"]["better"] == "A"
+    assert result["verdict"]["pixel_accuracy_unranked"] == [f"img{i}" for i in range(COUNT)]
+    assert result["comparison"]["pixel_accuracy"]["better"] is None
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "**Verdict:** A (near) is better by MAE" in markdown
+    assert "**Caution:** Pixel accuracy does not rank" in markdown
 
 
 def test_runs_a_model_on_the_images(dataset: Path) -> None:

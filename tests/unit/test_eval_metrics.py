@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toonq.worker.evaluation.comparison import compare, sign_test
+from toonq.worker.evaluation.comparison import compare, sign_test, verdict
 from toonq.worker.evaluation.metrics import (
     ImageScores,
     boundary_f_measure,
@@ -80,6 +80,25 @@ def test_pa_goes_negative_before_squaring() -> None:
     # The corner block erodes to rows/columns 0..7 (the border does not erode): 64 survive.
     # score = 1 - 64/9 < 0; PA = score².
     assert pixel_accuracy(pred, gt) == pytest.approx((1 - 64 / 9) ** 2)
+
+
+def corner_error(side: int) -> np.ndarray:
+    """A 40×40 ground truth with 100 foreground pixels, predicted exactly plus a wrong block
+    of `side`² pixels in the corner, which erodes to (side - 2)² wrong pixels."""
+    pred = square(40, 25, 25, 10)
+    pred[:side, :side] = 255
+    return pred
+
+
+def test_score_image_says_whether_pa_ranks_the_mask() -> None:
+    gt = square(40, 25, 25, 10)
+    fewer = score_image(corner_error(10), gt)  # 64 wrong: score 0.36
+    more = score_image(corner_error(14), gt)  # 144 wrong: score -0.44
+    # More wrong pixels, yet a higher PA, still within [0, 1]: only the sign tells.
+    assert fewer.pixel_accuracy == pytest.approx(0.36**2)
+    assert more.pixel_accuracy == pytest.approx(0.44**2)
+    assert (fewer.pixel_accuracy_ranks, more.pixel_accuracy_ranks) == (True, False)
+    assert score_image(gt, np.zeros_like(gt)).pixel_accuracy_ranks is None
 
 
 def test_pa_is_undefined_without_foreground() -> None:
@@ -255,7 +274,14 @@ def test_sign_test_is_exact_and_two_sided() -> None:
 
 
 def scores(pa: float | None, mae_: float) -> ImageScores:
-    return ImageScores(pixel_accuracy=pa, iou=None, mae=mae_, boundary_f=None, halo=None)
+    return ImageScores(
+        pixel_accuracy=pa,
+        iou=None,
+        mae=mae_,
+        boundary_f=None,
+        halo=None,
+        pixel_accuracy_ranks=None if pa is None else pa <= 1,
+    )
 
 
 def test_compare_counts_wins_in_each_metrics_direction() -> None:
@@ -272,3 +298,44 @@ def test_compare_counts_wins_in_each_metrics_direction() -> None:
     assert error.better == "A"
     assert result["iou"].count == 0
     assert result["iou"].better is None
+
+
+def test_verdict_is_pixel_accuracy_when_it_ranks_every_image() -> None:
+    a = {"x": scores(0.9, 0.1), "y": scores(0.8, 0.2)}
+    b = {"x": scores(0.95, 0.15), "y": scores(0.85, 0.25)}
+    decision = verdict(compare(a, b))
+    assert decision.decided_by.metric.name == "pixel_accuracy"
+    assert decision.better == "B"
+    assert decision.pixel_accuracy.unranked == ()
+
+
+def test_verdict_never_prefers_the_higher_pixel_accuracy_above_one() -> None:
+    # Both masks are very wrong; B's 3.74 is more wrong pixels than A's 3.30, and a worse MAE.
+    a = {"x": scores(3.30, 0.30), "y": scores(0.9, 0.05)}
+    b = {"x": scores(3.74, 0.35), "y": scores(0.9, 0.05)}
+    comparisons = compare(a, b)
+    pa = comparisons["pixel_accuracy"]
+    assert pa.unranked == ("x",)
+    assert not pa.comparable
+    assert pa.better is None
+    decision = verdict(comparisons)
+    assert decision.decided_by.metric.name == "mae"
+    assert decision.better == "A"
+    assert "does not rank 1 image(s)" in decision.reason
+    assert decision.to_dict()["pixel_accuracy_unranked"] == ["x"]
+
+
+def test_verdict_falls_back_where_pixel_accuracy_misranks_below_one() -> None:
+    gt = square(40, 25, 25, 10)
+    a = {"x": score_image(corner_error(10), gt)}
+    b = {"x": score_image(corner_error(14), gt)}  # higher PA, more wrong pixels
+    decision = verdict(compare(a, b))
+    assert decision.decided_by.metric.name == "mae"
+    assert decision.better == "A"
+
+
+def test_verdict_falls_back_when_pixel_accuracy_is_never_defined() -> None:
+    decision = verdict(compare({"x": scores(None, 0.2)}, {"x": scores(None, 0.1)}))
+    assert decision.decided_by.metric.name == "mae"
+    assert decision.better == "B"
+    assert decision.pixel_accuracy.unranked == ()

@@ -15,13 +15,14 @@ from toonq.worker.cli.commands import (
     precision_option,
     resolution_option,
 )
-from toonq.worker.evaluation.comparison import compare
+from toonq.worker.evaluation.comparison import compare, verdict
 from toonq.worker.evaluation.dataset import EvalDataset, open_dataset
 from toonq.worker.evaluation.report import (
     ContactSheet,
     ab_payload,
     scores_table,
     summary_table,
+    verdict_text,
     write_ab_report,
 )
 from toonq.worker.evaluation.runner import EngineSource, FolderSource, PredictionSource, evaluate
@@ -119,11 +120,17 @@ def eval_command(
         dataset, sources, max_pixels=max_pixels, allow_empty_gt=allow_empty_gt, observer=sheet
     )
     comparisons = compare(a.scores, b.scores)
-    files = write_ab_report(report_dir or DEFAULT_REPORT_DIR, dataset, (a, b), comparisons, sheet)
+    decision = verdict(comparisons)
+    files = write_ab_report(
+        report_dir or DEFAULT_REPORT_DIR, dataset, (a, b), comparisons, decision, sheet
+    )
     if as_json:
-        print_json(ab_payload((a, b), comparisons, files))
+        print_json(ab_payload((a, b), comparisons, decision, files))
     else:
         click.echo(summary_table(a, b, comparisons))
+        click.echo("")
+        for line in verdict_text(a, b, decision):
+            click.echo(line)
         click.echo(f"\nreport: {files.markdown}")
 
 

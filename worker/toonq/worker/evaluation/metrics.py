@@ -73,6 +73,9 @@ class ImageScores:
     mae: float
     boundary_f: float | None
     halo: float | None
+    #: Whether Pixel Accuracy ranks this mask: its score before squaring is not negative, so
+    #: a higher Pixel Accuracy means fewer wrong pixels. None where Pixel Accuracy is.
+    pixel_accuracy_ranks: bool | None
 
     def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
@@ -89,12 +92,14 @@ def score_image(pred: Mask, gt: Mask, rgb: npt.NDArray[np.uint8] | None = None) 
     the size of `gt`) is the input image whose cut-out the halo inspects: without it, halo is
     None."""
     pred = resize_linear(pred, (gt.shape[0], gt.shape[1]))
+    score = pixel_accuracy_score(pred, gt)
     return ImageScores(
-        pixel_accuracy=pixel_accuracy(pred, gt),
+        pixel_accuracy=None if score is None else score * score,
         iou=iou(pred, gt),
         mae=mae(pred, gt),
         boundary_f=boundary_f_measure(pred, gt),
         halo=None if rgb is None else halo(rgb, pred),
+        pixel_accuracy_ranks=None if score is None else score >= 0,
     )
 
 
@@ -136,14 +141,20 @@ def pixel_accuracy(pred: Mask, gt: Mask) -> float | None:
     are wrong than the foreground has, and squaring it then gives a PA that grows with the
     error (above 1 past twice the foreground); this is kept, to match the published figures.
     """
+    score = pixel_accuracy_score(pred, gt)
+    return None if score is None else score * score
+
+
+def pixel_accuracy_score(pred: Mask, gt: Mask) -> float | None:
+    """Pixel Accuracy before squaring (steps 1 to 3 of `pixel_accuracy`): 1 at best, falling
+    with every wrong pixel, negative past as many wrong pixels as the foreground has."""
     _require_same_shape(pred, gt)
     foreground = _count(gt > FOREGROUND_THRESHOLD)
     if foreground == 0:
         return None
     wrong = np.abs(pred.astype(np.int16) - gt.astype(np.int16)) > PA_TOLERANCE
     surviving = _erode_square(wrong, PA_EROSION_SIZE)
-    score = 1.0 - _count(surviving) / foreground
-    return score * score
+    return 1.0 - _count(surviving) / foreground
 
 
 def iou(pred: Mask, gt: Mask) -> float | None:

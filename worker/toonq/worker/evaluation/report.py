@@ -19,12 +19,14 @@ from typing import Any, Final
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from toonq.worker.evaluation.comparison import PairedComparison
+from toonq.worker.evaluation.comparison import PairedComparison, Verdict
 from toonq.worker.evaluation.dataset import EvalDataset
 from toonq.worker.evaluation.metrics import METRICS, Mask, MetricInfo
 from toonq.worker.evaluation.runner import Sample, SourceResult
 
 CONTACT_SHEET_ROWS: Final = 8
+#: The caution names this many images at most (all are in report.json).
+CAUTION_NAMES: Final = 10
 _CELL: Final = 192  # contact-sheet thumbnail box, pixels
 _CAPTION: Final = 22  # height of the text strip above each contact-sheet row
 _BACKGROUND: Final = (255, 255, 255)
@@ -91,10 +93,34 @@ def summary_table(
                 str(comparison.b_better),
                 str(comparison.ties),
                 f"{comparison.p_value:.3g}",
-                winner if comparison.count else "n/a",
+                _winner_cell(comparison, winner),
             ]
         )
     return _table(header, rows, numeric_columns=range(1, len(header) - 1))
+
+
+def verdict_text(a: SourceResult, b: SourceResult, verdict: Verdict) -> list[str]:
+    """The verdict as lines for the terminal and the report: which source is better, by which
+    metric and why that one, then the Pixel Accuracy caveat where it applies."""
+    decided_by = verdict.decided_by
+    if verdict.better is None:
+        outcome = f"neither is better by {decided_by.metric.title}"
+    else:
+        label = a.label if verdict.better == "A" else b.label
+        outcome = (
+            f"{verdict.better} ({label}) is better by {decided_by.metric.title} "
+            f"(sign test p = {decided_by.p_value:.3g})"
+        )
+    lines = [f"Verdict: {outcome}. {verdict.reason}"]
+    if verdict.pixel_accuracy.unranked:
+        lines.append(
+            "Caution: Pixel accuracy does not rank "
+            f"{_names(verdict.pixel_accuracy.unranked)}. ToonOut squares "
+            "1 - wrong / foreground, which is negative when more pixels are wrong than the "
+            "ground truth has foreground: there a higher score means a worse mask (above 1 "
+            "past twice the foreground), so its means and win counts do not rank the models."
+        )
+    return lines
 
 
 class ContactSheet:
@@ -164,6 +190,7 @@ def write_ab_report(
     dataset: EvalDataset,
     results: tuple[SourceResult, SourceResult],
     comparisons: dict[str, PairedComparison],
+    verdict: Verdict,
     contact_sheet: ContactSheet,
 ) -> ReportFiles:
     """Write the A/B report files into `out_dir` (created if needed; files are replaced)."""
@@ -176,8 +203,9 @@ def write_ab_report(
     )
     write_chart(files.chart, *results)
     contact_sheet.render(files.contact_sheet)
-    files.markdown.write_text(_markdown(dataset, results, comparisons, files), encoding="utf-8")
-    payload = ab_payload(results, comparisons, files)
+    markdown = _markdown(dataset, results, comparisons, verdict, files)
+    files.markdown.write_text(markdown, encoding="utf-8")
+    payload = ab_payload(results, comparisons, verdict, files)
     files.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return files
 
@@ -185,12 +213,14 @@ def write_ab_report(
 def ab_payload(
     results: Sequence[SourceResult],
     comparisons: dict[str, PairedComparison],
+    verdict: Verdict,
     files: ReportFiles,
 ) -> dict[str, Any]:
     """The A/B results as JSON-ready data (`toonq eval --json` and report.json)."""
     return {
         "sources": [result.to_dict() for result in results],
         "comparison": {name: comparison.to_dict() for name, comparison in comparisons.items()},
+        "verdict": verdict.to_dict(),
         "report": files.to_dict(),
     }
 
@@ -236,6 +266,7 @@ def _markdown(
     dataset: EvalDataset,
     results: tuple[SourceResult, SourceResult],
     comparisons: dict[str, PairedComparison],
+    verdict: Verdict,
     files: ReportFiles,
 ) -> str:
     a, b = results
@@ -263,13 +294,16 @@ def _markdown(
             "",
             "## Summary",
             "",
+            *itertools.chain.from_iterable(
+                (f"**{line.replace(': ', ':** ', 1)}", "") for line in verdict_text(a, b, verdict)
+            ),
             summary_table(a, b, comparisons),
             "",
             "Means are over the images where a metric is defined. B − A, the win counts and the "
             "exact two-sided sign test are over the images where both scores are (ties left out "
             "of the test). The better side is the one with the better mean, in **bold** when "
-            "p < 0.05. ↑: higher is better; ↓: lower is better.",
-            *_pixel_accuracy_caveat(results),
+            "p < 0.05; a metric that cannot rank the pair names none. ↑: higher is better; "
+            "↓: lower is better.",
             "",
             f"![Per-image scores]({files.chart.name})",
             "",
@@ -287,25 +321,6 @@ def _markdown(
     )
 
 
-def _pixel_accuracy_caveat(results: tuple[SourceResult, SourceResult]) -> list[str]:
-    """A warning when a Pixel Accuracy exceeds 1, which only a very wrong mask can reach."""
-    above = sorted(
-        name
-        for result in results
-        for name, scores in result.scores.items()
-        if scores.pixel_accuracy is not None and scores.pixel_accuracy > 1
-    )
-    if not above:
-        return []
-    return [
-        "",
-        f"**Caution**: Pixel accuracy is above 1 for {', '.join(dict.fromkeys(above))}. "
-        "ToonOut squares 1 - wrong / foreground, which is negative when more pixels are wrong "
-        "than the ground truth has foreground: there, a higher score means a worse mask, so "
-        "compare IoU and MAE instead.",
-    ]
-
-
 @dataclass(frozen=True)
 class _SheetRow:
     caption: str
@@ -321,6 +336,17 @@ def _thumbnail(image: Image.Image) -> Image.Image:
 
 def _mask_thumbnail(mask: Mask) -> Image.Image:
     return _thumbnail(Image.fromarray(mask).convert("RGB"))
+
+
+def _names(names: Sequence[str], shown: int = CAUTION_NAMES) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _winner_cell(comparison: PairedComparison, winner: str) -> str:
+    if comparison.unranked:
+        return "not comparable"
+    return winner if comparison.count else "n/a"
 
 
 def _heading(metric: MetricInfo) -> str:
