@@ -128,6 +128,23 @@ def test_submit_refuses_to_refine_a_mask(
     assert broker.take_sent() == []
 
 
+def test_submit_refuses_a_resolution_over_the_deployments_cap(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> None:
+    assert settings.max_resolution == 2048
+
+    refused = toonq(client, "submit", input_uri(settings), "--resolution", "3072")
+
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "error [invalid_request]: resolution must be a positive multiple of 32 up to 2048, "
+        "got 3072\n"
+    )
+    assert jobstore.list() == []
+    assert broker.take_sent() == []
+
+
 def test_an_idempotency_conflict_names_what_differs(
     client: ToonqClient, settings: Settings
 ) -> None:

@@ -293,6 +293,22 @@ def test_a_job_whose_lease_renewal_is_refused_stops_before_writing_its_output(
         ctx.objects.get(job.output_uri, max_bytes=1 << 20)
 
 
+def test_a_row_asking_for_more_than_the_resolution_cap_fails_without_running(
+    ctx: WorkerContext,
+) -> None:
+    # Written by a producer under another configuration: the worker checks it again.
+    job = submitted(ctx)
+    capped = replace(ctx, settings=replace(ctx.settings, resolution=32, max_resolution=32))
+
+    assert process_job(capped, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "invalid_request")
+    assert "up to 32, got 64" in (failed.error_message or "")
+    with pytest.raises(InputNotFoundError):  # nothing was written
+        ctx.objects.get(job.output_uri, max_bytes=1 << 20)
+
+
 def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
     ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
 ) -> None:

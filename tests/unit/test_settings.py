@@ -46,7 +46,11 @@ def test_log_level_is_case_insensitive() -> None:
     ("env", "message"),
     [
         ({"TOONQ_RESOLUTION": "1000"}, "multiple of 32"),
-        ({"TOONQ_RESOLUTION": "8192"}, "up to 4096"),
+        ({"TOONQ_RESOLUTION": "8192"}, "up to 2048"),
+        ({"TOONQ_RESOLUTION": "3072"}, "up to 2048, got 3072 .TOONQ_MAX_RESOLUTION."),
+        ({"TOONQ_MAX_RESOLUTION": "8192"}, "TOONQ_MAX_RESOLUTION must be .* up to 4096"),
+        ({"TOONQ_MAX_RESOLUTION": "1000"}, "TOONQ_MAX_RESOLUTION must be a positive multiple"),
+        ({"TOONQ_MAX_RESOLUTION": "512"}, "TOONQ_RESOLUTION must be .* up to 512, got 1024"),
         ({"TOONQ_MAX_ATTEMPTS": "three"}, "must be an integer"),
         ({"TOONQ_MAX_ATTEMPTS": "0"}, ">= 1"),
         ({"TOONQ_PRECISION": "fp8"}, "TOONQ_PRECISION must be one of"),

@@ -25,7 +25,7 @@ from typing import Unpack
 from celery import Celery
 
 from toonq.producer.validation import InputValidator
-from toonq.shared.choices import OutputFormat
+from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import ToonqError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
@@ -154,6 +154,7 @@ class ToonqClient:
             refine_foreground=request.refine_foreground,
             mask_only=request.mask_only,
         )
+        check_resolution(params.resolution, self.settings.max_resolution)
         job_id = _job_id(request.idempotency_key)
         output_uri = self._validator.check_output(
             request.output_uri or f"{self.settings.output_prefix}/{job_id}.{params.format}"

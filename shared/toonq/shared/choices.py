@@ -16,6 +16,8 @@ MAX_PRIORITY: Final = 9
 
 #: BiRefNet's decoder cuts its input into a grid of patches at 1/32 scale.
 RESOLUTION_MULTIPLE: Final = 32
+#: The largest model input toonq accepts at all; a deployment sets its own lower cap
+#: (`TOONQ_MAX_RESOLUTION`).
 MAX_RESOLUTION: Final = 4096
 
 #: Numeric precisions of the model; `auto` is fp16 on a GPU and fp32 on a CPU.
@@ -32,19 +34,19 @@ IMAGE_SUFFIXES: Final = frozenset(
 )
 
 
-def resolution_problem(resolution: int) -> str | None:
-    """Why `resolution` cannot be a model input size, or None if it can."""
-    if resolution % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= resolution <= MAX_RESOLUTION:
+def resolution_problem(resolution: int, limit: int = MAX_RESOLUTION) -> str | None:
+    """Why `resolution` cannot be a model input size up to `limit`, or None if it can."""
+    if resolution % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= resolution <= limit:
         return (
-            f"must be a positive multiple of {RESOLUTION_MULTIPLE} up to {MAX_RESOLUTION}, "
-            f"got {resolution}"
+            f"must be a positive multiple of {RESOLUTION_MULTIPLE} up to {limit}, got {resolution}"
         )
     return None
 
 
-def check_resolution(resolution: int) -> int:
-    """`resolution`, or InvalidRequestError saying why it cannot be a model input size."""
-    problem = resolution_problem(resolution)
+def check_resolution(resolution: int, limit: int = MAX_RESOLUTION) -> int:
+    """`resolution`, or InvalidRequestError saying why it cannot be a model input size up to
+    `limit`."""
+    problem = resolution_problem(resolution, limit)
     if problem:
         raise InvalidRequestError(f"resolution {problem}")
     return resolution

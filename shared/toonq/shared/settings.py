@@ -156,6 +156,9 @@ class Settings:
     resolution: int = _setting(
         "TOONQ_RESOLUTION", DEFAULT_RESOLUTION, _int(minimum=RESOLUTION_MULTIPLE)
     )
+    #: The largest resolution a job may ask for: a worker's memory per job grows with its square
+    #: (and, compiled, each resolution is a graph of its own).
+    max_resolution: int = _setting("TOONQ_MAX_RESOLUTION", 2048, _int(minimum=RESOLUTION_MULTIPLE))
     bg_color: str = _setting("TOONQ_BG_COLOR", DEFAULT_BG_COLOR)
     png_compress_level: int = _setting("TOONQ_PNG_COMPRESS_LEVEL", 1, _int())
     compile_mode: str = _setting("TOONQ_COMPILE", "off", _choice(COMPILE_MODES))
@@ -220,8 +223,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if problem := resolution_problem(self.resolution):
-            raise ConfigurationError(f"TOONQ_RESOLUTION {problem}")
+        if problem := resolution_problem(self.max_resolution):
+            raise ConfigurationError(f"TOONQ_MAX_RESOLUTION {problem}")
+        if problem := resolution_problem(self.resolution, self.max_resolution):
+            raise ConfigurationError(f"TOONQ_RESOLUTION {problem} (TOONQ_MAX_RESOLUTION)")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigurationError("TOONQ_PNG_COMPRESS_LEVEL must be between 0 and 9")
         if self.retry_backoff_max_s >= self.visibility_timeout_s:

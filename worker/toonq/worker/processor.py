@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from toonq.shared.choices import check_resolution
 from toonq.shared.errors import (
     InvalidRequestError,
     PermanentJobError,
@@ -120,8 +121,10 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
 def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float]]:
     """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost."""
     job = claim.job
+    # A row written by an older producer, or under another configuration, is not trusted.
     ctx.uris.check_input(job.input_uri)
     ctx.uris.check_output(job.output_uri)
+    check_resolution(job.params.resolution, ctx.settings.max_resolution)
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
