@@ -23,20 +23,14 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Executable,
     MappingResult,
     RowMapping,
-    Select,
-    UnaryExpression,
-    and_,
     bindparam,
     insert,
-    or_,
     select,
-    true,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -44,7 +38,7 @@ from toonq.shared.db.engine import translate_db_errors
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, utc_now
 from toonq.shared.jobstore import selections, statements, transitions
-from toonq.shared.jobstore.selections import Clause, Order, Selection
+from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
 from toonq.shared.jobstore.transitions import Transition
@@ -67,18 +61,18 @@ class SqlJobStore(JobStore):
         # PostgreSQL writes a change and its events in one statement (`_PostgresTransaction`),
         # which needs no BEGIN and COMMIT around it.
         self._postgres = engine.dialect.name == "postgresql"
+        self._kind = _PostgresTransaction if self._postgres else SqlTransaction
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def _transaction(self, *, single_write: bool = False) -> Iterator[SqlTransaction]:
-        kind = _PostgresTransaction if self._postgres else SqlTransaction
         with translate_db_errors():
             if single_write and self._postgres:
                 with self._autocommit.connect() as connection:
-                    yield kind(connection)
+                    yield self._kind(connection)
             else:
                 with self._engine.begin() as connection:
-                    yield kind(connection)
+                    yield self._kind(connection)
 
     def _create_at_once(
         self, specs: builtins.list[JobSpec], *, actor: str
@@ -137,14 +131,14 @@ class SqlTransaction(Transaction):
     def select(
         self, selection: Selection, order: Order, limit: int | None = None
     ) -> builtins.list[Job]:
-        query = _jobs().where(_condition(selection)).order_by(*map(_order_by, order)).limit(limit)
-        return [_job(row) for row in self._execute(query)]
+        bound = statements.selected(selection, order, limit)
+        return [_job(row) for row in self._execute(bound.statement, bound.parameters)]
 
     def with_keys(self, keys: Iterable[str]) -> dict[str, Job]:
         keys = builtins.list(keys)
         if not keys:
             return {}
-        query = _jobs().where(_JOBS.c.idempotency_key.in_(keys))
+        query = select(_JOBS).where(_JOBS.c.idempotency_key.in_(keys))
         jobs = [_job(row) for row in self._execute(query)]
         return {job.idempotency_key: job for job in jobs if job.idempotency_key is not None}
 
@@ -179,37 +173,7 @@ class _PostgresTransaction(SqlTransaction):
         return None if row is None else _job(row)
 
 
-def _jobs() -> Select[Any]:
-    return select(_JOBS)
-
-
 def _job(row: RowMapping) -> Job:
     """The snapshot of a job's row."""
     params = JobParams(*(row[column.name] for column in statements.PARAM_COLUMNS))
     return Job(params=params, **{name: row[name] for name in _JOB_FIELDS})
-
-
-def _condition(selection: Selection) -> ColumnElement[bool]:
-    """The condition on a job's row that `selection` is."""
-    return or_(*(_clause_condition(clause) for clause in selection.clauses))
-
-
-def _clause_condition(clause: Clause) -> ColumnElement[bool]:
-    def column(name: str) -> Any:
-        return _JOBS.c[name]
-
-    conditions = [column(name) == value for name, value in clause.equal.items()]
-    conditions += [column(name).in_(sorted(values)) for name, values in clause.among.items()]
-    conditions += [column(name) < limit for name, limit in clause.before.items()]
-    conditions += [column(name) >= limit for name, limit in clause.not_before.items()]
-    conditions += [column(name).between(*bounds) for name, bounds in clause.within.items()]
-    conditions += [
-        column(name).is_(None) if empty else column(name).is_not(None)
-        for name, empty in clause.empty.items()
-    ]
-    return and_(true(), *conditions)
-
-
-def _order_by(name: str) -> UnaryExpression[Any]:
-    column: ColumnElement[Any] = _JOBS.c[name.removeprefix("-")]
-    return column.desc() if name.startswith("-") else column.asc()

@@ -1,9 +1,10 @@
-"""The SQL store's writes, each built once per shape and run with parameters.
+"""The SQL store's selections and guarded writes, each built once per shape and run with
+parameters.
 
 A worker writes a few changes per job, and building a SQLAlchemy statement costs more Python
-than running it. A write's statement depends on the shape of its guard and of its values (which
+than running it. A statement depends on the shape of its selection and of its values (which
 fields, compared how), never on the values themselves: so each shape is built once, cached, and
-bound to the values of each call (`Bound`).
+bound to the values of each call (`Bound`). This is also the one place a `Selection` becomes SQL.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Executable,
+    Select,
+    UnaryExpression,
     and_,
     bindparam,
     insert,
@@ -32,7 +35,7 @@ from sqlalchemy.sql.dml import Update
 
 from toonq.shared.db.schema import Base, JobEventRow, JobRow
 from toonq.shared.job import JobParams
-from toonq.shared.jobstore.selections import Clause, Selection
+from toonq.shared.jobstore.selections import Clause, Order, Selection
 
 JOBS: Final = Base.metadata.tables[JobRow.__tablename__]
 EVENTS: Final = Base.metadata.tables[JobEventRow.__tablename__]
@@ -48,7 +51,7 @@ _ClauseShape = tuple[
     tuple[str, ...],  # within
     tuple[tuple[str, bool], ...],  # empty
 ]
-_GuardShape = tuple[_ClauseShape, ...]
+_Shape = tuple[_ClauseShape, ...]
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,16 @@ def columns(values: Mapping[str, Any]) -> dict[str, Any]:
     return by_column
 
 
+def selected(selection: Selection, order: Order, limit: int | None) -> Bound:
+    """SELECT the jobs `selection` matches, in `order`, at most `limit` of them."""
+    statement = _select(_shape(selection), tuple(order), limit)
+    return Bound(statement, _selection_parameters(selection))
+
+
 def guarded_update(job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Bound:
     """UPDATE the job WHERE `guard` RETURNING its row."""
     by_column = columns(values)
-    statement = _update(_guard_shape(guard), tuple(by_column))
+    statement = _update(_shape(guard), tuple(by_column))
     return Bound(statement, _update_parameters(job_id, guard, by_column))
 
 
@@ -88,7 +97,7 @@ def guarded_update_with_events(
     data-modifying CTEs), returning the job's row: nothing is written if the guard fails."""
     by_column = columns(values)
     names = tuple(tuple(event) for event in events)
-    statement = _update_with_events(_guard_shape(guard), tuple(by_column), names)
+    statement = _update_with_events(_shape(guard), tuple(by_column), names)
     parameters = _update_parameters(job_id, guard, by_column)
     for number, event in enumerate(events):
         parameters |= {f"e{number}_{name}": value for name, value in event.items()}
@@ -98,7 +107,7 @@ def guarded_update_with_events(
 # --- Shapes and parameters ------------------------------------------------------------------------
 
 
-def _guard_shape(guard: Selection) -> _GuardShape:
+def _shape(selection: Selection) -> _Shape:
     return tuple(
         (
             tuple(sorted((name, value is None) for name, value in clause.equal.items())),
@@ -108,18 +117,22 @@ def _guard_shape(guard: Selection) -> _GuardShape:
             tuple(sorted(clause.within)),
             tuple(sorted(clause.empty.items())),
         )
-        for clause in guard.clauses
+        for clause in selection.clauses
     )
+
+
+def _selection_parameters(selection: Selection) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for number, clause in enumerate(selection.clauses):
+        parameters |= _clause_parameters(number, clause)
+    return parameters
 
 
 def _update_parameters(
     job_id: uuid.UUID, guard: Selection, by_column: Mapping[str, Any]
 ) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"job_id": job_id}
-    for number, clause in enumerate(guard.clauses):
-        parameters |= _clause_parameters(number, clause)
-    parameters |= {f"v_{name}": value for name, value in by_column.items()}
-    return parameters
+    values = {f"v_{name}": value for name, value in by_column.items()}
+    return {"job_id": job_id, **_selection_parameters(guard), **values}
 
 
 def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
@@ -139,7 +152,12 @@ def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _update(guard: _GuardShape, value_columns: tuple[str, ...]) -> Update:
+def _select(selection: _Shape, order: tuple[str, ...], limit: int | None) -> Select[Any]:
+    return select(JOBS).where(_condition(selection)).order_by(*map(_order_by, order)).limit(limit)
+
+
+@functools.lru_cache(maxsize=256)
+def _update(guard: _Shape, value_columns: tuple[str, ...]) -> Update:
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), _condition(guard))
@@ -150,7 +168,7 @@ def _update(guard: _GuardShape, value_columns: tuple[str, ...]) -> Update:
 
 @functools.lru_cache(maxsize=256)
 def _update_with_events(
-    guard: _GuardShape, value_columns: tuple[str, ...], events: tuple[tuple[str, ...], ...]
+    guard: _Shape, value_columns: tuple[str, ...], events: tuple[tuple[str, ...], ...]
 ) -> Executable:
     written = _update(guard, value_columns).cte("written")
     # One INSERT for all the events, in order: the CTEs of a statement run in no set order.
@@ -167,7 +185,7 @@ def _update_with_events(
     return select(written).add_cte(recorded)
 
 
-def _condition(guard: _GuardShape) -> ColumnElement[bool]:
+def _condition(guard: _Shape) -> ColumnElement[bool]:
     return or_(*(_clause_condition(number, clause) for number, clause in enumerate(guard)))
 
 
@@ -194,6 +212,11 @@ def _clause_condition(number: int, shape: _ClauseShape) -> ColumnElement[bool]:
         for name, is_empty in empty
     ]
     return and_(true(), *conditions)
+
+
+def _order_by(name: str) -> UnaryExpression[Any]:
+    column: ColumnElement[Any] = JOBS.c[name.removeprefix("-")]
+    return column.desc() if name.startswith("-") else column.asc()
 
 
 def _param(prefix: str, name: str) -> Any:

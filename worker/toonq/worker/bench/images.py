@@ -8,6 +8,7 @@ multi-scale texture plus sensor noise, which compresses far worse) with a soft-e
 
 from __future__ import annotations
 
+import io
 from typing import Final, Literal
 
 import numpy as np
@@ -21,6 +22,13 @@ KINDS: Final[tuple[Kind, ...]] = ("anime", "photo")
 
 #: Standard deviation of the photo-like sample's per-pixel noise, in grey levels.
 _SENSOR_NOISE: Final = 3.0
+
+
+def solid_png(side: int) -> bytes:
+    """A `side`×`side` opaque PNG of one colour: an input that costs nothing to process."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (200, 120, 60, 255)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def cutout(kind: Kind, size: tuple[int, int]) -> npt.NDArray[np.uint8]:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from toonq.worker.bench.report import PIPELINE_EFFICIENCY, BenchOptions, Section, markdown_table
-from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
-from toonq.worker.bench.throughput import Throughput, measure_throughput
+from toonq.worker.bench.services import bench_deployment
+from toonq.worker.bench.throughput import Throughput, run_worker
 from toonq.worker.harness.deployment import Deployment
 from toonq.worker.main import default_concurrency
 from toonq.worker.samples import anime_sample
@@ -68,12 +68,16 @@ def sample_png(size: tuple[int, int]) -> bytes:
 def _throughput(
     deployment: Deployment, uris: Sequence[str], count: int, *, model: str, batch: int, jobs: int
 ) -> Throughput:
-    job_ids = deployment.submit([uris[i % len(uris)] for i in range(count)])
-    with deployment.start_worker(
-        TOONQ_MODEL=model, TOONQ_MAX_BATCH_SIZE=str(batch), TOONQ_CONCURRENCY=str(jobs)
-    ) as worker:
-        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
-        return measure_throughput(deployment, job_ids, timeout_s=900, fill=batch, drain=jobs)
+    return run_worker(
+        deployment,
+        deployment.submit([uris[i % len(uris)] for i in range(count)]),
+        timeout_s=900,
+        fill=batch,
+        drain=jobs,
+        TOONQ_MODEL=model,
+        TOONQ_MAX_BATCH_SIZE=str(batch),
+        TOONQ_CONCURRENCY=str(jobs),
+    ).throughput
 
 
 def measure(

@@ -9,38 +9,31 @@ the same run with as many messages in flight: a bare Celery no-op task on the sa
 
 from __future__ import annotations
 
-import io
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from toonq.shared.queue import create_celery_app
 from toonq.shared.settings import Settings
+from toonq.worker.bench.images import solid_png
 from toonq.worker.bench.noop_app import DONE_MARK, NOOP_TASK
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
-from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
-from toonq.worker.bench.throughput import measure_throughput, steady_rate
+from toonq.worker.bench.services import bench_deployment
+from toonq.worker.bench.throughput import run_worker, steady_rate
 from toonq.worker.harness.deployment import Deployment
 from toonq.worker.harness.process import ChildProcess
 
-_SIZE = 32
+#: The side of the inputs: small enough that the job itself costs nothing.
+SIZE = 32
 _IN_FLIGHT = (1, 18)
-
-
-def _tiny_png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", (_SIZE, _SIZE), (200, 120, 60, 255)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def run(options: BenchOptions) -> Section:
     jobs = 60 if options.quick else 400
     rows = []
     with bench_deployment(use_s3=False) as deployment:
-        uri = deployment.put_input("tiny.png", _tiny_png())
+        uri = deployment.put_input("tiny.png", solid_png(SIZE))
         for concurrency in _IN_FLIGHT:
             toonq = _toonq_run(deployment, uri, jobs=jobs, concurrency=concurrency)
             bare_ms = _bare_celery_ms_per_task(deployment, tasks=jobs, concurrency=concurrency)
@@ -92,20 +85,19 @@ def run(options: BenchOptions) -> Section:
 
 
 def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int) -> dict[str, Any]:
-    job_ids = deployment.submit([uri] * jobs, resolution=_SIZE)
-    with deployment.start_worker(
+    run = run_worker(
+        deployment,
+        deployment.submit([uri] * jobs, resolution=SIZE),
+        timeout_s=300,
+        fill=concurrency,
+        drain=concurrency,
         TOONQ_MODEL="standin:0",
-        TOONQ_RESOLUTION=str(_SIZE),
+        TOONQ_RESOLUTION=str(SIZE),
         TOONQ_MAX_BATCH_SIZE="8",
         TOONQ_MAX_BATCH_WAIT_MS="1",
         TOONQ_CONCURRENCY=str(concurrency),
-    ) as worker:
-        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
-        cpu_before = worker.cpu_seconds()
-        result = measure_throughput(
-            deployment, job_ids, timeout_s=300, fill=concurrency, drain=concurrency
-        )
-        cpu_s = worker.cpu_seconds() - cpu_before
+    )
+    result = run.throughput
     return {
         "jobs_in_flight": concurrency,
         "jobs": result.jobs,
@@ -114,7 +106,7 @@ def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int)
         "ms_per_job": round(1000 / result.jobs_per_s, 2),
         # All the worker's CPU time while it ran the jobs, over the jobs: Python holding the
         # GIL for nearly all of it, on a no-op model.
-        "cpu_ms_per_job": round(cpu_s * 1000 / result.jobs, 2),
+        "cpu_ms_per_job": run.cpu_ms_per_job,
         "median_stage_ms": result.median_stage_ms,
     }
 

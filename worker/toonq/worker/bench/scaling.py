@@ -20,7 +20,6 @@ ceiling any two-core speedup is read against.
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import os
 import statistics
@@ -30,18 +29,21 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
 import imagecodecs
-from PIL import Image
 
+from toonq.worker.bench.images import solid_png
 from toonq.worker.bench.pipeline import sample_png
+from toonq.worker.bench.queue_overhead import SIZE
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
-from toonq.worker.bench.services import WORKER_START_TIMEOUT_S, bench_deployment
-from toonq.worker.bench.throughput import measure_throughput
+from toonq.worker.bench.services import bench_deployment
+from toonq.worker.bench.throughput import run_worker
 from toonq.worker.bench.timing import time_interleaved
 from toonq.worker.harness.deployment import Deployment
+from toonq.worker.main import default_concurrency
 
 #: Host sizes the projection is given for.
 PROJECTED_CORES: Final = (1, 2, 4, 8, 16, 32)
-_TINY = 32
+#: Jobs in flight in a CPU worker by default (batches of one).
+_IN_FLIGHT: Final = default_concurrency(1)
 _MEGAPIXEL = (1024, 1024)
 
 
@@ -59,8 +61,8 @@ def run(options: BenchOptions) -> Section:
             for _ in range(rounds)
             for pinned in pinnings
         ]
-        tiny_uri = deployment.put_input("tiny.png", _tiny_png())
-        noop = _run(deployment, tiny_uri, noop_jobs, cpus=cpus[:1], resolution=_TINY)
+        tiny_uri = deployment.put_input("tiny.png", solid_png(SIZE))
+        noop = _run(deployment, tiny_uri, noop_jobs, cpus=cpus[:1], resolution=SIZE)
     one = [r for r in runs if r["cores"] == 1]
     two = [r for r in runs if r["cores"] == 2]
     speedups = [b["jobs_per_s"] / a["jobs_per_s"] for a, b in zip(one, two, strict=False)]
@@ -98,21 +100,23 @@ def run(options: BenchOptions) -> Section:
 def _run(
     deployment: Deployment, uri: str, jobs: int, *, cpus: Collection[int], resolution: int
 ) -> dict[str, Any]:
-    job_ids = deployment.submit([uri] * jobs, resolution=resolution)
-    with deployment.start_worker_on(
-        cpus, TOONQ_MODEL="standin:0", TOONQ_RESOLUTION=str(resolution)
-    ) as worker:
-        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
-        cpu_before = worker.cpu_seconds()
-        result = measure_throughput(deployment, job_ids, timeout_s=900, fill=6, drain=6)
-        cpu_s = worker.cpu_seconds() - cpu_before
+    run = run_worker(
+        deployment,
+        deployment.submit([uri] * jobs, resolution=resolution),
+        cpus=cpus,
+        timeout_s=900,
+        fill=_IN_FLIGHT,
+        drain=_IN_FLIGHT,
+        TOONQ_MODEL="standin:0",
+        TOONQ_RESOLUTION=str(resolution),
+    )
     return {
         "cores": len(cpus),
-        "image": f"{resolution}x{resolution}" if resolution == _TINY else "1 MP",
-        "jobs": result.jobs,
-        "succeeded": result.succeeded,
-        "jobs_per_s": round(result.jobs_per_s, 2),
-        "cpu_ms_per_job": round(cpu_s * 1000 / result.jobs, 2),
+        "image": f"{resolution}x{resolution}" if resolution == SIZE else "1 MP",
+        "jobs": run.throughput.jobs,
+        "succeeded": run.throughput.succeeded,
+        "jobs_per_s": round(run.throughput.jobs_per_s, 2),
+        "cpu_ms_per_job": run.cpu_ms_per_job,
     }
 
 
@@ -137,12 +141,6 @@ def _hash(rounds: int) -> None:
 
 def _codec_floor(png: bytes) -> bytes:
     return bytes(imagecodecs.png_encode(imagecodecs.png_decode(png), level=1))
-
-
-def _tiny_png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", (_TINY, _TINY), (200, 120, 60, 255)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _markdown(data: dict[str, Any]) -> str:

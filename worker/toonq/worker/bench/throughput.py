@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from toonq.shared.db.schema import JobRow
+from toonq.worker.bench.services import WORKER_START_TIMEOUT_S
 from toonq.worker.harness.deployment import Deployment
 
 
@@ -22,6 +23,35 @@ class Throughput:
     #: Completions per second in the steady state (see `steady_rate`).
     jobs_per_s: float
     median_stage_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    throughput: Throughput
+    #: The worker's CPU time (user and system) while it ran the jobs, over the jobs.
+    cpu_ms_per_job: float
+
+
+def run_worker(
+    deployment: Deployment,
+    job_ids: Sequence[uuid.UUID],
+    *,
+    cpus: Collection[int] | None = None,
+    timeout_s: float,
+    fill: int,
+    drain: int,
+    **env: str,
+) -> WorkerRun:
+    """Start a worker with `env` (on the CPUs `cpus`, all by default), wait until it is ready,
+    let it run `job_ids` to the end, and measure it; the worker stops on return."""
+    with deployment.start_worker_on(cpus, **env) as worker:
+        worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
+        cpu_before = worker.cpu_seconds()
+        result = measure_throughput(
+            deployment, job_ids, timeout_s=timeout_s, fill=fill, drain=drain
+        )
+        cpu_s = worker.cpu_seconds() - cpu_before
+    return WorkerRun(result, round(cpu_s * 1000 / result.jobs, 2))
 
 
 def measure_throughput(
