@@ -55,7 +55,7 @@ class JobRecord:
     worker: str | None
     attempts: int
     finished_at: datetime | None
-    enqueued_at: datetime | None
+    sent_at: datetime | None
     updated_at: datetime
 
 
@@ -160,7 +160,7 @@ class Cluster(Deployment):
     def records(self) -> dict[uuid.UUID, JobRecord]:
         rows = self._query(
             "SELECT id, status, error_code, output_uri, worker, attempts, finished_at,"
-            " enqueued_at, updated_at FROM jobs"
+            " sent_at, updated_at FROM jobs"
         )
         return {row.id: JobRecord(*row) for row in rows}
 

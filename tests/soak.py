@@ -136,7 +136,7 @@ def _describe(job: JobRecord) -> dict[str, object]:
         "status": job.status,
         "worker": job.worker,
         "attempts": job.attempts,
-        "enqueued_at": job.enqueued_at and job.enqueued_at.isoformat(),
+        "sent_at": job.sent_at and job.sent_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
     }
 

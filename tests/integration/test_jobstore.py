@@ -612,7 +612,7 @@ def test_a_retry_claimed_early_is_left_waiting(jobstore: JobStore, clock: Manual
 def test_a_claim_says_since_when_the_job_waited(jobstore: JobStore, clock: ManualClock) -> None:
     job = create(jobstore)
     assert jobstore.mark_enqueued(job.id)
-    sent = jobstore.get(job.id).enqueued_at
+    sent = jobstore.get(job.id).sent_at
     clock.advance(5)
 
     current = claim(jobstore, job)
@@ -862,11 +862,25 @@ def test_mark_enqueued_applies_to_waiting_jobs_and_lost_running_ones(
     claim(jobstore, running)
 
     assert jobstore.mark_enqueued(queued.id)
-    assert jobstore.get(queued.id).enqueued_at is not None
+    assert jobstore.get(queued.id).sent_at is not None
     assert not jobstore.mark_enqueued(running.id)  # its worker holds a live lease
-    assert jobstore.get(running.id).enqueued_at is None
+    assert jobstore.get(running.id).sent_at is None
     clock.advance(LEASE_S + 1)
     assert jobstore.mark_enqueued(running.id)  # the message that will reclaim it
+
+
+def test_enqueued_at_stays_once_the_job_is_claimed(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    assert jobstore.mark_enqueued(job.id)
+    sent = jobstore.get(job.id).enqueued_at
+    clock.advance(5)
+
+    claim(jobstore, job)
+
+    claimed = jobstore.get(job.id)
+    assert claimed.sent_at is None  # no message is waiting for it any more
+    assert claimed.enqueued_at == sent
+    assert claimed.to_dict()["enqueued_at"] is not None
 
 
 def test_a_lost_running_job_is_recovered_once_not_at_every_pass(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -55,6 +55,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0004",
         "0003",
         "0002",
         "0001",
@@ -139,6 +140,31 @@ def test_a_mask_asked_refined_before_0003_is_read_unrefined(empty_db_url: str) -
     finally:
         engine.dispose()
     assert (params.mask_only, params.refine_foreground) == (True, False)
+
+
+def test_a_sent_message_before_0005_is_both_the_marker_and_enqueued_at(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0004")
+    now, job_id = datetime.now(UTC), uuid.uuid4()
+    engine = create_db_engine(empty_db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, status, input_uri, output_uri, bg_color,"
+                    " output_format, resolution, refine_foreground, mask_only, priority,"
+                    " attempts, max_attempts, created_at, updated_at, enqueued_at) VALUES"
+                    " (:id, 'queued', 's3://in/a.png', 's3://out/a.png', '#808080', 'png', 64,"
+                    " false, false, 0, 0, 3, :now, :now, :now)"
+                ),
+                {"id": job_id if engine.dialect.name == "postgresql" else job_id.hex, "now": now},
+            )
+
+        migrate(empty_db_url)
+
+        job = SqlJobStore(engine).get(job_id)
+    finally:
+        engine.dispose()
+    assert job.sent_at == job.enqueued_at == now
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

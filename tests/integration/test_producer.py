@@ -59,7 +59,7 @@ def test_submit_writes_a_queued_job_and_sends_one_message(
     assert job.status == JobStatus.QUEUED
     assert job.output_uri == f"s3://{s3_bucket}/out/{job.id}.webp"
     assert job.params.bg_color == "#ffffff"
-    assert job.enqueued_at is not None
+    assert job.sent_at is not None
     assert queued_messages() == 1
 
 
@@ -132,12 +132,12 @@ def test_a_job_whose_message_could_not_be_sent_is_sent_by_recovery(
 ) -> None:
     job = unsent_job
     assert job.status == JobStatus.QUEUED
-    assert job.enqueued_at is None  # accepted and durable, but not yet sent
+    assert job.sent_at is None  # accepted and durable, but not yet sent
 
     with ToonqClient(producer_settings) as client:
         sent = recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0)
         assert [(item.job.id, item.reason) for item in sent] == [(job.id, RecoveryReason.UNSENT)]
-        assert client.get(job.id).enqueued_at is not None
+        assert client.get(job.id).sent_at is not None
         assert recover(client.store, client.sender, resend_after_s=3600, unsent_grace_s=0) == []
     assert queued_messages() == 1
 
@@ -192,7 +192,7 @@ def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
         TOONQ_BROKER_URL=producer_settings.broker_url,
         TOONQ_QUEUE=producer_settings.queue,
     )
-    sent_at = client.get(job.id).enqueued_at
+    sent_at = client.get(job.id).sent_at
     assert sent_at is not None
     # A worker that took the message would have claimed the job within a lease.
     due_at = sent_at + timedelta(seconds=producer_settings.lease_s)

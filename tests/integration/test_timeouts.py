@@ -37,7 +37,7 @@ def test_a_send_to_a_silent_redis_fails_instead_of_blocking(silent_server: str) 
     job, _ = store.create(job_spec(), actor="test")
 
     assert not Sender(app, store, queue=settings.queue).send(job)
-    assert store.get(job.id).enqueued_at is None  # recovery sends it once Redis is back
+    assert store.get(job.id).sent_at is None  # recovery sends it once Redis is back
     app.close()
 
 

@@ -99,7 +99,7 @@ def test_submit_writes_a_queued_job_and_sends_its_message(
     assert data == job.to_dict()
     assert (job.status, job.priority, job.params.mask_only) == (JobStatus.QUEUED, 5, True)
     assert job.output_uri == f"{settings.output_prefix}/{job.id}.png"
-    assert job.enqueued_at is not None
+    assert job.sent_at is not None
     assert [message.job_id for message in broker.take_sent()] == [job.id]
     assert [(event.kind, event.actor) for event in client.events(job.id)] == [
         (EventKind.CREATED, ACTOR)
@@ -473,7 +473,7 @@ def test_recover_sends_an_unsent_job_and_says_why(
     reported = toonq_json(client, "recover")
 
     # Sent now: if its new message is lost too, it is presumed lost TOONQ_RESEND_AFTER_S later.
-    sent_at = jobstore.get(unsent.id).enqueued_at
+    sent_at = jobstore.get(unsent.id).sent_at
     assert sent_at is not None
     due = sent_at + timedelta(seconds=settings.resend_after_s)
     assert reported == {

@@ -68,7 +68,8 @@ def test_only_a_value_left_out_takes_the_setting(given: dict[str, Any], message:
         JobParams.with_defaults(Settings.from_env({}), **given)
 
 
-def test_the_json_of_a_jobs_parameters() -> None:
+def a_job(**changes: Any) -> Job:
+    """A queued job, with `changes`."""
     now = datetime.now(UTC)
     job = Job(
         id=uuid.uuid4(),
@@ -76,7 +77,7 @@ def test_the_json_of_a_jobs_parameters() -> None:
         idempotency_key=None,
         input_uri="s3://in/a.png",
         output_uri="s3://out/a.png",
-        params=replace(PARAMS, refine_foreground=True),
+        params=PARAMS,
         priority=0,
         attempts=0,
         max_attempts=3,
@@ -95,7 +96,13 @@ def test_the_json_of_a_jobs_parameters() -> None:
         next_attempt_at=None,
         lease_expires_at=None,
         enqueued_at=None,
+        sent_at=None,
     )
+    return replace(job, **changes)
+
+
+def test_the_json_of_a_jobs_parameters() -> None:
+    job = a_job(params=replace(PARAMS, refine_foreground=True))
     assert job.to_dict()["params"] == {
         "bg_color": "#808080",
         "format": "png",
@@ -103,6 +110,15 @@ def test_the_json_of_a_jobs_parameters() -> None:
         "refine_foreground": True,
         "mask_only": False,
     }
+
+
+def test_the_json_names_the_model_and_its_revision() -> None:
+    job = a_job(model_name="joelseytre/toonout", model_revision="4f1c2e9")
+
+    shown = job.to_dict()
+
+    assert shown["model"] == "joelseytre/toonout@4f1c2e9"
+    assert (shown["model_name"], shown["model_revision"]) == ("joelseytre/toonout", "4f1c2e9")
 
 
 def test_the_command_line_has_one_option_per_parameter() -> None:

@@ -74,7 +74,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
     assert handed == 1  # the finished job stays finished
     job = jobstore.get(held.job.id)
     assert (job.status, job.attempts, job.worker) == (JobStatus.QUEUED, 0, None)
-    assert job.enqueued_at is not None  # announced again at once
+    assert job.sent_at is not None  # announced again at once
     last = jobstore.events(job.id)[-1]
     assert (last.kind, last.reason) == (EventKind.HANDED_BACK, "shutting down")
     assert [message.job_id for message in broker.take_sent()] == [job.id]
@@ -142,5 +142,5 @@ def test_a_failed_send_does_not_stop_the_hand_back_of_the_others(
     jobs = [jobstore.get(claim.job.id) for claim in (first, second)]
     assert [job.status for job in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
     # One message went out; the other job waits for recovery, as an unsent job.
-    assert [job.enqueued_at is None for job in jobs] == [True, False]
+    assert [job.sent_at is None for job in jobs] == [True, False]
     assert [message.job_id for message in broker.take_sent()] == [second.job.id]

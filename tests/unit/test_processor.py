@@ -217,7 +217,7 @@ def test_a_transient_error_schedules_a_retry_and_sends_its_message(
     # The first backoff step, with its jitter: between half and all of TOONQ_RETRY_BACKOFF_S.
     backoff = timedelta(seconds=ctx.settings.retry_backoff_s)
     assert before + backoff / 2 <= retrying.next_attempt_at <= datetime.now(UTC) + backoff
-    assert retrying.enqueued_at is not None
+    assert retrying.sent_at is not None
     [message] = broker.take_sent()
     assert message.job_id == job.id
     assert message.eta is not None
@@ -324,7 +324,7 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
 
     after = ctx.store.get(job.id)
     assert (after.status, after.attempts) == (JobStatus.RETRYING, 1)
-    assert after.enqueued_at is not None  # sent again, for when it is due
+    assert after.sent_at is not None  # sent again, for when it is due
     [message] = broker.take_sent()
     assert message.job_id == job.id
     assert message.eta is not None

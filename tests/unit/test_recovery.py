@@ -39,7 +39,7 @@ def test_send_stamps_the_job_and_hands_its_message_to_the_broker(
 
     assert sender.send(job)
 
-    assert jobstore.get(job.id).enqueued_at is not None
+    assert jobstore.get(job.id).sent_at is not None
     assert [message.job_id for message in broker.take_sent()] == [job.id]
 
 
@@ -57,7 +57,7 @@ def test_send_to_an_unreachable_broker_leaves_the_job_unsent(
 
     assert not Sender(unreachable, jobstore, queue=settings.queue).send(job)
 
-    assert jobstore.get(job.id).enqueued_at is None
+    assert jobstore.get(job.id).sent_at is None
     unreachable.close()
 
 
@@ -84,7 +84,7 @@ def test_recover_sends_each_job_without_a_live_message_once_and_says_why(
         item.job.id for item in recovered
     )
     for item in recovered:
-        assert jobstore.get(item.job.id).enqueued_at is not None
+        assert jobstore.get(item.job.id).sent_at is not None
     # Once sent, they are left alone until that message is presumed lost too.
     assert recover(jobstore, sender, resend_after_s=RESEND_AFTER_S) == []
     assert broker.take_sent() == []
@@ -102,4 +102,4 @@ def test_recover_leaves_alone_the_jobs_whose_message_is_recent(
 
     assert recover(jobstore, sender, resend_after_s=RESEND_AFTER_S) == []
     assert broker.take_sent() == []
-    assert jobstore.get(unsent.id).enqueued_at is None
+    assert jobstore.get(unsent.id).sent_at is None

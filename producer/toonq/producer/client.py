@@ -140,7 +140,7 @@ class ToonqClient:
         created = self.store.create_many(specs, actor=self.actor)
         for job, is_new in created:
             # A job found by its idempotency key whose message was never sent gets it now.
-            if is_new or (job.status == JobStatus.QUEUED and job.enqueued_at is None):
+            if is_new or (job.status == JobStatus.QUEUED and job.sent_at is None):
                 self.sender.send(job)
         return [self.store.get(job.id) for job, _ in created]
 

@@ -279,7 +279,11 @@ class Job:
     finished_at: datetime | None
     next_attempt_at: datetime | None
     lease_expires_at: datetime | None
+    #: When a wake-up message for the job was last handed to the broker (kept once claimed).
     enqueued_at: datetime | None
+    #: When the message for the job's current waiting state was sent; None while none is (what
+    #: recovery looks for), so cleared by each claim, retry, hand-back, cancel and requeue.
+    sent_at: datetime | None
 
     @property
     def model(self) -> str | None:
@@ -325,6 +329,8 @@ class Job:
             "error_message": self.error_message,
             "worker": self.worker,
             "model": self.model,
+            "model_name": self.model_name,
+            "model_revision": self.model_revision,
             "image": image,
             "timings": None if self.timings is None else dict(self.timings),
             "created_at": iso_utc(self.created_at),

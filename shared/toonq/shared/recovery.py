@@ -2,9 +2,9 @@
 
 The job row is the truth; a message is only a wake-up call. Two words cover everything here:
 
-* **send**: hand a job's message to the broker, then stamp the row's `enqueued_at`. The commit
+* **send**: hand a job's message to the broker, then stamp the row's `sent_at`. The commit
   that makes a job exist comes first, so a job whose message could not be sent (broker down,
-  process killed between commit and send) keeps `enqueued_at` empty. Every sender (the client,
+  process killed between commit and send) keeps `sent_at` empty. Every sender (the client,
   the processor's retries, the hand-back, recovery) goes through `Sender.send`.
 * **recover**: send again the message of a job that would otherwise wait for ever, for one of
   the reasons in `RecoveryReason`.
@@ -270,14 +270,14 @@ def due_at(job: Job, settings: Settings, *, stranded: bool) -> datetime:
     lost_after = timedelta(seconds=settings.resend_after_s)
     if job.status == JobStatus.RUNNING:
         expiry = job.lease_expires_at or job.updated_at
-        return expiry if job.enqueued_at is None else max(expiry, job.enqueued_at + lost_after)
+        return expiry if job.sent_at is None else max(expiry, job.sent_at + lost_after)
     # A queued job waits since it was queued; a retrying one since its retry became due.
     retrying = job.status == JobStatus.RETRYING
     became_due = (job.next_attempt_at if retrying else None) or job.updated_at
-    if job.enqueued_at is None:
+    if job.sent_at is None:
         return became_due + timedelta(seconds=UNSENT_GRACE_S)
-    waiting_since = became_due if retrying else job.enqueued_at
-    lost = max(job.enqueued_at, waiting_since) + lost_after
+    waiting_since = became_due if retrying else job.sent_at
+    lost = max(job.sent_at, waiting_since) + lost_after
     return min(lost, waiting_since + timedelta(seconds=settings.lease_s)) if stranded else lost
 
 
@@ -307,7 +307,7 @@ def _listed(store: JobStore, status: JobStatus) -> list[Job]:
 def _reason(job: Job) -> RecoveryReason:
     if job.status == JobStatus.RUNNING:
         return RecoveryReason.LEASE_EXPIRED
-    return RecoveryReason.UNSENT if job.enqueued_at is None else RecoveryReason.LOST
+    return RecoveryReason.UNSENT if job.sent_at is None else RecoveryReason.LOST
 
 
 def _stranded(store: JobStore, messages: QueueMessages, after_s: float) -> list[Job]:

@@ -155,6 +155,9 @@ class JobRow(Base):
     lease_expires_at: Mapped[datetime | None]
     # When the wake-up message for the current queued/retrying state was handed to the broker;
     # NULL while none was sent, so that recovery can tell an unsent job from a waiting one.
+    sent_at: Mapped[datetime | None]
+    # When a wake-up message was last handed to the broker, kept after the claim: what
+    # operators read as "enqueued at".
     enqueued_at: Mapped[datetime | None]
 
 

@@ -68,7 +68,7 @@ class Attempts(StoreCore):
             claimed = transaction.apply(job_id, guard, *steps)
             if claimed is None:
                 return None  # another worker won the race
-            waited_since = job.next_attempt_at or job.enqueued_at or job.updated_at
+            waited_since = job.next_attempt_at or job.sent_at or job.updated_at
             return Claim(claimed, attempt, waited_since=waited_since)
 
     def mark_succeeded(

@@ -137,7 +137,7 @@ def lease_lost(now: datetime) -> Selection:
 def _clause(status: JobStatus, *, sent: bool | None = None, **before: datetime) -> Clause:
     """Jobs in `status` whose message was sent, or not, as `sent` says (either way when None),
     and whose fields named in `before` hold instants before the ones given."""
-    empty = {} if sent is None else {"enqueued_at": not sent}
+    empty = {} if sent is None else {"sent_at": not sent}
     return Clause(equal={"status": status}, empty=empty, before=before)
 
 
@@ -165,10 +165,10 @@ def due_for_recovery(now: datetime, *, unsent_grace_s: float, lost_after_s: floa
         (
             _clause(queued, sent=False, updated_at=unsent_before),
             _clause(retrying, sent=False, next_attempt_at=unsent_before),
-            _clause(queued, enqueued_at=lost_before),
-            _clause(retrying, enqueued_at=lost_before, next_attempt_at=lost_before),
+            _clause(queued, sent_at=lost_before),
+            _clause(retrying, sent_at=lost_before, next_attempt_at=lost_before),
             _clause(running, sent=False, lease_expires_at=now),
-            _clause(running, lease_expires_at=now, enqueued_at=lost_before),
+            _clause(running, lease_expires_at=now, sent_at=lost_before),
         )
     )
 
@@ -178,7 +178,7 @@ def waiting_after_send(*, sent_before: datetime, due_before: datetime) -> Select
     the message sent before `sent_before`, or retrying and due before `due_before`."""
     return Selection(
         (
-            _clause(JobStatus.QUEUED, enqueued_at=sent_before),
+            _clause(JobStatus.QUEUED, sent_at=sent_before),
             _clause(JobStatus.RETRYING, sent=True, next_attempt_at=due_before),
         )
     )

@@ -97,7 +97,7 @@ def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
             "finished_at": now,
             "next_attempt_at": None,
             "lease_expires_at": None,
-            "enqueued_at": None,
+            "sent_at": None,
         },
     )
 
@@ -137,7 +137,7 @@ def requeued(job: Job, *, actor: str, now: datetime, reason: str | None) -> Tran
             "finished_at": None,
             "next_attempt_at": None,
             "lease_expires_at": None,
-            "enqueued_at": None,
+            "sent_at": None,
         },
     )
 
@@ -178,7 +178,7 @@ def started(attempt: int, *, worker: str, now: datetime, lease_s: float) -> Tran
             "started_at": now,
             "lease_expires_at": lease_end(now, lease_s),
             "next_attempt_at": None,
-            "enqueued_at": None,
+            "sent_at": None,
         },
     )
 
@@ -263,7 +263,7 @@ def retried(
             "error_message": error_message,
             "next_attempt_at": next_attempt_at,
             "lease_expires_at": None,
-            "enqueued_at": None,
+            "sent_at": None,
         },
     )
 
@@ -291,7 +291,7 @@ def handed_back(claim: Claim, *, now: datetime, reason: str) -> Transition:
             "worker": None,
             "started_at": None,
             "lease_expires_at": None,
-            "enqueued_at": None,
+            "sent_at": None,
         },
     )
 
@@ -301,7 +301,7 @@ def handed_back(claim: Claim, *, now: datetime, reason: str) -> Transition:
 
 def sent(now: datetime) -> dict[str, Any]:
     """The fields that recording a sent wake-up message writes (no event)."""
-    return {"enqueued_at": now, "updated_at": now}
+    return {"sent_at": now, "enqueued_at": now, "updated_at": now}
 
 
 def _failure(
