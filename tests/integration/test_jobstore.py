@@ -232,6 +232,23 @@ def test_one_batch_cannot_give_two_jobs_one_output(jobstore: JobStore) -> None:
     assert jobstore.list() == []
 
 
+def test_producers_racing_for_one_new_output_uri_leave_it_to_one_job(jobstore: JobStore) -> None:
+    def submit(output_uri: str) -> bool:
+        try:
+            jobstore.create(make_spec(output_uri=output_uri), actor="producer")
+        except OutputConflictError:
+            return False
+        return True
+
+    for race in range(20):
+        output_uri = f"s3://out/race-{race}.png"
+
+        created = run_concurrently(4, lambda uri=output_uri: submit(uri))
+
+        assert created.count(True) == 1
+        assert [job.output_uri for job in jobstore.list(limit=1000)].count(output_uri) == 1
+
+
 def test_an_idempotent_resubmit_keeps_its_output(jobstore: JobStore) -> None:
     first = create(jobstore, idempotency_key="same", output_uri=SHARED_OUTPUT)
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -48,6 +49,14 @@ _EVENTS: Final = statements.EVENTS
 _JOB_FIELDS: Final = tuple(f.name for f in fields(Job) if f.name != "params")
 _EVENT_FIELDS: Final = tuple(f.name for f in fields(JobEvent))
 _LOAD: Final = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
+#: Transaction-scoped advisory locks on the URIs' hashes, taken in one order (sorted) so that two
+#: batches sharing URIs queue behind each other rather than deadlock. A collision of two hashes
+#: only makes two submits wait for each other.
+_LOCK_OUTPUTS: Final = text(
+    "SELECT pg_advisory_xact_lock(lock_key) FROM ("
+    " SELECT DISTINCT hashtextextended(uri, 0) AS lock_key"
+    " FROM unnest(CAST(:uris AS text[])) AS uri ORDER BY lock_key) AS lock_keys"
+)
 #: Built once: an event is written with every change, and building costs more than running.
 _INSERT_EVENT: Final = insert(_EVENTS)
 
@@ -141,6 +150,11 @@ class SqlTransaction(Transaction):
         query = select(_JOBS).where(_JOBS.c.idempotency_key.in_(keys))
         jobs = [_job(row) for row in self._execute(query)]
         return {job.idempotency_key: job for job in jobs if job.idempotency_key is not None}
+
+    def reserve_outputs(self, output_uris: Iterable[str]) -> None:
+        # PostgreSQL only: SQLite's transactions take the write lock as they begin.
+        if self._connection.dialect.name == "postgresql":
+            self._connection.execute(_LOCK_OUTPUTS, {"uris": sorted(set(output_uris))})
 
     def events_of(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
         query = select(_EVENTS).where(_EVENTS.c.job_id == job_id).order_by(_EVENTS.c.id)

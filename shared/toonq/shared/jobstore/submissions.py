@@ -4,8 +4,8 @@ own.
 An output URI belongs to the first job created with it: another job asking for it is refused
 with OutputConflictError, whatever the first one's status (a finished job's output is still
 read by whoever submitted it; a failed one may be requeued and write it). The check runs in the
-creating transaction; two producers inserting the same new URI at the same instant can both pass
-it, which the producer's own default URIs (one per job id) never do.
+creating transaction, after reserving the URIs (`Transaction.reserve_outputs`): of two producers
+inserting the same new URI at the same instant, the second sees the first's job.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Submissions(StoreCore):
             # the two reads is then found by its key (the same job), not taken for another
             # job holding the output.
             outputs = {spec.output_uri for spec in specs}
+            transaction.reserve_outputs(outputs)
             by_output = {
                 job.output_uri: job
                 for job in transaction.select(selections.writing(outputs), ("id",))

@@ -34,6 +34,11 @@ class Transaction(ABC):
         """The jobs created with these idempotency keys, by key."""
 
     @abstractmethod
+    def reserve_outputs(self, output_uris: Iterable[str]) -> None:
+        """Hold these output URIs until the transaction ends, so that a concurrent transaction
+        checking who writes one of them waits for this one to commit first."""
+
+    @abstractmethod
     def events_of(self, job_id: uuid.UUID) -> builtins.list[JobEvent]:
         """The job's history, oldest first."""
 
