@@ -243,7 +243,7 @@ def test_producers_racing_for_one_new_output_uri_leave_it_to_one_job(jobstore: J
     for race in range(20):
         output_uri = f"s3://out/race-{race}.png"
 
-        created = run_concurrently(4, lambda uri=output_uri: submit(uri))
+        created = run_concurrently(4, functools.partial(submit, output_uri))
 
         assert created.count(True) == 1
         assert [job.output_uri for job in jobstore.list(limit=1000)].count(output_uri) == 1
