@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -55,6 +55,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0005",
         "0004",
         "0003",
         "0002",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -236,6 +238,52 @@ def test_cancel_and_wait(client: ToonqClient, s3_bucket: str) -> None:
     assert cancelled.status == JobStatus.CANCELLED
     assert client.wait(job.id, timeout=1).status == JobStatus.CANCELLED
     assert [event.kind for event in client.events(job.id)] == ["created", "cancelled"]
+
+
+def test_wait_on_postgresql_returns_when_the_job_finishes_not_at_the_next_read(
+    client: ToonqClient, s3_bucket: str
+) -> None:
+    """The waiter reads its job again only every 10 s unless told: finishing in well under
+    `timeout` proves the notification woke it."""
+    job = client.submit(f"s3://{s3_bucket}/in/a.png")
+    cancelled_at: list[float] = []
+
+    def cancel_soon() -> None:
+        time.sleep(0.3)
+        client.cancel(job.id)
+        cancelled_at.append(time.monotonic())
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    finished = client.wait(job.id, timeout=5, poll_interval=60)
+    returned_at = time.monotonic()
+    canceller.join()
+
+    assert finished.status == JobStatus.CANCELLED
+    assert returned_at - cancelled_at[0] < 5
+
+
+def test_watch_on_postgresql_hears_each_job_that_finishes(
+    client: ToonqClient, s3_bucket: str
+) -> None:
+    jobs = [client.submit(f"s3://{s3_bucket}/in/{n}.png") for n in range(3)]
+    watched = client.watch(timeout=5, poll_interval=60)
+    heard: list[uuid.UUID] = []
+
+    def cancel_all() -> None:
+        time.sleep(0.3)
+        for job in jobs:
+            client.cancel(job.id)
+
+    canceller = threading.Thread(target=cancel_all)
+    canceller.start()
+    for job in watched:
+        heard.append(job.id)
+        if len(heard) == len(jobs):
+            break
+    canceller.join()
+
+    assert heard == [job.id for job in jobs]
 
 
 def test_file_uris_need_no_bucket(producer_settings: Settings) -> None:

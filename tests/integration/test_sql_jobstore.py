@@ -3,6 +3,8 @@ unmigrated database. Its behaviour as a job store is in `test_jobstore.py`, for 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -12,8 +14,10 @@ import pytest
 from sqlalchemy import QueuePool, create_engine, text
 
 from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
+from toonq.producer.watching import as_they_finish, until_finished
 from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
+from toonq.shared.job import JobStatus
 from toonq.shared.jobstore import JobStore, SqlJobStore
 
 if TYPE_CHECKING:
@@ -111,3 +115,27 @@ def test_an_unmigrated_database_asks_for_migrations(
     with pytest.raises(ConfigurationError, match="toonq migrate"):
         store.get(uuid.uuid4())
     engine.dispose()
+
+
+def test_waiters_on_sqlite_read_again_at_each_poll(sqlite_jobstore: JobStore) -> None:
+    """SQLite cannot announce finishes: waiters see them at their next read."""
+    jobs = [create(sqlite_jobstore) for _ in range(2)]
+    watching_all = as_they_finish(sqlite_jobstore, timeout=3, poll_interval=0.05)
+    heard: list[uuid.UUID] = []
+
+    def cancel_soon() -> None:
+        time.sleep(0.2)
+        for job in jobs:
+            sqlite_jobstore.cancel(job.id, actor="ops")
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    for job in watching_all:
+        heard.append(job.id)
+        if len(heard) == len(jobs):
+            break
+    waited = list(until_finished(sqlite_jobstore, [jobs[1].id], timeout=3, poll_interval=0.05))
+    canceller.join()
+
+    assert heard == [job.id for job in jobs]
+    assert [job.status for job in waited] == [JobStatus.CANCELLED]

@@ -1,9 +1,12 @@
-"""The queue commands (`toonq submit`, `status`, `jobs`, `cancel`, `requeue`, `recover`) through
-click's runner, with a client on the in-memory job store and the memory broker."""
+"""The queue commands (`toonq submit`, `status`, `watch`, `jobs`, `cancel`, `requeue`,
+`recover`) through click's runner, with a client on the in-memory job store and the memory
+broker."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -568,3 +571,63 @@ def test_wait_on_a_failed_job_prints_its_error_code_and_message(
 
     assert waited.exit_code == 1
     assert waited.stdout == f"{job.id} failed [input_not_found] no such object\n"
+
+
+def finish_soon(jobstore: InMemoryJobStore, *jobs: Job) -> threading.Thread:
+    """A thread that fails `jobs` one after the other, shortly after it starts."""
+
+    def fail() -> None:
+        for job in jobs:
+            time.sleep(0.1)
+            claim = jobstore.claim(job.id, worker="w1", lease_s=60)
+            assert claim is not None
+            jobstore.mark_failed(claim, error_code="input_not_found", error_message="gone")
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    return thread
+
+
+def test_watch_prints_each_job_as_it_finishes_the_finished_ones_first(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    running = created_job(jobstore, settings)
+    done = failed_job(jobstore, settings)
+    finishing = finish_soon(jobstore, running)
+
+    watched = toonq(client, "watch", str(running.id), str(done.id)[:8], "--timeout", "5")
+    finishing.join()
+
+    assert watched.exit_code == 1, watched.output  # a job failed
+    assert watched.stdout.splitlines() == [
+        f"{done.id} failed [input_not_found] gone",
+        f"{running.id} failed [input_not_found] gone",
+    ]
+
+
+def test_watch_gives_up_at_the_timeout_with_exit_124(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    job = created_job(jobstore, settings)
+
+    watched = toonq(client, "watch", str(job.id), "--timeout", "0.2")
+
+    assert watched.exit_code == 124
+    assert watched.stdout == ""
+    assert f"error [wait_timeout]: still unfinished after 0.2 s: {job.id}" in watched.stderr
+
+
+def test_watch_without_ids_prints_every_job_that_finishes_as_json_lines(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    jobs = [created_job(jobstore, settings) for _ in range(2)]
+    finishing = finish_soon(jobstore, *jobs)
+
+    watched = toonq(client, "watch", "--json", "--timeout", "1.5")
+    finishing.join()
+
+    assert watched.exit_code == 0, watched.output
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [(line["id"], line["status"]) for line in lines] == [
+        (str(job.id), "failed") for job in jobs
+    ]

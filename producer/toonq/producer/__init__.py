@@ -4,7 +4,8 @@ A job's history rows (`ToonqClient.events`) are `toonq.shared.job.JobEvent`s, wh
 names `JobEventRecord`.
 """
 
-from toonq.producer.client import SubmitRequest, ToonqClient, WaitTimeoutError
+from toonq.producer.client import SubmitRequest, ToonqClient
+from toonq.producer.watching import WaitTimeoutError
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.job import JobEvent as JobEventRecord
 

@@ -14,9 +14,8 @@ id. Input is validated before anything is written.
 from __future__ import annotations
 
 import builtins
-import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,20 +23,16 @@ from typing import Unpack
 
 from celery import Celery
 
+from toonq.producer import watching
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
-from toonq.shared.errors import ToonqError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy, open_store
-
-
-class WaitTimeoutError(ToonqError):
-    code = "wait_timeout"
 
 
 @dataclass(frozen=True)
@@ -189,17 +184,30 @@ class ToonqClient:
     def wait(
         self, job_id: uuid.UUID | str, *, timeout: float | None = None, poll_interval: float = 0.5
     ) -> Job:
-        """Poll until the job is finished (succeeded, failed or cancelled) and return it.
-        Raises `WaitTimeoutError` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        job_id = self.resolve(job_id)
-        while True:
-            job = self.get(job_id)
-            if JobStatus(job.status).is_finished:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(f"job {job.id} still {job.status} after {timeout:g} s")
-            time.sleep(poll_interval)
+        """Return the job once it is finished (succeeded, failed or cancelled); raises
+        `WaitTimeoutError` after `timeout` seconds. On PostgreSQL it returns as soon as the job
+        finishes (LISTEN/NOTIFY); elsewhere it reads the job every `poll_interval` seconds."""
+        (job,) = self.wait_all([job_id], timeout=timeout, poll_interval=poll_interval)
+        return job
+
+    def wait_all(
+        self,
+        job_ids: Iterable[uuid.UUID | str],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+    ) -> Iterator[Job]:
+        """Each of the jobs as soon as it is finished, those finished already first, as `wait`
+        does for one; `WaitTimeoutError` (naming the unfinished ones) after `timeout`."""
+        resolved = [self.resolve(job_id) for job_id in job_ids]
+        return watching.until_finished(
+            self.store, resolved, timeout=timeout, poll_interval=poll_interval
+        )
+
+    def watch(self, *, timeout: float | None = None, poll_interval: float = 0.5) -> Iterator[Job]:
+        """Every job that finishes once the iteration has started, as it does, for `timeout`
+        seconds (for ever when None)."""
+        return watching.as_they_finish(self.store, timeout=timeout, poll_interval=poll_interval)
 
     # --- administering --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from toonq.producer.cli.render import (
     print_json,
     print_recovery,
 )
-from toonq.producer.client import WaitTimeoutError
+from toonq.producer.watching import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
 from toonq.shared.db.engine import migrate as run_migrations
 from toonq.shared.errors import (
@@ -117,6 +118,40 @@ def _outcome_line(job: Job) -> str:
     if job.status == JobStatus.CANCELLED:
         return f"{job.id} {job.status}"
     return f"{job.id} {job.status} {job.output_uri}"
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="Give up after this many seconds [default: wait for ever].",
+)
+@json_option
+@pass_context
+def watch(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
+    """Print jobs' outcomes as they finish: the JOB_IDs given (those finished already first),
+    or else every job that finishes from now on.
+
+    With JOB_IDs, exits 0 once all succeeded, 1 if one failed or was cancelled, 124 if
+    --timeout passed first. Without, runs until --timeout (exit 0) or Ctrl-C. --json prints one
+    JSON object per line.
+    """
+    if job_ids:
+        jobs = ctx.client.wait_all(job_ids, timeout=timeout)
+    else:
+        jobs = ctx.client.watch(timeout=timeout)
+    exit_status = 0
+    try:
+        for job in jobs:
+            click.echo(json.dumps(job.to_dict()) if as_json else _outcome_line(job))
+            if job.status != JobStatus.SUCCEEDED:
+                exit_status = 1
+    except WaitTimeoutError as exc:
+        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        exit_status = EXIT_TIMEOUT
+    if job_ids and exit_status:
+        sys.exit(exit_status)
 
 
 @click.command()
@@ -306,4 +341,4 @@ sweep = click.Command(
     deprecated=True,
 )
 
-QUEUE_COMMANDS = (migrate, submit, status, jobs, requeue, cancel, recover, sweep)
+QUEUE_COMMANDS = (migrate, submit, status, watch, jobs, requeue, cancel, recover, sweep)

@@ -26,6 +26,7 @@ from typing import Any
 
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, utc_now
+from toonq.shared.jobstore.finishes import FinishAnnouncer, FinishListener
 from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
@@ -58,6 +59,7 @@ class InMemoryJobStore(JobStore):
     def __init__(self, *, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(clock=clock)
         self._lock = threading.Lock()
+        self._finishes = FinishAnnouncer()
         self._jobs: dict[uuid.UUID, Job] = {}
         self._events: dict[uuid.UUID, builtins.list[JobEvent]] = {}
         self._event_ids = itertools.count(1)
@@ -71,6 +73,10 @@ class InMemoryJobStore(JobStore):
             except BaseException:
                 transaction.roll_back()
                 raise
+        self._finishes.announce(transaction.finished)
+
+    def listen_for_finishes(self) -> FinishListener:
+        return self._finishes.listener()
 
 
 class _MemoryTransaction(Transaction):
@@ -87,6 +93,8 @@ class _MemoryTransaction(Transaction):
         self._events = events
         self._event_ids = event_ids
         self._undo: builtins.list[Callable[[], object]] = []
+        #: The jobs this transaction finished, announced once it is written.
+        self.finished: builtins.list[uuid.UUID] = []
 
     def roll_back(self) -> None:
         for undo in reversed(self._undo):
@@ -136,6 +144,8 @@ class _MemoryTransaction(Transaction):
             return None
         written = self._jobs[job_id] = replace(job, **_stored_values(values))
         self._undo.append(lambda: self._jobs.__setitem__(job_id, job))
+        if written.status.is_finished and not job.status.is_finished:
+            self.finished.append(job_id)
         return written
 
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:

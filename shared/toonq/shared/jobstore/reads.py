@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Unpack
 
 from toonq.shared.errors import AmbiguousJobIdError, InvalidRequestError, JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobFilters, aware, parse_status
 from toonq.shared.jobstore import selections
 from toonq.shared.jobstore.core import StoreCore
+from toonq.shared.jobstore.finishes import FinishListener, PollingFinishListener
 
 #: The fewest hex digits of a job id that name it: fewer would soon name several jobs.
 MIN_ID_PREFIX = 8
@@ -50,6 +53,26 @@ class Reads(StoreCore):
     def get(self, job_id: uuid.UUID) -> Job:
         with self._transaction(single_write=True) as transaction:
             return transaction.load(job_id)
+
+    def get_many(self, job_ids: Iterable[uuid.UUID]) -> builtins.list[Job]:
+        """The jobs with these ids (those that exist), in no particular order."""
+        job_ids = frozenset(job_ids)
+        if not job_ids:
+            return []
+        with self._transaction() as transaction:
+            return transaction.select(selections.with_ids(job_ids), ("id",))
+
+    def finished_since(self, since: datetime, *, limit: int = 1000) -> builtins.list[Job]:
+        """Jobs that finished at or after `since`, first finished first."""
+        with self._transaction() as transaction:
+            return transaction.select(
+                selections.finished_since(since), ("finished_at", "id"), limit
+            )
+
+    def listen_for_finishes(self) -> FinishListener:
+        """A listener that hears jobs finish from now on, until closed (a context manager).
+        This one hears nothing and only sleeps; stores that can announce finishes say which."""
+        return PollingFinishListener()
 
     def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:
         """Jobs newest first, optionally filtered by status, error code and creation time."""

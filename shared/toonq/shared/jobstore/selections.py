@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from toonq.shared.job import CANCELLABLE_STATUSES, WAITING_STATUSES, Claim, Job, JobStatus
+from toonq.shared.job import (
+    CANCELLABLE_STATUSES,
+    FINISHED_STATUSES,
+    WAITING_STATUSES,
+    Claim,
+    Job,
+    JobStatus,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +100,11 @@ def id_prefix(digits: str) -> Selection:
     `digits` followed by zeros to `digits` followed by f's, an index's range scan."""
     lowest, highest = (uuid.UUID(digits.ljust(32, filler)) for filler in "0f")
     return _one(within={"id": (lowest, highest)})
+
+
+def finished_since(since: datetime) -> Selection:
+    """Jobs that finished at or after `since`."""
+    return _one(among={"status": FINISHED_STATUSES}, not_before={"finished_at": since})
 
 
 def in_status(*statuses: JobStatus) -> Selection:

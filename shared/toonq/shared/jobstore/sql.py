@@ -39,6 +39,7 @@ from toonq.shared.db.engine import translate_db_errors
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, utc_now
 from toonq.shared.jobstore import selections, statements, transitions
+from toonq.shared.jobstore.finishes import FinishListener, PostgresFinishListener
 from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.store import JobStore
 from toonq.shared.jobstore.transaction import Transaction
@@ -72,6 +73,11 @@ class SqlJobStore(JobStore):
         self._postgres = engine.dialect.name == "postgresql"
         self._kind = _PostgresTransaction if self._postgres else SqlTransaction
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def listen_for_finishes(self) -> FinishListener:
+        if self._postgres:
+            return PostgresFinishListener(self._engine)
+        return super().listen_for_finishes()
 
     @contextmanager
     def _transaction(self, *, single_write: bool = False) -> Iterator[SqlTransaction]:
