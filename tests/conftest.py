@@ -21,6 +21,7 @@ Fixtures, by service:
 * SQLite: `sqlite_url`, `sqlite_jobstore`.
 * Redis: `redis_url`, `redis_queue`.
 * S3: `aws_env`, `s3_server`, `s3_client`, `s3_bucket`, `refused_endpoint`.
+* Any server that accepts connections and never answers: `silent_server`.
 * Time: `clock`, which every job store fixture uses.
 * Servers of the session's own, which tests may kill and restart: `private_postgres`,
   `private_redis` (skipped only where PostgreSQL's or Redis's programs are not installed).
@@ -45,7 +46,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.cluster import Cluster, running_cluster
-from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError
+from tests.servers import PrivatePostgres, PrivateRedis, ServerUnavailableError, SilentServer
 from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.job import utc_now
 from toonq.shared.jobstore import InMemoryJobStore, JobStore, SqlJobStore
@@ -252,6 +253,14 @@ def refused_endpoint() -> str:
     """An S3 endpoint where nothing listens (its port was free a moment ago): any request fails
     as storage_unavailable."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    """A server that accepts connections and never answers (`.address` is its host:port): an
+    S3 endpoint or a Redis behind a dead link."""
+    with SilentServer() as server:
+        yield server
 
 
 # --- Private servers ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """PostgreSQL and Redis servers of a test's own, on free ports, that it may kill and restart at
-will without disturbing the shared services.
+will without disturbing the shared services; and a server that never answers.
 
     with PrivatePostgres() as postgres, PrivateRedis() as redis_server:
         ...  # postgres.url, redis_server.url
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -171,3 +172,39 @@ class PrivateRedis(ProgramServer):
         self.kill()
         time.sleep(down_s)
         self.start()
+
+
+# --- A server that never answers ------------------------------------------------------------------
+
+
+class SilentServer:
+    """Accepts connections and never answers: an S3 endpoint or a Redis behind a dead link.
+
+    with SilentServer() as server:
+        ...  # server.address (host:port); server.connections() counts the attempts so far
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.setblocking(False)
+        self._accepted: list[socket.socket] = []
+        host, port = self._listener.getsockname()
+        self.address = f"{host}:{port}"
+
+    def connections(self) -> int:
+        """How many connections clients have opened so far, closed ones included: the kernel
+        keeps each in the listener's queue until it is accepted, and accepting reads nothing."""
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except BlockingIOError:
+                return len(self._accepted)
+            self._accepted.append(connection)
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for connection in self._accepted:
+            connection.close()
+        self._listener.close()

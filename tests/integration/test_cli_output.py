@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pytest
 
 from tests.support import png_bytes, run_toonq
 from toonq.worker.harness.network import free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from tests.servers import SilentServer
 
 
 def embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -57,6 +62,36 @@ def test_submitting_an_s3_input_prints_the_job_only(
     assert quiet.stderr == ""
     assert verbose.returncode == 0, verbose.stderr
     assert "Found credentials in environment variables" in verbose.stderr
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_submit_to_a_silent_s3_says_storage_unavailable_within_its_timeouts(
+    tmp_path: Path, silent_server: SilentServer
+) -> None:
+    endpoint = f"http://{silent_server.address}"
+    env = embedded_env(
+        tmp_path,
+        TOONQ_S3_ENDPOINT_URL=endpoint,
+        TOONQ_S3_CONNECT_TIMEOUT_S="1",
+        TOONQ_S3_READ_TIMEOUT_S="2",
+        TOONQ_S3_MAX_ATTEMPTS="10",  # the workers' retries, not the submit's
+        TOONQ_OUTPUT_PREFIX="s3://bucket/out",
+    )
+    started = time.monotonic()
+    assert run_toonq("--version", env=env).returncode == 0
+    start_up = time.monotonic() - started  # Python and toonq's imports, slow on a loaded machine
+
+    started = time.monotonic()
+    result = run_toonq("submit", "s3://bucket/in.png", env=env)
+    waited = time.monotonic() - started - start_up
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error [storage_unavailable]: s3://bucket/in.png: ")
+    assert endpoint in result.stderr
+    assert silent_server.connections() == 1
+    # Bounded by connect + read timeouts (3 s); the margin is for a loaded machine.
+    assert waited < 3 * 3
 
 
 def test_demo_without_the_model_says_so_once_and_names_a_setting_that_exists(

@@ -3,7 +3,6 @@ of boto3's errors to toonq's."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,8 @@ from toonq.shared.storage.s3 import S3Operation, S3Store, translate_s3_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from tests.servers import SilentServer
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
@@ -91,15 +92,6 @@ def test_s3_store_refuses_other_schemes(s3_store: S3Store, tmp_path: Path) -> No
 
 
 # --- S3 failures over real connections ------------------------------------------------------------
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """An endpoint that accepts connections and never answers."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 class _SlowDownHandler(BaseHTTPRequestHandler):
@@ -197,8 +189,8 @@ def test_s3_connection_refused_is_transient(refused_endpoint: str) -> None:
 
 
 @pytest.mark.usefixtures("aws_env")
-def test_s3_read_timeout_is_transient(silent_endpoint: str) -> None:
-    store = S3Store(silent_endpoint, max_attempts=1, read_timeout_s=0.2)
+def test_s3_read_timeout_is_transient(silent_server: SilentServer) -> None:
+    store = S3Store(f"http://{silent_server.address}", max_attempts=1, read_timeout_s=0.2)
 
     with pytest.raises(StorageUnavailableError, match="timeout"):
         store.get("s3://bucket/cat.png", max_bytes=100)

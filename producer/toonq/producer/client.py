@@ -77,7 +77,10 @@ class ToonqClient:
             self._owned.callback(database.dispose)
             store = SqlJobStore(database)
         self.store: JobStore = store
-        self.objects = objects or open_store(self.settings)
+        # One request per S3 call: a submit then waits at most TOONQ_S3_CONNECT_TIMEOUT_S +
+        # TOONQ_S3_READ_TIMEOUT_S for S3 before failing with storage_unavailable, which its
+        # caller may retry, instead of that wait times TOONQ_S3_MAX_ATTEMPTS.
+        self.objects = objects or open_store(self.settings, max_attempts=1)
         if app is None:
             app = create_celery_app(self.settings)
             self._owned.callback(app.close)

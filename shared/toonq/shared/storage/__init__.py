@@ -49,15 +49,18 @@ def local_roots(settings: Settings) -> list[Path]:
     return [settings.home, *(Path(prefix.key) for prefix in prefixes)]
 
 
-def open_store(settings: Settings, *, concurrency: int | None = None) -> Storage:
+def open_store(
+    settings: Settings, *, concurrency: int | None = None, max_attempts: int | None = None
+) -> Storage:
     """The object store for `settings`, pooling an S3 connection for each of the `concurrency`
     threads that use it at once (S3Store's default when None): a thread finding the pool full
-    opens a connection of its own and closes it after one request."""
+    opens a connection of its own and closes it after one request. Each S3 call makes up to
+    `max_attempts` requests (TOONQ_S3_MAX_ATTEMPTS when None)."""
     pool = {} if concurrency is None else {"max_pool_connections": concurrency}
     return Storage(
         s3=S3Store(
             settings.s3_endpoint_url,
-            max_attempts=settings.s3_max_attempts,
+            max_attempts=settings.s3_max_attempts if max_attempts is None else max_attempts,
             connect_timeout_s=settings.s3_connect_timeout_s,
             read_timeout_s=settings.s3_read_timeout_s,
             **pool,
