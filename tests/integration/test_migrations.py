@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -55,6 +55,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0006",
         "0005",
         "0004",
         "0003",
@@ -180,8 +181,8 @@ def test_a_sent_message_before_0005_is_both_the_marker_and_enqueued_at(empty_db_
     assert job.sent_at == job.enqueued_at == now
 
 
-def test_jobs_from_before_0006_keep_the_models_alpha(empty_db_url: str) -> None:
-    migrate(empty_db_url, "0005")
+def test_jobs_from_before_0007_keep_the_models_alpha(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0006")
     # Written as a producer of that release writes: no respect_input_alpha column to name.
     params = _params_after_migrating(empty_db_url)
     assert params.respect_input_alpha is False
