@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from toonq.shared.job import Job, JobEvent
+from toonq.shared.job import Job, JobEvent, JobStatus
 from toonq.shared.recovery import Backlog, Recovered
 
 _COLUMNS = ("id", "status", "attempts", "error_code", "input_uri", "output_uri")
@@ -29,6 +29,15 @@ def print_jobs_table(jobs: Sequence[Job]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def job_line(job: Job) -> str:
+    """The job as one line: where its output goes, or, once it failed, why."""
+    if job.status == JobStatus.FAILED:
+        return f"{job.id} {job.status} [{job.error_code}] {job.error_message}"
+    if job.status == JobStatus.CANCELLED:
+        return f"{job.id} {job.status}"
+    return f"{job.id} {job.status} {job.output_uri}"
 
 
 def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:
