@@ -678,9 +678,13 @@ def images(settings: Settings, *names: str) -> list[str]:
     return uris
 
 
+def json_lines_of(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def json_lines(result: Result) -> list[dict[str, Any]]:
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return json_lines_of(result)
 
 
 def test_submit_takes_several_uris_and_prints_a_line_per_job(
@@ -792,9 +796,7 @@ def test_an_invalid_uri_among_valid_ones_submits_nothing(
     assert broker.take_sent() == []
 
 
-@pytest.mark.parametrize(
-    "option", [["--output", "file:///tmp/x.png"], ["--idempotency-key", "k"], ["--wait"]]
-)
+@pytest.mark.parametrize("option", [["--output", "file:///tmp/x.png"], ["--idempotency-key", "k"]])
 def test_options_for_one_job_are_refused_with_several_uris(
     client: ToonqClient, settings: Settings, option: list[str]
 ) -> None:
@@ -828,3 +830,34 @@ def test_nothing_to_submit_is_an_error(
     assert long_prefix.exit_code == 2
     assert "1 to 222 characters" in long_prefix.stderr
     assert client.list() == []
+
+
+def test_bulk_wait_prints_each_job_as_it_finishes_and_exits_as_watch_does(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    uris = images(settings, "a.png", "b.png")
+    args = ("submit", *uris, "--idempotency-prefix", "w49", "--json")
+    first = json_lines(toonq(client, *args))
+    claim = jobstore.claim(uuid.UUID(first[0]["id"]), worker="w1", lease_s=60)
+    assert claim is not None
+    assert jobstore.mark_succeeded(
+        claim, model_name="m", model_revision=None, image_width=8, image_height=8, timings={}
+    )
+    unfinished = first[1]["id"]
+
+    timed_out = toonq(client, *args, "--wait", "--timeout", "0.2")
+
+    assert timed_out.exit_code == 124
+    assert [(line["id"], line["status"], line["created"]) for line in json_lines_of(timed_out)] == [
+        (first[0]["id"], "succeeded", False)
+    ]
+    assert f"error [wait_timeout]: still unfinished after 0.2 s: {unfinished}" in timed_out.stderr
+
+    client.cancel(unfinished)
+    finished = toonq(client, "submit", *uris, "--idempotency-prefix", "w49", "--wait")
+
+    assert finished.exit_code == 1  # one was cancelled
+    assert sorted(finished.stdout.splitlines()) == sorted(
+        [f"{first[0]['id']} succeeded {first[0]['output_uri']}", f"{unfinished} cancelled"]
+    )
+    assert finished.stderr == "submitted 2 job(s): 0 new, 2 already there\n"

@@ -2,7 +2,8 @@
 
 Every URI is gathered and validated before anything is written: one bad URI is an error that
 names where it came from (exit 2), and nothing is submitted. Then the jobs are submitted in
-batches, each job's line printed once its batch is in the queue.
+batches, each job's line printed once its batch is in the queue (with `--wait`, once the job
+finished).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import click
 
 from toonq.producer.bulk import Source, expand, idempotency_key, located, unique
 from toonq.producer.cli.context import Context
-from toonq.producer.cli.render import job_line
+from toonq.producer.cli.render import job_line, print_as_they_finish
 from toonq.producer.client import SubmitRequest, Submitted
 from toonq.shared.errors import InvalidRequestError, PermanentJobError, ToonqError
+from toonq.shared.job import Job
 from toonq.shared.storage import UriPolicy
 
 #: Jobs created per transaction.
@@ -36,10 +38,13 @@ def submit_bulk(
     recursive: bool,
     idempotency_prefix: str | None,
     options: dict[str, Any],
+    wait: bool,
+    timeout: float | None,
     as_json: bool,
 ) -> None:
     """Submit a job per URI of `sources` (with `recursive`, per image under each folder of
-    them), each a `SubmitRequest` with `options`."""
+    them), each a `SubmitRequest` with `options`; with `wait`, print each job once it finished
+    and exit as `toonq watch` does."""
     try:
         requests = _validated(ctx, sources, recursive, idempotency_prefix, options)
     except (InvalidRequestError, PermanentJobError) as exc:
@@ -48,8 +53,9 @@ def submit_bulk(
     with _progress(len(requests)) as advance:
 
         def print_batch(batch: Sequence[Submitted]) -> None:
-            for item in batch:
-                click.echo(_job_line(item, as_json=as_json))
+            if not wait:
+                for item in batch:
+                    click.echo(_job_line(item.job, item.created, as_json=as_json))
             advance(len(batch))
 
         submitted = ctx.client.submit_in_batches(
@@ -60,6 +66,14 @@ def submit_bulk(
         f"submitted {len(submitted)} job(s): {new} new, {len(submitted) - new} already there",
         err=True,
     )
+    if wait:
+        created = {item.job.id: item.created for item in submitted}
+        finished = ctx.client.wait_all(created, timeout=timeout)
+        exit_status = print_as_they_finish(
+            finished, lambda job: _job_line(job, created[job.id], as_json=as_json)
+        )
+        if exit_status:
+            sys.exit(exit_status)
 
 
 def _validated(
@@ -106,7 +120,7 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _job_line(item: Submitted, *, as_json: bool) -> str:
+def _job_line(job: Job, created: bool, *, as_json: bool) -> str:
     if as_json:
-        return json.dumps(item.job.to_dict() | {"created": item.created})
-    return job_line(item.job)
+        return json.dumps(job.to_dict() | {"created": created})
+    return job_line(job)

@@ -15,7 +15,9 @@ from toonq.producer.cli.bulk import submit_bulk
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.params import job_params_options
 from toonq.producer.cli.render import (
+    EXIT_TIMEOUT,
     job_line,
+    print_as_they_finish,
     print_job_detail,
     print_jobs_table,
     print_json,
@@ -32,9 +34,6 @@ from toonq.shared.errors import (
 )
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.recovery import QueueMessages, backlog, recover_once, resend_queued
-
-#: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
-EXIT_TIMEOUT = 124
 
 
 def _parse_since(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -87,7 +86,7 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.option(
     "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
 )
-@click.option("--wait", is_flag=True, help="Wait until the job finishes (one URI only).")
+@click.option("--wait", is_flag=True, help="Wait until the jobs finish.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (one line a job).")
 @pass_context
@@ -107,13 +106,13 @@ def submit(
 ) -> None:
     """Submit a job for each URI (s3://bucket/key or file:///path).
 
-    One URI: exits 0 once submitted (with --wait: once succeeded), 1 if the job failed or was
+    Exits 0 once submitted (with --wait: once all succeeded), 1 if a job failed or was
     cancelled, 124 if --timeout passed first.
 
     Several URIs, --from, --recursive or --idempotency-prefix: every URI is checked before
     any job is submitted (exit 2 naming the bad one, nothing submitted), then the jobs are
-    submitted in batches; a line per job on stdout (with --json, its JSON and "created"),
-    and how many were new on stderr.
+    submitted in batches; a line per job on stdout once submitted (with --wait: once finished;
+    with --json, its JSON and "created"), and how many were new on stderr.
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout is how long --wait waits: give --wait too")
@@ -131,11 +130,7 @@ def submit(
             as_json=as_json,
         )
         return
-    for given, flag in (
-        (output_uri, "--output"),
-        (idempotency_key, "--idempotency-key"),
-        (wait or None, "--wait"),
-    ):
+    for given, flag in ((output_uri, "--output"), (idempotency_key, "--idempotency-key")):
         if given is not None:
             raise click.UsageError(
                 f"{flag} is for one job: with several URIs, --from, --recursive or "
@@ -156,6 +151,8 @@ def submit(
         recursive=recursive,
         idempotency_prefix=idempotency_prefix,
         options=options,
+        wait=wait,
+        timeout=timeout,
         as_json=as_json,
     )
 
@@ -212,15 +209,9 @@ def watch(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json
         jobs = ctx.client.wait_all(job_ids, timeout=timeout)
     else:
         jobs = ctx.client.watch(timeout=timeout)
-    exit_status = 0
-    try:
-        for job in jobs:
-            click.echo(json.dumps(job.to_dict()) if as_json else job_line(job))
-            if job.status != JobStatus.SUCCEEDED:
-                exit_status = 1
-    except WaitTimeoutError as exc:
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
-        exit_status = EXIT_TIMEOUT
+    exit_status = print_as_they_finish(
+        jobs, lambda job: json.dumps(job.to_dict()) if as_json else job_line(job)
+    )
     if job_ids and exit_status:
         sys.exit(exit_status)
 
