@@ -80,7 +80,8 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.option(
     "--idempotency-prefix",
     metavar="P",
-    help="Key each job P:<SHA-256 of its URI>, so that a re-run submits only what is missing.",
+    help="Key each job P:<32 hex digits of its URI's SHA-256>: a re-run submits only what "
+    "is missing.",
 )
 @job_params_options
 @click.option(
@@ -88,7 +89,9 @@ def migrate(ctx: Context, revision: str) -> None:
 )
 @click.option("--wait", is_flag=True, help="Wait until the jobs finish.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (one line a job).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts (several jobs: a line each)."
+)
 @pass_context
 def submit(
     ctx: Context,
