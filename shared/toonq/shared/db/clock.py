@@ -2,9 +2,10 @@
 
 Leases and due times are compared across hosts: a worker's lease expiry with the recovering
 host's now, a retry's due time with the claiming host's. Each host's own clock would put them
-apart by the hosts' skew, so every host reads time as the database's clock has it: its local
-clock plus the offset it last measured against the database's `now()`: first when it is first
-read, then every `REFRESH_S` on a connection the store has open anyway.
+apart by the hosts' skew, so every host reads the database's time instead: its own clock plus
+the offset it measured against the database's `now()`, once when first read and again every
+`REFRESH_S` on a connection the store has open anyway. No unit of work waits for a round trip
+of its own.
 """
 
 from __future__ import annotations
