@@ -32,6 +32,7 @@ from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.lease import LeaseKeeper
+from toonq.worker.memory import MemoryBudget
 from toonq.worker.processor import WorkerContext, process_job
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def ctx(
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(2),
+        memory=MemoryBudget(1 << 30),
         leases=LeaseKeeper(jobstore, lease_s=settings.lease_s, job_timeout_s=900),
         sender=sender,
         worker_name=WORKER,
@@ -394,3 +396,38 @@ def test_an_outcome_the_database_refuses_for_a_lease_leaves_the_job_to_be_reclai
     # The lease is no longer renewed: once it lapses, recovery has the job reclaimed.
     assert ctx.leases.held() == []
     assert ctx.store.get(job.id).status is JobStatus.RUNNING
+
+
+def test_an_image_needing_more_than_the_memory_budget_fails_at_once(ctx: WorkerContext) -> None:
+    # The input is 80x60: 14 bytes a pixel on the CPU is 67,200 bytes, over a 64 KiB budget.
+    small_budget = replace(ctx, memory=MemoryBudget(64 * 1024))
+    job = submitted(small_budget)
+
+    assert process_job(small_budget, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code, failed.attempts) == (
+        JobStatus.FAILED,
+        "image_too_large",
+        1,
+    )
+    assert failed.error_message is not None
+    assert failed.error_message.startswith("a 80x60 image needs about")
+    assert failed.error_message.endswith("(TOONQ_MEMORY_BUDGET_MB)")
+    assert not output_path(job).exists()
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SUCCEEDED, Outcome.FAILED])
+def test_the_memory_a_job_reserved_is_given_back_whatever_its_outcome(
+    ctx: WorkerContext, outcome: Outcome
+) -> None:
+    job = submitted(ctx)
+    if outcome is Outcome.FAILED:
+        # A readable header, then truncated pixel data: the decode fails once memory is reserved.
+        source = Path(job.input_uri.removeprefix("file://"))
+        source.write_bytes((data := source.read_bytes())[: len(data) // 2])
+
+    assert process_job(ctx, job.id) is outcome
+
+    assert ctx.store.get(job.id).error_code in (None, "invalid_image")
+    assert ctx.memory.reserved_bytes == 0

@@ -39,6 +39,7 @@ from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.health import Health, serve
 from toonq.worker.lease import LeaseKeeper
+from toonq.worker.memory import MIB, MemoryBudget, default_budget_bytes
 from toonq.worker.processor import WorkerContext
 from toonq.worker.tasks import register_tasks
 
@@ -133,6 +134,14 @@ def build_context(
         torch.set_num_threads(pipeline.cpu_workers)
     engine.warmup(pipeline.max_batch_size)
     metrics.set_model_load_seconds(time.perf_counter() - started)
+    metrics.watch_compiled_shapes(lambda: len(engine.compiled_shapes))
+    # After the warm-up: the default budget leaves out the peak the model has reached.
+    memory = MemoryBudget(
+        settings.memory_budget_mb * MIB
+        or default_budget_bytes(
+            concurrency=pipeline.concurrency, max_input_bytes=settings.max_input_bytes
+        )
+    )
     metrics.watch_gpu_memory(engine.device)
     batcher = pipeline.batcher(engine, on_beat=health.beat)
     app = create_celery_app(settings)
@@ -144,6 +153,7 @@ def build_context(
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(pipeline.cpu_workers),
+        memory=memory,
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
         sender=Sender(app, store, queue=settings.queue),
         worker_name=worker_name,
@@ -241,6 +251,7 @@ def run_worker(
         cpu_workers=pipeline.cpu_workers,
         max_batch_size=pipeline.max_batch_size,
         max_batch_wait_ms=settings.max_batch_wait_ms,
+        memory_budget_mb=ctx.memory.total_bytes // MIB,
     )
     try:
         app.Worker(

@@ -10,7 +10,7 @@ between and a stopped scraper costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -210,6 +210,21 @@ class WorkerMetrics:
             "Seconds the worker took to load and warm up its model.",
             registry=registry,
         )
+        self._memory_budget = Gauge(
+            "toonq_memory_budget_bytes",
+            "Host memory the worker lets the images of its jobs take at once.",
+            registry=registry,
+        )
+        self._memory_reserved = Gauge(
+            "toonq_memory_reserved_bytes",
+            "Host memory reserved now by the jobs holding images.",
+            registry=registry,
+        )
+        self._compiled_shapes = Gauge(
+            "toonq_compiled_shapes",
+            "Distinct input shapes the compiled model has run (each one a compiled graph).",
+            registry=registry,
+        )
         self._scrape_errors = Counter(
             "toonq_metrics_scrape_errors_total",
             "Scrape-time reads that failed (their metrics were left out of that scrape).",
@@ -263,6 +278,16 @@ class WorkerMetrics:
     def set_model_load_seconds(self, seconds: float) -> None:
         self._model_load_seconds.set(seconds)
 
+    def set_memory_budget(self, nbytes: int) -> None:
+        self._memory_budget.set(nbytes)
+
+    def set_memory_reserved(self, nbytes: int) -> None:
+        self._memory_reserved.set(nbytes)
+
+    def watch_compiled_shapes(self, count: Callable[[], int]) -> None:
+        """Report `count()` (the compiled model's distinct input shapes) at every scrape."""
+        self._compiled_shapes.set_function(count)
+
     def watch_gpu_memory(self, device: torch.device) -> GpuMemoryCollector:
         """Report the GPU memory torch uses on `device` at every scrape."""
         collector = GpuMemoryCollector(device, self._scrape_errors.labels(collector="gpu_memory"))
@@ -297,5 +322,8 @@ record_oom_split = WORKER_METRICS.record_oom_split
 set_max_batch_size = WORKER_METRICS.set_max_batch_size
 in_flight = WORKER_METRICS.in_flight
 set_model_load_seconds = WORKER_METRICS.set_model_load_seconds
+set_memory_budget = WORKER_METRICS.set_memory_budget
+set_memory_reserved = WORKER_METRICS.set_memory_reserved
+watch_compiled_shapes = WORKER_METRICS.watch_compiled_shapes
 watch_gpu_memory = WORKER_METRICS.watch_gpu_memory
 watch_queue_depth = WORKER_METRICS.watch_queue_depth

@@ -22,6 +22,7 @@ worker or a cancel that raced the work can never overwrite a recorded outcome.
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ from toonq.shared.storage import ObjectStore, UriPolicy
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
-from toonq.worker.engine.matting import MatteResult, MattingEngine
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
+from toonq.worker.memory import MemoryBudget
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
@@ -64,6 +66,7 @@ class WorkerContext:
     engine: MattingEngine
     batcher: InferenceBatcher[Any]
     cpu: CpuSlots
+    memory: MemoryBudget
     leases: LeaseKeeper
     sender: Sender
     worker_name: str
@@ -93,7 +96,7 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
     try:
         with ctx.leases.holding(claim), metrics.in_flight():
-            result, timings = _run(ctx, claim)
+            (width, height), timings = _run(ctx, claim)
     except ClaimLostError:
         # Cancelled, requeued or reclaimed while it ran: whoever holds the job now records it.
         log.warning("job_abandoned", reason="the claim is no longer current")
@@ -116,8 +119,8 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             claim,
             model_name=ctx.engine.model_name,
             model_revision=ctx.engine.model_revision,
-            image_width=result.width,
-            image_height=result.height,
+            image_width=width,
+            image_height=height,
             timings=timings,
         ),
     )
@@ -129,8 +132,9 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     return _counted(Outcome.SUCCEEDED)
 
 
-def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float]]:
-    """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost."""
+def _run(ctx: WorkerContext, claim: Claim) -> tuple[tuple[int, int], dict[str, float]]:
+    """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost.
+    Returns the image's size and the stage timings."""
     job = claim.job
     # A row written by an older producer, or under another configuration, is not trusted.
     ctx.uris.check_input(job.input_uri)
@@ -140,23 +144,39 @@ def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
     ctx.leases.check(claim)
+    # Waited for before a CPU slot is taken, and held until the images are gone: once the
+    # output is uploaded, or once an error has left `_matte_and_store`, whose frame held them.
+    need, what = ctx.engine.host_bytes(data, job.params)
+    with ctx.memory.reserved(need, what=what):
+        try:
+            size, timings = _matte_and_store(ctx, claim, data)
+        except BaseException as exc:
+            # The traceback keeps that frame, and its images, alive: they go with the budget.
+            traceback.clear_frames(exc.__traceback__)
+            raise
+    timings = {
+        "download": download_ms,
+        **timings,
+        "total": (time.perf_counter() - began) * 1000,
+    }
+    return size, {stage: round(ms, 2) for stage, ms in timings.items()}
+
+
+def _matte_and_store(
+    ctx: WorkerContext, claim: Claim, data: bytes
+) -> tuple[tuple[int, int], dict[str, float]]:
+    """Decode, matte, encode and upload; only the size and the timings outlive it."""
     with ctx.cpu.held():
-        prepared = ctx.engine.prepare(data, job.params)
+        prepared = ctx.engine.prepare(data, claim.job.params)
     batch = ctx.batcher.run(prepared.model_input)
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     with ctx.cpu.held():
         result = ctx.engine.finish(prepared, batch.logits)
     ctx.leases.check(claim)
     start = time.perf_counter()
-    ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
+    ctx.objects.put(claim.job.output_uri, result.data, content_type=result.content_type)
     upload_ms = (time.perf_counter() - start) * 1000
-    timings = {
-        "download": download_ms,
-        **result.timings_ms,
-        "upload": upload_ms,
-        "total": (time.perf_counter() - began) * 1000,
-    }
-    return result, {stage: round(ms, 2) for stage, ms in timings.items()}
+    return (result.width, result.height), result.timings_ms | {"upload": upload_ms}
 
 
 def _queue_wait_ms(claim: Claim) -> float:

@@ -96,6 +96,13 @@ def decode_pixels(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
     return decoded if isinstance(decoded, np.ndarray) else image_to_array(decoded)
 
 
+def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as stored, from the header alone, after the checks `decode_image` makes
+    before it decodes (and with the same errors): what a caller sizes memory by. The EXIF
+    orientation may swap them; the pixel count is the same."""
+    return _header(data, max_pixels).size
+
+
 def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
     """Pixels of an "RGBA" image as a writable H×W×4 uint8 array (a copy, so `torch.from_numpy`
     can share it: NumPy's view of a Pillow image is read-only)."""
@@ -106,11 +113,7 @@ def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]:
     """The upright 8-bit RGBA pixels of `data`: an H×W×4 array from libpng, or a Pillow image."""
-    if not data:
-        raise InvalidImageError("the image data is empty (0 bytes)")
-    limit = _pixel_limit(max_pixels)
-    image = _open(data, limit)
-    _check_pixel_count(image.size, limit)
+    image = _header(data, max_pixels)
     if imagecodecs is not None and _is_plain_png(data):
         try:
             return _rgba_array(imagecodecs.png_decode(data))
@@ -128,6 +131,16 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]
         # EOFError, struct.error, TypeError from a TIFF tag of the wrong type...): all of them
         # mean that these bytes are not a decodable image.
         raise InvalidImageError(f"the {image.format} image is corrupt or truncated: {exc}") from exc
+
+
+def _header(data: bytes, max_pixels: int) -> Image.Image:
+    """`data` opened by Pillow, header read and pixel count checked, nothing decoded yet."""
+    if not data:
+        raise InvalidImageError("the image data is empty (0 bytes)")
+    limit = _pixel_limit(max_pixels)
+    image = _open(data, limit)
+    _check_pixel_count(image.size, limit)
+    return image
 
 
 def _is_plain_png(data: bytes) -> bool:
