@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.support import png_bytes
@@ -431,3 +432,48 @@ def test_the_memory_a_job_reserved_is_given_back_whatever_its_outcome(
 
     assert ctx.store.get(job.id).error_code in (None, "invalid_image")
     assert ctx.memory.reserved_bytes == 0
+
+
+def broken_device(batch: StackedBatch) -> list[torch.Tensor]:
+    """The model's run on a GPU with a persistent fault: every batch fails."""
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_jobs_reaching_a_loop_stopped_by_a_broken_device_go_back_unspent(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    reasons: list[str] = []
+    broken = InferenceBatcher(
+        ctx.engine.stack_batch,
+        broken_device,
+        max_batch_size=1,
+        max_wait_s=0,
+        max_failed_batches=2,
+        on_failed=reasons.append,
+    )
+    broken.start()
+    ctx = replace(ctx, batcher=broken)
+    try:
+        first, second, third = (submitted(ctx) for _ in range(3))
+        # The batches that take the device for broken cost their jobs one attempt each, as one
+        # transient error does.
+        assert process_job(ctx, first.id) is Outcome.RETRYING
+        assert process_job(ctx, second.id) is Outcome.RETRYING
+        assert len(reasons) == 1
+
+        assert process_job(ctx, third.id) is Outcome.HANDED_BACK
+    finally:
+        broken.stop(timeout=5)
+
+    for job, status, attempts in ((first, JobStatus.RETRYING, 1), (second, JobStatus.RETRYING, 1)):
+        after = ctx.store.get(job.id)
+        assert (after.status, after.error_code, after.attempts) == (
+            status,
+            "internal_error",
+            attempts,
+        )
+    handed = ctx.store.get(third.id)
+    assert (handed.status, handed.attempts, handed.worker) == (JobStatus.QUEUED, 0, None)
+    assert ctx.store.events(third.id)[-1].kind == EventKind.HANDED_BACK
+    assert ctx.store.events(third.id)[-1].reason == reasons[0]
+    assert [message.job_id for message in broker.take_sent()] == [first.id, second.id, third.id]

@@ -188,6 +188,11 @@ class Settings:
     cpu_workers: int = _setting("TOONQ_CPU_WORKERS", 0, _int())
     max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
     max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
+    #: Failed batches in a row after which a worker takes its device for broken: it stops taking
+    #: jobs and reports not live (0: never).
+    max_consecutive_batch_failures: int = _setting(
+        "TOONQ_MAX_CONSECUTIVE_BATCH_FAILURES", 5, _int()
+    )
     # Operations.
     worker_name: str | None = _setting("TOONQ_WORKER_NAME", None)
     log_format: str = _setting("TOONQ_LOG_FORMAT", "auto", _choice(LOG_FORMATS))

@@ -197,6 +197,11 @@ class WorkerMetrics:
             "Batches split in two after running out of GPU memory.",
             registry=registry,
         )
+        self._batch_failures = Counter(
+            "toonq_batch_failures_total",
+            "Batches the model failed (out-of-memory splits aside): every job of one fails.",
+            registry=registry,
+        )
         self._max_batch_size = Gauge(
             "toonq_max_batch_size",
             "Largest batch the worker forms now (lowered by out-of-memory splits).",
@@ -263,6 +268,9 @@ class WorkerMetrics:
         self._oom_splits.inc()
         self._max_batch_size.set(new_limit)
 
+    def record_batch_failure(self) -> None:
+        self._batch_failures.inc()
+
     def set_max_batch_size(self, n: int) -> None:
         self._max_batch_size.set(n)
 
@@ -319,6 +327,7 @@ record_job = WORKER_METRICS.record_job
 observe_stages = WORKER_METRICS.observe_stages
 observe_batch = WORKER_METRICS.observe_batch
 record_oom_split = WORKER_METRICS.record_oom_split
+record_batch_failure = WORKER_METRICS.record_batch_failure
 set_max_batch_size = WORKER_METRICS.set_max_batch_size
 in_flight = WORKER_METRICS.in_flight
 set_model_load_seconds = WORKER_METRICS.set_model_load_seconds

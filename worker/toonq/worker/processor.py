@@ -8,7 +8,9 @@ this module only decides what an outcome means for the job:
 * success: the output object is written first, then the job is marked succeeded;
 * a permanent error: the job fails at once with the error's code;
 * a transient error (or an unexpected one): the job is retried with backoff while attempts
-  remain, then fails with the last error's code.
+  remain, then fails with the last error's code;
+* the GPU loop stopped (the device failed batch after batch): the job goes back to the queue
+  for another worker, without spending its attempt.
 
 An outcome the database cannot take at once (an outage of a few seconds) is written again with
 backoff while the lease is renewed, for up to a lease: a retried message would find the job still
@@ -44,7 +46,7 @@ from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy
 from toonq.worker import metrics
-from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
@@ -100,6 +102,10 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     except ClaimLostError:
         # Cancelled, requeued or reclaimed while it ran: whoever holds the job now records it.
         log.warning("job_abandoned", reason="the claim is no longer current")
+        return _counted(Outcome.DISCARDED)
+    except BatcherStoppedError as exc:
+        if ctx.leases.hand_back(claim, ctx.sender, reason=str(exc)):
+            return Outcome.HANDED_BACK  # counted by the hand-back
         return _counted(Outcome.DISCARDED)
     except (PermanentJobError, InvalidRequestError) as exc:
         # InvalidRequestError: a job row whose URI the policy refuses (written by an older
