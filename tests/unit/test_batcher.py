@@ -31,12 +31,12 @@ class RecordingModel:
     def run(self, batch: torch.Tensor) -> list[torch.Tensor]:
         if self.oom_above is not None and len(batch) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        time.sleep(self.delay_s)
         if self.broken:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("device fault")
-        time.sleep(self.delay_s)
         with self.lock:
             self.batches.append(len(batch))
         return list(torch.split(batch * 2, 1))
@@ -221,8 +221,9 @@ def test_failed_batches_in_a_row_stop_the_loop_and_say_why() -> None:
         for _ in range(3):
             with pytest.raises(RuntimeError, match="illegal memory access"):
                 batcher.run(image(1.0))
+        # Refused at once, or failed when the loop stops if it came in just before.
         with pytest.raises(BatcherStoppedError, match="3 failed batches in a row") as refused:
-            batcher.submit(image(1.0))
+            batcher.run(image(1.0))
         assert "illegal memory access" in str(refused.value)
         assert len(reasons) == 1
         assert reasons[0] == str(refused.value)
@@ -231,7 +232,7 @@ def test_failed_batches_in_a_row_stop_the_loop_and_say_why() -> None:
 
 
 def test_requests_waiting_when_the_loop_stops_fail_as_stopped_not_as_the_device() -> None:
-    model = RecordingModel(delay_s=0.2)
+    model = RecordingModel(delay_s=0.5)  # the first batch fails after the others came in
     model.broken = True
     batcher, reasons = failing_after(model, 1)
     try:

@@ -252,7 +252,7 @@ class InferenceBatcher(Generic[Stacked]):
         metrics.record_batch_failure()
 
     def _fail_device(self) -> None:
-        """Stop for good: the device failed every batch of a row."""
+        """Stop for good: the device failed batch after batch."""
         self._stop_reason = (
             f"the GPU loop stopped after {self._failed_batches} failed batches in a row "
             f"(the last: {self._last_failure})"
@@ -261,7 +261,6 @@ class InferenceBatcher(Generic[Stacked]):
             "device_failed",
             failed_batches=self._failed_batches,
             last_error=self._last_failure,
-            detail="the worker stops taking jobs and reports not live",
         )
         self._on_failed(self._stop_reason)
         self.stop()
