@@ -40,7 +40,7 @@ def toonq(client: ToonqClient, *args: str) -> Result:
     ("key", "message"),
     [
         ("sticker\x0042", "the idempotency key contains a NUL character"),
-        ("k" * 256, "the idempotency key is 256 characters long, over the limit of 255"),
+        ("k" * 256, "an idempotency key must have 1 to 255 characters"),
         ("sticker-\udcff", "the idempotency key is not valid Unicode text"),
     ],
 )

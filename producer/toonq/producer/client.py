@@ -28,13 +28,21 @@ from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import InvalidRequestError
-from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
+from toonq.shared.job import (
+    Job,
+    JobEvent,
+    JobFilters,
+    JobParams,
+    JobSpec,
+    JobStatus,
+    check_idempotency_key,
+)
 from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy, open_store
-from toonq.shared.text import check_idempotency_key, check_reason
+from toonq.shared.text import check_reason
 
 
 @dataclass(frozen=True)

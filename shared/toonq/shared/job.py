@@ -32,11 +32,25 @@ from toonq.shared.choices import (
 from toonq.shared.colors import RGB, normalize_color, parse_color
 from toonq.shared.errors import IdempotencyConflictError, InvalidRequestError
 from toonq.shared.settings import DEFAULT_RESOLUTION
+from toonq.shared.text import check_text
 
 if TYPE_CHECKING:
     from toonq.shared.settings import Settings
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """InvalidRequestError unless `key` is None or a key the job table can store: 1 to
+    MAX_IDEMPOTENCY_KEY_LENGTH characters of valid Unicode, without a NUL."""
+    if key is None:
+        return
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidRequestError(
+            f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    check_text(key, what="the idempotency key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+
 
 # --- States, events and outcomes ------------------------------------------------------------------
 
@@ -251,12 +265,7 @@ class JobSpec:
             )
         if self.max_attempts < 1:
             raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.idempotency_key is not None and not (
-            0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise InvalidRequestError(
-                f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
+        check_idempotency_key(self.idempotency_key)
 
 
 @dataclass(frozen=True)

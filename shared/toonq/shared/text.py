@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from toonq.shared.db.schema import NAME_LENGTH
 from toonq.shared.errors import InvalidRequestError, ToonqError
 
-#: The longest idempotency key: the column's size.
-IDEMPOTENCY_KEY_LENGTH: Final = NAME_LENGTH
 #: The longest reason recorded in a job's history: a note for people, not a document.
 REASON_LENGTH: Final = 1000
 
@@ -34,11 +31,6 @@ def check_text(
     if len(value) > max_length:
         raise error(f"{what} is {len(value)} characters long, over the limit of {max_length}")
     return value
-
-
-def check_idempotency_key(key: str | None) -> None:
-    if key is not None:
-        check_text(key, what="the idempotency key", max_length=IDEMPOTENCY_KEY_LENGTH)
 
 
 def check_reason(reason: str | None) -> None:

@@ -38,9 +38,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
-from toonq.shared.job import EventKind, JobParams, JobStatus
+from toonq.shared.job import MAX_IDEMPOTENCY_KEY_LENGTH, EventKind, JobParams, JobStatus
 
-#: The longest idempotency key, worker name, actor, model name and model revision a row holds.
+#: The longest worker name, actor, model name and model revision a row holds.
 NAME_LENGTH: Final = 255
 
 NAMING_CONVENTION = {
@@ -125,7 +125,9 @@ class JobRow(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    idempotency_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(MAX_IDEMPOTENCY_KEY_LENGTH), unique=True
+    )
     status: Mapped[JobStatus] = mapped_column(_string_enum(JobStatus, "job_status"))
     input_uri: Mapped[str] = mapped_column(Text)
     output_uri: Mapped[str] = mapped_column(Text)
