@@ -97,6 +97,8 @@ def a_job(**changes: Any) -> Job:
         lease_expires_at=None,
         enqueued_at=None,
         sent_at=None,
+        staged_output_uri=None,
+        staged_result=None,
     )
     return replace(job, **changes)
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -22,12 +23,22 @@ from toonq.shared.errors import (
     InputNotFoundError,
     StorageUnavailableError,
 )
-from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
+from toonq.shared.job import (
+    Claim,
+    EventKind,
+    Job,
+    JobParams,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    StagedOutput,
+)
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy
 from toonq.shared.storage.local import LocalStore
+from toonq.shared.storage.uri import STAGING_FOLDER
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
@@ -64,11 +75,11 @@ class OutcomeWritesFailing(InMemoryJobStore):
         super().__init__(clock=clock)
         self.failures = failures
 
-    def mark_succeeded(self, claim: Claim, **outcome: Any) -> bool:
+    def mark_succeeded(self, claim: Claim, staged: StagedOutput) -> bool:
         if self.failures > 0:
             self.failures -= 1
             raise DatabaseUnavailableError("database unavailable: connection refused")
-        return super().mark_succeeded(claim, **outcome)
+        return super().mark_succeeded(claim, staged)
 
 
 def storage_unavailable() -> None:
@@ -477,3 +488,166 @@ def test_jobs_reaching_a_loop_stopped_by_a_broken_device_go_back_unspent(
     assert ctx.store.events(third.id)[-1].kind == EventKind.HANDED_BACK
     assert ctx.store.events(third.id)[-1].reason == reasons[0]
     assert [message.job_id for message in broker.take_sent()] == [first.id, second.id, third.id]
+
+
+# --- Publishing one output per job ----------------------------------------------------------------
+
+
+class WorkerKilled(BaseException):
+    """The worker process dies (SIGKILL): nothing of the attempt runs after it."""
+
+
+class DyingCopyStore(LocalStore):
+    """A file object store whose worker dies when it copies an object: after the commit,
+    before the output is published."""
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        raise WorkerKilled
+
+
+class UnavailableCopyStore(LocalStore):
+    """A file object store whose copies fail as an unavailable store's do."""
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        storage_unavailable()
+
+
+def staging_folder(job: Job) -> Path:
+    return output_path(job).parent / STAGING_FOLDER
+
+
+@pytest.mark.parametrize("taken_by", ["reclaim", "cancel and requeue"])
+def test_a_stale_attempt_that_finishes_last_cannot_change_the_output(
+    ctx: WorkerContext, clock: ManualClock, taken_by: str
+) -> None:
+    """The job is taken from its first attempt while it reads its input; a second attempt, on
+    another picture, runs to the end; then the stale first attempt finishes. The output object
+    is the second attempt's, as the job says."""
+    job = submitted(ctx)
+    source = Path(job.input_uri.removeprefix("file://"))
+    first_picture = source.read_bytes()
+    reads = 0
+
+    def take_the_job_and_finish_it() -> None:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            return
+        if taken_by == "reclaim":
+            clock.advance(ctx.settings.lease_s + 1)  # the first worker's lease lapsed
+        else:
+            ctx.store.cancel(job.id, actor="cli:ops@laptop")
+            ctx.store.requeue([job.id], actor="cli:ops@laptop")
+        source.write_bytes(png_bytes((40, 30)))
+        assert process_job(replace(racing, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+        source.write_bytes(first_picture)
+
+    racing = replace(ctx, objects=InterruptedStore([ctx.settings.home], take_the_job_and_finish_it))
+
+    assert process_job(racing, job.id) is Outcome.DISCARDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.worker, done.image_width, done.image_height) == (
+        JobStatus.SUCCEEDED,
+        "w2",
+        40,
+        30,
+    )
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (40, 30)
+    assert list(staging_folder(job).iterdir()) == []  # both staged objects deleted
+
+
+def test_a_committed_output_is_published_by_the_next_attempt_without_running_the_model(
+    ctx: WorkerContext, clock: ManualClock
+) -> None:
+    """The worker dies between the commit and the copy of the job's only attempt: the lease
+    lapses, and the reclaiming attempt publishes the committed output (the input is gone: it
+    does not run the model) instead of failing the job with worker_lost."""
+    job = submitted(ctx, max_attempts=1)
+    dying = replace(ctx, objects=DyingCopyStore([ctx.settings.home]))
+    with pytest.raises(WorkerKilled):
+        process_job(dying, job.id)
+    committed = ctx.store.get(job.id)
+    staged = committed.staged_output
+    assert (committed.status, staged is not None) == (JobStatus.RUNNING, True)
+    assert staged is not None
+    staged_bytes = Path(staged.uri.removeprefix("file://")).read_bytes()
+    assert not output_path(job).exists()
+    Path(job.input_uri.removeprefix("file://")).unlink()
+    clock.advance(ctx.settings.lease_s + 1)
+
+    assert process_job(replace(ctx, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.worker) == (JobStatus.SUCCEEDED, 2, "w2")
+    assert (done.model, done.image_width, done.image_height) == ("standin:0@standin", 80, 60)
+    assert done.timings == staged.timings
+    assert done.staged_output is None
+    assert output_path(job).read_bytes() == staged_bytes
+    assert list(staging_folder(job).iterdir()) == []
+    events = ctx.store.events(job.id)
+    assert [event.kind for event in events] == [
+        EventKind.CREATED,
+        EventKind.STARTED,
+        EventKind.RECLAIMED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]
+    assert events[-1].details == {
+        "attempt": 2,
+        "staged_attempt": 1,
+        "staged_output_uri": staged.uri,
+    }
+
+
+def test_a_publish_that_fails_transiently_is_retried_and_the_retry_publishes(
+    ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
+) -> None:
+    job = submitted(ctx)
+    unavailable = replace(ctx, objects=UnavailableCopyStore([ctx.settings.home]))
+
+    assert process_job(unavailable, job.id) is Outcome.RETRYING
+
+    retrying = ctx.store.get(job.id)
+    assert retrying.status is JobStatus.RETRYING
+    assert retrying.staged_output is not None
+    assert [message.job_id for message in broker.take_sent()] == [job.id]
+    Path(job.input_uri.removeprefix("file://")).unlink()  # the retry does not run the model
+    clock.advance(ctx.settings.retry_backoff_max_s + 1)
+
+    assert process_job(ctx, job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.image_width) == (JobStatus.SUCCEEDED, 2, 80)
+    staged_path = Path(retrying.staged_output.uri.removeprefix("file://"))
+    assert not staged_path.exists()
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (80, 60)
+
+
+def test_a_committed_output_whose_staged_object_expired_is_made_again(
+    ctx: WorkerContext, clock: ManualClock
+) -> None:
+    """The staged object of a committed output that nobody published is gone (a lifecycle
+    rule expired it): the next attempt runs the model and publishes its own output."""
+    job = submitted(ctx, max_attempts=1)
+    with pytest.raises(WorkerKilled):
+        process_job(replace(ctx, objects=DyingCopyStore([ctx.settings.home])), job.id)
+    expired = ctx.store.get(job.id).staged_output
+    assert expired is not None
+    Path(expired.uri.removeprefix("file://")).unlink()
+    clock.advance(ctx.settings.lease_s + 1)
+
+    assert process_job(replace(ctx, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.image_width) == (JobStatus.SUCCEEDED, 2, 80)
+    assert ctx.store.events(job.id)[-1].details == {
+        "attempt": 2,
+        "staged_attempt": 2,
+        "staged_output_uri": ANY,
+    }
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (80, 60)
+    assert list(staging_folder(job).iterdir()) == []

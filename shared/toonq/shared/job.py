@@ -300,6 +300,17 @@ class Job:
     #: When the message for the job's current waiting state was sent; None while none is (what
     #: recovery looks for), so cleared by each claim, retry, hand-back, cancel and requeue.
     sent_at: datetime | None
+    #: The committed attempt's output, waiting to be published (`staged_output`).
+    staged_output_uri: str | None
+    staged_result: Mapping[str, Any] | None
+
+    @property
+    def staged_output(self) -> StagedOutput | None:
+        """The output an attempt committed to the job, once its upload was staged: the one
+        output the job may publish at its output URI, whichever attempt publishes it."""
+        if self.staged_output_uri is None or self.staged_result is None:
+            return None
+        return StagedOutput.from_record(self.staged_output_uri, self.staged_result)
 
     @property
     def model(self) -> str | None:
@@ -356,6 +367,7 @@ class Job:
             "next_attempt_at": iso_utc(self.next_attempt_at),
             "lease_expires_at": iso_utc(self.lease_expires_at),
             "enqueued_at": iso_utc(self.enqueued_at),
+            "staged_output_uri": self.staged_output_uri,
         }
 
 
@@ -392,6 +404,35 @@ class JobEvent:
             "reason": self.reason,
             "details": None if self.details is None else dict(self.details),
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagedOutput:
+    """An attempt's output, uploaded to a key of its own (`uri`) and committed to its job: what
+    the job records as its success once the object is copied to the job's output URI."""
+
+    uri: str
+    attempt: int
+    model_name: str
+    model_revision: str | None
+    image_width: int
+    image_height: int
+    timings: Mapping[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """Everything but `uri`, as JSON (the job row's `staged_result`)."""
+        return {
+            "attempt": self.attempt,
+            "model_name": self.model_name,
+            "model_revision": self.model_revision,
+            "image_width": self.image_width,
+            "image_height": self.image_height,
+            "timings": dict(self.timings),
+        }
+
+    @classmethod
+    def from_record(cls, uri: str, record: Mapping[str, Any]) -> StagedOutput:
+        return cls(uri=uri, **record)
 
 
 @dataclass(frozen=True)

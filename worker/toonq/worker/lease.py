@@ -39,6 +39,10 @@ class ClaimLostError(Exception):
     """The attempt's claim is no longer current: its work must stop, its outcome is not
     recorded."""
 
+    @classmethod
+    def of(cls, claim: Claim) -> ClaimLostError:
+        return cls(f"job {claim.job.id}: attempt {claim.attempt} is no longer current")
+
 
 def _key(claim: Claim) -> _AttemptKey:
     return (claim.job.id, claim.attempt, claim.job.started_at)
@@ -80,9 +84,7 @@ class LeaseKeeper:
         with self._lock:
             lost = _key(claim) in self._lost
         if lost:
-            raise ClaimLostError(
-                f"job {claim.job.id}: attempt {claim.attempt} is no longer current"
-            )
+            raise ClaimLostError.of(claim)
 
     def held(self) -> list[Claim]:
         with self._lock:

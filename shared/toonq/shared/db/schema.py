@@ -167,6 +167,10 @@ class JobRow(Base):
     # When a wake-up message was last handed to the broker, kept after the claim: what
     # operators read as "enqueued at".
     enqueued_at: Mapped[datetime | None]
+    # The attempt-specific object an attempt committed as the job's output, and what its success
+    # records (model, image size, timings): set once while running, kept until it is published.
+    staged_output_uri: Mapped[str | None] = mapped_column(Text)
+    staged_result: Mapped[dict[str, Any] | None]
 
 
 class JobEventRow(Base):
