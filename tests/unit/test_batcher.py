@@ -17,9 +17,16 @@ class RecordingModel:
     """Doubles its inputs; can be told to run out of memory above a batch size, to fail once,
     or to fail every batch (`broken`, a persistent CUDA error)."""
 
-    def __init__(self, *, oom_above: int | None = None, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        oom_above: int | None = None,
+        oom_only_at_size: int | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
         self.batches: list[int] = []
         self.oom_above = oom_above
+        self.oom_only_at_size = oom_only_at_size
         self.delay_s = delay_s
         self.fail_next = False
         self.broken = False
@@ -29,7 +36,8 @@ class RecordingModel:
         return torch.cat(list(inputs))
 
     def run(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        if self.oom_above is not None and len(batch) > self.oom_above:
+        at_size = self.oom_only_at_size in (None, batch.shape[-1])
+        if self.oom_above is not None and len(batch) > self.oom_above and at_size:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         time.sleep(self.delay_s)
         if self.broken:
@@ -108,13 +116,33 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_lower_limit() -> None:
         futures = [batcher.submit(image(v)) for v in range(6)]
         values = [float(f.result(timeout=5).logits.mean()) for f in futures]
         assert values == [2.0 * v for v in range(6)]
-        assert batcher.max_batch_size == 2
+        assert batcher.batch_limit(image(0).shape) == 2
         assert max(model.batches) == 2
         model.batches.clear()
         later = [batcher.submit(image(v)) for v in range(4)]
         for future in later:
             future.result(timeout=5)
         assert model.batches == [2, 2]  # no new out-of-memory round trip
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_out_of_memory_at_one_resolution_leaves_the_others_batch_limit() -> None:
+    """A rare large resolution that runs out of memory must not halve every batch after it."""
+    model = RecordingModel(oom_above=2, oom_only_at_size=32)
+    batcher = started(model, max_batch_size=8)
+    try:
+        large = [batcher.submit(image(v, size=32)) for v in range(4)]
+        for future in large:
+            future.result(timeout=5)
+        model.batches.clear()
+        small = [batcher.submit(image(v)) for v in range(8)]
+        for future in small:
+            future.result(timeout=5)
+
+        assert batcher.batch_limit(image(0, size=32).shape) == 2
+        assert batcher.batch_limit(image(0).shape) == 8
+        assert max(model.batches) > 2  # the small inputs still form batches above the new limit
     finally:
         batcher.stop(timeout=5)
 

@@ -6,7 +6,9 @@ thread forms the next batch (whatever is ready, up to the batch limit, waiting a
 `max_wait_s` for it to fill) and stacks it into the model's input while the other thread runs
 the model on the current one, so the model never waits for a batch to be formed. Inputs of
 different shapes (jobs at other resolutions) run as separate batches. On CUDA out-of-memory the
-batch is split in two and retried, and the lower limit is kept for the rest of the process's life.
+batch is split in two and retried, and the lower limit is kept for the rest of the process's life
+for inputs of that shape only: a rare large resolution that runs out of memory leaves the batch
+limit of the others as it was.
 
 A device that fails every batch (a persistent CUDA error) would otherwise fail every job it is
 given, fastest of all workers: after `max_failed_batches` failed batches in a row (a batch that
@@ -84,7 +86,9 @@ class InferenceBatcher(Generic[Stacked]):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self._stack = stack
         self._run_stacked = run
+        #: The limit configured, which each shape keeps until it runs out of memory.
         self.max_batch_size = max_batch_size
+        self._lowered_limits: dict[tuple[int, ...], int] = {}
         self._max_wait_s = max_wait_s
         self._on_beat = on_beat or (lambda: None)
         self._max_failed_batches = max_failed_batches
@@ -106,6 +110,10 @@ class InferenceBatcher(Generic[Stacked]):
             threading.Thread(target=self._run_batches, name="toonq-gpu-loop", daemon=True),
         ]
         metrics.set_max_batch_size(max_batch_size)
+
+    def batch_limit(self, shape: Sequence[int]) -> int:
+        """The largest batch formed of inputs of `shape` (one input's shape)."""
+        return self._lowered_limits.get(tuple(shape), self.max_batch_size)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -189,12 +197,13 @@ class InferenceBatcher(Generic[Stacked]):
         except queue.Empty:
             return []
         batch = [first]
+        limit = self.batch_limit(first.shape)
         same_shape_held = [r for r in self._held if r.shape == first.shape]
-        for request in same_shape_held[: self.max_batch_size - 1]:
+        for request in same_shape_held[: limit - 1]:
             self._held.remove(request)
             batch.append(request)
         deadline = first.submitted + self._max_wait_s
-        while len(batch) < self.max_batch_size:
+        while len(batch) < limit:
             busy = not self._runner_idle.is_set()
             timeout = _BUSY_TICK_S if busy else deadline - time.perf_counter()
             try:
@@ -220,9 +229,10 @@ class InferenceBatcher(Generic[Stacked]):
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
-            self._lower_limit((len(batch) + 1) // 2)
+            shape = batch[0].shape
+            self._lower_limit(shape, (len(batch) + 1) // 2)
             torch.cuda.empty_cache()
-            step = self.max_batch_size
+            step = self.batch_limit(shape)
             for start in range(0, len(batch), step):
                 self._run(batch[start : start + step])
             return
@@ -265,10 +275,15 @@ class InferenceBatcher(Generic[Stacked]):
         self._on_failed(self._stop_reason)
         self.stop()
 
-    def _lower_limit(self, limit: int) -> None:
-        if limit < self.max_batch_size:
-            self.max_batch_size = limit
-            log.warning("batch_limit_lowered", max_batch_size=limit, reason="CUDA out of memory")
+    def _lower_limit(self, shape: tuple[int, ...], limit: int) -> None:
+        if limit < self.batch_limit(shape):
+            self._lowered_limits[shape] = limit
+            log.warning(
+                "batch_limit_lowered",
+                max_batch_size=limit,
+                input_shape=list(shape),
+                reason="CUDA out of memory",
+            )
             metrics.record_oom_split(limit)
 
     def _drain(self) -> list[_Request]:

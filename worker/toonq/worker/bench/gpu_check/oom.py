@@ -108,8 +108,8 @@ def _drive(engine: MattingEngine, inputs: list[torch.Tensor]) -> dict[str, Any]:
     batches = {size: count // size for size, count in sorted(Counter(batch_sizes).items())}
     return {
         "requested_batch": len(inputs),
-        "limit_after": batcher.max_batch_size,
-        "split": batcher.max_batch_size < len(inputs),
+        "limit_after": batcher.batch_limit(inputs[0].shape),
+        "split": batcher.batch_limit(inputs[0].shape) < len(inputs),
         "images_with_results": len(batch_sizes),
         "batches_run": {str(size): count for size, count in batches.items()},
         "errors": errors,
