@@ -33,11 +33,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
-from toonq.shared.job import EventKind, JobParams, JobStatus
+from toonq.shared.job import EventKind, JobParams, JobStatus, WebhookState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -108,6 +109,13 @@ class JobRow(Base):
         # Each submit looks its output URIs up. A hash index: a B-tree's entries are limited to
         # a third of a page, and a file URI has no length limit.
         Index("ix_jobs_output_uri", "output_uri", postgresql_using="hash"),
+        # The webhooks due: a small set, whatever the number of jobs.
+        Index(
+            "ix_jobs_webhook_due",
+            "webhook_next_at",
+            postgresql_where=text("webhook_state = 'pending'"),
+            sqlite_where=text("webhook_state = 'pending'"),
+        ),
         CheckConstraint(
             f"output_format IN ({', '.join(repr(f) for f in OUTPUT_FORMATS)})",
             name="output_format",
@@ -159,6 +167,15 @@ class JobRow(Base):
     # When a wake-up message was last handed to the broker, kept after the claim: what
     # operators read as "enqueued at".
     enqueued_at: Mapped[datetime | None]
+    # The webhook outbox: a finished job with a callback URL is due a POST. Written with the
+    # outcome, in its statement, so that no outcome goes unannounced.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_id: Mapped[str | None] = mapped_column(String(64))
+    webhook_state: Mapped[WebhookState | None] = mapped_column(
+        _string_enum(WebhookState, "webhook_state")
+    )
+    webhook_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    webhook_next_at: Mapped[datetime | None]
 
 
 class JobEventRow(Base):
