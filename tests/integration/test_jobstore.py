@@ -110,17 +110,19 @@ FINISHED = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
 
 
 def test_create_queues_a_job_with_its_created_event(jobstore: JobStore) -> None:
-    job = create(jobstore, priority=7, params=replace(PARAMS, mask_only=True), idempotency_key="k1")
+    params = replace(PARAMS, mask_only=True, respect_input_alpha=True)
+    job = create(jobstore, priority=7, params=params, idempotency_key="k1")
 
     assert job.status is JobStatus.QUEUED
     assert (job.attempts, job.max_attempts, job.priority) == (0, 3, 7)
-    assert job.params == replace(PARAMS, mask_only=True)
+    assert job.params == params
     assert job.to_dict()["params"] == {
         "bg_color": "#808080",
         "format": "png",
         "resolution": 1024,
         "refine_foreground": False,
         "mask_only": True,
+        "respect_input_alpha": True,
     }
     assert job.created_at.tzinfo is UTC
     assert jobstore.get(job.id) == job
@@ -173,6 +175,10 @@ def test_create_with_a_known_idempotency_key_returns_the_existing_job(jobstore: 
             "bg_color '#000000' (the job's: '#808080')",
         ),
         ({"params": replace(PARAMS, mask_only=True)}, "mask_only True (the job's: False)"),
+        (
+            {"params": replace(PARAMS, respect_input_alpha=True)},
+            "respect_input_alpha True (the job's: False)",
+        ),
         ({"priority": 9}, "priority 9 (the job's: 0)"),
         ({"max_attempts": 1}, "max_attempts 1 (the job's: 3)"),
         (

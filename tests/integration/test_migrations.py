@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,6 +57,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0007",
         "0006",
         "0005",
         "0004",
@@ -114,35 +115,47 @@ def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
     assert _kinds(empty_db_url) == ["created", "started", "requeued"]
 
 
-def test_a_mask_asked_refined_before_0003_is_read_unrefined(empty_db_url: str) -> None:
-    migrate(empty_db_url, "0002")
+def _params_after_migrating(url: str, **old_row: Any) -> JobParams:
+    """The parameters the store reads of a job row inserted at the database's revision, naming no
+    column added since (`old_row` changes its values), once the database is migrated to the
+    head."""
     now, job_id = datetime.now(UTC), uuid.uuid4()
     row = {
         "id": job_id,
-        "status": JobStatus.SUCCEEDED,
+        "status": JobStatus.QUEUED,
         "input_uri": "s3://in/a.png",
         "output_uri": "s3://out/a.png",
         "bg_color": "#808080",
         "output_format": "png",
         "resolution": 64,
-        "refine_foreground": True,  # ignored on a mask, refused since
-        "mask_only": True,
+        "refine_foreground": False,
+        "mask_only": False,
         "priority": 0,
-        "attempts": 1,
+        "attempts": 0,
         "max_attempts": 3,
         "created_at": now,
         "updated_at": now,
-    }
-    engine = create_db_engine(empty_db_url)
+    } | old_row
+    engine = create_db_engine(url)
     try:
         with engine.begin() as connection:
             connection.execute(insert(Base.metadata.tables["jobs"]).values(row))
 
-        migrate(empty_db_url)
+        migrate(url)
 
-        params = SqlJobStore(engine).get(job_id).params
+        return SqlJobStore(engine).get(job_id).params
     finally:
         engine.dispose()
+
+
+def test_a_mask_asked_refined_before_0003_is_read_unrefined(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0002")
+    params = _params_after_migrating(
+        empty_db_url,
+        status=JobStatus.SUCCEEDED,
+        refine_foreground=True,  # ignored on a mask, refused since
+        mask_only=True,
+    )
     assert (params.mask_only, params.refine_foreground) == (True, False)
 
 
@@ -169,6 +182,13 @@ def test_a_sent_message_before_0005_is_both_the_marker_and_enqueued_at(empty_db_
     finally:
         engine.dispose()
     assert job.sent_at == job.enqueued_at == now
+
+
+def test_jobs_from_before_0007_keep_the_models_alpha(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0006")
+    # Written as a producer of that release writes: no respect_input_alpha column to name.
+    params = _params_after_migrating(empty_db_url)
+    assert params.respect_input_alpha is False
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -121,26 +122,15 @@ def engine() -> MattingEngine:
     )
 
 
+def matte_on_tiny_model(source: Path, out: Path, *args: str) -> Result:
+    """`toonq matte SOURCE --out OUT ARGS` on the tiny random model, on the CPU."""
+    model = ["--model", "random:tiny", "--resolution", str(RESOLUTION), "--device", "cpu"]
+    return CliRunner().invoke(cli, ["matte", str(source), "--out", str(out), *model, *args])
+
+
 def test_a_mask_asked_as_webp_is_written_as_webp(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "matte",
-            str(source),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--model",
-            "random:tiny",
-            "--resolution",
-            str(RESOLUTION),
-            "--mask-only",
-            "--format",
-            "webp",
-        ],
-    )
+    result = matte_on_tiny_model(source, out, "--mask-only", "--format", "webp")
 
     assert result.exit_code == 0, result.output
     assert [path.name for path in out.iterdir()] == ["cat.webp"]
@@ -148,6 +138,32 @@ def test_a_mask_asked_as_webp_is_written_as_webp(source: Path, tmp_path: Path) -
     assert (mask.format, mask.size) == ("WEBP", (40, 30))
     channels = np.asarray(mask.convert("RGB"))
     assert (channels == channels[..., :1]).all()  # grey: each channel holds the mask
+
+
+@pytest.mark.parametrize("mask_only", [False, True], ids=["cutout", "mask"])
+def test_respect_input_alpha_keeps_transparent_input_transparent(
+    tmp_path: Path, mask_only: bool
+) -> None:
+    # Transparent on the left, a gradient in the middle, opaque on the right.
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 60, 4), dtype=np.uint8)
+    pixels[..., 3] = np.linspace(-255, 510, 60).clip(0, 255).astype(np.uint8)  # each row
+    source = tmp_path / "sticker.png"
+    Image.fromarray(pixels, "RGBA").save(source)
+    input_alpha = pixels[..., 3]
+
+    def output_alpha(*args: str) -> npt.NDArray[np.uint8]:
+        out = tmp_path / "-".join(("out", *args))
+        result = matte_on_tiny_model(source, out, *(["--mask-only"] if mask_only else []), *args)
+        assert result.exit_code == 0, result.output
+        assert "1/1 succeeded" in result.stdout
+        written = np.asarray(Image.open(out / "sticker.png"))
+        return written if mask_only else written[..., 3]
+
+    predicted, capped = output_alpha(), output_alpha("--respect-input-alpha")
+
+    assert predicted[input_alpha == 0].max() > 0  # the model's alpha alone is not zero there
+    np.testing.assert_array_equal(capped, np.minimum(predicted, input_alpha))
+    assert (capped[input_alpha == 0] == 0).all()
 
 
 def test_each_file_gets_its_own_cutout_and_bad_files_do_not_stop_the_others(

@@ -116,6 +116,15 @@ def test_submit_writes_a_mask_as_webp(client: ToonqClient, settings: Settings) -
     assert data["output_uri"] == f"{settings.output_prefix}/{data['id']}.webp"
 
 
+def test_submit_asks_to_respect_the_input_alpha(client: ToonqClient, settings: Settings) -> None:
+    asked = toonq_json(client, "submit", input_uri(settings), "--respect-input-alpha")
+    plain = toonq_json(client, "submit", input_uri(settings))
+
+    assert asked["params"]["respect_input_alpha"] is True
+    assert client.get(asked["id"]).params.respect_input_alpha is True
+    assert plain["params"]["respect_input_alpha"] is False  # off unless asked for
+
+
 def test_submit_refuses_to_refine_a_mask(
     client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
 ) -> None:
@@ -161,6 +170,26 @@ def test_an_idempotency_conflict_names_what_differs(
         f"error [idempotency_conflict]: idempotency key 'sticker-9' is already used by job "
         f"{job.id} with other parameters: priority 7 (the job's: 0)\n"
     )
+    assert client.list() == [job]
+
+
+def test_an_idempotency_conflict_names_respect_input_alpha(
+    client: ToonqClient, settings: Settings
+) -> None:
+    uri = input_uri(settings)
+    job = client.submit(uri, idempotency_key="sticker-9", respect_input_alpha=True)
+
+    refused = toonq(client, "submit", uri, "--idempotency-key", "sticker-9")
+
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"error [idempotency_conflict]: idempotency key 'sticker-9' is already used by job "
+        f"{job.id} with other parameters: respect_input_alpha False (the job's: True)\n"
+    )
+    again = toonq_json(
+        client, "submit", uri, "--idempotency-key", "sticker-9", "--respect-input-alpha"
+    )
+    assert again["id"] == str(job.id)
     assert client.list() == [job]
 
 

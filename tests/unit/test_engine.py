@@ -6,6 +6,7 @@ import io
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from PIL import Image
@@ -150,6 +151,52 @@ def test_refine_foreground_changes_only_the_colours(engine: MattingEngine) -> No
     )
     np.testing.assert_array_equal(refined[..., 3], plain[..., 3])
     assert not np.array_equal(refined[..., :3], plain[..., :3])
+
+
+def feathered(size: tuple[int, int] = (90, 70)) -> Image.Image:
+    """A sticker whose alpha also has every level in between: a transparent left third, a
+    gradient, an opaque right third."""
+    pixels = np.array(sticker(size))
+    third = size[0] // 3
+    pixels[:, :third, 3] = 0
+    pixels[:, third : 2 * third, 3] = np.linspace(1, 254, third, dtype=np.uint8)
+    pixels[:, 2 * third :, 3] = 255
+    return Image.fromarray(pixels, "RGBA")
+
+
+def predicted_alpha(engine: MattingEngine, source: bytes) -> npt.NDArray[np.uint8]:
+    """The model's own alpha for `source`, before anything caps it."""
+    prepared = engine.prepare(source, PARAMS)
+    (logits,) = engine.infer([prepared])
+    return engine.alpha(prepared, logits).numpy()
+
+
+@pytest.mark.parametrize("mask_only", [False, True], ids=["cutout", "mask"])
+def test_respect_input_alpha_caps_the_output_alpha_at_the_inputs(
+    engine: MattingEngine, mask_only: bool
+) -> None:
+    source = feathered()
+    data, input_alpha = encode(source), np.asarray(source)[..., 3]
+    predicted = predicted_alpha(engine, data)
+    # What the flag is for: the model finds some subject where the input is transparent.
+    assert predicted[input_alpha == 0].max() > 0
+
+    def output_alpha(respect_input_alpha: bool) -> npt.NDArray[np.uint8]:
+        options = replace(PARAMS, mask_only=mask_only, respect_input_alpha=respect_input_alpha)
+        output = np.asarray(decode(matte_one(engine, data, options).data))
+        return output if mask_only else output[..., 3]
+
+    np.testing.assert_array_equal(output_alpha(False), predicted)
+    capped = output_alpha(True)
+    np.testing.assert_array_equal(capped, np.minimum(predicted, input_alpha))
+    assert (capped[input_alpha == 0] == 0).all()
+    assert (capped <= input_alpha).all()
+
+
+def test_respect_input_alpha_changes_nothing_for_an_opaque_input(engine: MattingEngine) -> None:
+    opaque = encode(sticker().convert("RGB"))
+    respected = replace(PARAMS, respect_input_alpha=True)
+    assert matte_one(engine, opaque, respected).data == matte_one(engine, opaque, PARAMS).data
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

@@ -107,13 +107,14 @@ def a_job(**changes: Any) -> Job:
 
 
 def test_the_json_of_a_jobs_parameters() -> None:
-    job = a_job(params=replace(PARAMS, refine_foreground=True))
+    job = a_job(params=replace(PARAMS, refine_foreground=True, respect_input_alpha=True))
     assert job.to_dict()["params"] == {
         "bg_color": "#808080",
         "format": "png",
         "resolution": 1024,
         "refine_foreground": True,
         "mask_only": False,
+        "respect_input_alpha": True,
     }
 
 
@@ -135,7 +136,10 @@ def test_the_command_line_has_one_option_per_parameter() -> None:
         received.append(job_options)
 
     runner = CliRunner()
-    given = ["--bg-color", "FFF", "--format", "webp", "--resolution", "64", "--mask-only"]
+    given = [
+        *("--bg-color", "FFF", "--format", "webp", "--resolution", "64"),
+        *("--mask-only", "--respect-input-alpha"),
+    ]
     assert runner.invoke(command, given).exit_code == 0
     assert runner.invoke(command, []).exit_code == 0
     assert runner.invoke(command, ["--format", "gif"]).exit_code == 2
@@ -148,12 +152,13 @@ def test_the_command_line_has_one_option_per_parameter() -> None:
             "resolution": 64,
             "refine_foreground": False,
             "mask_only": True,
+            "respect_input_alpha": True,
         },
-        {"refine_foreground": False, "mask_only": False},
+        {"refine_foreground": False, "mask_only": False, "respect_input_alpha": False},
     ]
     settings = Settings.from_env({})
     assert JobParams.with_defaults(settings, **received[0]) == JobParams(
-        bg_color="#ffffff", format="webp", resolution=64, mask_only=True
+        bg_color="#ffffff", format="webp", resolution=64, mask_only=True, respect_input_alpha=True
     )
 
 

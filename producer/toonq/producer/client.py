@@ -48,6 +48,7 @@ class SubmitRequest:
     resolution: int | None = None
     refine_foreground: bool = False
     mask_only: bool = False
+    respect_input_alpha: bool = False
     priority: int = 0
 
 
@@ -110,6 +111,7 @@ class ToonqClient:
         resolution: int | None = None,
         refine_foreground: bool = False,
         mask_only: bool = False,
+        respect_input_alpha: bool = False,
         priority: int = 0,
     ) -> Job:
         """Create a job and enqueue it. With an `idempotency_key` already used by a job with the
@@ -125,6 +127,7 @@ class ToonqClient:
                     resolution=resolution,
                     refine_foreground=refine_foreground,
                     mask_only=mask_only,
+                    respect_input_alpha=respect_input_alpha,
                     priority=priority,
                 )
             ]
@@ -151,6 +154,7 @@ class ToonqClient:
             resolution=request.resolution,
             refine_foreground=request.refine_foreground,
             mask_only=request.mask_only,
+            respect_input_alpha=request.respect_input_alpha,
         )
         check_resolution(params.resolution, self.settings.max_resolution)
         job_id = _job_id(request.idempotency_key)

@@ -183,6 +183,11 @@ class JobParams:
         "Estimate clean edge colours (not with --mask-only).", default=False
     )
     mask_only: bool = _param("Write an 8-bit mask instead of the cut-out.", default=False)
+    respect_input_alpha: bool = _param(
+        "Never let the output alpha (or the mask) exceed the input's: transparent input "
+        "stays transparent.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bg_color", normalize_color(self.bg_color))
@@ -209,6 +214,7 @@ class JobParams:
         resolution: int | None = None,
         refine_foreground: bool = False,
         mask_only: bool = False,
+        respect_input_alpha: bool = False,
     ) -> JobParams:
         """The parameters of a request, which may leave the colour and the resolution to the
         deployment's settings (`TOONQ_BG_COLOR`, `TOONQ_RESOLUTION`). Only a value left out
@@ -219,6 +225,7 @@ class JobParams:
             resolution=settings.resolution if resolution is None else resolution,
             refine_foreground=refine_foreground,
             mask_only=mask_only,
+            respect_input_alpha=respect_input_alpha,
         )
 
     @property

@@ -1,5 +1,6 @@
 """The options of a job's parameters, one per `JobParams` field, shared by `toonq submit` and
-`toonq matte`: `--bg-color`, `--format`, `--resolution`, `--refine-foreground`, `--mask-only`."""
+`toonq matte`: `--bg-color`, `--format`, `--resolution`, `--refine-foreground`, `--mask-only`,
+`--respect-input-alpha`."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
@@ -140,6 +141,8 @@ class JobRow(Base):
         Column("resolution", Integer, nullable=False),
         Column("refine_foreground", Boolean, nullable=False),
         Column("mask_only", Boolean, nullable=False),
+        # Rows written before this column existed read as false, what their jobs did.
+        Column("respect_input_alpha", Boolean, nullable=False, server_default=false()),
     )
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,8 +2,8 @@
 
     prepare (one image):  decode -> composite onto the background colour -> resize + normalise
     batch (images of one input shape):  BiRefNet -> each image's logits
-    finish (one image):  alpha (sigmoid + resize back) -> (refine_foreground)
-                         -> attach alpha to the ORIGINAL colours -> encode
+    finish (one image):  alpha (sigmoid + resize back) -> (capped at the input's alpha)
+                         -> (refine_foreground) -> attach alpha to the ORIGINAL colours -> encode
 
 On a GPU everything from the composite to the alpha matte runs there. The host keeps the decoded
 pixels: the cut-out is those pixels with their alpha channel replaced, so only the matte comes
@@ -76,7 +76,8 @@ class PreparedImage:
     """One image ready for the model: what `finish` needs after inference."""
 
     #: The decoded image, uint8 H×W×4 in host memory. `finish` writes the alpha matte into its
-    #: fourth channel, whose input alpha served only to composite the model input.
+    #: fourth channel, whose input alpha served only to composite the model input (and to cap
+    #: the matte, with `respect_input_alpha`, just before).
     pixels: npt.NDArray[np.uint8]
     #: The same pixels as uint8 4×H×W on the engine's device (a view of `pixels` on the CPU).
     image: torch.Tensor
@@ -218,6 +219,10 @@ class MattingEngine:
         with torch.inference_mode():
             with watch.stage("postprocess"):
                 alpha = self.alpha(prepared, logits)
+                if options.respect_input_alpha:
+                    # The model sees the input composited onto a colour, so it may find a subject
+                    # where the input is transparent: the input's own alpha bounds the output's.
+                    torch.minimum(alpha, image[3], out=alpha)
                 refined = refine_foreground(image[:3], alpha) if options.refine_foreground else None
             with watch.stage("encode"):
                 data = self._encode(prepared, alpha, refined)

@@ -1,7 +1,7 @@
 """Webhooks: a job's `callback_url`, and the outbox of its outcome's POST on the job row.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 
 The outbox lives in the job's own row (`webhook_id`, `webhook_state`, `webhook_attempts`,
@@ -18,8 +18,8 @@ from importlib import import_module
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0006"
+revision: str = "0008"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
