@@ -198,6 +198,8 @@ class Settings:
     webhook_secret: str | None = _setting("TOONQ_WEBHOOK_SECRET", None, _webhook_secret)
     webhook_max_attempts: int = _setting("TOONQ_WEBHOOK_MAX_ATTEMPTS", 8, _int(minimum=1))
     webhook_timeout_s: float = _setting("TOONQ_WEBHOOK_TIMEOUT_S", 10.0, _float)
+    #: The wait before the first retry; each next one waits 4 times longer (at most 6 h).
+    webhook_backoff_s: float = _setting("TOONQ_WEBHOOK_BACKOFF_S", 5.0, _float)
     #: Hosts (`host` or `host:port`) a callback may reach although they are loopback, private,
     #: link-local or metadata addresses.
     webhook_allowed_hosts: tuple[str, ...] = _setting(

@@ -31,6 +31,7 @@ from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy, open_store
+from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots, usable_cpus
@@ -212,6 +213,13 @@ def run_worker(
     if settings.sweep_interval_s:
         recovery = RecoveryThread(ctx.store, ctx.sender, settings)
         recovery.start()
+    webhooks = None
+    if settings.webhook_secret is not None:
+        deliverer = WebhookDeliverer(
+            ctx.store, settings, actor=worker_name, secret=settings.webhook_secret
+        )
+        webhooks = WebhookThread(deliverer)
+        webhooks.start()
     ctx.leases.start()
     ctx.batcher.start()
     health.mark_ready()
@@ -240,6 +248,8 @@ def run_worker(
         health.mark_not_ready()
         if recovery is not None:
             recovery.stop()
+        if webhooks is not None:
+            webhooks.stop()
         ctx.batcher.stop(timeout=5)
         ctx.leases.stop()
         if server is not None:

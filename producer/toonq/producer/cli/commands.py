@@ -16,6 +16,7 @@ from toonq.producer.cli.render import (
     print_jobs_table,
     print_json,
     print_recovery,
+    print_webhooks_table,
 )
 from toonq.producer.watching import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
@@ -65,6 +66,10 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.option(
     "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
 )
+@click.option(
+    "--callback-url",
+    help="POST the job's outcome here (a signed webhook; needs TOONQ_WEBHOOK_SECRET).",
+)
 @click.option("--wait", is_flag=True, help="Wait until the job finishes.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @json_option
@@ -76,6 +81,7 @@ def submit(
     idempotency_key: str | None,
     job_options: dict[str, Any],
     priority: int,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -92,6 +98,7 @@ def submit(
         output_uri=output_uri,
         idempotency_key=idempotency_key,
         priority=priority,
+        callback_url=callback_url,
         **job_options,
     )
     exit_status = 0
@@ -331,6 +338,43 @@ def recover(ctx: Context, force: bool, as_json: bool) -> None:
     print_recovery([*recovered, *forced], len(forced), left, as_json=as_json)
 
 
+@click.command()
+@click.option("--failed", is_flag=True, help="List the jobs whose webhook failed every attempt.")
+@click.option(
+    "--resend",
+    "resend_ids",
+    multiple=True,
+    metavar="JOB_ID",
+    help="Deliver this job's failed webhook again (same webhook-id, fresh attempts); repeatable.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@pass_context
+def webhooks(
+    ctx: Context, failed: bool, resend_ids: tuple[str, ...], limit: int, as_json: bool
+) -> None:
+    """List failed webhooks (--failed) or deliver them again (--resend JOB_ID)."""
+    if failed == bool(resend_ids):
+        raise click.UsageError("give --failed to list, or --resend JOB_ID to deliver again")
+    if failed:
+        jobs = ctx.client.failed_webhooks(limit=limit)
+        if as_json:
+            print_json([job.to_dict() for job in jobs])
+        else:
+            print_webhooks_table(jobs)
+        return
+    resent = ctx.client.resend_webhooks(resend_ids)
+    resent_ids = {job.id for job in resent}
+    skipped = [job_id for job_id in map(ctx.client.resolve, resend_ids) if job_id not in resent_ids]
+    for job_id in skipped:
+        click.echo(f"note: job {job_id}'s webhook has not failed: nothing to resend", err=True)
+    if as_json:
+        print_json([job.to_dict() for job in resent])
+    else:
+        for job in resent:
+            click.echo(f"{job.id} webhook {job.webhook_id} due again")
+
+
 #: `recover`'s first name, kept for the scripts that call it: hidden, and it says it is deprecated.
 sweep = click.Command(
     "sweep",
@@ -341,4 +385,15 @@ sweep = click.Command(
     deprecated=True,
 )
 
-QUEUE_COMMANDS = (migrate, submit, status, watch, jobs, requeue, cancel, recover, sweep)
+QUEUE_COMMANDS = (
+    migrate,
+    submit,
+    status,
+    watch,
+    jobs,
+    requeue,
+    cancel,
+    recover,
+    webhooks,
+    sweep,
+)

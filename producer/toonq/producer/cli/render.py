@@ -31,6 +31,18 @@ def print_jobs_table(jobs: Sequence[Job]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
+def print_webhooks_table(jobs: Sequence[Job]) -> None:
+    """Jobs and their failed webhook: where it went and its last attempt's problem."""
+    if not jobs:
+        click.echo("no failed webhooks")
+        return
+    for job in jobs:
+        click.echo(
+            f"{job.id}  {job.status:<9}  {job.webhook_id}  attempts {job.webhook_attempts}  "
+            f"{job.callback_url}"
+        )
+
+
 def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:
     for key, value in job.to_dict().items():
         if value not in (None, {}, []):
