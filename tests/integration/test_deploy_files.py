@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -155,9 +156,27 @@ def configmap() -> dict[str, str]:
     return data
 
 
-def secret() -> dict[str, str]:
-    data: dict[str, str] = k8s_doc("Secret")["stringData"]
-    return data
+def secrets() -> dict[str, dict[str, str]]:
+    """The example Secrets' values by Secret name."""
+    return {
+        doc["metadata"]["name"]: doc["stringData"] for doc in k8s_docs() if doc["kind"] == "Secret"
+    }
+
+
+def pod_secret(kind: str) -> str:
+    """The name of the Secret a pod takes its settings from."""
+    names: list[str] = [
+        source["secretRef"]["name"]
+        for source in only_container(kind)["envFrom"]
+        if "secretRef" in source
+    ]
+    (name,) = names
+    return name
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker pod's settings read: the ConfigMap and the workers' Secret."""
+    return configmap() | secrets()[pod_secret("Deployment")]
 
 
 def keda_triggers(trigger_type: str) -> list[Doc]:
@@ -230,7 +249,8 @@ def test_every_toonq_variable_deployed_is_one_that_settings_reads() -> None:
 
 
 def test_the_example_configurations_are_valid_settings() -> None:
-    Settings.from_env(configmap() | secret())
+    for values in secrets().values():
+        Settings.from_env(configmap() | values)
     for service in compose_services().values():
         env = compose_env(service)
         if any(name.startswith("TOONQ_") for name in env):
@@ -389,18 +409,45 @@ def test_compose_healthchecks_pass_only_once_the_worker_is_ready(
     assert kind == "CMD"  # run directly: the image needs no shell or curl for it
     assert any(f"127.0.0.1:{port}/readyz" in word for word in command)
     # The image's python against a stand-in worker on a free port.
-    argv = [
-        sys.executable
-        if word == "python"
-        else word.replace(f":{port}/", f":{readyz_server.server_port}/")
-        for word in command
-    ]
+    argv = [word.replace(f":{port}/", f":{readyz_server.server_port}/") for word in command]
+    assert_healthy_only_when_ready(argv, readyz_server)
+
+
+def assert_healthy_only_when_ready(
+    argv: list[str], server: ReadyzServer, env: dict[str, str] | None = None
+) -> None:
+    """Runs a health check command (the image's `python` being this one) against `server`
+    answering 503, then 200."""
+    argv = [sys.executable if word == "python" else word for word in argv]
     outcomes = {}
     for status in (503, 200):
-        readyz_server.status = status
-        outcomes[status] = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+        server.status = status
+        outcomes[status] = subprocess.run(
+            argv, capture_output=True, timeout=60, check=False, env=env
+        )
     assert outcomes[503].returncode != 0
     assert outcomes[200].returncode == 0, outcomes[200].stderr
+
+
+def test_the_worker_image_is_healthy_only_once_the_worker_is_ready(
+    readyz_server: ReadyzServer,
+) -> None:
+    stage = final_stage(WORKER_DOCKERFILE)
+    options, _, command = stage.last("HEALTHCHECK").partition("CMD ")
+    # Time for a first start that downloads the weights, as the compose workers get.
+    (start_period,) = re.findall(r"--start-period=(\S+)", options)
+    assert seconds(start_period) >= seconds(
+        compose_services()["worker"]["healthcheck"]["start_period"]
+    )
+    # The port of the image's own TOONQ_METRICS_PORT, here the stand-in worker's.
+    assert int(stage.assignments("ENV")["TOONQ_METRICS_PORT"]) > 0
+    env = os.environ | {"TOONQ_METRICS_PORT": str(readyz_server.server_port)}
+    assert_healthy_only_when_ready(exec_form(command), readyz_server, env)
+
+
+def test_the_cli_image_declares_it_has_no_health_to_check() -> None:
+    # Its containers run one command and exit.
+    assert final_stage(PRODUCER_DOCKERFILE).last("HEALTHCHECK") == "NONE"
 
 
 # --- Kubernetes -----------------------------------------------------------------------------------
@@ -415,6 +462,7 @@ def test_every_manifest_has_an_api_version_a_kind_and_a_name() -> None:
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "ScaledObject",
         "TriggerAuthentication",
     }
@@ -424,8 +472,18 @@ def test_every_manifest_has_an_api_version_a_kind_and_a_name() -> None:
         assert doc.get("metadata", {}).get("name"), doc
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job"])
-def test_pods_take_their_settings_from_the_configmap_and_the_secret(kind: str) -> None:
+def test_every_manifest_is_in_the_namespace_the_service_addresses_name() -> None:
+    # KEDA's Redis address and the example URLs are <service>.toonq.svc.cluster.local.
+    for doc in k8s_docs():
+        assert doc["metadata"].get("namespace") == "toonq", doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "secret"), [("Deployment", "toonq-worker"), ("Job", "toonq-producer")]
+)
+def test_pods_take_their_settings_from_the_configmap_and_their_sides_secret(
+    kind: str, secret: str
+) -> None:
     sources = {
         (source_kind, ref["name"])
         for source in only_container(kind)["envFrom"]
@@ -433,8 +491,66 @@ def test_pods_take_their_settings_from_the_configmap_and_the_secret(kind: str) -
     }
     assert sources == {
         ("configMapRef", k8s_doc("ConfigMap")["metadata"]["name"]),
-        ("secretRef", k8s_doc("Secret")["metadata"]["name"]),
+        ("secretRef", secret),
     }
+
+
+def test_producers_and_workers_have_credentials_of_their_own() -> None:
+    producer, worker = secrets()["toonq-producer"], secrets()["toonq-worker"]
+    for variable in ("TOONQ_DATABASE_URL", "TOONQ_BROKER_URL"):
+        assert urlsplit(producer[variable]).username != urlsplit(worker[variable]).username
+        assert urlsplit(producer[variable]).hostname == urlsplit(worker[variable]).hostname
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= producer.keys() & worker.keys()
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_pods_mount_no_service_account_token(kind: str) -> None:
+    assert pod_spec(kind)["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_containers_run_on_a_read_only_root_filesystem(kind: str) -> None:
+    security = only_container(kind)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_worker_writes_only_to_its_own_empty_dirs() -> None:
+    mounts = {m["name"]: m["mountPath"] for m in only_container("Deployment")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec("Deployment")["volumes"]}
+    home = final_stage(WORKER_DOCKERFILE).last("WORKDIR")
+    assert sorted(mounts.values()) == sorted(["/tmp", home])
+    for name in mounts:
+        assert "emptyDir" in volumes[name], name
+    # A volume over HF_HOME would hide the weights the image bakes there.
+    assert final_stage(WORKER_DOCKERFILE).assignments("ENV")["HF_HOME"] not in mounts.values()
+
+
+def network_policies(labels: dict[str, str]) -> list[Doc]:
+    """The NetworkPolicies that select pods with `labels`."""
+    return [
+        doc
+        for doc in k8s_docs()
+        if doc["kind"] == "NetworkPolicy"
+        and doc["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+
+
+@pytest.mark.parametrize(("kind", "ports"), [("Deployment", ["metrics"]), ("Job", [])])
+def test_network_policies_let_in_nothing_but_the_metrics_port(kind: str, ports: list[str]) -> None:
+    policies = network_policies(k8s_doc(kind)["spec"]["template"]["metadata"]["labels"])
+    assert policies
+    assert all("Ingress" in policy["spec"]["policyTypes"] for policy in policies)
+    allowed = [
+        port["port"]
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+        for port in rule["ports"]
+    ]
+    assert allowed == ports
+    container_ports = {port["name"] for port in only_container(kind).get("ports", [])}
+    assert set(allowed) <= container_ports
 
 
 @pytest.mark.parametrize(
@@ -476,7 +592,7 @@ def test_prometheus_finds_the_metrics_port() -> None:
 
 
 def test_worker_pods_outlive_their_shutdown_grace() -> None:
-    grace = Settings.from_env(configmap() | secret()).shutdown_grace_s
+    grace = Settings.from_env(worker_env()).shutdown_grace_s
     assert pod_spec("Deployment")["terminationGracePeriodSeconds"] > grace
 
 
@@ -503,7 +619,7 @@ def test_keda_scales_the_worker_deployment() -> None:
 
 
 def test_keda_watches_every_redis_list_of_the_queue_on_the_broker() -> None:
-    settings = Settings.from_env(configmap() | secret())
+    settings = Settings.from_env(worker_env())
     triggers = keda_triggers("redis")
     assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(
         queue_lists(settings.queue)
@@ -521,11 +637,13 @@ def test_keda_authenticates_with_the_workers_credentials() -> None:
         if doc["kind"] == "TriggerAuthentication"
         for ref in doc["spec"]["secretTargetRef"]
     ]
-    assert {ref["name"] for ref in refs} == {k8s_doc("Secret")["metadata"]["name"]}
-    values = {ref["parameter"]: secret()[ref["key"]] for ref in refs}
-    assert values["password"] == urlsplit(secret()["TOONQ_BROKER_URL"]).password
+    assert {ref["name"] for ref in refs} == {pod_secret("Deployment")}
+    env = worker_env()
+    values = {ref["parameter"]: env[ref["key"]] for ref in refs}
+    broker = urlsplit(env["TOONQ_BROKER_URL"])
+    assert (values["username"], values["password"]) == (broker.username, broker.password)
     # KEDA's driver (pgx) takes the plain URL form, not SQLAlchemy's postgresql+psycopg://.
-    assert values["connection"] == secret()["TOONQ_DATABASE_URL"]
+    assert values["connection"] == env["TOONQ_DATABASE_URL"]
     assert urlsplit(values["connection"]).scheme == "postgresql"
     auth_names = {
         doc["metadata"]["name"] for doc in k8s_docs() if doc["kind"] == "TriggerAuthentication"

@@ -1110,14 +1110,14 @@ def test_attempts_are_recorded_as_events_until_sent_or_failed_for_good(
     assert [event.kind for event in history] == ["created", "started", "failed"]
 
     retried = jobstore.record_webhook_missed(
-        taken, actor="w1", problem="answered HTTP 503", retry_at=clock() + timedelta(seconds=5)
+        taken, actor="w1", problem="answered HTTP 503", retry_after=timedelta(seconds=5)
     )
     assert retried is not None
     assert (retried.webhook_state, retried.webhook_attempts) == ("pending", 1)
     assert jobstore.take_due_webhooks(hold_s=60) == []  # not due yet
     clock.advance(6)
     ((taken, _),) = jobstore.take_due_webhooks(hold_s=60)
-    failed = jobstore.record_webhook_missed(taken, actor="w1", problem="timeout", retry_at=None)
+    failed = jobstore.record_webhook_missed(taken, actor="w1", problem="timeout", retry_after=None)
     assert failed is not None
     assert (failed.webhook_state, failed.webhook_attempts) == ("failed", 2)
     assert jobstore.failed_webhooks() == [failed]

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -31,6 +32,9 @@ from toonq.shared.job import JobStatus, utc_now
 from toonq.shared.queue import queue_lists
 from toonq.shared.recovery import RecoveryReason, recover
 from toonq.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture
@@ -324,3 +328,42 @@ def test_higher_priorities_are_served_first(client: ToonqClient, s3_bucket: str)
             message.ack()
         queue.close()
     assert served == [str(jobs[9].id), str(jobs[5].id), str(jobs[0].id)]
+
+
+def test_bulk_submit_of_a_prefix_then_a_rerun_submits_nothing_new(
+    client: ToonqClient,
+    producer_settings: Settings,
+    queued_messages: Callable[[], int],
+    s3_bucket: str,
+    s3_client: S3Client,
+) -> None:
+    for key in ("a.png", "in/b.PNG", "in/sub/c.jpg", "in/notes.md", "out/earlier.png"):
+        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=png_bytes((8, 8)))
+    env = {
+        "TOONQ_DATABASE_URL": producer_settings.database_url,
+        "TOONQ_BROKER_URL": producer_settings.broker_url,
+        "TOONQ_QUEUE": producer_settings.queue,
+        "TOONQ_S3_ENDPOINT_URL": producer_settings.s3_endpoint_url or "",
+        "TOONQ_OUTPUT_PREFIX": producer_settings.output_prefix,
+    }
+    args = ["submit", "--recursive", f"s3://{s3_bucket}/", "--idempotency-prefix", "w49", "--json"]
+
+    first = CliRunner().invoke(cli, args, env=env)
+    again = CliRunner().invoke(cli, args, env=env)
+
+    assert first.exit_code == 0, first.output
+    created = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [(job["input_uri"], job["created"]) for job in created] == [
+        (f"s3://{s3_bucket}/{key}", True) for key in ("a.png", "in/b.PNG", "in/sub/c.jpg")
+    ]
+    assert first.stderr == (
+        f"note: skipped 1 object(s) under the output prefix {producer_settings.output_prefix}: "
+        "jobs do not read what jobs write\n"
+        "submitted 3 job(s): 3 new, 0 already there\n"
+    )
+    assert again.exit_code == 0, again.output
+    found = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [(job["id"], job["created"]) for job in found] == [(job["id"], False) for job in created]
+    assert again.stderr.endswith("submitted 3 job(s): 0 new, 3 already there\n")
+    assert len(client.list()) == 3
+    assert queued_messages() == 3

@@ -86,9 +86,24 @@ def test_s3_exists_bucket(s3_store: S3Store, s3_bucket: str) -> None:
     assert not s3_store.exists_bucket("s3://no-such-bucket/any")
 
 
+def test_s3_list_objects_reads_every_page(
+    s3_store: S3Store, s3_bucket: str, s3_client: S3Client
+) -> None:
+    keys = [f"in/{index:04}.png" for index in range(1001)]  # S3 answers 1000 keys a page
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: s3_client.put_object(Bucket=s3_bucket, Key=key), keys))
+
+    assert list(s3_store.list_objects(f"s3://{s3_bucket}/in/")) == [
+        f"s3://{s3_bucket}/{key}" for key in keys
+    ]
+    assert list(s3_store.list_objects(f"s3://{s3_bucket}"))[-1] == f"s3://{s3_bucket}/in/1000.png"
+
+
 def test_s3_store_refuses_other_schemes(s3_store: S3Store, tmp_path: Path) -> None:
     with pytest.raises(InvalidURIError, match="s3://"):
         s3_store.get((tmp_path / "cat.png").as_uri(), max_bytes=100)
+    with pytest.raises(InvalidURIError, match="s3://"):
+        list(s3_store.list_objects(tmp_path.as_uri()))
 
 
 # --- S3 failures over real connections ------------------------------------------------------------

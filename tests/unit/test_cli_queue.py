@@ -4,6 +4,7 @@ broker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -48,8 +50,8 @@ def client(
         yield client
 
 
-def toonq(client: ToonqClient, *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), obj=Context(client))
+def toonq(client: ToonqClient, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), obj=Context(client), input=input)
 
 
 def toonq_json(client: ToonqClient, *args: str) -> Any:
@@ -660,3 +662,202 @@ def test_watch_without_ids_prints_every_job_that_finishes_as_json_lines(
     assert [(line["id"], line["status"]) for line in lines] == [
         (str(job.id), "failed") for job in jobs
     ]
+
+
+# --- Bulk submit ----------------------------------------------------------------------------------
+
+
+def images(settings: Settings, *names: str) -> list[str]:
+    """The URIs of new pictures under TOONQ_HOME/in."""
+    uris = []
+    for name in names:
+        path = settings.home / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes((8, 8)))
+        uris.append(path.as_uri())
+    return uris
+
+
+def json_lines_of(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def json_lines(result: Result) -> list[dict[str, Any]]:
+    assert result.exit_code == 0, result.output
+    return json_lines_of(result)
+
+
+def test_submit_takes_several_uris_and_prints_a_line_per_job(
+    client: ToonqClient, settings: Settings, broker: MemoryBroker
+) -> None:
+    uris = images(settings, "a.png", "b.png")
+
+    submitted = toonq(client, "submit", *uris, uris[0], "--priority", "3")
+
+    assert submitted.exit_code == 0, submitted.output
+    jobs = {job.input_uri: job for job in client.list()}
+    assert sorted(jobs) == uris  # the URI given twice is one job
+    assert submitted.stdout == "".join(
+        f"{jobs[uri].id} queued {jobs[uri].output_uri}\n" for uri in uris
+    )
+    assert submitted.stderr == "submitted 2 job(s): 2 new, 0 already there\n"
+    assert {job.priority for job in jobs.values()} == {3}
+    assert len(broker.take_sent()) == 2
+
+
+def test_submit_reads_uris_from_a_file_and_from_stdin(
+    client: ToonqClient, settings: Settings, tmp_path: Path
+) -> None:
+    a, b, c = images(settings, "a.png", "b.png", "c.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# this week's uploads\n{a}\n\n  {b}  \n")
+
+    from_file = json_lines(toonq(client, "submit", "--from", str(listing), "--json"))
+    from_stdin = json_lines(toonq(client, "submit", "--from", "-", "--json", input=f"{c}\n"))
+
+    assert [(line["input_uri"], line["created"]) for line in from_file + from_stdin] == [
+        (a, True),
+        (b, True),
+        (c, True),
+    ]
+    assert {line["id"] for line in from_file + from_stdin} == {str(j.id) for j in client.list()}
+    assert from_file[0] == client.get(from_file[0]["id"]).to_dict() | {"created": True}
+
+
+def test_recursive_submits_the_images_under_a_folder_and_never_the_outputs(
+    client: ToonqClient, settings: Settings
+) -> None:
+    uris = images(settings, "a.png", "sub/b.JPG", "sub/deeper/c.webp")
+    (settings.home / "in" / "notes.txt").write_text("not an image")
+    job = client.submit(uris[0])  # its output lands under TOONQ_HOME/outputs
+    Path(job.output_uri.removeprefix("file://")).parent.mkdir(parents=True)
+    Path(job.output_uri.removeprefix("file://")).write_bytes(png_bytes((8, 8)))
+
+    result = toonq(client, "submit", "--recursive", settings.home.as_uri() + "/", "--json")
+
+    assert [line["input_uri"] for line in json_lines(result)] == uris
+    assert result.stderr == (
+        f"note: skipped 1 object(s) under the output prefix {settings.output_prefix}: "
+        "jobs do not read what jobs write\n"
+        "submitted 3 job(s): 3 new, 0 already there\n"
+    )
+
+
+def test_a_rerun_with_an_idempotency_prefix_submits_nothing_new(
+    client: ToonqClient, settings: Settings, broker: MemoryBroker
+) -> None:
+    uris = images(settings, "a.png", "b.png")
+    args = ("submit", "--recursive", (settings.home / "in").as_uri(), "--idempotency-prefix", "w49")
+    first = json_lines(toonq(client, *args, "--json"))
+    assert len(broker.take_sent()) == 2
+    images(settings, "c.png")  # a new upload since
+
+    again = toonq(client, *args, "--json")
+
+    assert [(line["input_uri"], line["created"]) for line in json_lines(again)] == [
+        (uris[0], False),
+        (uris[1], False),
+        (images(settings, "c.png")[0], True),
+    ]
+    assert [line["id"] for line in json_lines(again)][:2] == [line["id"] for line in first]
+    assert again.stderr == "submitted 3 job(s): 1 new, 2 already there\n"
+    assert len(client.list()) == 3
+    assert len(broker.take_sent()) == 1
+    key = "w49:" + hashlib.sha256(uris[0].encode()).hexdigest()[:32]
+    assert client.submit(uris[0], idempotency_key=key).id == uuid.UUID(first[0]["id"])
+
+    rerun = toonq(client, *args)
+
+    assert rerun.exit_code == 0, rerun.output
+    assert rerun.stderr == "submitted 3 job(s): 0 new, 3 already there\n"
+    assert len(client.list()) == 3
+    assert broker.take_sent() == []
+
+
+def test_an_invalid_uri_among_valid_ones_submits_nothing(
+    client: ToonqClient, settings: Settings, broker: MemoryBroker, tmp_path: Path
+) -> None:
+    a, b = images(settings, "a.png", "b.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{b}\nhttps://example.com/c.png\n")
+
+    from_list = toonq(client, "submit", a, "--from", str(listing))
+    from_args = toonq(client, "submit", a, f"{settings.output_prefix}/x.png")
+
+    assert (from_list.exit_code, from_list.stdout) == (2, "")
+    assert from_list.stderr == (
+        f"error [invalid_uri]: {listing} line 2: 'https://example.com/c.png': unsupported URI; "
+        "expected s3://bucket/key or file:///absolute/path\n"
+    )
+    assert (from_args.exit_code, from_args.stdout) == (2, "")
+    assert from_args.stderr.startswith("error [invalid_uri]: argument 2: input URI ")
+    assert "lies under the output prefix" in from_args.stderr
+    assert client.list() == []
+    assert broker.take_sent() == []
+
+
+@pytest.mark.parametrize("option", [["--output", "file:///tmp/x.png"], ["--idempotency-key", "k"]])
+def test_options_for_one_job_are_refused_with_several_uris(
+    client: ToonqClient, settings: Settings, option: list[str]
+) -> None:
+    refused = toonq(client, "submit", *images(settings, "a.png", "b.png"), *option)
+
+    assert refused.exit_code == 2
+    assert f"{option[0]} is for one job" in refused.stderr
+    assert client.list() == []
+
+
+def test_nothing_to_submit_is_an_error(
+    client: ToonqClient, settings: Settings, tmp_path: Path
+) -> None:
+    (settings.home / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+
+    no_images = toonq(client, "submit", "--recursive", (settings.home / "empty").as_uri())
+    no_lines = toonq(client, "submit", "--from", str(tmp_path / "empty.txt"))
+    no_args = toonq(client, "submit")
+    long_prefix = toonq(
+        client, "submit", *images(settings, "a.png"), "--idempotency-prefix", "p" * 223
+    )
+
+    assert (no_images.exit_code, no_lines.exit_code, no_args.exit_code) == (2, 2, 2)
+    assert no_images.stderr == (
+        f"error [invalid_request]: nothing to submit: no images under "
+        f"{(settings.home / 'empty').as_uri()}\n"
+    )
+    assert "nothing to submit" in no_lines.stderr
+    assert "needs URIs" in no_args.stderr
+    assert long_prefix.exit_code == 2
+    assert "1 to 222 characters" in long_prefix.stderr
+    assert client.list() == []
+
+
+def test_bulk_wait_prints_each_job_as_it_finishes_and_exits_as_watch_does(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    uris = images(settings, "a.png", "b.png")
+    args = ("submit", *uris, "--idempotency-prefix", "w49", "--json")
+    first = json_lines(toonq(client, *args))
+    claim = jobstore.claim(uuid.UUID(first[0]["id"]), worker="w1", lease_s=60)
+    assert claim is not None
+    assert jobstore.mark_succeeded(
+        claim, model_name="m", model_revision=None, image_width=8, image_height=8, timings={}
+    )
+    unfinished = first[1]["id"]
+
+    timed_out = toonq(client, *args, "--wait", "--timeout", "0.2")
+
+    assert timed_out.exit_code == 124
+    assert [(line["id"], line["status"], line["created"]) for line in json_lines_of(timed_out)] == [
+        (first[0]["id"], "succeeded", False)
+    ]
+    assert f"error [wait_timeout]: still unfinished after 0.2 s: {unfinished}" in timed_out.stderr
+
+    client.cancel(unfinished)
+    finished = toonq(client, "submit", *uris, "--idempotency-prefix", "w49", "--wait")
+
+    assert finished.exit_code == 1  # one was cancelled
+    assert sorted(finished.stdout.splitlines()) == sorted(
+        [f"{first[0]['id']} succeeded {first[0]['output_uri']}", f"{unfinished} cancelled"]
+    )
+    assert finished.stderr == "submitted 2 job(s): 0 new, 2 already there\n"

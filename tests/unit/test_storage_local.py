@@ -11,6 +11,7 @@ from toonq.shared.errors import (
     ImageTooLargeError,
     InputAccessDeniedError,
     InputNotFoundError,
+    InvalidURIError,
     OutputAccessDeniedError,
     StorageUnavailableError,
 )
@@ -85,3 +86,24 @@ def test_local_failed_put_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_local_exists_bucket(tmp_path: Path) -> None:
     assert LocalStore([tmp_path]).exists_bucket((tmp_path / "not" / "yet" / "cat.png").as_uri())
+
+
+def test_local_list_objects_stays_within_the_roots(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "in").mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "in" / "cat.png").write_bytes(PNG)
+    (elsewhere / "dog.png").write_bytes(PNG)
+    (root / "in" / "dog.png").symlink_to(elsewhere / "dog.png")  # read later, and refused then
+    (root / "in" / "linked").symlink_to(elsewhere, target_is_directory=True)  # not followed
+    store = LocalStore([root])
+
+    assert list(store.list_objects((root / "in").as_uri())) == [
+        (root / "in" / name).as_uri() for name in ("cat.png", "dog.png")
+    ]
+    with pytest.raises(InvalidURIError, match="outside the folders"):
+        list(store.list_objects(elsewhere.as_uri()))
+    with pytest.raises(InvalidURIError, match="outside the folders"):
+        list(store.list_objects((root / "in" / "linked").as_uri()))
+    with pytest.raises(InvalidURIError, match="file://"):
+        list(store.list_objects("s3://bucket/in/"))

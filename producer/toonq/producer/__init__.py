@@ -4,9 +4,17 @@ A job's history rows (`ToonqClient.events`) are `toonq.shared.job.JobEvent`s, wh
 names `JobEventRecord`.
 """
 
-from toonq.producer.client import SubmitRequest, ToonqClient
+from toonq.producer.client import SubmitRequest, Submitted, ToonqClient
 from toonq.producer.watching import WaitTimeoutError
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.job import JobEvent as JobEventRecord
 
-__all__ = ["Job", "JobEventRecord", "JobStatus", "SubmitRequest", "ToonqClient", "WaitTimeoutError"]
+__all__ = [
+    "Job",
+    "JobEventRecord",
+    "JobStatus",
+    "SubmitRequest",
+    "Submitted",
+    "ToonqClient",
+    "WaitTimeoutError",
+]

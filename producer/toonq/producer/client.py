@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +27,7 @@ from toonq.producer import watching
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
-from toonq.shared.errors import ConfigurationError
+from toonq.shared.errors import ConfigurationError, InvalidRequestError
 from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
@@ -53,6 +53,14 @@ class SubmitRequest:
     respect_input_alpha: bool = False
     priority: int = 0
     callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job that a submit returned: `created` by it, or found by its idempotency key."""
+
+    job: Job
+    created: bool
 
 
 class ToonqClient:
@@ -144,13 +152,42 @@ class ToonqClient:
     def submit_many(self, requests: Iterable[SubmitRequest]) -> builtins.list[Job]:
         """Validate every request first (one bad request rejects the whole call, before any
         row is written), then create the jobs in one transaction and enqueue the new ones."""
+        return [item.job for item in self._create([self._spec(r) for r in requests])]
+
+    def submit_in_batches(
+        self,
+        requests: Iterable[SubmitRequest],
+        *,
+        batch_size: int = 500,
+        on_batch: Callable[[Sequence[Submitted]], None] | None = None,
+    ) -> builtins.list[Submitted]:
+        """`submit_many` for more requests than one transaction should hold: every request is
+        validated first (one bad request rejects them all, before any row is written), then
+        each `batch_size` of them are created in a transaction of their own, and `on_batch`
+        receives each batch's jobs once they are enqueued. A failure in a later batch (an
+        idempotency conflict, a lost database) leaves the earlier batches submitted."""
+        if batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be at least 1, got {batch_size}")
         specs = [self._spec(request) for request in requests]
+        submitted: builtins.list[Submitted] = []
+        for start in range(0, len(specs), batch_size):
+            batch = self._create(specs[start : start + batch_size])
+            submitted += batch
+            if on_batch is not None:
+                on_batch(batch)
+        return submitted
+
+    def validate(self, request: SubmitRequest) -> None:
+        """Raise the error that submitting `request` would raise before writing anything."""
+        self._spec(request)
+
+    def _create(self, specs: builtins.list[JobSpec]) -> builtins.list[Submitted]:
         created = self.store.create_many(specs, actor=self.actor)
         for job, is_new in created:
             # A job found by its idempotency key whose message was never sent gets it now.
             if is_new or (job.status == JobStatus.QUEUED and job.sent_at is None):
                 self.sender.send(job)
-        return [self.store.get(job.id) for job, _ in created]
+        return [Submitted(self.store.get(job.id), is_new) for job, is_new in created]
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
         self._validator.check_input(request.input_uri)

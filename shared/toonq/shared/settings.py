@@ -168,6 +168,10 @@ class Settings:
     allowed_input_prefixes: tuple[str, ...] = _setting(
         "TOONQ_ALLOWED_INPUT_PREFIXES", (), _prefixes
     )
+    #: Lets a worker on a database server and a network broker keep jobs' files in file://
+    #: prefixes, which it refuses otherwise: only right where every producer and worker mounts
+    #: the same folders.
+    allow_file_uris: bool = _setting("TOONQ_ALLOW_FILE_URIS", False, _flag)
     # Engine.
     model: str = _setting("TOONQ_MODEL", DEFAULT_MODEL)
     device: str = _setting("TOONQ_DEVICE", "auto")
@@ -282,6 +286,13 @@ class Settings:
     @property
     def is_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def is_networked(self) -> bool:
+        """Whether producers and workers may be on other machines: the database is a server
+        (not a SQLite file) and the broker one too (not a folder or in-process one)."""
+        local_broker = self.broker_url.startswith(("filesystem:", "memory:"))
+        return not self.database_url.startswith("sqlite") and not local_broker
 
     @property
     def broker_folder(self) -> Path:

@@ -25,6 +25,7 @@ import torch
 from celery import signals
 
 from toonq.shared.db.engine import create_db_engine
+from toonq.shared.errors import ConfigurationError
 from toonq.shared.jobstore import SqlJobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import create_celery_app, queue_lists
@@ -189,10 +190,27 @@ class GracefulShutdown:
             os._exit(EXIT_HANDED_BACK)
 
 
+def check_job_locations(settings: Settings) -> None:
+    """Refuse file:// prefixes for jobs on a networked deployment (`Settings.is_networked`):
+    a folder of this machine is one that producers and other workers elsewhere do not see, so
+    jobs would fail there or outputs land where nobody finds them. TOONQ_ALLOW_FILE_URIS=1 is
+    for the deployments whose machines all mount the same folders."""
+    if not settings.is_networked or settings.allow_file_uris:
+        return
+    if local := UriPolicy.from_settings(settings).file_prefixes:
+        raise ConfigurationError(
+            f"file:// job locations ({', '.join(map(str, local))}) on a worker with a database "
+            "server and a network broker: set TOONQ_OUTPUT_PREFIX (and TOONQ_ALLOWED_*_PREFIXES) "
+            "to s3:// locations, or TOONQ_ALLOW_FILE_URIS=1 if every producer and worker mounts "
+            "these folders"
+        )
+
+
 def run_worker(
     settings: Settings, *, gpu: int | None = None, concurrency: int | None = None
 ) -> None:
     """Run a worker until it is told to stop (SIGTERM: finish or hand back, then exit)."""
+    check_job_locations(settings)
     worker_name = settings.worker_name or default_worker_name(gpu)
     health = Health(liveness_timeout_s=settings.liveness_timeout_s)
     server = (

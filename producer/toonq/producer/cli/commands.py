@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
+from toonq.producer.bulk import MAX_IDEMPOTENCY_PREFIX_LENGTH as MAX_KEY_PREFIX
+from toonq.producer.bulk import Source, from_lines
+from toonq.producer.cli.bulk import submit_bulk
 from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.params import job_params_options
 from toonq.producer.cli.render import (
+    EXIT_TIMEOUT,
+    job_line,
+    print_as_they_finish,
     print_job_detail,
     print_jobs_table,
     print_json,
@@ -29,9 +35,6 @@ from toonq.shared.errors import (
 )
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.recovery import QueueMessages, backlog, recover_once, resend_queued
-
-#: `submit --wait` exits with this when the job is still running at the timeout, like timeout(1).
-EXIT_TIMEOUT = 124
 
 
 def _parse_since(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -59,26 +62,50 @@ def migrate(ctx: Context, revision: str) -> None:
 
 
 @click.command()
-@click.argument("input_uri")
+@click.argument("input_uris", metavar="URI...", nargs=-1)
+@click.option(
+    "--from",
+    "uri_list",
+    type=click.File("r"),
+    metavar="FILE",
+    help="Also submit the URIs in FILE, one a line ('-': stdin; blank and '#' lines skipped).",
+)
+@click.option(
+    "--recursive",
+    is_flag=True,
+    help="Take each URI as a folder (s3://bucket/prefix/, file:///folder/) and submit the "
+    "images under it.",
+)
 @click.option("--output", "output_uri", help="Output URI [default: TOONQ_OUTPUT_PREFIX/<id>.png].")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the same job.")
+@click.option(
+    "--idempotency-prefix",
+    metavar="P",
+    help="Key each job P:<32 hex digits of its URI's SHA-256>: a re-run submits only what "
+    "is missing.",
+)
 @job_params_options
 @click.option(
     "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
 )
 @click.option(
     "--callback-url",
-    help="POST the job's outcome here (a signed webhook; needs TOONQ_WEBHOOK_SECRET).",
+    help="POST each job's outcome here (a signed webhook; needs TOONQ_WEBHOOK_SECRET).",
 )
-@click.option("--wait", is_flag=True, help="Wait until the job finishes.")
+@click.option("--wait", is_flag=True, help="Wait until the jobs finish.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
-@json_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts (several jobs: a line each)."
+)
 @pass_context
 def submit(
     ctx: Context,
-    input_uri: str,
+    input_uris: tuple[str, ...],
+    uri_list: TextIO | None,
+    recursive: bool,
     output_uri: str | None,
     idempotency_key: str | None,
+    idempotency_prefix: str | None,
     job_options: dict[str, Any],
     priority: int,
     callback_url: str | None,
@@ -86,20 +113,72 @@ def submit(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Submit a job for INPUT_URI (s3://bucket/key or file:///path).
+    """Submit a job for each URI (s3://bucket/key or file:///path).
 
-    Exits 0 once submitted (with --wait: once succeeded), 1 if the job failed or was
+    Exits 0 once submitted (with --wait: once all succeeded), 1 if a job failed or was
     cancelled, 124 if --timeout passed first.
+
+    Several URIs, --from, --recursive or --idempotency-prefix: every URI is checked before
+    any job is submitted (exit 2 naming the bad one, nothing submitted), then the jobs are
+    submitted in batches; a line per job on stdout once submitted (with --wait: once finished;
+    with --json, its JSON and "created"), and how many were new on stderr.
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout is how long --wait waits: give --wait too")
+    options = job_options | {"priority": priority, "callback_url": callback_url}
+    one = len(input_uris) == 1 and uri_list is None and not recursive
+    if one and idempotency_prefix is None:
+        _submit_one(
+            ctx,
+            input_uris[0],
+            output_uri=output_uri,
+            idempotency_key=idempotency_key,
+            options=options,
+            wait=wait,
+            timeout=timeout,
+            as_json=as_json,
+        )
+        return
+    for given, flag in ((output_uri, "--output"), (idempotency_key, "--idempotency-key")):
+        if given is not None:
+            raise click.UsageError(
+                f"{flag} is for one job: with several URIs, --from, --recursive or "
+                "--idempotency-prefix, leave it out"
+            )
+    if not input_uris and uri_list is None:
+        raise click.UsageError("submit needs URIs, or --from FILE")
+    if idempotency_prefix is not None and not 0 < len(idempotency_prefix) <= MAX_KEY_PREFIX:
+        raise click.BadParameter(
+            f"must be 1 to {MAX_KEY_PREFIX} characters", param_hint="'--idempotency-prefix'"
+        )
+    sources = [Source(uri, f"argument {n}") for n, uri in enumerate(input_uris, start=1)]
+    if uri_list is not None:
+        sources += from_lines(uri_list, "stdin" if uri_list.name == "<stdin>" else uri_list.name)
+    submit_bulk(
+        ctx,
+        sources,
+        recursive=recursive,
+        idempotency_prefix=idempotency_prefix,
+        options=options,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+    )
+
+
+def _submit_one(
+    ctx: Context,
+    input_uri: str,
+    *,
+    output_uri: str | None,
+    idempotency_key: str | None,
+    options: dict[str, Any],
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
     job = ctx.client.submit(
-        input_uri,
-        output_uri=output_uri,
-        idempotency_key=idempotency_key,
-        priority=priority,
-        callback_url=callback_url,
-        **job_options,
+        input_uri, output_uri=output_uri, idempotency_key=idempotency_key, **options
     )
     exit_status = 0
     if wait:
@@ -113,18 +192,9 @@ def submit(
     if as_json:
         print_json(job.to_dict())
     else:
-        click.echo(_outcome_line(job))
+        click.echo(job_line(job))
     if exit_status:
         sys.exit(exit_status)
-
-
-def _outcome_line(job: Job) -> str:
-    """The job as one line: where its output goes, or, once it failed, why."""
-    if job.status == JobStatus.FAILED:
-        return f"{job.id} {job.status} [{job.error_code}] {job.error_message}"
-    if job.status == JobStatus.CANCELLED:
-        return f"{job.id} {job.status}"
-    return f"{job.id} {job.status} {job.output_uri}"
 
 
 @click.command()
@@ -148,15 +218,9 @@ def watch(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json
         jobs = ctx.client.wait_all(job_ids, timeout=timeout)
     else:
         jobs = ctx.client.watch(timeout=timeout)
-    exit_status = 0
-    try:
-        for job in jobs:
-            click.echo(json.dumps(job.to_dict()) if as_json else _outcome_line(job))
-            if job.status != JobStatus.SUCCEEDED:
-                exit_status = 1
-    except WaitTimeoutError as exc:
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
-        exit_status = EXIT_TIMEOUT
+    exit_status = print_as_they_finish(
+        jobs, lambda job: json.dumps(job.to_dict()) if as_json else job_line(job)
+    )
     if job_ids and exit_status:
         sys.exit(exit_status)
 

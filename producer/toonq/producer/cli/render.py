@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from toonq.shared.job import Job, JobEvent
+from toonq.producer.watching import WaitTimeoutError
+from toonq.shared.job import Job, JobEvent, JobStatus
 from toonq.shared.recovery import Backlog, Recovered
+
+#: `submit --wait` and `watch` exit with this when a job is unfinished at the timeout, like
+#: timeout(1).
+EXIT_TIMEOUT = 124
 
 _COLUMNS = ("id", "status", "attempts", "error_code", "input_uri", "output_uri")
 
@@ -41,6 +46,31 @@ def print_webhooks_table(jobs: Sequence[Job]) -> None:
             f"{job.id}  {job.status:<9}  {job.webhook_id}  attempts {job.webhook_attempts}  "
             f"{job.callback_url}"
         )
+
+
+def job_line(job: Job) -> str:
+    """The job as one line: where its output goes, or, once it failed, why."""
+    if job.status == JobStatus.FAILED:
+        return f"{job.id} {job.status} [{job.error_code}] {job.error_message}"
+    if job.status == JobStatus.CANCELLED:
+        return f"{job.id} {job.status}"
+    return f"{job.id} {job.status} {job.output_uri}"
+
+
+def print_as_they_finish(jobs: Iterator[Job], line: Callable[[Job], str]) -> int:
+    """Print each job's `line` as it finishes. The exit status: 0 once all succeeded, 1 if one
+    failed or was cancelled, EXIT_TIMEOUT at the timeout (the error, on stderr, names the
+    unfinished ones)."""
+    exit_status = 0
+    try:
+        for job in jobs:
+            click.echo(line(job))
+            if job.status != JobStatus.SUCCEEDED:
+                exit_status = 1
+    except WaitTimeoutError as exc:
+        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        exit_status = EXIT_TIMEOUT
+    return exit_status
 
 
 def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import timedelta
 
 from toonq.shared.job import Job, JobEvent, WebhookState
 from toonq.shared.jobstore import selections, transitions
@@ -46,13 +46,15 @@ class Webhooks(StoreCore):
             return transaction.apply(job.id, selections.webhook_pending(job), sent)
 
     def record_webhook_missed(
-        self, job: Job, *, actor: str, problem: str, retry_at: datetime | None
+        self, job: Job, *, actor: str, problem: str, retry_after: timedelta | None
     ) -> Job | None:
-        """An attempt at the taken webhook of `job` failed: retried at `retry_at`, or failed
-        for good when None."""
+        """An attempt at the taken webhook of `job` failed: retried `retry_after` from now, or
+        failed for good when None."""
         with self._transaction(single_write=True) as transaction:
+            now = self._clock()
+            retry_at = None if retry_after is None else now + retry_after
             missed = transitions.webhook_missed(
-                job, actor=actor, now=self._clock(), problem=problem, retry_at=retry_at
+                job, actor=actor, now=now, problem=problem, retry_at=retry_at
             )
             return transaction.apply(job.id, selections.webhook_pending(job), missed)
 

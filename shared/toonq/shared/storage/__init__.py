@@ -11,13 +11,14 @@ job now) from S3 throttling (retry later) without knowing which store it talked 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from toonq.shared.settings import Settings
 from toonq.shared.storage.local import LocalStore
 from toonq.shared.storage.s3 import S3Store
 from toonq.shared.storage.store import ObjectStore
-from toonq.shared.storage.uri import ObjectURI, UriPolicy
+from toonq.shared.storage.uri import ObjectURI, Prefix, UriPolicy
 
 __all__ = ["ObjectStore", "ObjectURI", "Storage", "UriPolicy", "local_roots", "open_store"]
 
@@ -39,6 +40,9 @@ class Storage:
 
     def exists_bucket(self, uri: str) -> bool:
         return self._store(uri).exists_bucket(uri)
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        return self._stores[Prefix.parse(prefix).scheme].list_objects(prefix)
 
 
 def local_roots(settings: Settings) -> list[Path]:

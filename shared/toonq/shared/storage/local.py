@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from toonq.shared.errors import (
@@ -16,7 +16,7 @@ from toonq.shared.errors import (
     StorageUnavailableError,
 )
 from toonq.shared.storage.store import too_large_error
-from toonq.shared.storage.uri import parse_as
+from toonq.shared.storage.uri import Prefix, parse_as
 
 
 class LocalStore:
@@ -35,7 +35,9 @@ class LocalStore:
 
     def _resolve(self, uri: str) -> Path:
         """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
-        resolved = Path(os.path.realpath(parse_as(uri, "file").path))
+        return self._confined(Path(os.path.realpath(parse_as(uri, "file").path)), uri)
+
+    def _confined(self, resolved: Path, uri: str) -> Path:
         if not any(resolved.is_relative_to(root) for root in self.roots):
             allowed = ", ".join(str(root) for root in self.roots)
             raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
@@ -93,3 +95,28 @@ class LocalStore:
         while not folder.exists():
             folder = folder.parent
         return folder.is_dir()
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        """The regular files under the folder, symbolic links to files included (the roots
+        confine each file when it is read), links to folders not followed. A path that is no
+        folder holds nothing, as an S3 prefix that no key starts with."""
+        folder = Prefix.parse(prefix)
+        if folder.scheme != "file":
+            raise InvalidURIError(f"{prefix!r}: expected a file:// URI")
+        top = self._confined(Path(folder.key), prefix)
+        if not top.is_dir():
+            return
+
+        def fail(exc: OSError) -> None:
+            raise StorageUnavailableError(f"{prefix}: listing failed: {exc}") from exc
+
+        # Sorted as a whole, as S3 lists keys: a folder's files do not all come before its
+        # subfolders' ("a/b/c.png" < "a/z.png").
+        found = [
+            os.path.join(parent, name)
+            for parent, _, files in os.walk(top, onerror=fail)
+            for name in files
+        ]
+        for path in sorted(found):
+            if os.path.isfile(path):
+                yield Path(path).as_uri()

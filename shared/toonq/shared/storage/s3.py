@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 import boto3
@@ -17,18 +18,19 @@ from botocore.exceptions import (
 from toonq.shared.errors import (
     InputAccessDeniedError,
     InputNotFoundError,
+    InvalidURIError,
     OutputAccessDeniedError,
     StorageUnavailableError,
     ToonqError,
 )
 from toonq.shared.storage.store import too_large_error
-from toonq.shared.storage.uri import ObjectURI, parse_as
+from toonq.shared.storage.uri import ObjectURI, Prefix, parse_as
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
-S3Operation = Literal["get", "put", "head_bucket"]
+S3Operation = Literal["get", "put", "head_bucket", "list"]
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _DENIED_CODES = frozenset(
@@ -151,6 +153,23 @@ class S3Store:
                 return True
             raise error from exc
         return True
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        folder = Prefix.parse(prefix)
+        if folder.scheme != "s3":
+            raise InvalidURIError(f"{prefix!r}: expected an s3:// URI")
+        # For the error messages: the folder as a location (the bucket alone when key is "").
+        location = ObjectURI("s3", folder.bucket, folder.key)
+        key_prefix = f"{folder.key}/" if folder.key else ""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=folder.bucket, Prefix=key_prefix
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield f"s3://{folder.bucket}/{item['Key']}"
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_s3_error(exc, location, "list") from exc
 
 
 def _read_at_most(body: StreamingBody, max_bytes: int, uri: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from toonq.shared.errors import ImageTooLargeError
@@ -16,6 +17,13 @@ class ObjectStore(Protocol):
 
     def exists_bucket(self, uri: str) -> bool:
         """Whether the container of `uri` exists, to reject a bad output location early."""
+        ...
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        """The URIs of the objects under the folder `prefix`, in key order: `s3://bucket`, or
+        `s3://bucket/key` and `file:///folder` with or without a trailing slash, which mean the
+        same (the keys under `key/`, never `key-old/...`). A prefix holding nothing (a
+        missing folder included) yields nothing; a missing bucket is InputNotFoundError."""
         ...
 
 

@@ -224,7 +224,7 @@ class UriPolicy:
     def check_input(self, uri: str) -> ObjectURI:
         """`uri` parsed; InvalidURIError if a job may not read it."""
         location = self._check_common(uri, "input")
-        if holder := _held(location, self.outputs):
+        if holder := self.output_prefix_of(location):
             raise InvalidURIError(
                 f"input URI {uri!r} lies under the output prefix {holder}: "
                 "jobs do not read what jobs write"
@@ -235,6 +235,10 @@ class UriPolicy:
                 f"(TOONQ_ALLOWED_INPUT_PREFIXES: {_listed(self.inputs)})"
             )
         return location
+
+    def output_prefix_of(self, location: ObjectURI) -> Prefix | None:
+        """The output prefix that holds `location`, if any: where jobs write."""
+        return _held(location, self.outputs)
 
     def check_output(self, uri: str) -> ObjectURI:
         """`uri` parsed; InvalidURIError if a job may not write it."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Final
 
 import structlog
 
-from toonq.shared.job import Job, JobEvent, utc_now
+from toonq.shared.job import Job, JobEvent
 from toonq.shared.jobstore import JobStore
 from toonq.shared.settings import Settings
 from toonq.shared.webhooks.addresses import CallbackPolicy
@@ -81,14 +81,14 @@ class WebhookDeliverer:
             return
         assert result.problem is not None
         attempt = job.webhook_attempts + 1
-        retry_at: datetime | None = None
+        retry_after = None
         if attempt < self._settings.webhook_max_attempts:
-            retry_at = utc_now() + retry_delay(self._settings, attempt)
+            retry_after = retry_delay(self._settings, attempt)
         self._store.record_webhook_missed(
-            job, actor=self._actor, problem=result.problem, retry_at=retry_at
+            job, actor=self._actor, problem=result.problem, retry_after=retry_after
         )
         log.warning(
-            "webhook_failed" if retry_at is None else "webhook_retry",
+            "webhook_failed" if retry_after is None else "webhook_retry",
             job_id=str(job.id),
             webhook_id=job.webhook_id,
             attempt=attempt,

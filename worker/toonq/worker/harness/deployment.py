@@ -89,7 +89,10 @@ class Deployment:
                 "TOONQ_BROKER_URL": self.broker_url,
                 "TOONQ_QUEUE": self.queue,
             }
-            if s3_endpoint is not None:
+            if s3_endpoint is None:
+                # Inputs and outputs in files under `home`, which every process here shares.
+                own["TOONQ_ALLOW_FILE_URIS"] = "1"
+            else:
                 self.bucket = f"toonq-{name}-{suffix}"
                 boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=self.bucket)
                 own |= {
