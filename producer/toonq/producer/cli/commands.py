@@ -403,23 +403,22 @@ def recover(ctx: Context, force: bool, as_json: bool) -> None:
 
 
 @click.command()
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
 @click.option("--failed", is_flag=True, help="List the jobs whose webhook failed every attempt.")
 @click.option(
     "--resend",
-    "resend_ids",
-    multiple=True,
-    metavar="JOB_ID",
-    help="Deliver this job's failed webhook again (same webhook-id, fresh attempts); repeatable.",
+    is_flag=True,
+    help="Deliver the JOB_IDs' failed webhooks again (same webhook-id, fresh attempts).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
 @pass_context
 def webhooks(
-    ctx: Context, failed: bool, resend_ids: tuple[str, ...], limit: int, as_json: bool
+    ctx: Context, job_ids: tuple[str, ...], failed: bool, resend: bool, limit: int, as_json: bool
 ) -> None:
-    """List failed webhooks (--failed) or deliver them again (--resend JOB_ID)."""
-    if failed == bool(resend_ids):
-        raise click.UsageError("give --failed to list, or --resend JOB_ID to deliver again")
+    """List the failed webhooks (--failed), or deliver them again (--resend JOB_ID...)."""
+    if failed == resend or failed == bool(job_ids):
+        raise click.UsageError("give --failed to list, or --resend JOB_ID... to deliver again")
     if failed:
         jobs = ctx.client.failed_webhooks(limit=limit)
         if as_json:
@@ -427,9 +426,9 @@ def webhooks(
         else:
             print_webhooks_table(jobs)
         return
-    resent = ctx.client.resend_webhooks(resend_ids)
+    resent = ctx.client.resend_webhooks(job_ids)
     resent_ids = {job.id for job in resent}
-    skipped = [job_id for job_id in map(ctx.client.resolve, resend_ids) if job_id not in resent_ids]
+    skipped = [job_id for job_id in map(ctx.client.resolve, job_ids) if job_id not in resent_ids]
     for job_id in skipped:
         click.echo(f"note: job {job_id}'s webhook has not failed: nothing to resend", err=True)
     if as_json:

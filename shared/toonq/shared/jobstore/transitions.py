@@ -40,7 +40,7 @@ from toonq.shared.job import (
 @dataclass(frozen=True, kw_only=True)
 class Transition:
     """One event of a job's history and the fields it changes. The job's status becomes the one
-    the event's kind leads to (if it leads to one), and its `updated_at` the event's time."""
+    the event's kind leads to, and its `updated_at` the event's time (if it leads to one)."""
 
     kind: EventKind
     at: datetime
@@ -51,9 +51,11 @@ class Transition:
 
     @property
     def values(self) -> dict[str, Any]:
-        """Every field of the job it writes."""
-        status = {} if self.kind.status is None else {"status": self.kind.status}
-        return {**status, "updated_at": self.at, **self.changes}
+        """Every field of the job it writes. A kind that leads to no status (a webhook's) is
+        no change of the job: its `updated_at` stays, and so does its webhook's body."""
+        if self.kind.status is None:
+            return dict(self.changes)
+        return {"status": self.kind.status, "updated_at": self.at, **self.changes}
 
     @property
     def event(self) -> dict[str, Any]:
@@ -409,9 +411,4 @@ def webhook_missed(
 def webhook_resent(now: datetime) -> dict[str, Any]:
     """A failed webhook due again now, with fresh attempts and the same id (no event: the
     attempts record what happens)."""
-    return {
-        "webhook_state": WebhookState.PENDING,
-        "webhook_attempts": 0,
-        "webhook_next_at": now,
-        "updated_at": now,
-    }
+    return {"webhook_state": WebhookState.PENDING, "webhook_attempts": 0, "webhook_next_at": now}
