@@ -161,8 +161,12 @@ def pg_database(pg_engine: Engine) -> Engine:
 
 @pytest.fixture
 def pg_jobstore(pg_database: Engine, clock: ManualClock) -> SqlJobStore:
-    """A job store on an empty, migrated PostgreSQL database, reading time from `clock`."""
-    return SqlJobStore(pg_database, clock=clock)
+    """A job store on an empty, migrated PostgreSQL database, reading time from `clock`. Read
+    once here: the store measures `clock`'s offset to the database's time when first read, and
+    a test may move `clock` on from the start."""
+    store = SqlJobStore(pg_database, clock=clock)
+    store.now()
+    return store
 
 
 @pytest.fixture(params=["postgres", "memory"])

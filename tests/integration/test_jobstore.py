@@ -966,7 +966,7 @@ def test_waiting_after_send(jobstore: JobStore, clock: ManualClock) -> None:
 
     def waiting(sent_s: float, due_s: float) -> list[uuid.UUID]:
         found = jobstore.waiting_after_send(
-            sent_before=start + timedelta(seconds=sent_s),
+            sent_before={(0, 9): start + timedelta(seconds=sent_s)},
             due_before=start + timedelta(seconds=due_s),
         )
         return [job.id for job in found]
@@ -977,10 +977,38 @@ def test_waiting_after_send(jobstore: JobStore, clock: ManualClock) -> None:
     assert unsent.id not in waiting(3600, 3600)
     assert retrying_unsent.id not in waiting(3600, 3600)
     assert jobstore.waiting_after_send(
-        sent_before=start + timedelta(seconds=1),
+        sent_before={(0, 9): start + timedelta(seconds=1)},
         due_before=start + timedelta(seconds=31),
         limit=1,
     ) == [jobstore.get(sent.id)]
+
+
+def test_waiting_after_send_compares_each_band_of_priorities_with_its_own_cutoff(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    start = clock()
+    low, high = create(jobstore, priority=0), create(jobstore, priority=8)
+    for job in (low, high):
+        assert jobstore.mark_enqueued(job.id)
+    lapsed, renewed = create(jobstore, priority=8), create(jobstore, priority=8)
+    claims = {job.id: claim(jobstore, job) for job in (lapsed, renewed)}
+    clock.advance(LEASE_S + 1)
+    for job in (lapsed, renewed):
+        assert jobstore.mark_enqueued(job.id)  # the message that will reclaim it
+    assert jobstore.extend_lease(claims[renewed.id], LEASE_S)  # its worker was alive after all
+    later = clock() + timedelta(seconds=1)
+
+    def waiting(**sent_before: datetime) -> set[uuid.UUID]:
+        bands = {"low": (0, 0), "high": (7, 9)}
+        found = jobstore.waiting_after_send(
+            sent_before={bands[name]: cutoff for name, cutoff in sent_before.items()},
+            due_before=later,
+        )
+        return {job.id for job in found}
+
+    assert waiting(low=start, high=later) == {high.id, lapsed.id}
+    assert waiting(low=later, high=start) == {low.id}
+    assert waiting(high=later) == {high.id, lapsed.id}  # no band given for priority 0
 
 
 # --- History --------------------------------------------------------------------------------------

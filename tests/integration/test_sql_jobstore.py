@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import QueuePool, create_engine, text
+from sqlalchemy import Engine, QueuePool, create_engine, text
 
 from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, run_concurrently
 from toonq.producer.watching import as_they_finish, until_finished
@@ -139,3 +140,43 @@ def test_waiters_on_sqlite_read_again_at_each_poll(sqlite_jobstore: JobStore) ->
 
     assert heard == [job.id for job in jobs]
     assert [job.status for job in waited] == [JobStatus.CANCELLED]
+
+
+def ahead_by(minutes: float) -> Callable[[], datetime]:
+    """A host's clock that runs `minutes` ahead."""
+    return lambda: datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def database_now(engine: Engine) -> datetime:
+    with engine.connect() as connection:
+        now: datetime = connection.execute(text("SELECT now()")).scalar_one()
+    return now
+
+
+def test_a_host_whose_clock_is_ahead_leases_and_recovers_in_the_database_s_time(
+    pg_database: Engine,
+) -> None:
+    # One host's clock is right (the database's); another's runs 10 minutes ahead.
+    right, ahead = SqlJobStore(pg_database), SqlJobStore(pg_database, clock=ahead_by(10))
+    claim(right, create(right))
+    create(right)  # not sent yet: its sender has 10 s to send it
+
+    # Neither that lease nor that grace has run out in the database's time.
+    assert ahead.due_for_recovery(unsent_grace_s=10, lost_after_s=600) == []
+    # The leases it grants end a lease after the database's now.
+    mine = claim(ahead, create(right))
+    assert mine.job.lease_expires_at is not None
+    lease_end = database_now(pg_database) + timedelta(seconds=LEASE_S)
+    assert abs(mine.job.lease_expires_at - lease_end) < timedelta(seconds=2)
+    assert abs(ahead.now() - database_now(pg_database)) < timedelta(seconds=2)
+
+
+def test_the_sqlite_store_reads_the_database_s_time_too(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    engine = create_db_engine(sqlite_url)
+    store = SqlJobStore(engine, clock=ahead_by(10))
+
+    job = create(store)
+
+    assert abs(job.created_at - datetime.now(UTC)) < timedelta(seconds=2)
+    engine.dispose()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -16,6 +18,9 @@ from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import QueueMessages, RecoveryReason, Sender, recover
 from toonq.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.conftest import ManualClock
 
 
 @pytest.fixture
@@ -32,8 +37,9 @@ def messages(redis_url: str, redis_queue: str) -> Iterator[QueueMessages]:
     messages.close()
 
 
-def sent_jobs(jobstore: JobStore, sender: Sender, count: int) -> list[Job]:
-    jobs = [jobstore.create(job_spec(), actor="test")[0] for _ in range(count)]
+def sent_jobs(jobstore: JobStore, sender: Sender, count: int, *, priority: int = 0) -> list[Job]:
+    specs = [replace(job_spec(), priority=priority) for _ in range(count)]
+    jobs = [jobstore.create(spec, actor="test")[0] for spec in specs]
     for job in jobs:
         assert sender.send(job)
     return jobs
@@ -100,6 +106,48 @@ def test_a_message_popped_and_lost_before_it_was_recorded_is_sent_again(
     assert waiting(redis_url, redis_queue) == 2
 
 
+def test_a_backlog_at_one_priority_does_not_hide_a_lost_message_at_another(
+    jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str, redis_queue: str
+) -> None:
+    sender = Sender(app, jobstore, queue=redis_queue)
+    sent_jobs(jobstore, sender, 1, priority=0)  # a standing backlog at priority 0
+    (urgent,) = sent_jobs(jobstore, sender, 1, priority=9)
+    # A worker popped the urgent message (its list is served first) and was killed.
+    assert redis.Redis.from_url(redis_url).rpop(queue_lists(redis_queue)[0]) is not None
+
+    sent = recover_stranded(jobstore, sender, messages)
+
+    # The older priority-0 message still waits in a list of its own: it says nothing of this one.
+    assert [job.id for job in sent] == [urgent.id]
+    assert waiting(redis_url, redis_queue) == 2
+
+
+def test_a_lost_reclaim_message_of_a_lapsed_lease_is_sent_again(
+    jobstore: JobStore,
+    app: Celery,
+    messages: QueueMessages,
+    redis_url: str,
+    redis_queue: str,
+    clock: ManualClock,
+) -> None:
+    sender = Sender(app, jobstore, queue=redis_queue)
+    lost, behind = (jobstore.create(job_spec(), actor="test")[0] for _ in range(2))
+    for job in (lost, behind):
+        assert jobstore.claim(job.id, worker="dead", lease_s=60) is not None
+    clock.advance(61)
+    assert sender.send(lost)  # the message that will reclaim it
+    clock.advance(2)  # more than the clock-skew margin between the two sends
+    assert sender.send(behind)
+    # A worker popped the first reclaim message and was killed before recording it.
+    assert redis.Redis.from_url(redis_url).rpop(queue_lists(redis_queue)[-1]) is not None
+
+    sent = recover_stranded(jobstore, sender, messages)
+
+    # The second reclaim message still waits in the list: its job is left alone.
+    assert [job.id for job in sent] == [lost.id]
+    assert waiting(redis_url, redis_queue) == 2
+
+
 def test_messages_still_waiting_in_the_queue_are_not_sent_again(
     jobstore: JobStore, app: Celery, messages: QueueMessages, redis_url: str, redis_queue: str
 ) -> None:
@@ -127,4 +175,4 @@ def test_foreign_or_malformed_entries_are_ignored(
     connection.rpush(queue_lists(redis_queue)[0], b"not json either")
     assert messages.received_job_ids() == set()
     # Of unknown age: counted as the oldest possible, so that nothing is taken for lost.
-    assert messages.oldest_waiting_sent_at() == 0.0
+    assert messages.oldest_waiting_sent_at() == {(7, 9): 0.0}

@@ -10,14 +10,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
 from tests.support import png_bytes
-from toonq.shared.errors import InputNotFoundError, StorageUnavailableError
-from toonq.shared.job import EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
+from toonq.shared.errors import (
+    DatabaseUnavailableError,
+    InputNotFoundError,
+    StorageUnavailableError,
+)
+from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
@@ -48,6 +52,21 @@ class InterruptedStore(LocalStore):
     def get(self, uri: str, *, max_bytes: int) -> bytes:
         self._before_read()
         return super().get(uri, max_bytes=max_bytes)
+
+
+class OutcomeWritesFailing(InMemoryJobStore):
+    """An in-memory job store whose next `failures` success writes find the database
+    unavailable, as during a short PostgreSQL outage."""
+
+    def __init__(self, *, clock: ManualClock, failures: int) -> None:
+        super().__init__(clock=clock)
+        self.failures = failures
+
+    def mark_succeeded(self, claim: Claim, **outcome: Any) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise DatabaseUnavailableError("database unavailable: connection refused")
+        return super().mark_succeeded(claim, **outcome)
 
 
 def storage_unavailable() -> None:
@@ -329,3 +348,49 @@ def test_a_retry_message_that_arrives_before_its_backoff_is_rescheduled_not_run(
     assert message.job_id == job.id
     assert message.eta is not None
     assert abs(message.eta - due) < timedelta(seconds=1)
+
+
+def on_store(ctx: WorkerContext, store: InMemoryJobStore, broker: MemoryBroker) -> WorkerContext:
+    """`ctx` on `store`, with a quick backoff and a lease of one second."""
+    settings = replace(ctx.settings, lease_s=1, retry_backoff_s=0.01)
+    return replace(
+        ctx,
+        settings=settings,
+        store=store,
+        leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=900),
+        sender=Sender(broker.app, store, queue=broker.queue),
+    )
+
+
+def test_an_outcome_the_database_refuses_once_is_recorded_by_the_same_attempt(
+    ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
+) -> None:
+    ctx = on_store(ctx, OutcomeWritesFailing(clock=clock, failures=2), broker)
+    job = submitted(ctx)
+
+    assert process_job(ctx, job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert [event.kind for event in ctx.store.events(job.id)] == [
+        EventKind.CREATED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]
+    # No retried message to find the job under its own lease and skip it.
+    assert broker.take_sent() == []
+    assert ctx.leases.held() == []
+
+
+def test_an_outcome_the_database_refuses_for_a_lease_leaves_the_job_to_be_reclaimed(
+    ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
+) -> None:
+    ctx = on_store(ctx, OutcomeWritesFailing(clock=clock, failures=1000), broker)
+    job = submitted(ctx)
+
+    with pytest.raises(DatabaseUnavailableError):  # the message is retried
+        process_job(ctx, job.id)
+
+    # The lease is no longer renewed: once it lapses, recovery has the job reclaimed.
+    assert ctx.leases.held() == []
+    assert ctx.store.get(job.id).status is JobStatus.RUNNING

@@ -103,3 +103,24 @@ def test_recover_leaves_alone_the_jobs_whose_message_is_recent(
     assert recover(jobstore, sender, resend_after_s=RESEND_AFTER_S) == []
     assert broker.take_sent() == []
     assert jobstore.get(unsent.id).sent_at is None
+
+
+def test_a_lost_reclaim_message_is_sent_again_once_a_lease_while_the_job_stays_unclaimed(
+    jobstore: InMemoryJobStore, sender: Sender, broker: MemoryBroker, clock: ManualClock
+) -> None:
+    running = sent(jobstore, sender)
+    assert jobstore.claim(running.id, worker="dead", lease_s=LEASE_S) is not None
+    clock.advance(LEASE_S + 1)
+
+    def recovered() -> list[tuple[object, RecoveryReason]]:
+        passed = recover(jobstore, sender, resend_after_s=RESEND_AFTER_S, stranded_after_s=LEASE_S)
+        return [(item.job.id, item.reason) for item in passed]
+
+    assert recovered() == [(running.id, RecoveryReason.LEASE_EXPIRED)]
+    broker.take_sent()  # that message is lost too
+    clock.advance(LEASE_S - 1)
+    assert recovered() == []  # not once a pass
+    clock.advance(2)
+    assert recovered() == [(running.id, RecoveryReason.LEASE_EXPIRED)]
+    assert recovered() == []
+    assert [message.job_id for message in broker.take_sent()] == [running.id]

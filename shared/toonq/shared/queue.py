@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -32,6 +33,16 @@ def queue_lists(queue: str) -> list[str]:
     """The Redis lists a queue's messages wait in, most urgent first (toonq priority 9-7,
     6-4, 3-1, then 0): what a queue-depth gauge or autoscaler has to count."""
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def priority_bands() -> list[tuple[int, int]]:
+    """The toonq priorities (lowest, highest) whose messages wait in each of `queue_lists`, in
+    the same order: kombu files a message under the largest step at or below its priority."""
+    ends = [*PRIORITY_STEPS[1:], MAX_PRIORITY + 1]
+    return [
+        (_kombu_priority(end - 1), _kombu_priority(step))
+        for step, end in zip(PRIORITY_STEPS, ends, strict=True)
+    ]
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -103,8 +114,10 @@ def enqueue(
     queue: str,
     priority: int = 0,
     countdown: float | None = None,
+    sent_at: datetime | None = None,
 ) -> None:
-    """Send the wake-up message for `job_id`. Safe to repeat: workers claim jobs atomically."""
+    """Send the wake-up message for `job_id`, stamped as sent at `sent_at` (default: now). Safe
+    to repeat: workers claim jobs atomically."""
     app.send_task(
         TASK_NAME,
         args=[str(job_id)],
@@ -112,5 +125,5 @@ def enqueue(
         priority=_kombu_priority(priority),
         countdown=countdown,
         ignore_result=True,
-        headers={SENT_AT_HEADER: time.time()},
+        headers={SENT_AT_HEADER: time.time() if sent_at is None else sent_at.timestamp()},
     )

@@ -17,8 +17,12 @@ Redis broker it either waits, unacknowledged, in kombu's `unacked` hash until Re
 again after the visibility timeout (an hour by default), or is gone, when the worker was killed
 between Redis popping it off the list and recording it. Both are found the same way: a queue's
 lists are first in, first out, so a message sent before the oldest one still waiting has been
-handed out; a job still queued whose message was sent before that, more than a lease ago, and
-that no worker received within the last lease, has lost its message.
+handed out. Each band of priorities waits in a list of its own, so this holds within a list: a
+job still queued (or running with a lapsed lease, waiting for the message that reclaims it) whose
+message was sent before the oldest one still waiting in its own list, more than a lease ago, and
+that no worker received within the last lease, has lost its message. Where the broker cannot be
+read, a reclaim message is presumed lost after a lease: few jobs lose their worker at once, so
+sending theirs once a lease costs little.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
-from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, queue_lists
+from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, priority_bands, queue_lists
 from toonq.shared.settings import Settings
 
 log = get_logger(__name__)
@@ -90,7 +94,14 @@ class Sender:
         """Enqueue `job` and mark it sent. Returns False (and logs) when the broker is down:
         the job stays durable in the database and recovery sends it later."""
         try:
-            enqueue(self.app, job.id, queue=self.queue, priority=job.priority, countdown=countdown)
+            enqueue(
+                self.app,
+                job.id,
+                queue=self.queue,
+                priority=job.priority,
+                countdown=countdown,
+                sent_at=self.store.now(),  # the clock `sent_at` is stamped with
+            )
         except (BrokerOperationalError, OSError) as exc:
             log.warning("send_failed", job_id=str(job.id), error=str(exc))
             return False
@@ -145,20 +156,21 @@ class QueueMessages:
         messages = (_message(raw, wrapped=False) for raw in raws)
         return {message[0] for message in messages if message is not None}
 
-    def oldest_waiting_sent_at(self) -> float | None:
-        """When the oldest message still waiting in the queue was sent (Unix seconds), or None
-        when it is empty. A message without the sent-at header (from an older producer)
-        counts as sent at the epoch: nothing is then taken for stranded until it has left."""
+    def oldest_waiting_sent_at(self) -> dict[tuple[int, int], float]:
+        """When the oldest message still waiting in each of the queue's non-empty lists was
+        sent (Unix seconds), by the band of priorities (lowest, highest) the list holds. A
+        message without the sent-at header (from an older producer) counts as sent at the
+        epoch: nothing of its band is then taken for stranded until it has left."""
         pipe = self._redis.pipeline()
         for name in self._lists:
             pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
-        oldest: float | None = None
-        for raw in cast(list[bytes | None], pipe.execute()):
+        oldest: dict[tuple[int, int], float] = {}
+        raws = cast(list[bytes | None], pipe.execute())
+        for band, raw in zip(priority_bands(), raws, strict=True):
             if raw is None:
                 continue
             message = _message(raw, wrapped=False)
-            sent_at = message[1] if message is not None and message[1] is not None else 0.0
-            oldest = sent_at if oldest is None else min(oldest, sent_at)
+            oldest[band] = message[1] if message is not None and message[1] is not None else 0.0
         return oldest
 
     def close(self) -> None:
@@ -196,11 +208,15 @@ def recover(
 ) -> list[Recovered]:
     """Send the message of every job that needs one; returns those it sent. With the queue's
     `messages` (a Redis broker), the stranded ones too: jobs whose message a worker took more
-    than `stranded_after_s` (a lease) ago without claiming them."""
+    than `stranded_after_s` (a lease) ago without claiming them. Without them, the reclaim
+    message of a running job whose lease lapsed is sent again every `stranded_after_s`."""
+    reclaim_lost_after_s = resend_after_s if messages is not None else stranded_after_s
     due = [
         Recovered(job, _reason(job))
         for job in store.due_for_recovery(
-            unsent_grace_s=unsent_grace_s, lost_after_s=resend_after_s
+            unsent_grace_s=unsent_grace_s,
+            lost_after_s=resend_after_s,
+            reclaim_lost_after_s=reclaim_lost_after_s,
         )
     ]
     if messages is not None:
@@ -269,8 +285,10 @@ def due_at(job: Job, settings: Settings, *, stranded: bool) -> datetime:
     Redis broker), `_stranded`'s condition, whichever comes first."""
     lost_after = timedelta(seconds=settings.resend_after_s)
     if job.status == JobStatus.RUNNING:
+        # A reclaim message not in the queue is sent again a lease after the last one.
         expiry = job.lease_expires_at or job.updated_at
-        return expiry if job.sent_at is None else max(expiry, job.sent_at + lost_after)
+        reclaim_lost_after = timedelta(seconds=settings.lease_s)
+        return expiry if job.sent_at is None else max(expiry, job.sent_at + reclaim_lost_after)
     # A queued job waits since it was queued; a retrying one since its retry became due.
     retrying = job.status == JobStatus.RETRYING
     became_due = (job.next_attempt_at if retrying else None) or job.updated_at
@@ -311,17 +329,20 @@ def _reason(job: Job) -> RecoveryReason:
 
 
 def _stranded(store: JobStore, messages: QueueMessages, after_s: float) -> list[Job]:
-    now = time.time()
+    now = store.now().timestamp()
     cutoff = now - after_s
     oldest_waiting = messages.oldest_waiting_sent_at()
-    if oldest_waiting is not None:
-        # Sent before the oldest message still in the lists: handed out already.
-        cutoff = min(cutoff, oldest_waiting - CLOCK_SKEW_S)
+    sent_before = {}
+    for band in priority_bands():
+        oldest = oldest_waiting.get(band)
+        # Sent before the oldest message still in its own list: handed out already.
+        band_cutoff = cutoff if oldest is None else min(cutoff, oldest - CLOCK_SKEW_S)
+        sent_before[band] = datetime.fromtimestamp(band_cutoff, UTC)
     candidates = store.waiting_after_send(
-        sent_before=datetime.fromtimestamp(cutoff, UTC),
-        due_before=datetime.fromtimestamp(now - after_s, UTC),
+        sent_before=sent_before, due_before=datetime.fromtimestamp(cutoff, UTC)
     )
-    received_lately = messages.received_job_ids(since=now - after_s)
+    # Kombu stamps a receipt with the receiving host's clock.
+    received_lately = messages.received_job_ids(since=time.time() - after_s)
     return [job for job in candidates if job.id not in received_lately]
 
 

@@ -10,6 +10,11 @@ this module only decides what an outcome means for the job:
 * a transient error (or an unexpected one): the job is retried with backoff while attempts
   remain, then fails with the last error's code.
 
+An outcome the database cannot take at once (an outage of a few seconds) is written again with
+backoff while the lease is renewed, for up to a lease: a retried message would find the job still
+running under this worker's live lease and skip it, and the finished job would run again. Past
+that the lease is left to lapse and the job is reclaimed as a lost worker's.
+
 Every database write is a compare-and-set on (job, attempt), so a duplicated message, a stale
 worker or a cancel that raced the work can never overwrite a recorded outcome.
 """
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from toonq.shared.choices import check_resolution
 from toonq.shared.errors import (
+    DatabaseUnavailableError,
     InvalidRequestError,
     PermanentJobError,
     ToonqError,
@@ -76,7 +83,7 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     if isinstance(claim, NotDue):
         # A duplicate arrived before the backoff ran out: keep the backoff, send the job's
         # message again for when it is due rather than dropping it.
-        early_s = (claim.due_at - datetime.now(UTC)).total_seconds()
+        early_s = (claim.due_at - ctx.store.now()).total_seconds()
         log.info("job_not_due", early_s=round(early_s, 2))
         ctx.sender.send(claim.job, countdown=max(early_s, 0.0))
         return _counted(Outcome.SKIPPED)
@@ -102,13 +109,17 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         log.exception("job_crashed")
         return _retry_or_fail(ctx, claim, ToonqError(f"{type(exc).__name__}: {exc}"))
     timings = {"queue_wait": round(_queue_wait_ms(claim), 2), **timings}
-    recorded = ctx.store.mark_succeeded(
+    recorded = _recorded(
+        ctx,
         claim,
-        model_name=ctx.engine.model_name,
-        model_revision=ctx.engine.model_revision,
-        image_width=result.width,
-        image_height=result.height,
-        timings=timings,
+        lambda: ctx.store.mark_succeeded(
+            claim,
+            model_name=ctx.engine.model_name,
+            model_revision=ctx.engine.model_revision,
+            image_width=result.width,
+            image_height=result.height,
+            timings=timings,
+        ),
     )
     if not recorded:
         log.warning("job_outcome_discarded", outcome="succeeded")
@@ -160,7 +171,9 @@ def _fail(
     ctx: WorkerContext, claim: Claim, exc: ToonqError, *, message: str | None = None
 ) -> Outcome:
     message = message or exc.message
-    if not ctx.store.mark_failed(claim, error_code=exc.code, error_message=message):
+    if not _recorded(
+        ctx, claim, lambda: ctx.store.mark_failed(claim, error_code=exc.code, error_message=message)
+    ):
         log.warning("job_outcome_discarded", outcome="failed")
         return _counted(Outcome.DISCARDED)
     log.warning("job_failed", error_code=exc.code, error_message=message, attempt=claim.attempt)
@@ -177,9 +190,13 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
         base_s=ctx.settings.retry_backoff_s,
         cap_s=ctx.settings.retry_backoff_max_s,
     )
-    next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
-    if not ctx.store.mark_retrying(
-        claim, error_code=exc.code, error_message=exc.message, next_attempt_at=next_attempt_at
+    next_attempt_at = ctx.store.now() + timedelta(seconds=delay)
+    if not _recorded(
+        ctx,
+        claim,
+        lambda: ctx.store.mark_retrying(
+            claim, error_code=exc.code, error_message=exc.message, next_attempt_at=next_attempt_at
+        ),
     ):
         log.warning("job_outcome_discarded", outcome="retrying")
         return _counted(Outcome.DISCARDED)
@@ -192,6 +209,27 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
     )
     ctx.sender.send(ctx.store.get(claim.job.id), countdown=delay)
     return _counted(Outcome.RETRYING, exc.code)
+
+
+def _recorded(ctx: WorkerContext, claim: Claim, write: Callable[[], bool]) -> bool:
+    """`write` the attempt's outcome (a compare-and-set on the claim; True if it was written),
+    again with backoff while the database is unavailable and the lease kept renewed, for up to
+    a lease; then DatabaseUnavailableError, and the lease lapses."""
+    give_up_at = time.monotonic() + ctx.settings.lease_s
+    tries = 0
+    with ctx.leases.holding(claim):
+        while True:
+            try:
+                return write()
+            except DatabaseUnavailableError as exc:
+                tries += 1
+                delay = backoff_delay(
+                    tries, base_s=ctx.settings.retry_backoff_s, cap_s=ctx.settings.lease_s / 3
+                )
+                if time.monotonic() + delay > give_up_at:
+                    raise
+                log.warning("outcome_not_recorded", error=str(exc), delay_s=round(delay, 2))
+                time.sleep(delay)
 
 
 def _counted(outcome: Outcome, error_code: str = "") -> Outcome:

@@ -16,6 +16,10 @@ class StoreCore(ABC):
     def __init__(self, *, clock: Callable[[], datetime]) -> None:
         self._clock = clock
 
+    def now(self) -> datetime:
+        """The store's time, which its leases and due times are in."""
+        return self._clock()
+
     @abstractmethod
     def _transaction(self, *, single_write: bool = False) -> AbstractContextManager[Transaction]:
         """A new unit of work. `single_write`: it writes at most one change (`update` or

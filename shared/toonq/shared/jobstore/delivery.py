@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 
 from toonq.shared.job import Job, aware
@@ -32,23 +33,35 @@ class Delivery(StoreCore):
         *,
         unsent_grace_s: float,
         lost_after_s: float,
+        reclaim_lost_after_s: float | None = None,
         now: datetime | None = None,
         limit: int = 1000,
     ) -> builtins.list[Job]:
         """Jobs that need a new wake-up message (`selections.due_for_recovery`), most urgent
-        first."""
+        first. A reclaim message is presumed lost after `reclaim_lost_after_s` (by default
+        `lost_after_s`)."""
         now = aware(now, "now") or self._clock()
+        if reclaim_lost_after_s is None:
+            reclaim_lost_after_s = lost_after_s
         selection = selections.due_for_recovery(
-            now, unsent_grace_s=unsent_grace_s, lost_after_s=lost_after_s
+            now,
+            unsent_grace_s=unsent_grace_s,
+            lost_after_s=lost_after_s,
+            reclaim_lost_after_s=reclaim_lost_after_s,
         )
         with self._transaction() as transaction:
             return transaction.select(selection, _MOST_URGENT, limit)
 
     def waiting_after_send(
-        self, *, sent_before: datetime, due_before: datetime, limit: int = 1000
+        self,
+        *,
+        sent_before: Mapping[tuple[int, int], datetime],
+        due_before: datetime,
+        limit: int = 1000,
     ) -> builtins.list[Job]:
-        """Jobs still waiting for a worker although their message went out long ago: queued
-        with the message sent before `sent_before`, or retrying and due before `due_before`."""
+        """Jobs still waiting for a worker although their message went out long ago
+        (`selections.waiting_after_send`: `sent_before` by band of priorities), most urgent
+        first."""
         selection = selections.waiting_after_send(sent_before=sent_before, due_before=due_before)
         with self._transaction() as transaction:
             return transaction.select(selection, _MOST_URGENT, limit)

@@ -161,7 +161,9 @@ def sendable(now: datetime) -> Selection:
     return Selection(waiting + lease_lost(now).clauses)
 
 
-def due_for_recovery(now: datetime, *, unsent_grace_s: float, lost_after_s: float) -> Selection:
+def due_for_recovery(
+    now: datetime, *, unsent_grace_s: float, lost_after_s: float, reclaim_lost_after_s: float
+) -> Selection:
     """Jobs that need a new wake-up message:
 
     * waiting jobs whose message was never sent (the sender died, or the broker was down,
@@ -169,10 +171,11 @@ def due_for_recovery(now: datetime, *, unsent_grace_s: float, lost_after_s: floa
     * waiting jobs due for longer than `lost_after_s` (their message is presumed lost);
     * running jobs whose lease expired (their worker is presumed lost; the claim of the new
       message reclaims the job or fails it with `worker_lost`), unless a message for that was
-      sent less than `lost_after_s` ago.
+      sent less than `reclaim_lost_after_s` ago.
     """
     unsent_before = now - timedelta(seconds=unsent_grace_s)
     lost_before = now - timedelta(seconds=lost_after_s)
+    reclaim_lost_before = now - timedelta(seconds=reclaim_lost_after_s)
     queued, retrying, running = JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING
     return Selection(
         (
@@ -181,20 +184,29 @@ def due_for_recovery(now: datetime, *, unsent_grace_s: float, lost_after_s: floa
             _clause(queued, sent_at=lost_before),
             _clause(retrying, sent_at=lost_before, next_attempt_at=lost_before),
             _clause(running, sent=False, lease_expires_at=now),
-            _clause(running, lease_expires_at=now, sent_at=lost_before),
+            _clause(running, lease_expires_at=now, sent_at=reclaim_lost_before),
         )
     )
 
 
-def waiting_after_send(*, sent_before: datetime, due_before: datetime) -> Selection:
-    """Jobs still waiting for a worker although their message went out long ago: queued with
-    the message sent before `sent_before`, or retrying and due before `due_before`."""
-    return Selection(
-        (
-            _clause(JobStatus.QUEUED, sent_at=sent_before),
-            _clause(JobStatus.RETRYING, sent=True, next_attempt_at=due_before),
+def waiting_after_send(
+    *, sent_before: Mapping[tuple[int, int], datetime], due_before: datetime
+) -> Selection:
+    """Jobs still waiting for a worker although their message went out long ago: queued, or
+    running with a lease lost before `due_before` (the message is the one that reclaims them),
+    with the message sent before the instant `sent_before` gives for the band of priorities
+    (lowest, highest, both included) the job's lies in; or retrying and due before
+    `due_before`. Priorities in no band given are not selected."""
+    by_band = tuple(
+        Clause(
+            equal={"status": status},
+            within={"priority": band},
+            before={"sent_at": cutoff, **({"lease_expires_at": due_before} if lapsed else {})},
         )
+        for band, cutoff in sent_before.items()
+        for status, lapsed in ((JobStatus.QUEUED, False), (JobStatus.RUNNING, True))
     )
+    return Selection((*by_band, _clause(JobStatus.RETRYING, sent=True, next_attempt_at=due_before)))
 
 
 def _before(value: datetime | None, limit: datetime) -> bool:

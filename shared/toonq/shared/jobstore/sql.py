@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from toonq.shared.db.clock import DatabaseClock
 from toonq.shared.db.engine import translate_db_errors
 from toonq.shared.errors import JobNotFoundError
 from toonq.shared.job import Job, JobEvent, JobParams, JobSpec, utc_now
@@ -63,10 +64,12 @@ _INSERT_EVENT: Final = insert(_EVENTS)
 
 
 class SqlJobStore(JobStore):
-    """Creates, reads and transitions jobs. Thread-safe: every call uses its own connection."""
+    """Creates, reads and transitions jobs. Thread-safe: every call uses its own connection.
+    Its time is the database's (`DatabaseClock`), read through the host's `clock`."""
 
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
-        super().__init__(clock=clock)
+        self._time = DatabaseClock(engine, clock)
+        super().__init__(clock=self._time)
         self._engine = engine
         # PostgreSQL writes a change and its events in one statement (`_PostgresTransaction`),
         # which needs no BEGIN and COMMIT around it.
@@ -84,9 +87,11 @@ class SqlJobStore(JobStore):
         with translate_db_errors():
             if single_write and self._postgres:
                 with self._autocommit.connect() as connection:
+                    self._time.measure_if_due(connection)
                     yield self._kind(connection)
             else:
                 with self._engine.begin() as connection:
+                    self._time.measure_if_due(connection)
                     yield self._kind(connection)
 
     def _create_at_once(
