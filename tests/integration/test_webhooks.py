@@ -6,15 +6,13 @@ took a webhook died."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.integration.test_jobstore import claim, create
+from tests.support import WebhookReceiver
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.settings import Settings
@@ -27,48 +25,15 @@ if TYPE_CHECKING:
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@dataclass
-class Receiver:
-    """An HTTP server that answers each POST with the next of `answers` (then 204) and keeps
-    what it was sent."""
-
-    answers: list[int] = field(default_factory=list)
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/toonq"
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            state.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            status = state.answers.pop(0) if state.answers else 204
-            self.send_response(status)
-            if status == 302:
-                self.send_header("location", f"http://127.0.0.1:{state.port}/elsewhere")
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as receiving:
+        yield receiving
 
 
-def deliverer(store: JobStore, receiver: Receiver, *, allowed: bool = True) -> WebhookDeliverer:
+def deliverer(
+    store: JobStore, receiver: WebhookReceiver, *, allowed: bool = True
+) -> WebhookDeliverer:
     settings = Settings.from_env(
         {
             "TOONQ_WEBHOOK_SECRET": SECRET,
@@ -81,7 +46,7 @@ def deliverer(store: JobStore, receiver: Receiver, *, allowed: bool = True) -> W
     return WebhookDeliverer(store, settings, actor="w1", secret=SECRET)
 
 
-def succeeded_job(store: JobStore, receiver: Receiver) -> Job:
+def succeeded_job(store: JobStore, receiver: WebhookReceiver) -> Job:
     job = create(store, callback_url=receiver.url)
     store.mark_succeeded(
         claim(store, job),
@@ -95,7 +60,7 @@ def succeeded_job(store: JobStore, receiver: Receiver) -> Job:
 
 
 def test_the_outcome_is_posted_signed_with_the_jobs_json(
-    pg_jobstore: JobStore, clock: ManualClock, receiver: Receiver
+    pg_jobstore: JobStore, clock: ManualClock, receiver: WebhookReceiver
 ) -> None:
     job = succeeded_job(pg_jobstore, receiver)
     clock.advance(1)
@@ -124,7 +89,7 @@ def test_the_outcome_is_posted_signed_with_the_jobs_json(
 
 
 def test_failed_attempts_are_retried_with_the_same_id_and_body_then_given_up(
-    pg_jobstore: JobStore, clock: ManualClock, receiver: Receiver
+    pg_jobstore: JobStore, clock: ManualClock, receiver: WebhookReceiver
 ) -> None:
     job = succeeded_job(pg_jobstore, receiver)
     receiver.answers = [500, 302, 503]
@@ -155,7 +120,7 @@ def test_failed_attempts_are_retried_with_the_same_id_and_body_then_given_up(
 
 
 def test_a_webhook_taken_by_a_deliverer_that_died_is_delivered_by_another(
-    pg_jobstore: JobStore, clock: ManualClock, receiver: Receiver
+    pg_jobstore: JobStore, clock: ManualClock, receiver: WebhookReceiver
 ) -> None:
     job = succeeded_job(pg_jobstore, receiver)
     clock.advance(1)
@@ -170,7 +135,7 @@ def test_a_webhook_taken_by_a_deliverer_that_died_is_delivered_by_another(
 
 
 def test_an_address_inside_the_network_is_refused_at_delivery_too(
-    pg_jobstore: JobStore, clock: ManualClock, receiver: Receiver
+    pg_jobstore: JobStore, clock: ManualClock, receiver: WebhookReceiver
 ) -> None:
     """A row written before the host was disallowed (or a name re-pointed since): the address
     the URL resolves to is checked again before each POST."""
