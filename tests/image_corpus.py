@@ -66,6 +66,14 @@ def png(
     return body + chunk(b"IEND", b"")
 
 
+def many_scans_jpeg(image: Image.Image, repeats: int) -> bytes:
+    """A progressive JPEG of `image` whose scans (with the tables before each) are repeated
+    `repeats` times: libjpeg decodes it (with warnings), one pass over the image per scan."""
+    data = save(image, "JPEG", progressive=True)
+    first_scan = data.index(b"\xff\xda")  # SOS: 0xFF 0xDA never occurs in entropy-coded data
+    return data[:first_scan] + data[first_scan:-2] * repeats + data[-2:]
+
+
 def black_grey_png(width: int, height: int) -> bytes:
     """A complete, valid 8-bit grey PNG of zeros: a few hundred KB that decode to width × height
     bytes. Compressed row by row, so that building it never holds the decoded size."""
@@ -164,6 +172,8 @@ def _broken_images() -> list[Item]:
         ),
         # Complete and valid, under Pillow's own bomb limit, over toonq's.
         Item("bomb-8000x7000.png", black_grey_png(8000, 7000), ImageTooLargeError),
+        # 200 scans, each a pass over the image: bounded work per decode.
+        Item("scans-200.jpg", many_scans_jpeg(picture, 20), InvalidImageError),
     ]
     return items
 
@@ -258,8 +268,13 @@ def _orientations_and_sizes() -> list[Item]:
     # An EXIF block with a tag of the wrong type (XResolution as text): still readable.
     malformed = exif_block(6, ifd_entry(0x011A, 2, 4, b"abc\x00"))
     wide = noise(2, 20_000, 3, seed=8)
+    progressive = save(halves, "JPEG", quality=95, subsampling=0, progressive=True)
+    stored_halves = np.zeros((16, 32, 4), np.uint8)
+    stored_halves[:, :16] = (255, 0, 0, 255)
+    stored_halves[:, 16:] = (0, 0, 255, 255)
     return [
         Item("exif-rotated.jpg", jpeg, Decoded(upright, tolerance=4)),
+        Item("progressive.jpg", progressive, Decoded(stored_halves, tolerance=4)),
         Item(
             "exif-rotated.png",
             save(Image.fromarray(stored), "PNG", exif=exif_block(8)),

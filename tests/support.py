@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from toonq.shared.job import JobParams, JobSpec
+from toonq.shared.job import Claim, JobParams, JobSpec, StagedOutput
 from toonq.worker.harness.worker import TOONQ_COMMAND, WorkerProcess
 from toonq.worker.health import HealthServer
 
 if TYPE_CHECKING:
+    from toonq.shared.jobstore import JobStore
     from toonq.worker.engine.matting import MatteResult, MattingEngine
 
 
@@ -58,6 +59,27 @@ def matte_one(engine: MattingEngine, source: bytes, params: JobParams) -> MatteR
     """One image's bytes through the engine's three steps."""
     (result,) = matte_batch(engine, [source], params)
     return result
+
+
+def staged_output(claim: Claim, **overrides: Any) -> StagedOutput:
+    """An output of `claim`'s attempt, staged beside the job's output (no object is written)."""
+    fields: dict[str, Any] = {
+        "uri": f"{claim.job.output_uri}.staged-{claim.attempt}",
+        "attempt": claim.attempt,
+        "model_name": "m",
+        "model_revision": None,
+        "image_width": 1,
+        "image_height": 1,
+        "timings": {},
+    }
+    return StagedOutput(**(fields | overrides))
+
+
+def succeed(store: JobStore, claim: Claim, **overrides: Any) -> bool:
+    """Commit an output of `claim`'s attempt, then record it published, as a worker does; False
+    if the store refused either."""
+    output = staged_output(claim, **overrides)
+    return store.commit_output(claim, output) and store.mark_succeeded(claim, output)
 
 
 def job_spec(name: str | None = None, *, max_attempts: int = 3) -> JobSpec:
@@ -147,8 +169,8 @@ class FaultyS3Proxy:
     told to break: answered with an S3 error, held for a while, held until the test opens a gate,
     or left hanging then dropped (a timeout). `slow_down` delays every request (a slow endpoint).
 
-    It also remembers a digest of every object body it stored (`writes`), so that a test can
-    tell one write from two writes of different content."""
+    It also remembers a digest of every object body it stored (`writes`), copies included (the
+    copied body's), so that a test can tell one write from two writes of different content."""
 
     #: How long a gated request waits at most, so that a forgotten gate cannot hang a test run.
     GATE_TIMEOUT_S = 300.0
@@ -227,6 +249,11 @@ class FaultyS3Proxy:
         with self.lock:
             self._writes.setdefault(path, []).append(hashlib.sha256(body).hexdigest())
 
+    def _record_copy(self, source: str, path: str) -> None:
+        """A server-side copy stores the source's last body stored through the proxy."""
+        with self.lock:
+            self._writes.setdefault(path, []).extend(self._writes.get(source, [])[-1:])
+
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
 
@@ -261,8 +288,12 @@ class FaultyS3Proxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
-                if self.command == "PUT" and response.status == 200 and body is not None:
-                    proxy._record_write(path, body)
+                if self.command == "PUT" and response.status == 200:
+                    copied = self.headers.get("x-amz-copy-source")
+                    if copied is not None:
+                        proxy._record_copy(f"/{unquote(copied).lstrip('/')}", path)
+                    elif body is not None:
+                        proxy._record_write(path, body)
                 self.send_response(response.status)
                 for name, value in response.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from tests.support import staged_output, succeed
 from toonq.shared.errors import (
     AlreadyCancelledError,
     AmbiguousJobIdError,
@@ -83,7 +84,8 @@ def finish(store: JobStore, job: Job, status: JobStatus) -> Job:
         return store.cancel(job.id, actor="cli:test@host")
     current = claim(store, job)
     if status is JobStatus.SUCCEEDED:
-        assert store.mark_succeeded(
+        assert succeed(
+            store,
             current,
             model_name="toonout",
             model_revision="abc123",
@@ -506,14 +508,7 @@ def test_a_job_whose_worker_was_lost_is_reclaimed(jobstore: JobStore, clock: Man
     assert (reclaimed.kind, reclaimed.actor) == (EventKind.RECLAIMED, "w2")
     assert reclaimed.details == {"lost_worker": "w1", "lost_attempt": 1}
     # The lost worker comes back: its outcome no longer counts.
-    assert not jobstore.mark_succeeded(
-        lost,
-        model_name="m",
-        model_revision=None,
-        image_width=1,
-        image_height=1,
-        timings={},
-    )
+    assert not succeed(jobstore, lost)
     assert jobstore.get(job.id).status is JobStatus.RUNNING
 
 
@@ -567,11 +562,10 @@ def test_concurrent_claims_have_one_winner(jobstore: JobStore) -> None:
 # --- Outcomes -------------------------------------------------------------------------------------
 
 
-def test_mark_succeeded(jobstore: JobStore) -> None:
+def test_commit_then_mark_succeeded(jobstore: JobStore) -> None:
     job = create(jobstore)
     current = claim(jobstore, job, worker="gpu-1")
-
-    assert jobstore.mark_succeeded(
+    staged = staged_output(
         current,
         model_name="toonout",
         model_revision=None,
@@ -580,18 +574,106 @@ def test_mark_succeeded(jobstore: JobStore) -> None:
         timings={"download": 3.5, "inference": 40.0},
     )
 
+    assert jobstore.commit_output(current, staged)
+
+    committed = jobstore.get(job.id)
+    assert (committed.status, committed.staged_output, committed.model) == (
+        JobStatus.RUNNING,
+        staged,
+        None,
+    )
+    assert committed.to_dict()["staged_output_uri"] == staged.uri
+    assert kinds(jobstore, job) == [EventKind.CREATED, EventKind.STARTED]
+
+    assert jobstore.mark_succeeded(current, staged)
+
     done = jobstore.get(job.id)
     assert done.status is JobStatus.SUCCEEDED
     assert (done.model, done.image_width, done.image_height) == ("toonout", 800, 600)
     assert done.timings == {"download": 3.5, "inference": 40.0}
     assert done.finished_at is not None
     assert done.lease_expires_at is None
+    assert done.staged_output is None
     event = jobstore.events(job.id)[-1]
     assert (event.kind, event.actor, event.details) == (
         EventKind.SUCCEEDED,
         "gpu-1",
-        {"attempt": 1},
+        {"attempt": 1, "staged_attempt": 1, "staged_output_uri": staged.uri},
     )
+
+
+def test_a_job_commits_one_output_and_publishes_only_that_one(jobstore: JobStore) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    staged = staged_output(current)
+    other = staged_output(current, uri=f"{job.output_uri}.other")
+
+    assert not jobstore.mark_succeeded(current, staged)  # nothing committed yet
+    assert jobstore.commit_output(current, staged)
+    assert not jobstore.commit_output(current, other)
+    assert not jobstore.mark_succeeded(current, other)
+
+    assert jobstore.get(job.id).staged_output == staged
+    assert jobstore.mark_succeeded(current, staged)
+
+
+def test_a_committed_output_whose_object_is_gone_can_be_dropped_for_another(
+    jobstore: JobStore,
+) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    expired = staged_output(current)
+    assert jobstore.commit_output(current, expired)
+
+    assert not jobstore.drop_output(current, staged_output(current, uri="s3://out/other.png"))
+    assert jobstore.drop_output(current, expired)
+
+    assert jobstore.get(job.id).staged_output is None
+    assert succeed(jobstore, current, uri=f"{job.output_uri}.again")
+
+
+def test_a_stale_attempt_cannot_commit(jobstore: JobStore, clock: ManualClock) -> None:
+    job = create(jobstore)
+    stale = claim(jobstore, job, worker="w1")
+    clock.advance(LEASE_S + 1)
+    current = claim(jobstore, job, worker="w2")
+
+    assert not jobstore.commit_output(stale, staged_output(stale))
+
+    assert jobstore.get(job.id).staged_output is None
+    assert jobstore.commit_output(current, staged_output(current))
+
+
+def test_a_committed_job_whose_worker_was_lost_on_its_last_attempt_is_reclaimed(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    """Publishing a committed output runs no model: a lost worker is no reason to fail it."""
+    job = create(jobstore, max_attempts=1)
+    lost = claim(jobstore, job, worker="w1")
+    staged = staged_output(lost)
+    assert jobstore.commit_output(lost, staged)
+    clock.advance(LEASE_S + 1)
+
+    publishing = claim(jobstore, job, worker="w2")
+
+    assert (publishing.attempt, publishing.job.staged_output) == (2, staged)
+    assert not jobstore.mark_succeeded(lost, staged)
+    assert jobstore.mark_succeeded(publishing, staged)
+    done = jobstore.get(job.id)
+    assert (done.status, done.worker, done.model) == (JobStatus.SUCCEEDED, "w2", "m")
+
+
+def test_a_requeue_keeps_the_committed_output(jobstore: JobStore) -> None:
+    job = create(jobstore)
+    current = claim(jobstore, job)
+    staged = staged_output(current)
+    assert jobstore.commit_output(current, staged)
+    jobstore.cancel(job.id, actor="cli:test@host")
+
+    jobstore.requeue([job.id], actor="cli:test@host")
+
+    assert jobstore.get(job.id).staged_output == staged
+    assert claim(jobstore, job).job.staged_output == staged
 
 
 def test_mark_retrying_then_the_next_attempt(jobstore: JobStore, clock: ManualClock) -> None:
@@ -675,8 +757,14 @@ def test_mark_failed(jobstore: JobStore) -> None:
 
 
 OUTCOMES: dict[str, Callable[[JobStore, Claim], bool]] = {
-    "succeeded": lambda store, current: store.mark_succeeded(
-        current, model_name="m", model_revision="r", image_width=1, image_height=1, timings={}
+    "succeeded": lambda store, current: succeed(
+        store,
+        current,
+        model_name="m",
+        model_revision="r",
+        image_width=1,
+        image_height=1,
+        timings={},
     ),
     "retrying": lambda store, current: store.mark_retrying(
         current,
@@ -1081,9 +1169,7 @@ def test_each_event_leads_to_the_status_its_kind_names(
     check()
     current = claim(jobstore, job)
     check()
-    jobstore.mark_succeeded(
-        current, model_name="m", model_revision=None, image_width=1, image_height=1, timings={}
-    )
+    succeed(jobstore, current)
     check()
 
     assert set(seen) == {kind for kind in EventKind if kind.status is not None}
@@ -1231,13 +1317,6 @@ def test_a_stale_worker_cannot_record_over_the_attempt_of_a_requeued_job(
 
     assert not jobstore.mark_failed(stale, error_code="input_not_found", error_message="gone")
     assert not jobstore.extend_lease(stale, LEASE_S)
-    assert jobstore.mark_succeeded(
-        current,
-        model_name="m",
-        model_revision=None,
-        image_width=1,
-        image_height=1,
-        timings={},
-    )
+    assert succeed(jobstore, current)
     done = jobstore.get(job.id)
     assert (done.status, done.worker, done.error_code) == (JobStatus.SUCCEEDED, "w2", None)

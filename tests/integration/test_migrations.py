@@ -22,14 +22,14 @@ from toonq.shared.db.engine import (
     migrate,
 )
 from toonq.shared.db.schema import Base
-from toonq.shared.job import JobParams, JobSpec, JobStatus
+from toonq.shared.job import Job, JobParams, JobSpec, JobStatus
 from toonq.shared.jobstore import SqlJobStore
 
 if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0008"
+HEAD = "0009"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,6 +57,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0008",
         "0007",
         "0006",
         "0005",
@@ -115,8 +116,8 @@ def test_hand_backs_are_requeued_events_before_0002(empty_db_url: str) -> None:
     assert _kinds(empty_db_url) == ["created", "started", "requeued"]
 
 
-def _params_after_migrating(url: str, **old_row: Any) -> JobParams:
-    """The parameters the store reads of a job row inserted at the database's revision, naming no
+def _job_after_migrating(url: str, **old_row: Any) -> Job:
+    """The job the store reads of a job row inserted at the database's revision, naming no
     column added since (`old_row` changes its values), once the database is migrated to the
     head."""
     now, job_id = datetime.now(UTC), uuid.uuid4()
@@ -143,19 +144,19 @@ def _params_after_migrating(url: str, **old_row: Any) -> JobParams:
 
         migrate(url)
 
-        return SqlJobStore(engine).get(job_id).params
+        return SqlJobStore(engine).get(job_id)
     finally:
         engine.dispose()
 
 
 def test_a_mask_asked_refined_before_0003_is_read_unrefined(empty_db_url: str) -> None:
     migrate(empty_db_url, "0002")
-    params = _params_after_migrating(
+    params = _job_after_migrating(
         empty_db_url,
         status=JobStatus.SUCCEEDED,
         refine_foreground=True,  # ignored on a mask, refused since
         mask_only=True,
-    )
+    ).params
     assert (params.mask_only, params.refine_foreground) == (True, False)
 
 
@@ -187,8 +188,18 @@ def test_a_sent_message_before_0005_is_both_the_marker_and_enqueued_at(empty_db_
 def test_jobs_from_before_0007_keep_the_models_alpha(empty_db_url: str) -> None:
     migrate(empty_db_url, "0006")
     # Written as a producer of that release writes: no respect_input_alpha column to name.
-    params = _params_after_migrating(empty_db_url)
+    params = _job_after_migrating(empty_db_url).params
     assert params.respect_input_alpha is False
+
+
+def test_jobs_from_before_0008_have_no_committed_output(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0007")
+
+    job = _job_after_migrating(empty_db_url)
+
+    assert (job.staged_output_uri, job.staged_result, job.staged_output) == (None, None, None)
+    downgrade(empty_db_url, "0007")
+    assert _state(empty_db_url) == (TABLES, "0007")
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.integration.test_jobstore import claim, create
-from tests.support import WebhookReceiver
+from tests.support import WebhookReceiver, succeed
 from toonq.shared.job import Job, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.settings import Settings
@@ -48,14 +48,7 @@ def deliverer(
 
 def succeeded_job(store: JobStore, receiver: WebhookReceiver) -> Job:
     job = create(store, callback_url=receiver.url)
-    store.mark_succeeded(
-        claim(store, job),
-        model_name="toonout",
-        model_revision="abc123",
-        image_width=64,
-        image_height=64,
-        timings={"inference": 1.0},
-    )
+    assert succeed(store, claim(store, job), model_name="toonout", model_revision="abc123")
     return store.get(job.id)
 
 

@@ -55,6 +55,7 @@ WORKER_FAILURES = {
     "truncated.jpg": "invalid_image",
     "float-strip-offset.tif": "invalid_image",
     "bomb-100000x100000.png": "image_too_large",
+    "scans-200.jpg": "invalid_image",
 }
 WORKER_SUCCESSES = [
     "exif-rotated.jpg",
@@ -62,6 +63,7 @@ WORKER_SUCCESSES = [
     "animated.gif",
     "sixteen-bit-rgb.png",
     "cmyk.jpg",
+    "progressive.jpg",
 ]
 
 

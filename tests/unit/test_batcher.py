@@ -14,13 +14,15 @@ from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
 
 
 class RecordingModel:
-    """Doubles its inputs; can be told to run out of memory above a batch size or to fail."""
+    """Doubles its inputs; can be told to run out of memory above a batch size, to fail once,
+    or to fail every batch (`broken`, a persistent CUDA error)."""
 
     def __init__(self, *, oom_above: int | None = None, delay_s: float = 0.0) -> None:
         self.batches: list[int] = []
         self.oom_above = oom_above
         self.delay_s = delay_s
         self.fail_next = False
+        self.broken = False
         self.lock = threading.Lock()
 
     def stack(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -29,10 +31,12 @@ class RecordingModel:
     def run(self, batch: torch.Tensor) -> list[torch.Tensor]:
         if self.oom_above is not None and len(batch) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        time.sleep(self.delay_s)
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("device fault")
-        time.sleep(self.delay_s)
         with self.lock:
             self.batches.append(len(batch))
         return list(torch.split(batch * 2, 1))
@@ -186,3 +190,85 @@ def test_the_next_batch_is_stacked_while_the_model_runs_the_current_one() -> Non
     # The second batch was ready before the first one left the model (0.5 s), and ran at once.
     assert stacked[1] < runs[0] + 0.4
     assert runs[1] - runs[0] < 0.5 + 0.2
+
+
+# --- A device that fails every batch ------------------------------------------------------------
+
+
+def failing_after(
+    model: RecordingModel, failures: int, **options: int
+) -> tuple[InferenceBatcher[torch.Tensor], list[str]]:
+    """A started batcher that stops after `failures` failed batches in a row, and the reasons
+    it gave for stopping."""
+    reasons: list[str] = []
+    batcher = InferenceBatcher(
+        model.stack,
+        model.run,
+        max_batch_size=options.get("max_batch_size", 1),
+        max_wait_s=0,
+        max_failed_batches=failures,
+        on_failed=reasons.append,
+    )
+    batcher.start()
+    return batcher, reasons
+
+
+def test_failed_batches_in_a_row_stop_the_loop_and_say_why() -> None:
+    model = RecordingModel()
+    model.broken = True
+    batcher, reasons = failing_after(model, 3)
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="illegal memory access"):
+                batcher.run(image(1.0))
+        # Refused at once, or failed when the loop stops if it came in just before.
+        with pytest.raises(BatcherStoppedError, match="3 failed batches in a row") as refused:
+            batcher.run(image(1.0))
+        assert "illegal memory access" in str(refused.value)
+        assert len(reasons) == 1
+        assert reasons[0] == str(refused.value)
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_requests_waiting_when_the_loop_stops_fail_as_stopped_not_as_the_device() -> None:
+    model = RecordingModel(delay_s=0.5)  # the first batch fails after the others came in
+    model.broken = True
+    batcher, reasons = failing_after(model, 1)
+    try:
+        futures = [batcher.submit(image(v)) for v in range(3)]
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            futures[0].result(timeout=5)
+        for waiting in futures[1:]:
+            with pytest.raises(BatcherStoppedError):
+                waiting.result(timeout=5)
+        assert len(reasons) == 1
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_a_batch_that_succeeds_resets_the_count() -> None:
+    model = RecordingModel()
+    batcher, reasons = failing_after(model, 2)
+    try:
+        for _ in range(3):
+            model.fail_next = True
+            with pytest.raises(RuntimeError, match="device fault"):
+                batcher.run(image(1.0))
+            assert float(batcher.run(image(2.0)).logits.mean()) == 4.0
+        assert reasons == []
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_out_of_memory_is_not_a_failure_of_the_device() -> None:
+    batcher, reasons = failing_after(RecordingModel(oom_above=0), 2, max_batch_size=4)
+    try:
+        for _ in range(4):
+            with pytest.raises(torch.cuda.OutOfMemoryError):
+                batcher.run(image(1.0))
+        assert reasons == []
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            batcher.run(image(1.0))  # still taking work
+    finally:
+        batcher.stop(timeout=5)

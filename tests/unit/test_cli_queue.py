@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.support import png_bytes
+from tests.support import png_bytes, succeed
 from toonq.producer import ToonqClient
 from toonq.producer.cli.context import Context
 from toonq.producer.cli.main import cli
@@ -840,9 +840,7 @@ def test_bulk_wait_prints_each_job_as_it_finishes_and_exits_as_watch_does(
     first = json_lines(toonq(client, *args))
     claim = jobstore.claim(uuid.UUID(first[0]["id"]), worker="w1", lease_s=60)
     assert claim is not None
-    assert jobstore.mark_succeeded(
-        claim, model_name="m", model_revision=None, image_width=8, image_height=8, timings={}
-    )
+    assert succeed(jobstore, claim, image_width=8, image_height=8)
     unfinished = first[1]["id"]
 
     timed_out = toonq(client, *args, "--wait", "--timeout", "0.2")

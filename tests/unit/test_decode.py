@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import warnings
 
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.image_corpus import chunk, exif_block, grey, opaque, png, save
+from tests.image_corpus import chunk, exif_block, grey, many_scans_jpeg, opaque, png, save
 from toonq.shared.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -293,6 +294,23 @@ def test_zero_size_is_invalid():
     error = _error(png(0, 5, rows=[]))
     assert type(error) is InvalidImageError
     assert "zero width or height" in str(error)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_its_decode_work():
+    # 2000 scans: before the limit, each one a pass of libjpeg over the whole image.
+    data = many_scans_jpeg(Image.fromarray(RNG.integers(0, 256, (256, 256, 3), np.uint8)), 200)
+    started = time.perf_counter()
+    with pytest.raises(InvalidImageError, match="the JPEG image has more than 100 scans"):
+        decode_image(data, max_pixels=LIMIT)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("repeats", [1, 10])
+def test_progressive_jpegs_up_to_the_scan_limit_decode(repeats):
+    # Pillow writes 10 scans for a colour image: 10 and 100.
+    rgb = np.full((8, 8, 3), (10, 200, 30), np.uint8)
+    data = many_scans_jpeg(Image.fromarray(rgb), repeats)
+    assert np.abs(_decode(data).astype(int) - opaque(rgb).astype(int)).max() <= 4
 
 
 def test_pixel_limit_checked_from_the_header_alone():

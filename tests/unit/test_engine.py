@@ -242,3 +242,26 @@ def test_the_gpu_loop_steps_give_what_infer_gives(engine: MattingEngine) -> None
 @pytest.mark.parametrize(("count", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16)])
 def test_compiled_batches_are_padded_to_powers_of_two(count: int, bucket: int) -> None:
     assert batch_bucket(count) == bucket
+
+
+def test_a_job_at_another_resolution_never_reaches_the_compiled_model() -> None:
+    """Compiled, only batches at the engine's resolution reach the compiled graphs: a job at
+    another one runs the eager model, pads nothing and compiles nothing (compiling for real
+    takes minutes on a CPU, so nothing here runs at the engine's resolution)."""
+    from torch._dynamo.utils import counters
+
+    compiled = MattingEngine(
+        load_model("random:tiny"), device="cpu", resolution=RESOLUTION, compile_mode="default"
+    )
+    frames_before = counters["frames"]["total"]
+    other = replace(PARAMS, resolution=2 * RESOLUTION)
+    inputs = [compiled.prepare(encode(sticker()), other).model_input for _ in range(3)]
+
+    stacked = compiled.stack_batch(inputs)
+    logits = compiled.run_batch(stacked)
+
+    assert (stacked.tensor.shape[0], len(logits)) == (3, 3)  # not padded to 4
+    assert compiled.compiled_shapes == frozenset()
+    assert counters["frames"]["total"] == frames_before
+    at_its_resolution = compiled.prepare(encode(sticker()), PARAMS).model_input
+    assert compiled.stack_batch([at_its_resolution] * 3).tensor.shape[0] == 4

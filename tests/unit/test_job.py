@@ -102,6 +102,8 @@ def a_job(**changes: Any) -> Job:
         webhook_state=None,
         webhook_attempts=0,
         webhook_next_at=None,
+        staged_output_uri=None,
+        staged_result=None,
     )
     return replace(job, **changes)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import job_spec
+from tests.support import job_spec, succeed
 from toonq.shared.job import Claim, EventKind, Job, JobStatus
 from toonq.shared.jobstore import JobStore
 from toonq.shared.recovery import Sender
@@ -61,14 +61,7 @@ def test_hand_back_requeues_held_jobs_without_spending_the_attempt(
     keeper = LeaseKeeper(jobstore, lease_s=60, job_timeout_s=900)
     held, finished = claimed(jobstore), claimed(jobstore)
     with keeper.holding(held), keeper.holding(finished):
-        assert jobstore.mark_succeeded(
-            finished,
-            model_name="m",
-            model_revision=None,
-            image_width=1,
-            image_height=1,
-            timings={},
-        )
+        assert succeed(jobstore, finished)
         handed = keeper.hand_back_all(sender, reason="shutting down")
 
     assert handed == 1  # the finished job stays finished

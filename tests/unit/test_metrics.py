@@ -70,6 +70,24 @@ def test_livez_fails_once_the_gpu_loop_stops_beating(registry: CollectorRegistry
         assert before <= beat_at <= after
 
 
+def test_a_failed_device_is_neither_live_nor_ready_for_good(registry: CollectorRegistry) -> None:
+    health = Health(registry=registry)
+    with serve(0, health, registry=registry, host="127.0.0.1") as server:
+        health.mark_ready()
+        assert scrape(server).value("toonq_worker_device_failed") == 0
+
+        health.mark_failed("5 failed batches in a row (the last: RuntimeError: CUDA error)")
+        health.beat()  # the loop may still beat: the device stays failed
+
+        assert get(server, "/livez") == (
+            503,
+            "device failed: 5 failed batches in a row (the last: RuntimeError: CUDA error)\n",
+        )
+        assert get(server, "/readyz") == (503, "not ready\n")
+        assert scrape(server).value("toonq_worker_device_failed") == 1
+        assert scrape(server).value("toonq_worker_ready") == 0
+
+
 def test_other_paths_are_not_found(server: HealthServer) -> None:
     assert get(server, "/")[0] == 404
 

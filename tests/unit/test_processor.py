@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from unittest.mock import ANY
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.support import png_bytes
@@ -21,17 +23,28 @@ from toonq.shared.errors import (
     InputNotFoundError,
     StorageUnavailableError,
 )
-from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, Outcome
+from toonq.shared.job import (
+    Claim,
+    EventKind,
+    Job,
+    JobParams,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    StagedOutput,
+)
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy
 from toonq.shared.storage.local import LocalStore
+from toonq.shared.storage.uri import STAGING_FOLDER
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.lease import LeaseKeeper
+from toonq.worker.memory import MemoryBudget
 from toonq.worker.processor import WorkerContext, process_job
 
 if TYPE_CHECKING:
@@ -62,11 +75,11 @@ class OutcomeWritesFailing(InMemoryJobStore):
         super().__init__(clock=clock)
         self.failures = failures
 
-    def mark_succeeded(self, claim: Claim, **outcome: Any) -> bool:
+    def mark_succeeded(self, claim: Claim, staged: StagedOutput) -> bool:
         if self.failures > 0:
             self.failures -= 1
             raise DatabaseUnavailableError("database unavailable: connection refused")
-        return super().mark_succeeded(claim, **outcome)
+        return super().mark_succeeded(claim, staged)
 
 
 def storage_unavailable() -> None:
@@ -103,6 +116,7 @@ def ctx(
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(2),
+        memory=MemoryBudget(1 << 30),
         leases=LeaseKeeper(jobstore, lease_s=settings.lease_s, job_timeout_s=900),
         sender=sender,
         worker_name=WORKER,
@@ -394,3 +408,246 @@ def test_an_outcome_the_database_refuses_for_a_lease_leaves_the_job_to_be_reclai
     # The lease is no longer renewed: once it lapses, recovery has the job reclaimed.
     assert ctx.leases.held() == []
     assert ctx.store.get(job.id).status is JobStatus.RUNNING
+
+
+def test_an_image_needing_more_than_the_memory_budget_fails_at_once(ctx: WorkerContext) -> None:
+    # The input is 80x60: 14 bytes a pixel on the CPU is 67,200 bytes, over a 64 KiB budget.
+    small_budget = replace(ctx, memory=MemoryBudget(64 * 1024))
+    job = submitted(small_budget)
+
+    assert process_job(small_budget, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.status, failed.error_code, failed.attempts) == (
+        JobStatus.FAILED,
+        "image_too_large",
+        1,
+    )
+    assert failed.error_message is not None
+    assert failed.error_message.startswith("a 80x60 image needs about")
+    assert failed.error_message.endswith("(TOONQ_MEMORY_BUDGET_MB)")
+    assert not output_path(job).exists()
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SUCCEEDED, Outcome.FAILED])
+def test_the_memory_a_job_reserved_is_given_back_whatever_its_outcome(
+    ctx: WorkerContext, outcome: Outcome
+) -> None:
+    job = submitted(ctx)
+    if outcome is Outcome.FAILED:
+        # A readable header, then truncated pixel data: the decode fails once memory is reserved.
+        source = Path(job.input_uri.removeprefix("file://"))
+        source.write_bytes((data := source.read_bytes())[: len(data) // 2])
+
+    assert process_job(ctx, job.id) is outcome
+
+    assert ctx.store.get(job.id).error_code in (None, "invalid_image")
+    assert ctx.memory.reserved_bytes == 0
+
+
+def broken_device(batch: StackedBatch) -> list[torch.Tensor]:
+    """The model's run on a GPU with a persistent fault: every batch fails."""
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_jobs_reaching_a_loop_stopped_by_a_broken_device_go_back_unspent(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    reasons: list[str] = []
+    broken = InferenceBatcher(
+        ctx.engine.stack_batch,
+        broken_device,
+        max_batch_size=1,
+        max_wait_s=0,
+        max_failed_batches=2,
+        on_failed=reasons.append,
+    )
+    broken.start()
+    ctx = replace(ctx, batcher=broken)
+    try:
+        first, second, third = (submitted(ctx) for _ in range(3))
+        # The batches that take the device for broken cost their jobs one attempt each, as one
+        # transient error does.
+        assert process_job(ctx, first.id) is Outcome.RETRYING
+        assert process_job(ctx, second.id) is Outcome.RETRYING
+
+        assert process_job(ctx, third.id) is Outcome.HANDED_BACK
+        assert len(reasons) == 1
+    finally:
+        broken.stop(timeout=5)
+
+    for job, status, attempts in ((first, JobStatus.RETRYING, 1), (second, JobStatus.RETRYING, 1)):
+        after = ctx.store.get(job.id)
+        assert (after.status, after.error_code, after.attempts) == (
+            status,
+            "internal_error",
+            attempts,
+        )
+    handed = ctx.store.get(third.id)
+    assert (handed.status, handed.attempts, handed.worker) == (JobStatus.QUEUED, 0, None)
+    assert ctx.store.events(third.id)[-1].kind == EventKind.HANDED_BACK
+    assert ctx.store.events(third.id)[-1].reason == reasons[0]
+    assert [message.job_id for message in broker.take_sent()] == [first.id, second.id, third.id]
+
+
+# --- Publishing one output per job ----------------------------------------------------------------
+
+
+class WorkerKilled(BaseException):
+    """The worker process dies (SIGKILL): nothing of the attempt runs after it."""
+
+
+class DyingCopyStore(LocalStore):
+    """A file object store whose worker dies when it copies an object: after the commit,
+    before the output is published."""
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        raise WorkerKilled
+
+
+class UnavailableCopyStore(LocalStore):
+    """A file object store whose copies fail as an unavailable store's do."""
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        storage_unavailable()
+
+
+def staging_folder(job: Job) -> Path:
+    return output_path(job).parent / STAGING_FOLDER
+
+
+@pytest.mark.parametrize("taken_by", ["reclaim", "cancel and requeue"])
+def test_a_stale_attempt_that_finishes_last_cannot_change_the_output(
+    ctx: WorkerContext, clock: ManualClock, taken_by: str
+) -> None:
+    """The job is taken from its first attempt while it reads its input; a second attempt, on
+    another picture, runs to the end; then the stale first attempt finishes. The output object
+    is the second attempt's, as the job says."""
+    job = submitted(ctx)
+    source = Path(job.input_uri.removeprefix("file://"))
+    first_picture = source.read_bytes()
+    reads = 0
+
+    def take_the_job_and_finish_it() -> None:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            return
+        if taken_by == "reclaim":
+            clock.advance(ctx.settings.lease_s + 1)  # the first worker's lease lapsed
+        else:
+            ctx.store.cancel(job.id, actor="cli:ops@laptop")
+            ctx.store.requeue([job.id], actor="cli:ops@laptop")
+        source.write_bytes(png_bytes((40, 30)))
+        assert process_job(replace(racing, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+        source.write_bytes(first_picture)
+
+    racing = replace(ctx, objects=InterruptedStore([ctx.settings.home], take_the_job_and_finish_it))
+
+    assert process_job(racing, job.id) is Outcome.DISCARDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.worker, done.image_width, done.image_height) == (
+        JobStatus.SUCCEEDED,
+        "w2",
+        40,
+        30,
+    )
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (40, 30)
+    assert list(staging_folder(job).iterdir()) == []  # both staged objects deleted
+
+
+def test_a_committed_output_is_published_by_the_next_attempt_without_running_the_model(
+    ctx: WorkerContext, clock: ManualClock
+) -> None:
+    """The worker dies between the commit and the copy of the job's only attempt: the lease
+    lapses, and the reclaiming attempt publishes the committed output (the input is gone: it
+    does not run the model) instead of failing the job with worker_lost."""
+    job = submitted(ctx, max_attempts=1)
+    dying = replace(ctx, objects=DyingCopyStore([ctx.settings.home]))
+    with pytest.raises(WorkerKilled):
+        process_job(dying, job.id)
+    committed = ctx.store.get(job.id)
+    staged = committed.staged_output
+    assert (committed.status, staged is not None) == (JobStatus.RUNNING, True)
+    assert staged is not None
+    staged_bytes = Path(staged.uri.removeprefix("file://")).read_bytes()
+    assert not output_path(job).exists()
+    Path(job.input_uri.removeprefix("file://")).unlink()
+    clock.advance(ctx.settings.lease_s + 1)
+
+    assert process_job(replace(ctx, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.worker) == (JobStatus.SUCCEEDED, 2, "w2")
+    assert (done.model, done.image_width, done.image_height) == ("standin:0@standin", 80, 60)
+    assert done.timings == staged.timings
+    assert done.staged_output is None
+    assert output_path(job).read_bytes() == staged_bytes
+    assert list(staging_folder(job).iterdir()) == []
+    events = ctx.store.events(job.id)
+    assert [event.kind for event in events] == [
+        EventKind.CREATED,
+        EventKind.STARTED,
+        EventKind.RECLAIMED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]
+    assert events[-1].details == {
+        "attempt": 2,
+        "staged_attempt": 1,
+        "staged_output_uri": staged.uri,
+    }
+
+
+def test_a_publish_that_fails_transiently_is_retried_and_the_retry_publishes(
+    ctx: WorkerContext, clock: ManualClock, broker: MemoryBroker
+) -> None:
+    job = submitted(ctx)
+    unavailable = replace(ctx, objects=UnavailableCopyStore([ctx.settings.home]))
+
+    assert process_job(unavailable, job.id) is Outcome.RETRYING
+
+    retrying = ctx.store.get(job.id)
+    assert retrying.status is JobStatus.RETRYING
+    assert retrying.staged_output is not None
+    assert [message.job_id for message in broker.take_sent()] == [job.id]
+    Path(job.input_uri.removeprefix("file://")).unlink()  # the retry does not run the model
+    clock.advance(ctx.settings.retry_backoff_max_s + 1)
+
+    assert process_job(ctx, job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.image_width) == (JobStatus.SUCCEEDED, 2, 80)
+    staged_path = Path(retrying.staged_output.uri.removeprefix("file://"))
+    assert not staged_path.exists()
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (80, 60)
+
+
+def test_a_committed_output_whose_staged_object_expired_is_made_again(
+    ctx: WorkerContext, clock: ManualClock
+) -> None:
+    """The staged object of a committed output that nobody published is gone (a lifecycle
+    rule expired it): the next attempt runs the model and publishes its own output."""
+    job = submitted(ctx, max_attempts=1)
+    with pytest.raises(WorkerKilled):
+        process_job(replace(ctx, objects=DyingCopyStore([ctx.settings.home])), job.id)
+    expired = ctx.store.get(job.id).staged_output
+    assert expired is not None
+    Path(expired.uri.removeprefix("file://")).unlink()
+    clock.advance(ctx.settings.lease_s + 1)
+
+    assert process_job(replace(ctx, worker_name="w2"), job.id) is Outcome.SUCCEEDED
+
+    done = ctx.store.get(job.id)
+    assert (done.status, done.attempts, done.image_width) == (JobStatus.SUCCEEDED, 2, 80)
+    assert ctx.store.events(job.id)[-1].details == {
+        "attempt": 2,
+        "staged_attempt": 2,
+        "staged_output_uri": ANY,
+    }
+    with Image.open(io.BytesIO(output_path(job).read_bytes())) as output:
+        assert output.size == (80, 60)
+    assert list(staging_folder(job).iterdir()) == []

@@ -107,3 +107,36 @@ def test_local_list_objects_stays_within_the_roots(tmp_path: Path) -> None:
         list(store.list_objects((root / "in" / "linked").as_uri()))
     with pytest.raises(InvalidURIError, match="file://"):
         list(store.list_objects("s3://bucket/in/"))
+
+
+def test_local_copy_replaces_the_target_whole_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore([tmp_path])
+    source, target = tmp_path / "staged.png", tmp_path / "out" / "cat.png"
+    source.write_bytes(PNG)
+    target.parent.mkdir()
+    target.write_bytes(PNG[::-1])
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("toonq.shared.storage.local.os.replace", fail)
+        with pytest.raises(StorageUnavailableError, match="No space"):
+            store.copy(source.as_uri(), target.as_uri())
+    assert [path.name for path in target.parent.iterdir()] == ["cat.png"]
+    assert target.read_bytes() == PNG[::-1]
+
+    store.copy(source.as_uri(), target.as_uri())
+
+    assert target.read_bytes() == PNG
+    assert [path.name for path in target.parent.iterdir()] == ["cat.png"]
+
+
+def test_local_copy_of_a_folder_is_of_nothing(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        LocalStore([tmp_path]).copy((tmp_path / "folder").as_uri(), (tmp_path / "a.png").as_uri())
+    assert not (tmp_path / "a.png").exists()

@@ -3,6 +3,7 @@ file paths that could cause harm are in test_security.py."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from toonq.shared.errors import ConfigurationError, InvalidURIError
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectURI, UriPolicy
+from toonq.shared.storage.uri import STAGING_FOLDER, staged_output_uri
 
 
 def test_parse_s3_uri() -> None:
@@ -81,6 +83,40 @@ def test_outputs_under_the_output_prefixes_are_accepted(tmp_path: Path, uri: str
 def test_outputs_elsewhere_are_refused(tmp_path: Path, uri: str) -> None:
     with pytest.raises(InvalidURIError, match="outside the output prefixes"):
         policy(tmp_path, **S3).check_output(uri)
+
+
+@pytest.mark.parametrize(
+    ("output", "folder"),
+    [
+        ("s3://media/out/deep/a.png", "s3://media/out/deep/.toonq-staging/"),
+        ("s3://extra/a.webp", "s3://extra/.toonq-staging/"),
+    ],
+)
+def test_an_attempt_stages_its_output_beside_the_output_under_a_name_of_its_own(
+    tmp_path: Path, output: str, folder: str
+) -> None:
+    allowed = policy(tmp_path, **S3, TOONQ_ALLOWED_OUTPUT_PREFIXES="s3://extra")
+    job_id = uuid.uuid4()
+
+    staged = {staged_output_uri(output, job_id, 2) for _ in range(3)}
+
+    assert len(staged) == 3  # each upload its own key, even for the same attempt
+    for uri in staged:
+        assert uri.startswith(f"{folder}{job_id}-2-")
+        assert uri.endswith(Path(output).suffix)
+        assert str(allowed.check_staged(uri)) == uri
+        with pytest.raises(InvalidURIError, match=r"lies in a \.toonq-staging folder"):
+            allowed.check_output(uri)  # no job may name one as its output
+
+
+def test_a_file_output_is_staged_in_its_folder(tmp_path: Path) -> None:
+    output = (tmp_path / "out" / "a.png").as_uri()
+    allowed = policy(tmp_path, TOONQ_OUTPUT_PREFIX=(tmp_path / "out").as_uri())
+
+    staged = staged_output_uri(output, uuid.uuid4(), 1)
+
+    assert ObjectURI.parse(staged).path.parent == tmp_path / "out" / STAGING_FOLDER
+    assert str(allowed.check_staged(staged)) == staged
 
 
 def test_inputs_may_be_confined_and_never_come_from_under_an_output_prefix(

@@ -28,12 +28,21 @@ from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import ConfigurationError, InvalidRequestError
-from toonq.shared.job import Job, JobEvent, JobFilters, JobParams, JobSpec, JobStatus
+from toonq.shared.job import (
+    Job,
+    JobEvent,
+    JobFilters,
+    JobParams,
+    JobSpec,
+    JobStatus,
+    check_idempotency_key,
+)
 from toonq.shared.jobstore import JobStore, RequeueResult, SqlJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy, open_store
+from toonq.shared.text import check_reason
 from toonq.shared.webhooks import CallbackPolicy
 
 
@@ -190,6 +199,7 @@ class ToonqClient:
         return [Submitted(self.store.get(job.id), is_new) for job, is_new in created]
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
+        check_idempotency_key(request.idempotency_key)
         self._validator.check_input(request.input_uri)
         params = JobParams.with_defaults(
             self.settings,
@@ -276,6 +286,7 @@ class ToonqClient:
     def cancel(self, job_id: uuid.UUID | str, *, reason: str | None = None) -> Job:
         """Cancel a job that has not finished. A running job's result is discarded. A job
         cancelled already raises `AlreadyCancelledError` (an `InvalidTransitionError`)."""
+        check_reason(reason)
         return self.store.cancel(self.resolve(job_id), actor=self.actor, reason=reason)
 
     def failed_webhooks(self, *, limit: int = 100) -> builtins.list[Job]:
@@ -304,6 +315,7 @@ class ToonqClient:
         or with `all` every failed job; a call naming none of these is refused. Filters and
         `all` skip jobs that failed permanently unless `include_permanent`. With `dry_run`,
         report what would be requeued and skipped."""
+        check_reason(reason)
         result = self.store.requeue(
             None if job_ids is None else [self.resolve(job_id) for job_id in job_ids],
             status=status,

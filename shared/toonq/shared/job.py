@@ -32,11 +32,25 @@ from toonq.shared.choices import (
 from toonq.shared.colors import RGB, normalize_color, parse_color
 from toonq.shared.errors import IdempotencyConflictError, InvalidRequestError
 from toonq.shared.settings import DEFAULT_RESOLUTION
+from toonq.shared.text import check_text
 
 if TYPE_CHECKING:
     from toonq.shared.settings import Settings
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """InvalidRequestError unless `key` is None or a key the job table can store: 1 to
+    MAX_IDEMPOTENCY_KEY_LENGTH characters of valid Unicode, without a NUL."""
+    if key is None:
+        return
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidRequestError(
+            f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    check_text(key, what="the idempotency key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+
 
 # --- States, events and outcomes ------------------------------------------------------------------
 
@@ -266,12 +280,7 @@ class JobSpec:
             )
         if self.max_attempts < 1:
             raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.idempotency_key is not None and not (
-            0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise InvalidRequestError(
-                f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
+        check_idempotency_key(self.idempotency_key)
 
 
 @dataclass(frozen=True)
@@ -313,6 +322,17 @@ class Job:
     #: When the message for the job's current waiting state was sent; None while none is (what
     #: recovery looks for), so cleared by each claim, retry, hand-back, cancel and requeue.
     sent_at: datetime | None
+    #: The committed attempt's output, waiting to be published (`staged_output`).
+    staged_output_uri: str | None
+    staged_result: Mapping[str, Any] | None
+
+    @property
+    def staged_output(self) -> StagedOutput | None:
+        """The output an attempt committed to the job, once its upload was staged: the one
+        output the job may publish at its output URI, whichever attempt publishes it."""
+        if self.staged_output_uri is None or self.staged_result is None:
+            return None
+        return StagedOutput.from_record(self.staged_output_uri, self.staged_result)
 
     @property
     def model(self) -> str | None:
@@ -369,6 +389,7 @@ class Job:
             "next_attempt_at": iso_utc(self.next_attempt_at),
             "lease_expires_at": iso_utc(self.lease_expires_at),
             "enqueued_at": iso_utc(self.enqueued_at),
+            "staged_output_uri": self.staged_output_uri,
             "callback_url": self.callback_url,
             "webhook": self._webhook(),
         }
@@ -423,6 +444,35 @@ class JobEvent:
             "reason": self.reason,
             "details": None if self.details is None else dict(self.details),
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagedOutput:
+    """An attempt's output, uploaded to a key of its own (`uri`) and committed to its job: what
+    the job records as its success once the object is copied to the job's output URI."""
+
+    uri: str
+    attempt: int
+    model_name: str
+    model_revision: str | None
+    image_width: int
+    image_height: int
+    timings: Mapping[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """Everything but `uri`, as JSON (the job row's `staged_result`)."""
+        return {
+            "attempt": self.attempt,
+            "model_name": self.model_name,
+            "model_revision": self.model_revision,
+            "image_width": self.image_width,
+            "image_height": self.image_height,
+            "timings": dict(self.timings),
+        }
+
+    @classmethod
+    def from_record(cls, uri: str, record: Mapping[str, Any]) -> StagedOutput:
+        return cls(uri=uri, **record)
 
 
 @dataclass(frozen=True)

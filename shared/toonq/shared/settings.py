@@ -188,6 +188,8 @@ class Settings:
     channels_last: bool = _setting("TOONQ_CHANNELS_LAST", False, _flag)
     max_image_pixels: int = _setting("TOONQ_MAX_IMAGE_PIXELS", 50_000_000, _int(minimum=1))
     max_input_bytes: int = _setting("TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, _int(minimum=1))
+    #: Host memory the images of a worker's jobs may take at once (0: from the memory limit).
+    memory_budget_mb: int = _setting("TOONQ_MEMORY_BUDGET_MB", 0, _int())
     # Delivery and retries.
     max_attempts: int = _setting("TOONQ_MAX_ATTEMPTS", 5, _int(minimum=1))
     retry_backoff_s: float = _setting("TOONQ_RETRY_BACKOFF_S", 2.0, _float)
@@ -216,6 +218,11 @@ class Settings:
     cpu_workers: int = _setting("TOONQ_CPU_WORKERS", 0, _int())
     max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
     max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
+    #: Failed batches in a row after which a worker takes its device for broken: it stops taking
+    #: jobs and reports not live (0: never).
+    max_consecutive_batch_failures: int = _setting(
+        "TOONQ_MAX_CONSECUTIVE_BATCH_FAILURES", 5, _int()
+    )
     # Operations.
     worker_name: str | None = _setting("TOONQ_WORKER_NAME", None)
     log_format: str = _setting("TOONQ_LOG_FORMAT", "auto", _choice(LOG_FORMATS))

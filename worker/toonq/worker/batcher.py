@@ -7,6 +7,12 @@ thread forms the next batch (whatever is ready, up to the batch limit, waiting a
 the model on the current one, so the model never waits for a batch to be formed. Inputs of
 different shapes (jobs at other resolutions) run as separate batches. On CUDA out-of-memory the
 batch is split in two and retried, and the lower limit is kept for the rest of the process's life.
+
+A device that fails every batch (a persistent CUDA error) would otherwise fail every job it is
+given, fastest of all workers: after `max_failed_batches` failed batches in a row (a batch that
+succeeds resets the count; out-of-memory is not a failure of the device) the loop stops, tells
+`on_failed` why, and fails what still waits with `BatcherStoppedError`, whose jobs go back to
+the queue unspent.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ class BatcherStoppedError(RuntimeError):
 
 class InferenceBatcher(Generic[Stacked]):
     """`stack` turns the inputs of one batch into what `run` takes; `run` returns one output
-    per input. They run in different threads, one batch apart."""
+    per input. They run in different threads, one batch apart. `max_failed_batches` 0 never
+    stops the loop for failed batches."""
 
     def __init__(
         self,
@@ -70,6 +77,8 @@ class InferenceBatcher(Generic[Stacked]):
         max_batch_size: int,
         max_wait_s: float,
         on_beat: Callable[[], None] | None = None,
+        max_failed_batches: int = 0,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -78,6 +87,13 @@ class InferenceBatcher(Generic[Stacked]):
         self.max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._on_beat = on_beat or (lambda: None)
+        self._max_failed_batches = max_failed_batches
+        self._on_failed = on_failed or (lambda _reason: None)
+        self._failed_batches = 0
+        self._last_failure = ""
+        self._stop_reason = "the GPU loop stopped"
+        #: Orders `submit` and `stop`: nothing is queued once stopping began.
+        self._submit_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
         #: Ready requests of another shape than the last batch's, served next.
         self._held: list[_Request] = []
@@ -97,21 +113,24 @@ class InferenceBatcher(Generic[Stacked]):
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after the batch in progress; requests still waiting fail."""
-        self._stopped.set()
+        with self._submit_lock:
+            self._stopped.set()
         for thread in self._threads:
-            thread.join(timeout)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
         stranded = self._drain()
         while not self._formed.empty():
             stranded += self._formed.get_nowait()[0]
         for request in stranded:
-            request.future.set_exception(BatcherStoppedError("the GPU loop stopped"))
+            request.future.set_exception(BatcherStoppedError(self._stop_reason))
 
     def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
         """Queue one image's model input (1×C×H×W); the future holds its logits."""
-        if self._stopped.is_set():
-            raise BatcherStoppedError("the GPU loop stopped")
-        request = _Request(model_input)
-        self._requests.put(request)
+        with self._submit_lock:
+            if self._stopped.is_set():
+                raise BatcherStoppedError(self._stop_reason)
+            request = _Request(model_input)
+            self._requests.put(request)
         return request.future
 
     def run(self, model_input: torch.Tensor) -> BatchResult:
@@ -151,8 +170,11 @@ class InferenceBatcher(Generic[Stacked]):
             if isinstance(stacked, BaseException):
                 for request in batch:
                     request.future.set_exception(stacked)
+                self._count_failure(stacked)
             else:
                 self._run(batch, stacked)
+            if self._max_failed_batches and self._failed_batches >= self._max_failed_batches:
+                self._fail_device()
 
     def _requests_back(self, batch: list[_Request]) -> None:
         self._held = batch + self._held
@@ -209,7 +231,9 @@ class InferenceBatcher(Generic[Stacked]):
                 request.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+            self._count_failure(exc)
             return
+        self._failed_batches = 0
         inference_ms = (time.perf_counter() - started) * 1000
         metrics.observe_batch(len(batch))
         for request, logit in zip(batch, logits, strict=True):
@@ -221,6 +245,25 @@ class InferenceBatcher(Generic[Stacked]):
                     wait_ms=(started - request.submitted) * 1000,
                 )
             )
+
+    def _count_failure(self, exc: BaseException) -> None:
+        self._failed_batches += 1
+        self._last_failure = f"{type(exc).__name__}: {exc}"
+        metrics.record_batch_failure()
+
+    def _fail_device(self) -> None:
+        """Stop for good: the device failed batch after batch."""
+        self._stop_reason = (
+            f"the GPU loop stopped after {self._failed_batches} failed batches in a row "
+            f"(the last: {self._last_failure})"
+        )
+        log.error(
+            "device_failed",
+            failed_batches=self._failed_batches,
+            last_error=self._last_failure,
+        )
+        self._on_failed(self._stop_reason)
+        self.stop()
 
     def _lower_limit(self, limit: int) -> None:
         if limit < self.max_batch_size:

@@ -3,7 +3,8 @@
 * GET /readyz: 200 once the model is warm and the worker consumes, 503 before and from the moment
   a shutdown starts (Kubernetes stops routing to the pod, KEDA and dashboards count it out).
 * GET /livez: 200 while the GPU loop beat within the liveness timeout, 503 otherwise (a wedged
-  CUDA call or a dead loop: Kubernetes restarts the pod).
+  CUDA call or a dead loop: Kubernetes restarts the pod), and 503 for good once the device
+  failed (`mark_failed`: batch after batch failed, the worker stopped taking jobs).
 * GET /metrics: the Prometheus text format, from prometheus-client's WSGI app.
 """
 
@@ -25,7 +26,7 @@ DEFAULT_LIVENESS_TIMEOUT_S = 120.0
 
 
 class Health(Collector):
-    """What the probes answer, and the `toonq_worker_ready` and
+    """What the probes answer, and the `toonq_worker_ready`, `toonq_worker_device_failed` and
     `toonq_worker_heartbeat_timestamp_seconds` gauges that report the same state.
 
     The liveness clock starts when the object is made, so a worker is alive while it loads its
@@ -40,6 +41,8 @@ class Health(Collector):
     ) -> None:
         self.liveness_timeout_s = liveness_timeout_s
         self._ready = False
+        #: Why the device is taken to be broken, once it is.
+        self._failure: str | None = None
         self._beat_monotonic = time.monotonic()
         self._beat_unix = time.time()
         registry.register(self)
@@ -48,6 +51,11 @@ class Health(Collector):
         self._ready = True
 
     def mark_not_ready(self) -> None:
+        self._ready = False
+
+    def mark_failed(self, reason: str) -> None:
+        """Not ready and not live for the rest of the process's life: its device is broken."""
+        self._failure = reason
         self._ready = False
 
     def beat(self) -> None:
@@ -63,21 +71,36 @@ class Health(Collector):
         return time.monotonic() - self._beat_monotonic
 
     def is_live(self) -> bool:
-        return self.seconds_since_beat() <= self.liveness_timeout_s
+        return self._failure is None and self.seconds_since_beat() <= self.liveness_timeout_s
+
+    def failure(self) -> str | None:
+        """Why the device was taken to be broken (`mark_failed`), or None."""
+        return self._failure
 
     def describe(self) -> list[Metric]:
         return self._families()
 
     def collect(self) -> list[Metric]:
-        return self._families(ready=1.0 if self._ready else 0.0, beat_unix=self._beat_unix)
+        return self._families(
+            ready=1.0 if self._ready else 0.0,
+            failed=0.0 if self._failure is None else 1.0,
+            beat_unix=self._beat_unix,
+        )
 
     @staticmethod
-    def _families(ready: float | None = None, beat_unix: float | None = None) -> list[Metric]:
+    def _families(
+        ready: float | None = None, failed: float | None = None, beat_unix: float | None = None
+    ) -> list[Metric]:
         return [
             GaugeMetricFamily(
                 "toonq_worker_ready",
                 "1 while the worker has its model warm and consumes, 0 otherwise.",
                 value=ready,
+            ),
+            GaugeMetricFamily(
+                "toonq_worker_device_failed",
+                "1 once the worker stopped taking jobs because batch after batch failed.",
+                value=failed,
             ),
             GaugeMetricFamily(
                 "toonq_worker_heartbeat_timestamp_seconds",
@@ -141,13 +164,19 @@ def health_app(health: Health, registry: CollectorRegistry = REGISTRY) -> WSGIAp
             ready = health.is_ready()
             return _text(start_response, ready, "ready\n" if ready else "not ready\n")
         if path == "/livez":
-            age = health.seconds_since_beat()
-            live = health.is_live()
-            return _text(start_response, live, "alive\n" if live else f"no beat for {age:.0f} s\n")
+            return _text(start_response, health.is_live(), _liveness(health))
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: try /metrics, /livez or /readyz\n"]
 
     return app
+
+
+def _liveness(health: Health) -> str:
+    if (failure := health.failure()) is not None:
+        return f"device failed: {failure}\n"
+    if health.is_live():
+        return "alive\n"
+    return f"no beat for {health.seconds_since_beat():.0f} s\n"
 
 
 def _text(start_response: StartResponse, ok: bool, body: str) -> list[bytes]:

@@ -39,6 +39,10 @@ class ClaimLostError(Exception):
     """The attempt's claim is no longer current: its work must stop, its outcome is not
     recorded."""
 
+    @classmethod
+    def of(cls, claim: Claim) -> ClaimLostError:
+        return cls(f"job {claim.job.id}: attempt {claim.attempt} is no longer current")
+
 
 def _key(claim: Claim) -> _AttemptKey:
     return (claim.job.id, claim.attempt, claim.job.started_at)
@@ -80,9 +84,7 @@ class LeaseKeeper:
         with self._lock:
             lost = _key(claim) in self._lost
         if lost:
-            raise ClaimLostError(
-                f"job {claim.job.id}: attempt {claim.attempt} is no longer current"
-            )
+            raise ClaimLostError.of(claim)
 
     def held(self) -> list[Claim]:
         with self._lock:
@@ -91,24 +93,26 @@ class LeaseKeeper:
     def hand_back_all(self, sender: Sender, *, reason: str) -> int:
         """Return every job still held to the queue at once (a shutdown ran out of time), so
         another worker starts it now rather than after the lease expires. Returns how many."""
-        handed = 0
-        for claim in self.held():
-            try:
-                job = self._store.hand_back(claim, reason=reason)
-            except Exception:
-                log.exception("hand_back_failed", job_id=str(claim.job.id))
-                continue
-            if job is None:
-                continue  # finished (or was taken away) in the meantime
-            metrics.record_job(Outcome.HANDED_BACK)
-            log.warning("job_handed_back", job_id=str(job.id), reason=reason)
-            handed += 1
-            try:
-                sender.send(job)
-            except Exception:
-                # The job is queued again; recovery sends its message as an unsent job's.
-                log.exception("hand_back_send_failed", job_id=str(job.id))
-        return handed
+        return sum(self.hand_back(claim, sender, reason=reason) for claim in self.held())
+
+    def hand_back(self, claim: Claim, sender: Sender, *, reason: str) -> bool:
+        """Return the job of `claim` to the queue without spending its attempt, and send its
+        message; False if it finished (or was taken away) meanwhile, or the store failed."""
+        try:
+            job = self._store.hand_back(claim, reason=reason)
+        except Exception:
+            log.exception("hand_back_failed", job_id=str(claim.job.id))
+            return False
+        if job is None:
+            return False
+        metrics.record_job(Outcome.HANDED_BACK)
+        log.warning("job_handed_back", job_id=str(job.id), reason=reason)
+        try:
+            sender.send(job)
+        except Exception:
+            # The job is queued again; recovery sends its message as an unsent job's.
+            log.exception("hand_back_send_failed", job_id=str(job.id))
+        return True
 
     def renew(self) -> None:
         """Renew every held claim once (the heartbeat thread's work), marking lost those the

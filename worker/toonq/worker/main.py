@@ -9,6 +9,10 @@ and missing weights fail the pod at start rather than failing jobs.
 On SIGTERM (Celery's warm shutdown) the worker stops taking messages and lets the jobs in hand
 finish. Those still running after `TOONQ_SHUTDOWN_GRACE_S` are handed back to the queue at once,
 and the process exits: nothing waits for a lease or the broker's visibility timeout.
+
+After `TOONQ_MAX_CONSECUTIVE_BATCH_FAILURES` failed batches in a row the device is taken for
+broken (`DeviceFailure`): the worker stops taking messages, hands back the jobs in hand as they
+reach the stopped GPU loop, and reports not ready and not live until it is restarted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from celery import signals
 
 from toonq.shared.db.engine import create_db_engine
+from toonq.shared.db.schema import NAME_LENGTH
 from toonq.shared.errors import ConfigurationError
 from toonq.shared.jobstore import SqlJobStore
 from toonq.shared.logging import get_logger
@@ -32,6 +37,7 @@ from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy, open_store
+from toonq.shared.text import check_text
 from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
@@ -40,6 +46,7 @@ from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
 from toonq.worker.health import Health, serve
 from toonq.worker.lease import LeaseKeeper
+from toonq.worker.memory import MIB, MemoryBudget, default_budget_bytes
 from toonq.worker.processor import WorkerContext
 from toonq.worker.tasks import register_tasks
 
@@ -58,6 +65,8 @@ class Pipeline:
     max_batch_size: int
     max_wait_s: float
     cpu_workers: int
+    #: Failed batches in a row that stop the GPU loop (0: never).
+    max_failed_batches: int = 0
 
     @classmethod
     def for_device(
@@ -75,18 +84,31 @@ class Pipeline:
         )
         jobs = concurrency or settings.concurrency or default_concurrency(batch)
         cpus = settings.cpu_workers or usable_cpus()
-        return cls(jobs, batch, settings.max_batch_wait_ms / 1000, cpus)
+        return cls(
+            jobs,
+            batch,
+            settings.max_batch_wait_ms / 1000,
+            cpus,
+            settings.max_consecutive_batch_failures,
+        )
 
     def batcher(
-        self, engine: MattingEngine, *, on_beat: Callable[[], None] | None = None
+        self,
+        engine: MattingEngine,
+        *,
+        on_beat: Callable[[], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
     ) -> InferenceBatcher[StackedBatch]:
-        """The GPU loop that runs `engine`'s model on dynamic batches of this pipeline's size."""
+        """The GPU loop that runs `engine`'s model on dynamic batches of this pipeline's size;
+        `on_failed` hears why, if failed batches stop it."""
         return InferenceBatcher(
             engine.stack_batch,
             engine.run_batch,
             max_batch_size=self.max_batch_size,
             max_wait_s=self.max_wait_s,
             on_beat=on_beat,
+            max_failed_batches=self.max_failed_batches,
+            on_failed=on_failed,
         )
 
 
@@ -103,8 +125,49 @@ def default_worker_name(gpu: int | None) -> str:
     return f"{socket.gethostname()}:{suffix}"
 
 
+def check_identity(worker_name: str, model_spec: str) -> None:
+    """What the worker records on every job (its name, and the model's name, which is its spec)
+    must fit the job table: refused at start, before any job, rather than at each job's outcome,
+    where the write would fail and the job run again on every attempt."""
+    for value, what in (
+        (worker_name, "the worker name (TOONQ_WORKER_NAME, or host:gpuN)"),
+        (model_spec, "the model spec (TOONQ_MODEL)"),
+    ):
+        check_text(value, what=what, max_length=NAME_LENGTH, error=ConfigurationError)
+
+
+class DeviceFailure:
+    """What a worker does when its GPU loop stopped for failed batches: report not ready and
+    not live (Kubernetes restarts the pod), and stop taking messages the way Celery's remote
+    `cancel_consumer` does. The jobs in hand go back to the queue as they reach the stopped
+    loop (`process_job`)."""
+
+    def __init__(self, health: Health, queue: str) -> None:
+        self._health = health
+        self._queue = queue
+        self._consumer: Any = None
+
+    def install(self) -> None:
+        signals.worker_ready.connect(self._attach, weak=False)
+
+    def _attach(self, sender: Any = None, **_: Any) -> None:
+        self._consumer = sender  # the consumer, ready before any job runs
+
+    def __call__(self, reason: str) -> None:
+        self._health.mark_failed(reason)
+        if self._consumer is not None:
+            # On the consumer's own thread, which the GPU loop's is not.
+            self._consumer.call_soon(self._consumer.cancel_task_queue, self._queue)
+        log.error("worker_stopped_taking_jobs", queue=self._queue, reason=reason)
+
+
 def build_context(
-    settings: Settings, *, worker_name: str, health: Health, concurrency: int | None = None
+    settings: Settings,
+    *,
+    worker_name: str,
+    health: Health,
+    concurrency: int | None = None,
+    on_failed: Callable[[str], None] | None = None,
 ) -> tuple[WorkerContext, Pipeline]:
     started = time.perf_counter()
     # The jobs' object store is sized once the pipeline is known; loading the model needs one.
@@ -134,8 +197,16 @@ def build_context(
         torch.set_num_threads(pipeline.cpu_workers)
     engine.warmup(pipeline.max_batch_size)
     metrics.set_model_load_seconds(time.perf_counter() - started)
+    metrics.watch_compiled_shapes(lambda: len(engine.compiled_shapes))
+    # After the warm-up: the default budget leaves out the peak the model has reached.
+    memory = MemoryBudget(
+        settings.memory_budget_mb * MIB
+        or default_budget_bytes(
+            concurrency=pipeline.concurrency, max_input_bytes=settings.max_input_bytes
+        )
+    )
     metrics.watch_gpu_memory(engine.device)
-    batcher = pipeline.batcher(engine, on_beat=health.beat)
+    batcher = pipeline.batcher(engine, on_beat=health.beat, on_failed=on_failed)
     app = create_celery_app(settings)
     context = WorkerContext(
         settings=settings,
@@ -145,6 +216,7 @@ def build_context(
         engine=engine,
         batcher=batcher,
         cpu=CpuSlots(pipeline.cpu_workers),
+        memory=memory,
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
         sender=Sender(app, store, queue=settings.queue),
         worker_name=worker_name,
@@ -212,14 +284,20 @@ def run_worker(
     """Run a worker until it is told to stop (SIGTERM: finish or hand back, then exit)."""
     check_job_locations(settings)
     worker_name = settings.worker_name or default_worker_name(gpu)
+    check_identity(worker_name, settings.model)
     health = Health(liveness_timeout_s=settings.liveness_timeout_s)
     server = (
         serve(settings.metrics_port, health, host=settings.metrics_host)
         if settings.metrics_port
         else None
     )
+    device_failure = DeviceFailure(health, settings.queue)
     ctx, pipeline = build_context(
-        settings, worker_name=worker_name, health=health, concurrency=concurrency
+        settings,
+        worker_name=worker_name,
+        health=health,
+        concurrency=concurrency,
+        on_failed=device_failure,
     )
     if settings.metrics_queue_depth and not settings.is_embedded_broker:
         metrics.watch_queue_depth(settings.broker_url, queue_lists(settings.queue))
@@ -227,6 +305,7 @@ def run_worker(
     register_tasks(app, lambda: ctx)
     shutdown = GracefulShutdown(ctx, health, settings.shutdown_grace_s)
     shutdown.install()
+    device_failure.install()
     recovery = None
     if settings.sweep_interval_s:
         recovery = RecoveryThread(ctx.store, ctx.sender, settings)
@@ -249,6 +328,7 @@ def run_worker(
         cpu_workers=pipeline.cpu_workers,
         max_batch_size=pipeline.max_batch_size,
         max_batch_wait_ms=settings.max_batch_wait_ms,
+        memory_budget_mb=ctx.memory.total_bytes // MIB,
     )
     try:
         app.Worker(

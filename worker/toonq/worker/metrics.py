@@ -10,7 +10,7 @@ between and a stopped scraper costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -197,6 +197,11 @@ class WorkerMetrics:
             "Batches split in two after running out of GPU memory.",
             registry=registry,
         )
+        self._batch_failures = Counter(
+            "toonq_batch_failures_total",
+            "Batches the model failed (out-of-memory splits aside): every job of one fails.",
+            registry=registry,
+        )
         self._max_batch_size = Gauge(
             "toonq_max_batch_size",
             "Largest batch the worker forms now (lowered by out-of-memory splits).",
@@ -208,6 +213,21 @@ class WorkerMetrics:
         self._model_load_seconds = Gauge(
             "toonq_model_load_seconds",
             "Seconds the worker took to load and warm up its model.",
+            registry=registry,
+        )
+        self._memory_budget = Gauge(
+            "toonq_memory_budget_bytes",
+            "Host memory the worker lets the images of its jobs take at once.",
+            registry=registry,
+        )
+        self._memory_reserved = Gauge(
+            "toonq_memory_reserved_bytes",
+            "Host memory reserved now by the jobs holding images.",
+            registry=registry,
+        )
+        self._compiled_shapes = Gauge(
+            "toonq_compiled_shapes",
+            "Distinct input shapes the compiled model has run (each one a compiled graph).",
             registry=registry,
         )
         self._scrape_errors = Counter(
@@ -248,6 +268,9 @@ class WorkerMetrics:
         self._oom_splits.inc()
         self._max_batch_size.set(new_limit)
 
+    def record_batch_failure(self) -> None:
+        self._batch_failures.inc()
+
     def set_max_batch_size(self, n: int) -> None:
         self._max_batch_size.set(n)
 
@@ -262,6 +285,16 @@ class WorkerMetrics:
 
     def set_model_load_seconds(self, seconds: float) -> None:
         self._model_load_seconds.set(seconds)
+
+    def set_memory_budget(self, nbytes: int) -> None:
+        self._memory_budget.set(nbytes)
+
+    def set_memory_reserved(self, nbytes: int) -> None:
+        self._memory_reserved.set(nbytes)
+
+    def watch_compiled_shapes(self, count: Callable[[], int]) -> None:
+        """Report `count()` (the compiled model's distinct input shapes) at every scrape."""
+        self._compiled_shapes.set_function(count)
 
     def watch_gpu_memory(self, device: torch.device) -> GpuMemoryCollector:
         """Report the GPU memory torch uses on `device` at every scrape."""
@@ -294,8 +327,12 @@ record_job = WORKER_METRICS.record_job
 observe_stages = WORKER_METRICS.observe_stages
 observe_batch = WORKER_METRICS.observe_batch
 record_oom_split = WORKER_METRICS.record_oom_split
+record_batch_failure = WORKER_METRICS.record_batch_failure
 set_max_batch_size = WORKER_METRICS.set_max_batch_size
 in_flight = WORKER_METRICS.in_flight
 set_model_load_seconds = WORKER_METRICS.set_model_load_seconds
+set_memory_budget = WORKER_METRICS.set_memory_budget
+set_memory_reserved = WORKER_METRICS.set_memory_reserved
+watch_compiled_shapes = WORKER_METRICS.watch_compiled_shapes
 watch_gpu_memory = WORKER_METRICS.watch_gpu_memory
 watch_queue_depth = WORKER_METRICS.watch_queue_depth

@@ -1,14 +1,21 @@
-"""One job, start to finish: claim -> fetch -> prepare -> (GPU loop) -> finish -> store -> record.
+"""One job, start to finish: claim -> fetch -> prepare -> (GPU loop) -> finish -> stage -> commit
+-> publish -> record.
 
 Many jobs run this at once, each in its own thread: their downloads, decodes, encodes and
 uploads overlap, while the model runs in the one GPU loop that batches them. Each step is a call
 into a part that knows one thing (the job store, the object store, the engine, the batcher);
 this module only decides what an outcome means for the job:
 
-* success: the output object is written first, then the job is marked succeeded;
+* success: the output is uploaded to a key of this attempt's own, committed to the job (a
+  compare-and-set on the claim: one output per job), copied to the job's output URI, and only
+  then is the job marked succeeded. An attempt that finds an output committed by an earlier one
+  publishes that output instead of running the model. So the object at a job's output URI is
+  only ever a copy of its one committed output, however many attempts ran;
 * a permanent error: the job fails at once with the error's code;
 * a transient error (or an unexpected one): the job is retried with backoff while attempts
-  remain, then fails with the last error's code.
+  remain, then fails with the last error's code;
+* the GPU loop stopped (the device failed batch after batch): the job goes back to the queue
+  for another worker, without spending its attempt.
 
 An outcome the database cannot take at once (an outage of a few seconds) is written again with
 backoff while the lease is renewed, for up to a lease: a retried message would find the job still
@@ -22,6 +29,7 @@ worker or a cancel that raced the work can never overwrite a recorded outcome.
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,22 +39,25 @@ from typing import Any
 from toonq.shared.choices import check_resolution
 from toonq.shared.errors import (
     DatabaseUnavailableError,
+    InputNotFoundError,
     InvalidRequestError,
     PermanentJobError,
     ToonqError,
     TransientJobError,
 )
-from toonq.shared.job import Claim, NotDue, Outcome
+from toonq.shared.job import Claim, NotDue, Outcome, StagedOutput
 from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy
+from toonq.shared.storage.uri import staged_output_uri
 from toonq.worker import metrics
-from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
 from toonq.worker.cpus import CpuSlots
-from toonq.worker.engine.matting import MatteResult, MattingEngine
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
+from toonq.worker.memory import MemoryBudget
 from toonq.worker.retries import backoff_delay
 
 log = get_logger(__name__)
@@ -64,6 +75,7 @@ class WorkerContext:
     engine: MattingEngine
     batcher: InferenceBatcher[Any]
     cpu: CpuSlots
+    memory: MemoryBudget
     leases: LeaseKeeper
     sender: Sender
     worker_name: str
@@ -93,10 +105,14 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
     try:
         with ctx.leases.holding(claim), metrics.in_flight():
-            result, timings = _run(ctx, claim)
+            staged = _publish_committed(ctx, claim) or _run_and_publish(ctx, claim)
     except ClaimLostError:
         # Cancelled, requeued or reclaimed while it ran: whoever holds the job now records it.
         log.warning("job_abandoned", reason="the claim is no longer current")
+        return _counted(Outcome.DISCARDED)
+    except BatcherStoppedError as exc:
+        if ctx.leases.hand_back(claim, ctx.sender, reason=str(exc)):
+            return Outcome.HANDED_BACK  # counted by the hand-back
         return _counted(Outcome.DISCARDED)
     except (PermanentJobError, InvalidRequestError) as exc:
         # InvalidRequestError: a job row whose URI the policy refuses (written by an older
@@ -108,55 +124,120 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         # A bug or a device fault (e.g. CUDA out of memory): bounded retries, then a typed failure.
         log.exception("job_crashed")
         return _retry_or_fail(ctx, claim, ToonqError(f"{type(exc).__name__}: {exc}"))
-    timings = {"queue_wait": round(_queue_wait_ms(claim), 2), **timings}
-    recorded = _recorded(
-        ctx,
-        claim,
-        lambda: ctx.store.mark_succeeded(
-            claim,
-            model_name=ctx.engine.model_name,
-            model_revision=ctx.engine.model_revision,
-            image_width=result.width,
-            image_height=result.height,
-            timings=timings,
-        ),
-    )
-    if not recorded:
+    if not _recorded(ctx, claim, lambda: ctx.store.mark_succeeded(claim, staged)):
+        # Whoever holds the job now publishes the same committed output: its staged object stays.
         log.warning("job_outcome_discarded", outcome="succeeded")
         return _counted(Outcome.DISCARDED)
-    metrics.observe_stages(timings)
-    log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=timings)
+    _delete_staged(ctx, staged.uri)
+    metrics.observe_stages(staged.timings)
+    log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=dict(staged.timings))
     return _counted(Outcome.SUCCEEDED)
 
 
-def _run(ctx: WorkerContext, claim: Claim) -> tuple[MatteResult, dict[str, float]]:
-    """The attempt's work; between steps it stops (ClaimLostError) if its claim was lost."""
+def _publish_committed(ctx: WorkerContext, claim: Claim) -> StagedOutput | None:
+    """Publish the output an earlier attempt committed and stopped before publishing; None if
+    there is none, or if its staged object is gone (expired): no copy of it can land any more,
+    so the job forgets it and this attempt runs."""
+    staged = claim.job.staged_output
+    if staged is None:
+        return None
+    log.info("job_publishing", attempt=claim.attempt, staged_attempt=staged.attempt)
+    try:
+        _publish(ctx, claim, staged)
+    except InputNotFoundError:
+        log.warning("staged_output_missing", staged_output_uri=staged.uri)
+        if not ctx.store.drop_output(claim, staged):
+            raise ClaimLostError.of(claim) from None
+        return None
+    return staged
+
+
+def _run_and_publish(ctx: WorkerContext, claim: Claim) -> StagedOutput:
+    staged = _run(ctx, claim)
+    _publish(ctx, claim, staged)
+    return staged
+
+
+def _run(ctx: WorkerContext, claim: Claim) -> StagedOutput:
+    """The attempt's work, up to its output committed to the job; between steps it stops
+    (ClaimLostError) if its claim was lost."""
     job = claim.job
     # A row written by an older producer, or under another configuration, is not trusted.
     ctx.uris.check_input(job.input_uri)
     ctx.uris.check_output(job.output_uri)
     check_resolution(job.params.resolution, ctx.settings.max_resolution)
+    staged_uri = staged_output_uri(job.output_uri, job.id, claim.attempt)
+    ctx.uris.check_staged(staged_uri)
     began = start = time.perf_counter()
     data = ctx.objects.get(job.input_uri, max_bytes=ctx.settings.max_input_bytes)
     download_ms = (time.perf_counter() - start) * 1000
     ctx.leases.check(claim)
+    # Waited for before a CPU slot is taken, and held until the images are gone: once the
+    # output is uploaded, or once an error has left `_matte_and_store`, whose frame held them.
+    need, what = ctx.engine.host_bytes(data, job.params)
+    with ctx.memory.reserved(need, what=what):
+        try:
+            (width, height), timings = _matte_and_store(ctx, claim, data, staged_uri)
+        except BaseException as exc:
+            # The traceback keeps that frame, and its images, alive: they go with the budget.
+            traceback.clear_frames(exc.__traceback__)
+            raise
+    timings = {
+        "queue_wait": _queue_wait_ms(claim),
+        "download": download_ms,
+        **timings,
+        "total": (time.perf_counter() - began) * 1000,
+    }
+    staged = StagedOutput(
+        uri=staged_uri,
+        attempt=claim.attempt,
+        model_name=ctx.engine.model_name,
+        model_revision=ctx.engine.model_revision,
+        image_width=width,
+        image_height=height,
+        timings={stage: round(ms, 2) for stage, ms in timings.items()},
+    )
+    if not ctx.store.commit_output(claim, staged):
+        # Another attempt holds the job now: this output is nobody's.
+        _delete_staged(ctx, staged_uri)
+        raise ClaimLostError.of(claim)
+    return staged
+
+
+def _matte_and_store(
+    ctx: WorkerContext, claim: Claim, data: bytes, staged_uri: str
+) -> tuple[tuple[int, int], dict[str, float]]:
+    """Decode, matte, encode and upload to `staged_uri`; only the size and the timings outlive
+    it."""
     with ctx.cpu.held():
-        prepared = ctx.engine.prepare(data, job.params)
+        prepared = ctx.engine.prepare(data, claim.job.params)
     batch = ctx.batcher.run(prepared.model_input)
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     with ctx.cpu.held():
         result = ctx.engine.finish(prepared, batch.logits)
     ctx.leases.check(claim)
     start = time.perf_counter()
-    ctx.objects.put(job.output_uri, result.data, content_type=result.content_type)
+    ctx.objects.put(staged_uri, result.data, content_type=result.content_type)
     upload_ms = (time.perf_counter() - start) * 1000
-    timings = {
-        "download": download_ms,
-        **result.timings_ms,
-        "upload": upload_ms,
-        "total": (time.perf_counter() - began) * 1000,
-    }
-    return result, {stage: round(ms, 2) for stage, ms in timings.items()}
+    return (result.width, result.height), result.timings_ms | {"upload": upload_ms}
+
+
+def _publish(ctx: WorkerContext, claim: Claim, staged: StagedOutput) -> None:
+    """Copy the job's committed output to its output URI: the one write any attempt makes
+    there, always of the same object, so a late copy by a stale attempt changes nothing."""
+    ctx.uris.check_output(claim.job.output_uri)
+    ctx.uris.check_staged(staged.uri)
+    ctx.leases.check(claim)
+    ctx.objects.copy(staged.uri, claim.job.output_uri)
+
+
+def _delete_staged(ctx: WorkerContext, uri: str) -> None:
+    """Best effort: a staged object left behind is nobody's output, and expires under the
+    bucket's lifecycle rule for staging folders."""
+    try:
+        ctx.objects.delete(uri)
+    except Exception:
+        log.warning("staged_output_not_deleted", staged_output_uri=uri, exc_info=True)
 
 
 def _queue_wait_ms(claim: Claim) -> float:

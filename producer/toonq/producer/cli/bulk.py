@@ -18,7 +18,7 @@ import click
 
 from toonq.producer.bulk import Source, expand, idempotency_key, located, unique
 from toonq.producer.cli.context import Context
-from toonq.producer.cli.render import job_line, print_as_they_finish
+from toonq.producer.cli.render import echo_error, job_line, print_as_they_finish
 from toonq.producer.client import SubmitRequest, Submitted
 from toonq.shared.errors import InvalidRequestError, PermanentJobError, ToonqError
 from toonq.shared.job import Job
@@ -48,7 +48,7 @@ def submit_bulk(
     try:
         requests = _validated(ctx, sources, recursive, idempotency_prefix, options)
     except (InvalidRequestError, PermanentJobError) as exc:
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        echo_error(exc)
         sys.exit(EXIT_INVALID)
     with _progress(len(requests)) as advance:
 

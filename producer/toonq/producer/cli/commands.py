@@ -16,6 +16,7 @@ from toonq.producer.cli.context import Context, pass_context
 from toonq.producer.cli.params import job_params_options
 from toonq.producer.cli.render import (
     EXIT_TIMEOUT,
+    echo_error,
     job_line,
     print_as_they_finish,
     print_job_detail,
@@ -23,6 +24,7 @@ from toonq.producer.cli.render import (
     print_json,
     print_recovery,
     print_webhooks_table,
+    printable,
 )
 from toonq.producer.watching import WaitTimeoutError
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY
@@ -185,7 +187,7 @@ def _submit_one(
         try:
             job = ctx.client.wait(job.id, timeout=timeout)
         except WaitTimeoutError as exc:
-            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            echo_error(exc)
             job, exit_status = ctx.client.get(job.id), EXIT_TIMEOUT
         else:
             exit_status = 0 if job.status == JobStatus.SUCCEEDED else 1
@@ -360,10 +362,10 @@ def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: 
         try:
             cancelled.append(ctx.client.cancel(job_id, reason=reason))
         except AlreadyCancelledError as exc:
-            click.echo(f"note: {exc}", err=True)
+            click.echo(f"note: {printable(str(exc))}", err=True)
             cancelled.append(ctx.client.get(job_id))
         except InvalidTransitionError as exc:
-            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            echo_error(exc)
             refused = True
     if as_json:
         # One id prints the job's JSON, as it always did; several print a list.

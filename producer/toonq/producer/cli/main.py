@@ -17,6 +17,7 @@ import click
 
 from toonq.producer.cli.commands import QUEUE_COMMANDS
 from toonq.producer.cli.context import Context
+from toonq.producer.cli.render import echo_error
 from toonq.shared.errors import ConfigurationError, ToonqError
 
 #: The entry-point group through which other packages add commands.
@@ -45,7 +46,7 @@ class ToonqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ToonqError as exc:
-            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            echo_error(exc)
             sys.exit(1)
 
 

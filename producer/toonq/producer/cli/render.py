@@ -1,8 +1,14 @@
-"""How the CLI prints jobs: JSON for scripts (`--json`), an aligned table for people."""
+"""How the CLI prints jobs: JSON for scripts (`--json`), an aligned table for people.
+
+What people read passes through `printable`: idempotency keys, reasons, URIs and error messages
+come from callers, and a control character in one (an ESC sequence) would otherwise reach the
+terminal. JSON escapes them itself.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -11,6 +17,7 @@ from typing import Any
 import click
 
 from toonq.producer.watching import WaitTimeoutError
+from toonq.shared.errors import ToonqError
 from toonq.shared.job import Job, JobEvent, JobStatus
 from toonq.shared.recovery import Backlog, Recovered
 
@@ -19,6 +26,22 @@ from toonq.shared.recovery import Backlog, Recovered
 EXIT_TIMEOUT = 124
 
 _COLUMNS = ("id", "status", "attempts", "error_code", "input_uri", "output_uri")
+
+#: C0 controls, DEL and C1 controls: ESC and CSI among them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` with its control characters written as escapes (`\\x1b`), newlines too unless
+    `keep_newlines`."""
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def echo_error(exc: ToonqError) -> None:
+    """`error [code]: message` on stderr. toonq's own messages may span lines."""
+    click.echo(f"error [{exc.code}]: {printable(str(exc), keep_newlines=True)}", err=True)
 
 
 def print_json(value: Any) -> None:
@@ -51,10 +74,10 @@ def print_webhooks_table(jobs: Sequence[Job]) -> None:
 def job_line(job: Job) -> str:
     """The job as one line: where its output goes, or, once it failed, why."""
     if job.status == JobStatus.FAILED:
-        return f"{job.id} {job.status} [{job.error_code}] {job.error_message}"
+        return f"{job.id} {job.status} [{job.error_code}] {printable(job.error_message or '')}"
     if job.status == JobStatus.CANCELLED:
         return f"{job.id} {job.status}"
-    return f"{job.id} {job.status} {job.output_uri}"
+    return f"{job.id} {job.status} {printable(job.output_uri)}"
 
 
 def print_as_they_finish(jobs: Iterator[Job], line: Callable[[Job], str]) -> int:
@@ -68,7 +91,7 @@ def print_as_they_finish(jobs: Iterator[Job], line: Callable[[Job], str]) -> int
             if job.status != JobStatus.SUCCEEDED:
                 exit_status = 1
     except WaitTimeoutError as exc:
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        echo_error(exc)
         exit_status = EXIT_TIMEOUT
     return exit_status
 
@@ -80,8 +103,9 @@ def print_job_detail(job: Job, events: Sequence[JobEvent]) -> None:
     if events:
         click.echo("history:")
         for event in events:
-            reason = f"  ({event.reason})" if event.reason else ""
-            click.echo(f"  {event.at.isoformat()}  {event.kind:<10} by {event.actor}{reason}")
+            reason = f"  ({printable(event.reason)})" if event.reason else ""
+            actor = printable(event.actor)
+            click.echo(f"  {event.at.isoformat()}  {event.kind:<10} by {actor}{reason}")
 
 
 def print_recovery(
@@ -131,5 +155,5 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+        return ", ".join(f"{printable(str(k))}={printable(str(v))}" for k, v in value.items())
+    return printable(str(value))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import (
     JSON,
@@ -39,7 +39,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
-from toonq.shared.job import EventKind, JobParams, JobStatus, WebhookState
+from toonq.shared.job import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    EventKind,
+    JobParams,
+    JobStatus,
+    WebhookState,
+)
+
+#: The longest worker name, actor, model name and model revision a row holds.
+NAME_LENGTH: Final = 255
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -130,7 +139,9 @@ class JobRow(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(MAX_IDEMPOTENCY_KEY_LENGTH), unique=True
+    )
     status: Mapped[JobStatus] = mapped_column(_string_enum(JobStatus, "job_status"))
     input_uri: Mapped[str] = mapped_column(Text)
     output_uri: Mapped[str] = mapped_column(Text)
@@ -149,9 +160,9 @@ class JobRow(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64), index=True)
     error_message: Mapped[str | None] = mapped_column(Text)
-    worker: Mapped[str | None] = mapped_column(String(255))
-    model_name: Mapped[str | None] = mapped_column(String(255))
-    model_revision: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    model_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    model_revision: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     image_width: Mapped[int | None] = mapped_column(Integer)
     image_height: Mapped[int | None] = mapped_column(Integer)
     # Stage name -> milliseconds, e.g. {"download": 41.2, "inference": 380.0}.
@@ -179,6 +190,10 @@ class JobRow(Base):
     )
     webhook_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     webhook_next_at: Mapped[datetime | None]
+    # The attempt-specific object an attempt committed as the job's output, and what its success
+    # records (model, image size, timings): set once while running, kept until it is published.
+    staged_output_uri: Mapped[str | None] = mapped_column(Text)
+    staged_result: Mapped[dict[str, Any] | None]
 
 
 class JobEventRow(Base):
@@ -198,6 +213,6 @@ class JobEventRow(Base):
     at: Mapped[datetime]
     kind: Mapped[EventKind] = mapped_column(_string_enum(EventKind, "event_kind"))
     # A worker name, "producer" or "cli:<user>@<host>".
-    actor: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(NAME_LENGTH))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]

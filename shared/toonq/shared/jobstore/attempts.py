@@ -1,15 +1,15 @@
-"""The worker's side: claiming an attempt, keeping its lease and recording its outcome, each
-fenced by the claim so that a stale worker cannot overwrite another's outcome."""
+"""The worker's side: claiming an attempt, keeping its lease, committing its output and
+recording its outcome, each fenced by the claim so that a stale worker cannot overwrite another's
+outcome."""
 
 from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from typing import overload
 
-from toonq.shared.job import WAITING_STATUSES, Claim, Job, JobStatus, NotDue
+from toonq.shared.job import WAITING_STATUSES, Claim, Job, JobStatus, NotDue, StagedOutput
 from toonq.shared.jobstore import selections, transitions
 from toonq.shared.jobstore.core import StoreCore
 from toonq.shared.jobstore.transitions import Transition
@@ -40,7 +40,9 @@ class Attempts(StoreCore):
         cancelled, or running under a live lease (a duplicate message).
 
         A running job whose lease expired lost its worker: it is reclaimed, unless it already
-        used all its attempts, in which case it fails with `worker_lost`. Given
+        used all its attempts, in which case it fails with `worker_lost`; a job with a
+        committed output is reclaimed whatever its attempts, since publishing it runs nothing
+        that could have killed the worker. Given
         `early_tolerance_s`, a retry due later than that from now is left waiting (`NotDue`).
         One read and one guarded write, whose result is the claimed job. In a transaction
         although it writes once: a worker that dies while its claim waits (say on a row lock)
@@ -54,7 +56,7 @@ class Attempts(StoreCore):
             steps: builtins.list[Transition] = []
             if selections.lease_lost(now).matches(job):
                 guard = selections.as_read(job, lease_lost_at=now)
-                if job.attempts >= job.max_attempts:
+                if job.attempts >= job.max_attempts and job.staged_output_uri is None:
                     failure = transitions.worker_lost(job, worker=worker, now=now)
                     transaction.apply(job_id, guard, failure)
                     return None
@@ -71,29 +73,33 @@ class Attempts(StoreCore):
             waited_since = job.next_attempt_at or job.sent_at or job.updated_at
             return Claim(claimed, attempt, waited_since=waited_since)
 
-    def mark_succeeded(
-        self,
-        claim: Claim,
-        *,
-        model_name: str,
-        model_revision: str | None,
-        image_width: int,
-        image_height: int,
-        timings: Mapping[str, float],
-    ) -> bool:
-        """Record success; False (and nothing written) if the claim is no longer current."""
-        return self._finish_attempt(
-            claim,
-            transitions.succeeded(
-                claim,
-                now=self._clock(),
-                model_name=model_name,
-                model_revision=model_revision,
-                image_width=image_width,
-                image_height=image_height,
-                timings=timings,
-            ),
-        )
+    def commit_output(self, claim: Claim, staged: StagedOutput) -> bool:
+        """Commit `staged` as the job's output, the job still running until it is published
+        (`mark_succeeded`); False (and nothing written) if the claim is no longer current or
+        an output was already committed. Once committed, the job publishes this output and no
+        other, whichever attempt publishes it."""
+        with self._transaction(single_write=True) as transaction:
+            committing = transitions.committed(staged, now=self._clock())
+            guard = selections.uncommitted(claim)
+            return transaction.update(claim.job.id, guard, committing) is not None
+
+    def drop_output(self, claim: Claim, staged: StagedOutput) -> bool:
+        """Forget the committed `staged` output, whose object is gone (it expired before it was
+        published), so that the claimed attempt may commit its own; False (and nothing written)
+        if the claim is no longer current or `staged` is not the job's committed output."""
+        with self._transaction(single_write=True) as transaction:
+            dropping = transitions.output_dropped(now=self._clock())
+            guard = selections.committed_to(claim, staged.uri)
+            return transaction.update(claim.job.id, guard, dropping) is not None
+
+    def mark_succeeded(self, claim: Claim, staged: StagedOutput) -> bool:
+        """Record success, once the committed `staged` output was copied to the job's output
+        URI; False (and nothing written) if the claim is no longer current or `staged` is not
+        the job's committed output."""
+        with self._transaction(single_write=True) as transaction:
+            success = transitions.succeeded(claim, staged, now=self._clock())
+            guard = selections.committed_to(claim, staged.uri)
+            return transaction.apply(claim.job.id, guard, success) is not None
 
     def mark_retrying(
         self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime

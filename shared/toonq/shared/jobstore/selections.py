@@ -120,23 +120,42 @@ def cancellable() -> Selection:
 
 
 def as_read(job: Job, *, lease_lost_at: datetime | None = None) -> Selection:
-    """`job` still in the status and at the attempt it was read with (and, given
-    `lease_lost_at`, with its lease lost then): a concurrent claim of it does not match."""
+    """`job` still in the status and at the attempt it was read with, with the committed output
+    it was read with (and, given `lease_lost_at`, with its lease lost then): a concurrent claim
+    or commit of it does not match."""
     before = {} if lease_lost_at is None else {"lease_expires_at": lease_lost_at}
-    return _one(equal={"status": job.status, "attempts": job.attempts}, before=before)
+    equal = {
+        "status": job.status,
+        "attempts": job.attempts,
+        "staged_output_uri": job.staged_output_uri,
+    }
+    return _one(equal=equal, before=before)
 
 
 def current_attempt(claim: Claim) -> Selection:
     """Whether the claimed attempt is still the job's current one. started_at is stamped anew by
     every claim: with attempts it fences off a stale worker even after a requeue reset the
     attempt count."""
-    return _one(
-        equal={
-            "status": JobStatus.RUNNING,
-            "attempts": claim.attempt,
-            "started_at": claim.job.started_at,
-        }
-    )
+    return _one(equal=_current(claim))
+
+
+def uncommitted(claim: Claim) -> Selection:
+    """The claimed attempt still current, and no attempt's output committed to the job yet: the
+    guard of a commit, so that a job commits one output at most."""
+    return _one(equal=_current(claim), empty={"staged_output_uri": True})
+
+
+def committed_to(claim: Claim, staged_uri: str) -> Selection:
+    """The claimed attempt still current, and `staged_uri` the job's committed output."""
+    return _one(equal={**_current(claim), "staged_output_uri": staged_uri})
+
+
+def _current(claim: Claim) -> dict[str, Any]:
+    return {
+        "status": JobStatus.RUNNING,
+        "attempts": claim.attempt,
+        "started_at": claim.job.started_at,
+    }
 
 
 def lease_lost(now: datetime) -> Selection:

@@ -31,6 +31,7 @@ from toonq.shared.job import (
     Job,
     JobSpec,
     JobStatus,
+    StagedOutput,
     WebhookState,
     iso_utc,
     parse_status,
@@ -226,32 +227,48 @@ def lease_extended(*, now: datetime, lease_s: float) -> dict[str, Any]:
     return {"lease_expires_at": lease_end(now, lease_s), "updated_at": now}
 
 
-def succeeded(
-    claim: Claim,
-    *,
-    now: datetime,
-    model_name: str,
-    model_revision: str | None,
-    image_width: int,
-    image_height: int,
-    timings: Mapping[str, float],
-) -> Transition:
+def committed(staged: StagedOutput, *, now: datetime) -> dict[str, Any]:
+    """The fields that committing an attempt's staged output writes (no event: the job keeps
+    running until the output is published)."""
+    return {
+        "staged_output_uri": staged.uri,
+        "staged_result": staged.record(),
+        "updated_at": now,
+    }
+
+
+def output_dropped(*, now: datetime) -> dict[str, Any]:
+    """The fields that forgetting a committed output whose staged object is gone writes (no
+    event): the job may commit another."""
+    return {"staged_output_uri": None, "staged_result": None, "updated_at": now}
+
+
+def succeeded(claim: Claim, staged: StagedOutput, *, now: datetime) -> Transition:
+    """The job's committed output published at its output URI by `claim`'s attempt, which may
+    be a later attempt than the one that staged it."""
     return Transition(
         kind=EventKind.SUCCEEDED,
         at=now,
         actor=claim.worker,
-        details={"attempt": claim.attempt},
+        details={
+            "attempt": claim.attempt,
+            "staged_attempt": staged.attempt,
+            "staged_output_uri": staged.uri,
+        },
         changes={
-            "model_name": model_name,
-            "model_revision": model_revision,
-            "image_width": image_width,
-            "image_height": image_height,
-            "timings": dict(timings),
+            "model_name": staged.model_name,
+            "model_revision": staged.model_revision,
+            "image_width": staged.image_width,
+            "image_height": staged.image_height,
+            "timings": dict(staged.timings),
             "error_code": None,
             "error_message": None,
             "finished_at": now,
             "lease_expires_at": None,
             **_webhook_due(claim.job, now),
+            # Published, and its staged object deleted next: the event keeps where it was.
+            "staged_output_uri": None,
+            "staged_result": None,
         },
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from toonq.shared.errors import InvalidURIError
 from toonq.shared.settings import Settings
 from toonq.shared.storage.local import LocalStore
 from toonq.shared.storage.s3 import S3Store
@@ -37,6 +38,15 @@ class Storage:
 
     def put(self, uri: str, data: bytes, *, content_type: str) -> None:
         self._store(uri).put(uri, data, content_type=content_type)
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        store = self._store(source_uri)
+        if store is not self._store(target_uri):
+            raise InvalidURIError(f"cannot copy {source_uri!r} to {target_uri!r}: another store")
+        store.copy(source_uri, target_uri)
+
+    def delete(self, uri: str) -> None:
+        self._store(uri).delete(uri)
 
     def exists_bucket(self, uri: str) -> bool:
         return self._store(uri).exists_bucket(uri)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from toonq.shared.errors import (
     InputAccessDeniedError,
@@ -69,6 +71,33 @@ class LocalStore:
 
     def put(self, uri: str, data: bytes, *, content_type: str) -> None:
         """Write atomically: readers see the old file or the whole new one, never a part."""
+        self._replace(uri, lambda file: file.write(data))
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """Copy atomically, as `put` writes."""
+        source = self._resolve(source_uri)
+        try:
+            original = source.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise InputNotFoundError(f"{source_uri} does not exist") from exc
+        except PermissionError as exc:
+            raise InputAccessDeniedError(f"{source_uri}: permission denied") from exc
+        except OSError as exc:
+            raise StorageUnavailableError(f"{source_uri}: read failed: {exc}") from exc
+        with original:
+            self._replace(target_uri, lambda file: shutil.copyfileobj(original, file))
+
+    def delete(self, uri: str) -> None:
+        path = self._resolve(uri)
+        try:
+            path.unlink(missing_ok=True)
+        except (PermissionError, IsADirectoryError) as exc:
+            raise OutputAccessDeniedError(f"{uri}: cannot delete: {exc}") from exc
+        except OSError as exc:
+            raise StorageUnavailableError(f"{uri}: delete failed: {exc}") from exc
+
+    def _replace(self, uri: str, write: Callable[[BinaryIO], object]) -> None:
+        """Replace the file at `uri` with what `write` writes into a new one, atomically."""
         path = self._resolve(uri)
         # A unique name beside the target (same file system, so os.replace is atomic), created
         # with open() so that it gets the usual umask permissions, unlike mkstemp's 0600.
@@ -77,7 +106,7 @@ class LocalStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with temporary.open("xb") as file:
-                    file.write(data)
+                    write(file)
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(temporary, path)

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
-S3Operation = Literal["get", "put", "head_bucket", "list"]
+S3Operation = Literal["get", "put", "copy", "delete", "head_bucket", "list"]
+#: The operations that write the object they are given, whose refusals are the output's.
+_WRITES = frozenset({"put", "copy", "delete"})
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _DENIED_CODES = frozenset(
@@ -62,7 +64,7 @@ _READ_CHUNK_BYTES = 1 << 20
 
 def translate_s3_error(exc: Exception, uri: ObjectURI, operation: S3Operation) -> ToonqError:
     """The taxonomy error for a boto3 failure of `operation` on `uri`."""
-    writing = operation == "put"
+    writing = operation in _WRITES
     denied = OutputAccessDeniedError if writing else InputAccessDeniedError
     if isinstance(exc, _CREDENTIAL_ERRORS):
         return denied(f"{uri}: no usable AWS credentials ({exc})")
@@ -138,6 +140,29 @@ class S3Store:
             )
         except (ClientError, BotoCoreError) as exc:
             raise translate_s3_error(exc, location, "put") from exc
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """One server-side CopyObject (objects up to 5 GB), which keeps the content type."""
+        source, target = parse_as(source_uri, "s3"), parse_as(target_uri, "s3")
+        try:
+            self._client.copy_object(
+                Bucket=target.bucket,
+                Key=target.key,
+                CopySource={"Bucket": source.bucket, "Key": source.key},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+                raise InputNotFoundError(f"{source_uri} does not exist") from exc
+            raise translate_s3_error(exc, target, "copy") from exc
+        except BotoCoreError as exc:
+            raise translate_s3_error(exc, target, "copy") from exc
+
+    def delete(self, uri: str) -> None:
+        location = parse_as(uri, "s3")
+        try:
+            self._client.delete_object(Bucket=location.bucket, Key=location.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_s3_error(exc, location, "delete") from exc
 
     def exists_bucket(self, uri: str) -> bool:
         """Whether the bucket exists; one we may not read still exists (jobs then fail with an

@@ -15,6 +15,16 @@ class ObjectStore(Protocol):
 
     def put(self, uri: str, data: bytes, *, content_type: str) -> None: ...
 
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """Replace the object at `target_uri` with the one at `source_uri`, content type
+        included, within the store (no bytes through the caller); InputNotFoundError if there is
+        no source. Readers of the target see the old object or the whole new one."""
+        ...
+
+    def delete(self, uri: str) -> None:
+        """Remove the object; nothing happens if there is none."""
+        ...
+
     def exists_bucket(self, uri: str) -> bool:
         """Whether the container of `uri` exists, to reject a bad output location early."""
         ...

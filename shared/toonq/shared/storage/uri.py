@@ -4,6 +4,7 @@ URIs are untrusted: `ObjectURI.parse` enforces S3's bucket naming rules and a sa
 object keys, and refuses file paths that could point somewhere other than they seem.
 `UriPolicy` confines jobs: outputs under the output prefixes, inputs outside them (and under the
 allowed input prefixes, when set), nothing in the locations toonq keeps for itself.
+`staged_output_uri` says where an attempt uploads its output before the job publishes it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -34,6 +37,8 @@ MAX_KEY_BYTES = 1024
 # C0 and C1 control characters, DEL included: never part of a legitimate name, and a way to forge
 # log lines or cut a path short (NUL).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The folder, beside each output, where attempts stage theirs: no job may name it as output.
+STAGING_FOLDER = ".toonq-staging"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,19 @@ class ObjectURI:
         if self.scheme == "s3":
             return f"s3://{self.bucket}/{self.key}"
         return self.path.as_uri()
+
+
+def staged_output_uri(output_uri: str, job_id: uuid.UUID, attempt: int) -> str:
+    """Where an attempt of a job uploads its output before the job publishes it: in the
+    staging folder beside the output (same bucket, so a copy stays within S3), under a name
+    no other attempt shares: `<folder>/.toonq-staging/<job id>-<attempt>-<random>.<ext>`."""
+    location = ObjectURI.parse(output_uri)
+    folder, _, name = location.key.rpartition("/")
+    staged = f"{job_id}-{attempt}-{secrets.token_hex(4)}{PurePosixPath(name).suffix}"
+    key = "/".join(part for part in (folder, STAGING_FOLDER, staged) if part)
+    if location.scheme == "file" and not folder:
+        key = f"/{key}"  # a file at the root
+    return str(ObjectURI(location.scheme, location.bucket, key))
 
 
 def parse_as(uri: str, scheme: Scheme) -> ObjectURI:
@@ -242,6 +260,17 @@ class UriPolicy:
 
     def check_output(self, uri: str) -> ObjectURI:
         """`uri` parsed; InvalidURIError if a job may not write it."""
+        location = self.check_staged(uri)
+        if STAGING_FOLDER in location.key.split("/"):
+            raise InvalidURIError(
+                f"output URI {uri!r} lies in a {STAGING_FOLDER} folder, where toonq stages "
+                "the outputs of attempts"
+            )
+        return location
+
+    def check_staged(self, uri: str) -> ObjectURI:
+        """`uri` parsed; InvalidURIError unless it lies where outputs may be written: what a
+        staged output (`staged_output_uri`) must pass, as an output does."""
         location = self._check_common(uri, "output")
         if not _held(location, self.outputs):
             raise InvalidURIError(

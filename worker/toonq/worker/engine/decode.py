@@ -4,6 +4,7 @@ Every input ends up in the same shape (mode "RGBA", 8 bits per channel, EXIF ori
 first frame of an animation) so the rest of the pipeline handles a single case. Failures raise the
 job error taxonomy: `InvalidImageError` (empty, corrupt, truncated, zero-size),
 `UnsupportedFormatError` (not one of `ALLOWED_FORMATS`) and `ImageTooLargeError` (pixel limit).
+A JPEG of more than `MAX_JPEG_SCANS` scans is an `InvalidImageError` before any decode work.
 
 Pillow identifies every input and reads its header. The most common input, a PNG of plain 8-bit
 RGB or RGBA pixels, is then decoded by libpng through imagecodecs when it is installed: the same
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from toonq.worker.engine.jpeg_scans import MAX_JPEG_SCANS, count_jpeg_scans
 
 try:
     import imagecodecs
@@ -58,6 +60,7 @@ _UPRIGHT: Final = {
 }
 
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE: Final = b"\xff\xd8"
 #: IHDR (bit depth, colour type) of the PNGs libpng decodes here: 8-bit RGB and RGBA.
 _PLAIN_PNG_PIXELS: Final = frozenset({(8, 2), (8, 6)})
 #: Chunks that change what Pillow makes of the pixels: tRNS (a colour that becomes transparent),
@@ -96,6 +99,13 @@ def decode_pixels(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
     return decoded if isinstance(decoded, np.ndarray) else image_to_array(decoded)
 
 
+def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as stored, from the header alone, after the checks `decode_image` makes
+    before it decodes (and with the same errors): what a caller sizes memory by. The EXIF
+    orientation may swap them; the pixel count is the same."""
+    return _header(data, max_pixels).size
+
+
 def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
     """Pixels of an "RGBA" image as a writable H×W×4 uint8 array (a copy, so `torch.from_numpy`
     can share it: NumPy's view of a Pillow image is read-only)."""
@@ -106,11 +116,7 @@ def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]:
     """The upright 8-bit RGBA pixels of `data`: an H×W×4 array from libpng, or a Pillow image."""
-    if not data:
-        raise InvalidImageError("the image data is empty (0 bytes)")
-    limit = _pixel_limit(max_pixels)
-    image = _open(data, limit)
-    _check_pixel_count(image.size, limit)
+    image = _header(data, max_pixels)
     if imagecodecs is not None and _is_plain_png(data):
         try:
             return _rgba_array(imagecodecs.png_decode(data))
@@ -128,6 +134,18 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]
         # EOFError, struct.error, TypeError from a TIFF tag of the wrong type...): all of them
         # mean that these bytes are not a decodable image.
         raise InvalidImageError(f"the {image.format} image is corrupt or truncated: {exc}") from exc
+
+
+def _header(data: bytes, max_pixels: int) -> Image.Image:
+    """`data` opened by Pillow, header read, pixel count (and a JPEG's scans) checked, nothing
+    decoded yet."""
+    if not data:
+        raise InvalidImageError("the image data is empty (0 bytes)")
+    limit = _pixel_limit(max_pixels)
+    image = _open(data, limit)
+    _check_pixel_count(image.size, limit)
+    _check_jpeg_scans(data)
+    return image
 
 
 def _is_plain_png(data: bytes) -> bool:
@@ -232,6 +250,17 @@ def _check_pixel_count(size: tuple[int, int], limit: int) -> None:
             f"the image is {width}x{height} = {width * height} pixels, "
             f"over the limit of {limit} pixels"
         )
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    # Each scan is a pass over the whole image: bound the decode's work, not only its size.
+    if data.startswith(_JPEG_SIGNATURE):
+        scans = count_jpeg_scans(data, stop_after=MAX_JPEG_SCANS)
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidImageError(
+                f"the JPEG image has more than {MAX_JPEG_SCANS} scans: "
+                "refused, as decoding each is a pass over the whole image"
+            )
 
 
 def _upright(image: Image.Image) -> Image.Image:

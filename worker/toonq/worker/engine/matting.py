@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +31,7 @@ from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
 from toonq.shared.settings import DEFAULT_BG_COLOR, DEFAULT_RESOLUTION
 from toonq.worker.engine.compositing import _swap_bg_to_gray, composite_rgb
-from toonq.worker.engine.decode import decode_image, decode_pixels, image_to_array
+from toonq.worker.engine.decode import decode_image, decode_pixels, image_size, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
 from toonq.worker.engine.encode import (
     CONTENT_TYPES,
@@ -53,6 +54,21 @@ class MatteResult:
     height: int
     #: Milliseconds per stage: decode, preprocess, inference, postprocess, encode.
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+#: Host bytes per pixel a job holds at its peak besides its compressed input, without and with
+#: refine_foreground. Measured (VmHWM) on 4000×4000 PNGs and JPEGs, and what the code holds:
+#: * decode: Pillow's image, its RGBA conversion and the H×W×4 array (4 + 4 + 4); libpng: 4, or
+#:   7 for RGB (its H×W×3, then H×W×4). The array (4) is then kept until the job is encoded.
+#: * prepare on the CPU: the array, the composite's Pillow RGB image (4), its bytes and its
+#:   H×W×3 array (3 + 3): 14; then the resize's float32 channel (4) over the array and the RGB.
+#: * finish: the array, the float32 mask at full size (4), the alpha (1), the encoded output
+#:   (up to about 4 for noise): 13. On the CPU, refine_foreground's float32 planes and box sums
+#:   come to 216. On a GPU the composite, the resize, the mask and refine_foreground live on the
+#:   device: the host holds the decode's 12 at most, 16 with refine (its uint8 colours, 3, and
+#:   their interleaving with the alpha, 4, over finish's 9).
+_HOST_BYTES_PER_PIXEL: Final = {"cpu": 14, "gpu": 12}
+_HOST_BYTES_PER_PIXEL_REFINED: Final = {"cpu": 216, "gpu": 16}
 
 
 def batch_bucket(count: int) -> int:
@@ -133,18 +149,35 @@ class MattingEngine:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.compiled = compile_mode != "off"
+        self._eager: Callable[[torch.Tensor], torch.Tensor] = model
         # Compiled graphs (and the CUDA graphs of "reduce-overhead") are specialised to shapes:
-        # batches are padded to a few fixed sizes, each compiled once during the warm-up.
-        self.model: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+        # only batches at the engine's resolution, padded to a few fixed sizes, each compiled
+        # during the warm-up, reach them (`_runs_compiled`). Static (dynamic=False): a new shape
+        # is a graph of its own, never a recompile of all of them into a dynamic one.
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = (
+            torch.compile(
+                model, mode=None if compile_mode == "default" else compile_mode, dynamic=False
+            )
             if self.compiled
-            else model
+            else None
         )
+        self._compiled_shapes: set[tuple[int, ...]] = set()
         self.model_name = loaded.name
         self.model_revision = loaded.revision
         self.resolution = resolution
         self.max_image_pixels = max_image_pixels
         self.png_compress_level = png_compress_level
+
+    def host_bytes(self, data: bytes, options: JobParams) -> tuple[int, str]:
+        """The host memory `prepare` and `finish` will hold for `data` at their peak, from its
+        header, and what it is (`a 4000x3000 image`); the decoder's typed errors for a header it
+        refuses."""
+        width, height = image_size(data, max_pixels=self.max_image_pixels)
+        table = (
+            _HOST_BYTES_PER_PIXEL_REFINED if options.refine_foreground else _HOST_BYTES_PER_PIXEL
+        )
+        per_pixel = table["cpu" if self.device.type == "cpu" else "gpu"]
+        return width * height * per_pixel, f"a {width}x{height} image"
 
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_image_pixels)
@@ -192,7 +225,7 @@ class MattingEngine:
         """The model's input tensor for prepared inputs of one shape (padded when compiled)."""
         count = len(inputs)
         parts = list(inputs)
-        if self.compiled and batch_bucket(count) > count:
+        if self._runs_compiled(parts[0]) and batch_bucket(count) > count:
             first = parts[0]
             parts.append(first.new_zeros((batch_bucket(count) - count, *first.shape[1:])))
         batch = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -202,8 +235,24 @@ class MattingEngine:
 
     def run_batch(self, stacked: StackedBatch) -> list[torch.Tensor]:
         """Each image's mask logits for a stacked batch."""
+        model = self._eager
+        if self._compiled is not None and self._runs_compiled(stacked.tensor):
+            model = self._compiled
+            self._compiled_shapes.add(tuple(stacked.tensor.shape))
         with torch.inference_mode():
-            return list(torch.split(self.model(stacked.tensor)[: stacked.count], 1))
+            return list(torch.split(model(stacked.tensor)[: stacked.count], 1))
+
+    @property
+    def compiled_shapes(self) -> frozenset[tuple[int, ...]]:
+        """The input shapes the compiled model has run (each one a graph it compiled): those of
+        the warm-up, and no more however many resolutions the jobs ask for."""
+        return frozenset(self._compiled_shapes)
+
+    def _runs_compiled(self, batch: torch.Tensor) -> bool:
+        """Whether `batch` goes through the compiled model: only at the engine's resolution. A
+        job at another one runs the eager model, so that a rare resolution never compiles a graph
+        in the GPU loop (minutes without a heartbeat, and memory the batch limit would pay for)."""
+        return self.compiled and tuple(batch.shape[-2:]) == (self.resolution, self.resolution)
 
     def alpha(self, prepared: PreparedImage, logits: torch.Tensor) -> torch.Tensor:
         """The image's alpha matte: uint8 H×W at its original size, on the engine's device."""
@@ -256,8 +305,9 @@ class MattingEngine:
         )
 
     def _upload(self, host: torch.Tensor) -> torch.Tensor:
-        """`host` on the engine's GPU; pinned first, so that the copy runs asynchronously."""
-        return host.pin_memory().to(self.device, non_blocking=True)
+        """`host` on the engine's GPU. Straight from pageable memory: a pinned copy would be one
+        more full-size host copy per job, which the pinned-memory cache keeps for reuse."""
+        return host.to(self.device)
 
     def _encode(
         self, prepared: PreparedImage, alpha_matte: torch.Tensor, refined: torch.Tensor | None

@@ -1,7 +1,7 @@
 """Webhooks: a job's `callback_url`, and the outbox of its outcome's POST on the job row.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07
 
 The outbox lives in the job's own row (`webhook_id`, `webhook_state`, `webhook_attempts`,
@@ -18,8 +18,8 @@ from importlib import import_module
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0007"
+revision: str = "0009"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -53,9 +53,7 @@ def upgrade() -> None:
         "jobs",
         sa.Column("webhook_attempts", sa.Integer(), nullable=False, server_default="0"),
     )
-    op.add_column(
-        "jobs", sa.Column("webhook_next_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("jobs", sa.Column("webhook_next_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
         op.f("ix_jobs_webhook_due"),
         "jobs",
