@@ -1,5 +1,5 @@
 """Test helpers: small pictures and job specifications, images through the engine's steps, the
-`toonq` command line, worker logs, and a fault-injecting S3 proxy."""
+`toonq` command line, worker logs, a fault-injecting S3 proxy and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -363,3 +363,43 @@ def scrape(server: HealthServer) -> Scrape:
     status, body = get(server, "/metrics")
     assert status == 200, body
     return Scrape(body)
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that answers each POST with the next of `answers` (then
+    204; a 302 points elsewhere) and keeps the headers and body it was sent."""
+
+    def __init__(self) -> None:
+        self.answers: list[int] = []
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                receiver.received.append((headers, body))
+                status = receiver.answers.pop(0) if receiver.answers else 204
+                self.send_response(status)
+                if status == 302:
+                    self.send_header("location", f"{receiver.url}/elsewhere")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port: int = self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/toonq"
+
+    def __enter__(self) -> WebhookReceiver:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -28,7 +28,16 @@ from toonq.shared.errors import (
     JobNotFoundError,
     OutputConflictError,
 )
-from toonq.shared.job import Claim, EventKind, Job, JobParams, JobSpec, JobStatus, NotDue
+from toonq.shared.job import (
+    Claim,
+    EventKind,
+    Job,
+    JobParams,
+    JobSpec,
+    JobStatus,
+    NotDue,
+    iso_utc,
+)
 from toonq.shared.jobstore import JobStore
 
 if TYPE_CHECKING:
@@ -1163,7 +1172,111 @@ def test_each_event_leads_to_the_status_its_kind_names(
     succeed(jobstore, current)
     check()
 
-    assert set(seen) == set(EventKind)
+    assert set(seen) == {kind for kind in EventKind if kind.status is not None}
+
+
+# --- Webhook outbox -------------------------------------------------------------------------------
+
+CALLBACK = "https://hooks.example.com/toonq"
+
+
+@pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_an_outcome_makes_its_webhook_due_with_an_id_of_its_own(
+    jobstore: JobStore, clock: ManualClock, status: JobStatus
+) -> None:
+    job = finish(jobstore, create(jobstore, callback_url=CALLBACK), status)
+    silent = finish(jobstore, create(jobstore), status)
+    clock.advance(1)
+
+    taken = jobstore.take_due_webhooks(hold_s=60)
+
+    assert [(held.id, held.webhook_id) for held, _ in taken] == [(job.id, job.webhook_id)]
+    assert job.webhook_id is not None
+    assert job.webhook_id.startswith("msg_")
+    assert job.to_dict()["webhook"] == {
+        "id": job.webhook_id,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": job.to_dict()["finished_at"],
+    }
+    assert silent.to_dict()["webhook"] is None
+
+
+def test_a_taken_webhook_is_left_alone_until_its_hold_lapses(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    job = finish(jobstore, create(jobstore, callback_url=CALLBACK), JobStatus.SUCCEEDED)
+    clock.advance(1)
+    assert len(jobstore.take_due_webhooks(hold_s=60)) == 1
+
+    assert jobstore.take_due_webhooks(hold_s=60) == []  # another deliverer finds nothing
+    clock.advance(61)  # the first one died before recording its attempt
+    ((again, _),) = jobstore.take_due_webhooks(hold_s=60)
+    assert again.webhook_id == job.webhook_id
+
+
+def test_attempts_are_recorded_as_events_until_sent_or_failed_for_good(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    job = finish(jobstore, create(jobstore, callback_url=CALLBACK), JobStatus.FAILED)
+    clock.advance(1)
+    ((taken, history),) = jobstore.take_due_webhooks(hold_s=60)
+    assert [event.kind for event in history] == ["created", "started", "failed"]
+
+    retried = jobstore.record_webhook_missed(
+        taken, actor="w1", problem="answered HTTP 503", retry_after=timedelta(seconds=5)
+    )
+    assert retried is not None
+    assert (retried.webhook_state, retried.webhook_attempts) == ("pending", 1)
+    assert jobstore.take_due_webhooks(hold_s=60) == []  # not due yet
+    clock.advance(6)
+    ((taken, _),) = jobstore.take_due_webhooks(hold_s=60)
+    failed = jobstore.record_webhook_missed(taken, actor="w1", problem="timeout", retry_after=None)
+    assert failed is not None
+    assert (failed.webhook_state, failed.webhook_attempts) == ("failed", 2)
+    assert jobstore.failed_webhooks() == [failed]
+
+    (resent,) = jobstore.resend_webhooks([job.id, create(jobstore).id])
+    assert (resent.webhook_id, resent.webhook_state, resent.webhook_attempts) == (
+        job.webhook_id,
+        "pending",
+        0,
+    )
+    clock.advance(1)
+    ((taken, _),) = jobstore.take_due_webhooks(hold_s=60)
+    sent = jobstore.record_webhook_sent(taken, actor="w2", status_code=204)
+    assert sent is not None
+    assert sent.webhook_state == "sent"
+    events = jobstore.events(job.id)[3:]
+    assert [(e.kind, e.reason, e.details) for e in events] == [
+        (
+            "webhook_retry",
+            "answered HTTP 503",
+            {
+                "webhook_id": job.webhook_id,
+                "attempt": 1,
+                "next_attempt_at": iso_utc(retried.webhook_next_at),
+            },
+        ),
+        ("webhook_failed", "timeout", {"webhook_id": job.webhook_id, "attempt": 2}),
+        ("webhook_sent", None, {"webhook_id": job.webhook_id, "attempt": 1, "status_code": 204}),
+    ]
+    assert jobstore.get(job.id).status == JobStatus.FAILED  # the webhook changes no status
+
+
+def test_a_requeue_supersedes_the_webhook_of_the_outcome_before(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    job = finish(jobstore, create(jobstore, callback_url=CALLBACK), JobStatus.FAILED)
+    clock.advance(1)
+    ((taken, _),) = jobstore.take_due_webhooks(hold_s=60)
+
+    jobstore.requeue([job.id], actor="cli:ops@laptop")
+
+    assert jobstore.record_webhook_sent(taken, actor="w1", status_code=200) is None
+    assert jobstore.get(job.id).to_dict()["webhook"] is None
+    again = finish(jobstore, jobstore.get(job.id), JobStatus.SUCCEEDED)
+    assert again.webhook_id not in (None, job.webhook_id)
 
 
 # --- Helpers --------------------------------------------------------------------------------------

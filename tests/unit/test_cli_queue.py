@@ -859,3 +859,98 @@ def test_bulk_wait_prints_each_job_as_it_finishes_and_exits_as_watch_does(
         [f"{first[0]['id']} succeeded {first[0]['output_uri']}", f"{unfinished} cancelled"]
     )
     assert finished.stderr == "submitted 2 job(s): 0 new, 2 already there\n"
+
+
+# --- Webhooks ---------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def webhook_client(
+    settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> Iterator[ToonqClient]:
+    """A client whose jobs may call back 127.0.0.1:8080 (or any public address)."""
+    with ToonqClient(
+        replace(
+            settings,
+            webhook_secret=WEBHOOK_SECRET,
+            webhook_allowed_hosts=("127.0.0.1:8080",),
+        ),
+        actor=ACTOR,
+        objects=LocalStore(local_roots(settings)),
+        store=jobstore,
+        app=broker.app,
+    ) as client:
+        yield client
+
+
+def test_submit_with_a_callback_url_shows_it_in_the_jobs_json(
+    webhook_client: ToonqClient, settings: Settings
+) -> None:
+    url = "http://127.0.0.1:8080/hooks/toonq"
+
+    data = toonq_json(webhook_client, "submit", input_uri(settings), "--callback-url", url)
+
+    assert (data["callback_url"], data["webhook"]) == (url, None)  # no outcome yet
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://10.0.0.7/hook", "10.0.0.7, an address inside the network"),
+        ("http://127.0.0.1:9090/hook", "127.0.0.1, an address inside the network"),
+        ("gopher://example.com/", "a callback URL is http:// or https://"),
+    ],
+)
+def test_a_forbidden_callback_url_is_refused_before_anything_is_written(
+    webhook_client: ToonqClient,
+    settings: Settings,
+    jobstore: InMemoryJobStore,
+    url: str,
+    why: str,
+) -> None:
+    refused = toonq(webhook_client, "submit", input_uri(settings), "--callback-url", url)
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error [invalid_callback_url]: ")
+    assert why in refused.stderr
+    assert jobstore.list() == []
+
+
+def test_a_callback_url_without_a_signing_secret_is_a_configuration_error(
+    client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    refused = toonq(
+        client, "submit", input_uri(settings), "--callback-url", "https://93.184.215.14/hook"
+    )
+
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        "error [configuration_error]: a callback URL needs TOONQ_WEBHOOK_SECRET (whsec_...) "
+        "to sign its webhooks\n"
+    )
+    assert jobstore.list() == []
+
+
+def test_webhooks_lists_the_failed_ones_and_resends_them(
+    webhook_client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore
+) -> None:
+    job = webhook_client.submit(
+        input_uri(settings), callback_url="http://127.0.0.1:8080/hooks/toonq"
+    )
+    quiet = webhook_client.submit(input_uri(settings))
+    webhook_client.cancel(job.id)
+    ((taken, _),) = jobstore.take_due_webhooks(hold_s=0)
+    jobstore.record_webhook_missed(taken, actor="w1", problem="answered HTTP 410", retry_after=None)
+
+    listed = toonq_json(webhook_client, "webhooks", "--failed")
+    resent = toonq(webhook_client, "webhooks", "--resend", str(job.id)[:8], str(quiet.id))
+    neither = toonq(webhook_client, "webhooks")
+
+    assert [(row["id"], row["webhook"]["state"]) for row in listed] == [(str(job.id), "failed")]
+    assert resent.exit_code == 0, resent.output
+    assert resent.stdout == f"{job.id} webhook {taken.webhook_id} due again\n"
+    assert f"job {quiet.id}'s webhook has not failed" in resent.stderr
+    assert jobstore.get(job.id).to_dict()["webhook"]["state"] == "pending"
+    assert neither.exit_code == 2

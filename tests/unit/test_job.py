@@ -97,6 +97,11 @@ def a_job(**changes: Any) -> Job:
         lease_expires_at=None,
         enqueued_at=None,
         sent_at=None,
+        callback_url=None,
+        webhook_id=None,
+        webhook_state=None,
+        webhook_attempts=0,
+        webhook_next_at=None,
         staged_output_uri=None,
         staged_result=None,
     )

@@ -27,7 +27,7 @@ from toonq.producer import watching
 from toonq.producer.validation import InputValidator
 from toonq.shared.choices import OutputFormat, check_resolution
 from toonq.shared.db.engine import create_db_engine
-from toonq.shared.errors import InvalidRequestError
+from toonq.shared.errors import ConfigurationError, InvalidRequestError
 from toonq.shared.job import (
     Job,
     JobEvent,
@@ -43,6 +43,7 @@ from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy, open_store
 from toonq.shared.text import check_reason
+from toonq.shared.webhooks import CallbackPolicy
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class SubmitRequest:
     mask_only: bool = False
     respect_input_alpha: bool = False
     priority: int = 0
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class ToonqClient:
             self._owned.callback(app.close)
         self.sender = Sender(app, self.store, queue=self.settings.queue)
         self._validator = InputValidator(self.objects, UriPolicy.from_settings(self.settings))
+        self._callbacks = CallbackPolicy.of(self.settings.webhook_allowed_hosts)
 
     def close(self) -> None:
         """Release the database and broker connections the client opened."""
@@ -131,9 +134,11 @@ class ToonqClient:
         mask_only: bool = False,
         respect_input_alpha: bool = False,
         priority: int = 0,
+        callback_url: str | None = None,
     ) -> Job:
         """Create a job and enqueue it. With an `idempotency_key` already used by a job with the
-        same parameters, return that job and enqueue nothing."""
+        same parameters, return that job and enqueue nothing. With a `callback_url`, the job's
+        outcome is POSTed there, signed with `TOONQ_WEBHOOK_SECRET`."""
         (job,) = self.submit_many(
             [
                 SubmitRequest(
@@ -147,6 +152,7 @@ class ToonqClient:
                     mask_only=mask_only,
                     respect_input_alpha=respect_input_alpha,
                     priority=priority,
+                    callback_url=callback_url,
                 )
             ]
         )
@@ -217,7 +223,18 @@ class ToonqClient:
             priority=request.priority,
             max_attempts=self.settings.max_attempts,
             idempotency_key=request.idempotency_key,
+            callback_url=self._check_callback(request.callback_url),
         )
+
+    def _check_callback(self, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if self.settings.webhook_secret is None:
+            raise ConfigurationError(
+                "a callback URL needs TOONQ_WEBHOOK_SECRET (whsec_...) to sign its webhooks"
+            )
+        self._callbacks.check(url)
+        return url
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -271,6 +288,15 @@ class ToonqClient:
         cancelled already raises `AlreadyCancelledError` (an `InvalidTransitionError`)."""
         check_reason(reason)
         return self.store.cancel(self.resolve(job_id), actor=self.actor, reason=reason)
+
+    def failed_webhooks(self, *, limit: int = 100) -> builtins.list[Job]:
+        """Jobs whose last outcome's webhook failed every attempt, most recent first."""
+        return self.store.failed_webhooks(limit=limit)
+
+    def resend_webhooks(self, job_ids: Iterable[uuid.UUID | str]) -> builtins.list[Job]:
+        """Deliver again, with fresh attempts and the same `webhook-id`, the failed webhooks
+        of these jobs; returns those resent (a job whose webhook had not failed is not)."""
+        return self.store.resend_webhooks([self.resolve(job_id) for job_id in job_ids])
 
     def requeue(
         self,

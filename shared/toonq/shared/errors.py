@@ -47,6 +47,12 @@ class UnknownBucketError(InvalidRequestError):
     code = "unknown_bucket"
 
 
+class InvalidCallbackURLError(InvalidRequestError):
+    """A callback URL toonq will not call: not http(s), or an address inside the network."""
+
+    code = "invalid_callback_url"
+
+
 class IdempotencyConflictError(InvalidRequestError):
     """The idempotency key is taken by a job with different parameters."""
 

@@ -78,6 +78,14 @@ CANCELLABLE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatu
 REQUEUEABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class WebhookState(StrEnum):
+    """Where the webhook of a job's last outcome stands. The values are stored."""
+
+    PENDING = "pending"  # due at `webhook_next_at`
+    SENT = "sent"  # the receiver answered 2xx
+    FAILED = "failed"  # every attempt failed; `toonq webhooks --resend` tries again
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -120,11 +128,16 @@ class EventKind(StrEnum):
     CANCELLED = "cancelled"
     REQUEUED = "requeued"  # an operator sent a failed or cancelled job back to the queue
     HANDED_BACK = "handed_back"  # a stopping worker gave its running job back, attempt unspent
+    # The webhook of a finished job (its status stays): an attempt that failed and will be
+    # retried, the delivery, or the last attempt failed.
+    WEBHOOK_RETRY = "webhook_retry"
+    WEBHOOK_SENT = "webhook_sent"
+    WEBHOOK_FAILED = "webhook_failed"
 
     @property
-    def status(self) -> JobStatus:
-        """The status a job has once this happened to it."""
-        return _STATUS_AFTER[self]
+    def status(self) -> JobStatus | None:
+        """The status a job has once this happened to it; None where it keeps its own."""
+        return _STATUS_AFTER.get(self)
 
 
 _STATUS_AFTER: Final[Mapping[EventKind, JobStatus]] = MappingProxyType(
@@ -257,6 +270,8 @@ class JobSpec:
     priority: int = 0
     max_attempts: int
     idempotency_key: str | None = None
+    #: Where the outcome is POSTed (checked by the client against `CallbackPolicy`).
+    callback_url: str | None = None
 
     def __post_init__(self) -> None:
         if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
@@ -297,6 +312,13 @@ class Job:
     lease_expires_at: datetime | None
     #: When a wake-up message for the job was last handed to the broker (kept once claimed).
     enqueued_at: datetime | None
+    callback_url: str | None
+    #: The webhook of the job's last outcome: its id (the same for each of its attempts),
+    #: where it stands, the attempts made, and when the next is due (None: no outcome yet).
+    webhook_id: str | None
+    webhook_state: WebhookState | None
+    webhook_attempts: int
+    webhook_next_at: datetime | None
     #: When the message for the job's current waiting state was sent; None while none is (what
     #: recovery looks for), so cleared by each claim, retry, hand-back, cancel and requeue.
     sent_at: datetime | None
@@ -368,11 +390,29 @@ class Job:
             "lease_expires_at": iso_utc(self.lease_expires_at),
             "enqueued_at": iso_utc(self.enqueued_at),
             "staged_output_uri": self.staged_output_uri,
+            "callback_url": self.callback_url,
+            "webhook": self._webhook(),
+        }
+
+    def _webhook(self) -> dict[str, Any] | None:
+        if self.callback_url is None or self.webhook_state is None:
+            return None
+        return {
+            "id": self.webhook_id,
+            "state": self.webhook_state.value,
+            "attempts": self.webhook_attempts,
+            "next_attempt_at": iso_utc(self.webhook_next_at),
         }
 
 
 #: What a job is asked for besides its parameters: an idempotent resubmit repeats all of it.
-_REQUESTED_FIELDS: Final = ("input_uri", "output_uri", "priority", "max_attempts")
+_REQUESTED_FIELDS: Final = (
+    "input_uri",
+    "output_uri",
+    "priority",
+    "max_attempts",
+    "callback_url",
+)
 
 
 def _requested(job: Job | JobSpec) -> dict[str, Any]:

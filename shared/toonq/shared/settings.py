@@ -7,6 +7,7 @@ database, a folder-backed broker and a folder used as the object store. Producti
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -67,6 +68,24 @@ def _prefix(_: str, raw: str) -> str:
 def _prefixes(_: str, raw: str) -> tuple[str, ...]:
     """Comma-separated prefixes; blanks around them and empty entries are ignored."""
     return tuple(_prefix(_, item.strip()) for item in raw.split(",") if item.strip())
+
+
+def _lowered_items(_: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated items, lowercased; blanks and empty entries are ignored."""
+    return tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+
+
+def _webhook_secret(name: str, raw: str) -> str:
+    """A Standard Webhooks secret: `whsec_` and the base64 of the signing key."""
+    key = raw.removeprefix("whsec_")
+    try:
+        if not base64.b64decode(key, validate=True):
+            raise ValueError("empty")
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be whsec_ followed by the base64 of a key (e.g. 24 random bytes)"
+        ) from None
+    return raw
 
 
 def _database_url(_: str, raw: str) -> str:
@@ -181,6 +200,17 @@ class Settings:
     sweep_interval_s: int = _setting("TOONQ_SWEEP_INTERVAL_S", 15, _int())
     resend_after_s: int = _setting("TOONQ_RESEND_AFTER_S", 21600, _int(minimum=1))
     shutdown_grace_s: float = _setting("TOONQ_SHUTDOWN_GRACE_S", 30.0, _float)
+    # Webhooks: a job's `callback_url` is POSTed its outcome, signed with the secret.
+    webhook_secret: str | None = _setting("TOONQ_WEBHOOK_SECRET", None, _webhook_secret)
+    webhook_max_attempts: int = _setting("TOONQ_WEBHOOK_MAX_ATTEMPTS", 8, _int(minimum=1))
+    webhook_timeout_s: float = _setting("TOONQ_WEBHOOK_TIMEOUT_S", 10.0, _float)
+    #: The wait before the first retry; each next one waits 4 times longer (at most 6 h).
+    webhook_backoff_s: float = _setting("TOONQ_WEBHOOK_BACKOFF_S", 5.0, _float)
+    #: Hosts (`host` or `host:port`) a callback may reach although they are loopback, private,
+    #: link-local or metadata addresses.
+    webhook_allowed_hosts: tuple[str, ...] = _setting(
+        "TOONQ_WEBHOOK_ALLOWED_HOSTS", (), _lowered_items
+    )
     # Pipeline: jobs in flight per worker and the GPU loop's batching (0 = chosen for the device).
     concurrency: int = _setting("TOONQ_CONCURRENCY", 0, _int())
     #: Jobs in their CPU-heavy stages at once, and PyTorch's CPU threads; 0: the CPUs the

@@ -38,6 +38,7 @@ from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy, open_store
 from toonq.shared.text import check_text
+from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots, usable_cpus
@@ -309,6 +310,13 @@ def run_worker(
     if settings.sweep_interval_s:
         recovery = RecoveryThread(ctx.store, ctx.sender, settings)
         recovery.start()
+    webhooks = None
+    if settings.webhook_secret is not None:
+        deliverer = WebhookDeliverer(
+            ctx.store, settings, actor=worker_name, secret=settings.webhook_secret
+        )
+        webhooks = WebhookThread(deliverer)
+        webhooks.start()
     ctx.leases.start()
     ctx.batcher.start()
     health.mark_ready()
@@ -338,6 +346,8 @@ def run_worker(
         health.mark_not_ready()
         if recovery is not None:
             recovery.stop()
+        if webhooks is not None:
+            webhooks.stop()
         ctx.batcher.stop(timeout=5)
         ctx.leases.stop()
         if server is not None:

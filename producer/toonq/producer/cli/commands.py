@@ -23,6 +23,7 @@ from toonq.producer.cli.render import (
     print_jobs_table,
     print_json,
     print_recovery,
+    print_webhooks_table,
     printable,
 )
 from toonq.producer.watching import WaitTimeoutError
@@ -89,6 +90,10 @@ def migrate(ctx: Context, revision: str) -> None:
 @click.option(
     "--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0, show_default=True
 )
+@click.option(
+    "--callback-url",
+    help="POST each job's outcome here (a signed webhook; needs TOONQ_WEBHOOK_SECRET).",
+)
 @click.option("--wait", is_flag=True, help="Wait until the jobs finish.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @click.option(
@@ -105,6 +110,7 @@ def submit(
     idempotency_prefix: str | None,
     job_options: dict[str, Any],
     priority: int,
+    callback_url: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -121,7 +127,7 @@ def submit(
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout is how long --wait waits: give --wait too")
-    options = job_options | {"priority": priority}
+    options = job_options | {"priority": priority, "callback_url": callback_url}
     one = len(input_uris) == 1 and uri_list is None and not recursive
     if one and idempotency_prefix is None:
         _submit_one(
@@ -398,6 +404,42 @@ def recover(ctx: Context, force: bool, as_json: bool) -> None:
     print_recovery([*recovered, *forced], len(forced), left, as_json=as_json)
 
 
+@click.command()
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--failed", is_flag=True, help="List the jobs whose webhook failed every attempt.")
+@click.option(
+    "--resend",
+    is_flag=True,
+    help="Deliver the JOB_IDs' failed webhooks again (same webhook-id, fresh attempts).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@pass_context
+def webhooks(
+    ctx: Context, job_ids: tuple[str, ...], failed: bool, resend: bool, limit: int, as_json: bool
+) -> None:
+    """List the failed webhooks (--failed), or deliver them again (--resend JOB_ID...)."""
+    if failed == resend or failed == bool(job_ids):
+        raise click.UsageError("give --failed to list, or --resend JOB_ID... to deliver again")
+    if failed:
+        jobs = ctx.client.failed_webhooks(limit=limit)
+        if as_json:
+            print_json([job.to_dict() for job in jobs])
+        else:
+            print_webhooks_table(jobs)
+        return
+    resent = ctx.client.resend_webhooks(job_ids)
+    resent_ids = {job.id for job in resent}
+    skipped = [job_id for job_id in map(ctx.client.resolve, job_ids) if job_id not in resent_ids]
+    for job_id in skipped:
+        click.echo(f"note: job {job_id}'s webhook has not failed: nothing to resend", err=True)
+    if as_json:
+        print_json([job.to_dict() for job in resent])
+    else:
+        for job in resent:
+            click.echo(f"{job.id} webhook {job.webhook_id} due again")
+
+
 #: `recover`'s first name, kept for the scripts that call it: hidden, and it says it is deprecated.
 sweep = click.Command(
     "sweep",
@@ -408,4 +450,15 @@ sweep = click.Command(
     deprecated=True,
 )
 
-QUEUE_COMMANDS = (migrate, submit, status, watch, jobs, requeue, cancel, recover, sweep)
+QUEUE_COMMANDS = (
+    migrate,
+    submit,
+    status,
+    watch,
+    jobs,
+    requeue,
+    cancel,
+    recover,
+    webhooks,
+    sweep,
+)

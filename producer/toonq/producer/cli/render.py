@@ -59,6 +59,18 @@ def print_jobs_table(jobs: Sequence[Job]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
+def print_webhooks_table(jobs: Sequence[Job]) -> None:
+    """Jobs and their failed webhook: where it went and its last attempt's problem."""
+    if not jobs:
+        click.echo("no failed webhooks")
+        return
+    for job in jobs:
+        click.echo(
+            f"{job.id}  {job.status:<9}  {job.webhook_id}  attempts {job.webhook_attempts}  "
+            f"{job.callback_url}"
+        )
+
+
 def job_line(job: Job) -> str:
     """The job as one line: where its output goes, or, once it failed, why."""
     if job.status == JobStatus.FAILED:

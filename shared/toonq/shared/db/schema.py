@@ -34,11 +34,18 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
-from toonq.shared.job import MAX_IDEMPOTENCY_KEY_LENGTH, EventKind, JobParams, JobStatus
+from toonq.shared.job import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    EventKind,
+    JobParams,
+    JobStatus,
+    WebhookState,
+)
 
 #: The longest worker name, actor, model name and model revision a row holds.
 NAME_LENGTH: Final = 255
@@ -112,6 +119,13 @@ class JobRow(Base):
         # Each submit looks its output URIs up. A hash index: a B-tree's entries are limited to
         # a third of a page, and a file URI has no length limit.
         Index("ix_jobs_output_uri", "output_uri", postgresql_using="hash"),
+        # The webhooks due: a small set, whatever the number of jobs.
+        Index(
+            "ix_jobs_webhook_due",
+            "webhook_next_at",
+            postgresql_where=text("webhook_state = 'pending'"),
+            sqlite_where=text("webhook_state = 'pending'"),
+        ),
         CheckConstraint(
             f"output_format IN ({', '.join(repr(f) for f in OUTPUT_FORMATS)})",
             name="output_format",
@@ -167,6 +181,15 @@ class JobRow(Base):
     # When a wake-up message was last handed to the broker, kept after the claim: what
     # operators read as "enqueued at".
     enqueued_at: Mapped[datetime | None]
+    # The webhook outbox: a finished job with a callback URL is due a POST. Written with the
+    # outcome, in its statement, so that no outcome goes unannounced.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_id: Mapped[str | None] = mapped_column(String(64))
+    webhook_state: Mapped[WebhookState | None] = mapped_column(
+        _string_enum(WebhookState, "webhook_state")
+    )
+    webhook_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    webhook_next_at: Mapped[datetime | None]
     # The attempt-specific object an attempt committed as the job's output, and what its success
     # records (model, image size, timings): set once while running, kept until it is published.
     staged_output_uri: Mapped[str | None] = mapped_column(Text)

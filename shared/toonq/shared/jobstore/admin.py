@@ -27,7 +27,9 @@ class Administration(StoreCore):
         """Cancel a queued, retrying or running job. A running job's worker finds out when it
         tries to record its outcome (which is then discarded)."""
         with self._transaction(single_write=True) as transaction:
-            cancellation = transitions.cancelled(actor=actor, now=self._clock(), reason=reason)
+            # Read first for its callback URL, which never changes: the guard checks the rest.
+            job = transaction.load(job_id)
+            cancellation = transitions.cancelled(job, actor=actor, now=self._clock(), reason=reason)
             cancelled = transaction.apply(job_id, selections.cancellable(), cancellation)
             if cancelled is None:
                 raise transitions.not_cancellable(transaction.load(job_id))

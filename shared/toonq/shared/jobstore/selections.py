@@ -21,6 +21,7 @@ from toonq.shared.job import (
     Claim,
     Job,
     JobStatus,
+    WebhookState,
 )
 
 
@@ -237,3 +238,37 @@ def _not_before(value: datetime | None, limit: datetime) -> bool:
 
 def _within(value: Any, lowest: Any, highest: Any) -> bool:
     return value is not None and lowest <= value <= highest
+
+
+# --- Webhooks -------------------------------------------------------------------------------------
+
+
+def webhooks_due(now: datetime) -> Selection:
+    """Jobs whose webhook is due: pending, with a callback URL, due before `now`."""
+    return _one(
+        equal={"webhook_state": WebhookState.PENDING},
+        empty={"callback_url": False},
+        before={"webhook_next_at": now},
+    )
+
+
+def webhook_as_read(job: Job) -> Selection:
+    """`job` if its webhook is still as it was read (the guard of taking it)."""
+    return _one(
+        equal={
+            "webhook_id": job.webhook_id,
+            "webhook_state": WebhookState.PENDING,
+            "webhook_next_at": job.webhook_next_at,
+        }
+    )
+
+
+def webhook_pending(job: Job) -> Selection:
+    """`job` if its webhook is still this one and pending (the guard of recording an
+    attempt)."""
+    return _one(equal={"webhook_id": job.webhook_id, "webhook_state": WebhookState.PENDING})
+
+
+def webhooks_in(state: WebhookState) -> Selection:
+    """Jobs with a callback URL whose webhook is in `state`."""
+    return _one(equal={"webhook_state": state}, empty={"callback_url": False})

@@ -10,8 +10,10 @@ from toonq.shared.jobstore.attempts import Attempts
 from toonq.shared.jobstore.delivery import Delivery
 from toonq.shared.jobstore.reads import Reads
 from toonq.shared.jobstore.submissions import Submissions
+from toonq.shared.jobstore.webhooks import Webhooks
 
 
-class JobStore(Submissions, Reads, Administration, Attempts, Delivery):
+class JobStore(Submissions, Reads, Administration, Attempts, Delivery, Webhooks):
     """Creates, reads and transitions jobs: the producer's submissions, reads, the operators'
-    administration, the worker's attempts, and the delivery bookkeeping recovery reads."""
+    administration, the worker's attempts, the delivery bookkeeping recovery reads, and the
+    webhook outbox."""

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from toonq.shared.errors import (
     AlreadyCancelledError,
@@ -31,6 +32,7 @@ from toonq.shared.job import (
     JobSpec,
     JobStatus,
     StagedOutput,
+    WebhookState,
     iso_utc,
     parse_status,
 )
@@ -39,7 +41,7 @@ from toonq.shared.job import (
 @dataclass(frozen=True, kw_only=True)
 class Transition:
     """One event of a job's history and the fields it changes. The job's status becomes the one
-    the event's kind leads to, and its `updated_at` the event's time."""
+    the event's kind leads to, and its `updated_at` the event's time (if it leads to one)."""
 
     kind: EventKind
     at: datetime
@@ -50,7 +52,10 @@ class Transition:
 
     @property
     def values(self) -> dict[str, Any]:
-        """Every field of the job it writes."""
+        """Every field of the job it writes. A kind that leads to no status (a webhook's) is
+        no change of the job: its `updated_at` stays, and so does its webhook's body."""
+        if self.kind.status is None:
+            return dict(self.changes)
         return {"status": self.kind.status, "updated_at": self.at, **self.changes}
 
     @property
@@ -83,12 +88,14 @@ def created(spec: JobSpec, *, actor: str, now: datetime) -> Transition:
             "priority": spec.priority,
             "attempts": 0,
             "max_attempts": spec.max_attempts,
+            "callback_url": spec.callback_url,
+            "webhook_attempts": 0,
             "created_at": now,
         },
     )
 
 
-def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
+def cancelled(job: Job, *, actor: str, now: datetime, reason: str | None) -> Transition:
     return Transition(
         kind=EventKind.CANCELLED,
         at=now,
@@ -99,6 +106,7 @@ def cancelled(*, actor: str, now: datetime, reason: str | None) -> Transition:
             "next_attempt_at": None,
             "lease_expires_at": None,
             "sent_at": None,
+            **_webhook_due(job, now),
         },
     )
 
@@ -139,6 +147,8 @@ def requeued(job: Job, *, actor: str, now: datetime, reason: str | None) -> Tran
             "next_attempt_at": None,
             "lease_expires_at": None,
             "sent_at": None,
+            # The last outcome's webhook, if still undelivered, is superseded by the next's.
+            **_NO_WEBHOOK,
         },
     )
 
@@ -202,6 +212,7 @@ def worker_lost(job: Job, *, worker: str, now: datetime) -> Transition:
         f"of {job.max_attempts}"
     )
     return _failure(
+        job,
         actor=worker,
         now=now,
         error_code=WorkerLostError.code,
@@ -254,6 +265,7 @@ def succeeded(claim: Claim, staged: StagedOutput, *, now: datetime) -> Transitio
             "error_message": None,
             "finished_at": now,
             "lease_expires_at": None,
+            **_webhook_due(claim.job, now),
             # Published, and its staged object deleted next: the event keeps where it was.
             "staged_output_uri": None,
             "staged_result": None,
@@ -287,6 +299,7 @@ def retried(
 
 def failed(claim: Claim, *, now: datetime, error_code: str, error_message: str) -> Transition:
     return _failure(
+        claim.job,
         actor=claim.worker,
         now=now,
         error_code=error_code,
@@ -322,9 +335,9 @@ def sent(now: datetime) -> dict[str, Any]:
 
 
 def _failure(
-    *, actor: str, now: datetime, error_code: str, error_message: str, **details: Any
+    job: Job, *, actor: str, now: datetime, error_code: str, error_message: str, **details: Any
 ) -> Transition:
-    """A final failure; `details` says of which attempt."""
+    """A final failure of `job`; `details` says of which attempt."""
     return Transition(
         kind=EventKind.FAILED,
         at=now,
@@ -336,5 +349,83 @@ def _failure(
             "error_message": error_message,
             "finished_at": now,
             "lease_expires_at": None,
+            **_webhook_due(job, now),
         },
     )
+
+
+# --- Webhooks -----------------------------------------------------------------------------------
+
+_NO_WEBHOOK: Final[Mapping[str, Any]] = MappingProxyType(
+    {"webhook_id": None, "webhook_state": None, "webhook_attempts": 0, "webhook_next_at": None}
+)
+
+
+def _webhook_due(job: Job, now: datetime) -> Mapping[str, Any]:
+    """The outbox fields an outcome of `job` writes: a webhook of its own id, due now, when the
+    job has a callback URL."""
+    if job.callback_url is None:
+        return _NO_WEBHOOK
+    return {
+        "webhook_id": f"msg_{uuid.uuid4().hex}",
+        "webhook_state": WebhookState.PENDING,
+        "webhook_attempts": 0,
+        "webhook_next_at": now,
+    }
+
+
+def webhook_taken(now: datetime, hold_s: float) -> dict[str, Any]:
+    """A deliverer holds a due webhook for `hold_s` (no event): another may take it after, if
+    this one died before recording what happened."""
+    return {"webhook_next_at": now + timedelta(seconds=hold_s)}
+
+
+def webhook_sent(job: Job, *, actor: str, now: datetime, status_code: int) -> Transition:
+    attempt = job.webhook_attempts + 1
+    return Transition(
+        kind=EventKind.WEBHOOK_SENT,
+        at=now,
+        actor=actor,
+        details={"webhook_id": job.webhook_id, "attempt": attempt, "status_code": status_code},
+        changes={
+            "webhook_state": WebhookState.SENT,
+            "webhook_attempts": attempt,
+            "webhook_next_at": None,
+        },
+    )
+
+
+def webhook_missed(
+    job: Job, *, actor: str, now: datetime, problem: str, retry_at: datetime | None
+) -> Transition:
+    """An attempt that failed (`problem` says how): retried at `retry_at`, or, when None, the
+    last one."""
+    attempt = job.webhook_attempts + 1
+    details: dict[str, Any] = {"webhook_id": job.webhook_id, "attempt": attempt}
+    if retry_at is None:
+        return Transition(
+            kind=EventKind.WEBHOOK_FAILED,
+            at=now,
+            actor=actor,
+            reason=problem,
+            details=details,
+            changes={
+                "webhook_state": WebhookState.FAILED,
+                "webhook_attempts": attempt,
+                "webhook_next_at": None,
+            },
+        )
+    return Transition(
+        kind=EventKind.WEBHOOK_RETRY,
+        at=now,
+        actor=actor,
+        reason=problem,
+        details=details | {"next_attempt_at": iso_utc(retry_at)},
+        changes={"webhook_attempts": attempt, "webhook_next_at": retry_at},
+    )
+
+
+def webhook_resent(now: datetime) -> dict[str, Any]:
+    """A failed webhook due again now, with fresh attempts and the same id (no event: the
+    attempts record what happens)."""
+    return {"webhook_state": WebhookState.PENDING, "webhook_attempts": 0, "webhook_next_at": now}
