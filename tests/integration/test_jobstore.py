@@ -1038,6 +1038,50 @@ def test_jobs_due_for_recovery_come_most_urgent_first(
     assert due(2) == [high.id, low.id]
 
 
+def test_held_jobs_are_left_to_their_tenants_release(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    held = create(jobstore, tenant="acme")
+    unsent = create(jobstore)
+    clock.advance(60)
+
+    def due(*, hold_tenants: bool) -> set[uuid.UUID]:
+        found = jobstore.due_for_recovery(
+            unsent_grace_s=10, lost_after_s=600, hold_tenants=hold_tenants
+        )
+        return {job.id for job in found}
+
+    assert due(hold_tenants=True) == {unsent.id}
+    assert due(hold_tenants=False) == {held.id, unsent.id}
+    assert jobstore.held_tenants() == ["acme"]
+
+
+def test_releasable_fills_a_tenants_slots_most_urgent_first(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    jobs = []
+    for priority in (0, 0, 9, 0, 0):
+        jobs.append(create(jobstore, tenant="acme", priority=priority))
+        clock.advance(1)
+    create(jobstore, tenant="initech")
+    first, second, urgent, *_ = jobs
+
+    def releasable(**limits: int) -> list[uuid.UUID]:
+        return [job.id for job in jobstore.releasable("acme", queue_slots=2, **limits)]
+
+    assert releasable() == [urgent.id, first.id]
+    for job_id in releasable():
+        assert jobstore.mark_enqueued(job_id)
+    assert releasable() == []  # its two slots are taken
+    claim(jobstore, urgent)
+    assert releasable() == [second.id]
+    # Sent and running count against a cap on jobs in flight.
+    assert releasable(max_in_flight=2) == []
+    assert releasable(max_in_flight=3) == [second.id]
+    assert jobstore.held_tenants() == ["acme", "initech"]
+    assert {job.id for job in jobstore.list(tenant="acme")} == {job.id for job in jobs}
+
+
 def test_waiting_after_send(jobstore: JobStore, clock: ManualClock) -> None:
     start = clock()
     unsent = create(jobstore)

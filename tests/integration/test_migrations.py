@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0009"
+HEAD = "0010"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,6 +57,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0009",
         "0008",
         "0007",
         "0006",
@@ -200,6 +201,14 @@ def test_jobs_from_before_0008_have_no_committed_output(empty_db_url: str) -> No
     assert (job.staged_output_uri, job.staged_result, job.staged_output) == (None, None, None)
     downgrade(empty_db_url, "0007")
     assert _state(empty_db_url) == (TABLES, "0007")
+
+
+def test_jobs_from_before_0010_have_no_tenant(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0009")
+
+    assert _job_after_migrating(empty_db_url).tenant is None
+    downgrade(empty_db_url, "0009")
+    assert _state(empty_db_url) == (TABLES, "0009")
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

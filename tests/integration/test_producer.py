@@ -177,6 +177,7 @@ def test_toonq_recover_sends_an_unsent_job_and_says_why(
         "forced": 0,
         "waiting": {"queued": 1},
         "in_queue": 1,  # the message it just sent
+        "held": 0,
         "next_due_at": None,
         "last_due_at": None,
     }
@@ -216,6 +217,7 @@ def test_toonq_recover_after_redis_lost_its_data_says_when_and_force_sends_now(
         "forced": 0,
         "waiting": {"queued": 1},
         "in_queue": 0,
+        "held": 0,
         "next_due_at": due,
         "last_due_at": due,
     }

@@ -4,7 +4,8 @@ kombu's in-memory transport, and settings whose files stay in the test's tempora
 * `jobstore`: an empty `InMemoryJobStore` reading time from `clock`;
 * `settings`: TOONQ_HOME in `tmp_path`, the `memory://` broker, and a queue of the test's own
   (kombu's in-memory queues are shared by the whole process);
-* `broker`: a `MemoryBroker` on those settings; `sender`: a `Sender` through it to `jobstore`.
+* `broker`: a `MemoryBroker` on those settings; `sender`: a `Sender` through it to `jobstore`;
+* `client`: a `ToonqClient` on them all, acting as `ACTOR`, its files in TOONQ_HOME.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from toonq.producer import ToonqClient
 from toonq.shared.jobstore import InMemoryJobStore
 from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
+from toonq.shared.storage import local_roots
+from toonq.shared.storage.local import LocalStore
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
+
+ACTOR = "cli:ops@laptop"
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,17 @@ def broker(settings: Settings) -> Iterator[MemoryBroker]:
 @pytest.fixture
 def sender(broker: MemoryBroker, jobstore: InMemoryJobStore) -> Sender:
     return Sender(broker.app, jobstore, queue=broker.queue)
+
+
+@pytest.fixture
+def client(
+    settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> Iterator[ToonqClient]:
+    with ToonqClient(
+        settings,
+        actor=ACTOR,
+        objects=LocalStore(local_roots(settings)),
+        store=jobstore,
+        app=broker.app,
+    ) as client:
+        yield client

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.support import png_bytes, succeed
+from tests.unit.conftest import ACTOR
 from toonq.producer import ToonqClient
 from toonq.producer.cli.context import Context
 from toonq.producer.cli.main import cli
@@ -32,22 +33,6 @@ from toonq.shared.storage.local import LocalStore
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
     from tests.unit.conftest import MemoryBroker
-
-ACTOR = "cli:ops@laptop"
-
-
-@pytest.fixture
-def client(
-    settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
-) -> Iterator[ToonqClient]:
-    with ToonqClient(
-        settings,
-        actor=ACTOR,
-        objects=LocalStore(local_roots(settings)),
-        store=jobstore,
-        app=broker.app,
-    ) as client:
-        yield client
 
 
 def toonq(client: ToonqClient, *args: str, input: str | None = None) -> Result:
@@ -517,6 +502,7 @@ def test_recover_sends_an_unsent_job_and_says_why(
         "forced": 0,
         "waiting": {"queued": 1},
         "in_queue": None,  # kombu's memory transport cannot be read
+        "held": 0,
         "next_due_at": due.isoformat(),
         "last_due_at": due.isoformat(),
     }

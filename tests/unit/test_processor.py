@@ -39,6 +39,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy
 from toonq.shared.storage.local import LocalStore
 from toonq.shared.storage.uri import STAGING_FOLDER
+from toonq.shared.tenants import TenantLimits
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
@@ -129,6 +130,7 @@ def submitted(
     max_attempts: int = 3,
     with_input: bool = True,
     output_uri: str | None = None,
+    tenant: str | None = None,
 ) -> Job:
     """A job whose input is a PNG in TOONQ_HOME (or nowhere) and whose output goes under
     TOONQ_OUTPUT_PREFIX unless `output_uri` says where, as the client creates it."""
@@ -143,6 +145,7 @@ def submitted(
             output_uri=output_uri or f"{ctx.settings.output_prefix}/{source.name}",
             params=JobParams(bg_color="#808080", format="png", resolution=64),
             max_attempts=max_attempts,
+            tenant=tenant,
         ),
         actor="test",
     )
@@ -173,6 +176,40 @@ def test_success_writes_the_output_then_records_it(
         EventKind.SUCCEEDED,
     ]
     assert broker.take_sent() == []
+
+
+def with_tenants(ctx: WorkerContext, broker: MemoryBroker, limits: TenantLimits) -> WorkerContext:
+    """`ctx` with a sender that holds tenants' jobs under `limits`."""
+    sender = Sender(broker.app, ctx.store, queue=broker.queue, tenants=limits)
+    return replace(ctx, sender=sender)
+
+
+def test_claiming_a_tenants_job_releases_its_next_held_one(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    ctx = with_tenants(ctx, broker, TenantLimits(queue_slots=2))
+    jobs = [submitted(ctx, tenant="acme") for _ in range(4)]
+    ctx.sender.dispatch(jobs)
+    assert [message.job_id for message in broker.take_sent()] == [jobs[0].id, jobs[1].id]
+
+    assert process_job(ctx, jobs[0].id) is Outcome.SUCCEEDED
+
+    assert [message.job_id for message in broker.take_sent()] == [jobs[2].id]
+    assert ctx.store.get(jobs[3].id).sent_at is None  # held until the next claim
+
+
+def test_a_tenants_jobs_in_flight_are_capped_at_release(
+    ctx: WorkerContext, broker: MemoryBroker
+) -> None:
+    ctx = with_tenants(ctx, broker, TenantLimits(queue_slots=4, max_in_flight=1))
+    jobs = [submitted(ctx, tenant="acme") for _ in range(3)]
+    ctx.sender.dispatch(jobs)
+    assert [message.job_id for message in broker.take_sent()] == [jobs[0].id]
+
+    assert process_job(ctx, jobs[0].id) is Outcome.SUCCEEDED
+
+    # Not at the claim (its job was running then): at its end.
+    assert [message.job_id for message in broker.take_sent()] == [jobs[1].id]
 
 
 def test_a_missing_input_fails_the_job_at_once(ctx: WorkerContext, broker: MemoryBroker) -> None:

@@ -58,6 +58,10 @@ def test_log_level_is_case_insensitive() -> None:
         ({"TOONQ_RETRY_BACKOFF_MAX_S": "4000"}, "below TOONQ_VISIBILITY_TIMEOUT_S"),
         ({"TOONQ_RESEND_AFTER_S": "60"}, "at least TOONQ_VISIBILITY_TIMEOUT_S"),
         ({"TOONQ_REDIS_SOCKET_TIMEOUT_S": "0.5"}, "kombu's BRPOP timeout"),
+        (
+            {"TOONQ_TENANT_QUEUE_SLOTS": "0", "TOONQ_TENANT_MAX_IN_FLIGHT": "2"},
+            "TOONQ_TENANT_MAX_IN_FLIGHT needs TOONQ_TENANT_QUEUE_SLOTS above 0",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_a_typed_error(env: dict[str, str], message: str) -> None:

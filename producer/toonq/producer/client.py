@@ -42,6 +42,7 @@ from toonq.shared.queue import create_celery_app
 from toonq.shared.recovery import Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy, open_store
+from toonq.shared.tenants import TenantLimits
 from toonq.shared.text import check_reason
 from toonq.shared.webhooks import CallbackPolicy
 
@@ -62,6 +63,7 @@ class SubmitRequest:
     respect_input_alpha: bool = False
     priority: int = 0
     callback_url: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ class ToonqClient:
         if app is None:
             app = create_celery_app(self.settings)
             self._owned.callback(app.close)
-        self.sender = Sender(app, self.store, queue=self.settings.queue)
+        self.sender = Sender(
+            app, self.store, queue=self.settings.queue, tenants=TenantLimits.of(self.settings)
+        )
         self._validator = InputValidator(self.objects, UriPolicy.from_settings(self.settings))
         self._callbacks = CallbackPolicy.of(self.settings.webhook_allowed_hosts)
 
@@ -135,9 +139,11 @@ class ToonqClient:
         respect_input_alpha: bool = False,
         priority: int = 0,
         callback_url: str | None = None,
+        tenant: str | None = None,
     ) -> Job:
-        """Create a job and enqueue it. With an `idempotency_key` already used by a job with the
-        same parameters, return that job and enqueue nothing. With a `callback_url`, the job's
+        """Create a job and enqueue it (a `tenant`'s job once its tenant's turn comes:
+        `toonq.shared.tenants`). With an `idempotency_key` already used by a job with the same
+        parameters, return that job and enqueue nothing. With a `callback_url`, the job's
         outcome is POSTed there, signed with `TOONQ_WEBHOOK_SECRET`."""
         (job,) = self.submit_many(
             [
@@ -153,6 +159,7 @@ class ToonqClient:
                     respect_input_alpha=respect_input_alpha,
                     priority=priority,
                     callback_url=callback_url,
+                    tenant=tenant,
                 )
             ]
         )
@@ -192,10 +199,12 @@ class ToonqClient:
 
     def _create(self, specs: builtins.list[JobSpec]) -> builtins.list[Submitted]:
         created = self.store.create_many(specs, actor=self.actor)
-        for job, is_new in created:
-            # A job found by its idempotency key whose message was never sent gets it now.
-            if is_new or (job.status == JobStatus.QUEUED and job.sent_at is None):
-                self.sender.send(job)
+        # A job found by its idempotency key whose message was never sent gets it now.
+        self.sender.dispatch(
+            job
+            for job, is_new in created
+            if is_new or (job.status == JobStatus.QUEUED and job.sent_at is None)
+        )
         return [Submitted(self.store.get(job.id), is_new) for job, is_new in created]
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
@@ -224,6 +233,7 @@ class ToonqClient:
             max_attempts=self.settings.max_attempts,
             idempotency_key=request.idempotency_key,
             callback_url=self._check_callback(request.callback_url),
+            tenant=request.tenant,
         )
 
     def _check_callback(self, url: str | None) -> str | None:
@@ -328,8 +338,7 @@ class ToonqClient:
             dry_run=dry_run,
         )
         if not dry_run:
-            for job in result.requeued:
-                self.sender.send(job)
+            self.sender.dispatch(result.requeued)
         return result
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from toonq.shared.settings import Settings
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_TENANT_LENGTH = 64
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -50,6 +51,16 @@ def check_idempotency_key(key: str | None) -> None:
             f"an idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
     check_text(key, what="the idempotency key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+
+
+def check_tenant(tenant: str | None) -> None:
+    """InvalidRequestError unless `tenant` is None or a name the job table can store: 1 to
+    MAX_TENANT_LENGTH characters of valid Unicode, without a NUL."""
+    if tenant is None:
+        return
+    if not 0 < len(tenant) <= MAX_TENANT_LENGTH:
+        raise InvalidRequestError(f"a tenant must have 1 to {MAX_TENANT_LENGTH} characters")
+    check_text(tenant, what="the tenant", max_length=MAX_TENANT_LENGTH)
 
 
 # --- States, events and outcomes ------------------------------------------------------------------
@@ -91,11 +102,12 @@ def utc_now() -> datetime:
 
 
 class JobFilters(TypedDict, total=False):
-    """What a listing of jobs selects: a status, an error code, jobs created at or after `since`,
-    and at most `limit` of them (100 unless given)."""
+    """What a listing of jobs selects: a status, an error code, a tenant, jobs created at or
+    after `since`, and at most `limit` of them (100 unless given)."""
 
     status: JobStatus | str | None
     error_code: str | None
+    tenant: str | None
     since: datetime | None
     limit: int
 
@@ -272,6 +284,8 @@ class JobSpec:
     idempotency_key: str | None = None
     #: Where the outcome is POSTed (checked by the client against `CallbackPolicy`).
     callback_url: str | None = None
+    #: Whose job it is: workers serve the tenants of a priority band in turn.
+    tenant: str | None = None
 
     def __post_init__(self) -> None:
         if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
@@ -281,6 +295,7 @@ class JobSpec:
         if self.max_attempts < 1:
             raise InvalidRequestError(f"max_attempts must be >= 1, got {self.max_attempts}")
         check_idempotency_key(self.idempotency_key)
+        check_tenant(self.tenant)
 
 
 @dataclass(frozen=True)
@@ -325,6 +340,7 @@ class Job:
     #: The committed attempt's output, waiting to be published (`staged_output`).
     staged_output_uri: str | None
     staged_result: Mapping[str, Any] | None
+    tenant: str | None = None
 
     @property
     def staged_output(self) -> StagedOutput | None:
@@ -372,6 +388,7 @@ class Job:
             "output_uri": self.output_uri,
             "params": asdict(self.params),
             "priority": self.priority,
+            "tenant": self.tenant,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "error_code": self.error_code,
@@ -410,14 +427,15 @@ _REQUESTED_FIELDS: Final = (
     "input_uri",
     "output_uri",
     "priority",
+    "tenant",
     "max_attempts",
     "callback_url",
 )
 
 
 def _requested(job: Job | JobSpec) -> dict[str, Any]:
-    """Everything `job` asks for, by name: its URIs, each of its parameters, its priority and
-    its attempts."""
+    """Everything `job` asks for, by name: its URIs, each of its parameters, its priority, its
+    tenant and its attempts."""
     requested = {name: getattr(job, name) for name in _REQUESTED_FIELDS}
     return requested | asdict(job.params)
 

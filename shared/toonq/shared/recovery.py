@@ -9,6 +9,10 @@ The job row is the truth; a message is only a wake-up call. Two words cover ever
 * **recover**: send again the message of a job that would otherwise wait for ever, for one of
   the reasons in `RecoveryReason`.
 
+A tenant's queued job may be *held* rather than sent (`toonq.shared.tenants`): its `sent_at`
+stays empty until its tenant's turn. Recovery does not take it for unsent: each pass *releases*
+held jobs, up to their tenant's limits.
+
 Sending twice is harmless: workers claim jobs with a compare-and-set, so a duplicate message finds
 nothing to do, and every worker may recover.
 
@@ -33,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -49,6 +53,7 @@ from toonq.shared.jobstore import JobStore
 from toonq.shared.logging import get_logger
 from toonq.shared.queue import SENT_AT_HEADER, TASK_NAME, enqueue, priority_bands, queue_lists
 from toonq.shared.settings import Settings
+from toonq.shared.tenants import NO_LIMITS, TenantLimits
 
 log = get_logger(__name__)
 
@@ -74,6 +79,7 @@ class RecoveryReason(StrEnum):
     LEASE_EXPIRED = "lease_expired"  # running, but its worker stopped renewing the lease
     STRANDED = "stranded"  # a worker took the message and died before claiming the job
     LOST = "lost"  # sent longer than TOONQ_RESEND_AFTER_S ago and still waiting
+    RELEASED = "released"  # held for its tenant's turn, which has come
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,50 @@ class Recovered:
 
 
 class Sender:
-    """Sends jobs' wake-up messages and records that they were sent."""
+    """Sends jobs' wake-up messages and records that they were sent; holds tenants' new jobs
+    until their turn, under `tenants`' limits (by default none: every job is sent at once)."""
 
-    def __init__(self, app: Celery, store: JobStore, *, queue: str) -> None:
+    def __init__(
+        self, app: Celery, store: JobStore, *, queue: str, tenants: TenantLimits = NO_LIMITS
+    ) -> None:
         self.app = app
         self.store = store
         self.queue = queue
+        self.tenants = tenants
+
+    def held(self, job: Job) -> bool:
+        """Whether `job` waits for its tenant's turn rather than for a worker."""
+        return (
+            self.tenants.holding
+            and job.tenant is not None
+            and job.status == JobStatus.QUEUED
+            and job.sent_at is None
+        )
+
+    def dispatch(self, jobs: Iterable[Job]) -> None:
+        """Send queued jobs that have no message yet: at once, or for tenants' held jobs, by
+        releasing each of their tenants' held jobs up to its limits (these once their turn
+        comes)."""
+        tenants = set()
+        for job in jobs:
+            if self.held(job) and job.tenant is not None:
+                tenants.add(job.tenant)
+            else:
+                self.send(job)
+        for tenant in sorted(tenants):
+            self.release(tenant)
+
+    def release(self, tenant: str) -> list[Job]:
+        """Send `tenant`'s most urgent held jobs, as many as its limits allow now; returns
+        those sent."""
+        if not self.tenants.holding:
+            return []
+        jobs = self.store.releasable(
+            tenant,
+            queue_slots=self.tenants.queue_slots,
+            max_in_flight=self.tenants.max_in_flight,
+        )
+        return [job for job in jobs if self.send(job)]
 
     def send(self, job: Job, *, countdown: float | None = None) -> bool:
         """Enqueue `job` and mark it sent. Returns False (and logs) when the broker is down:
@@ -217,6 +261,7 @@ def recover(
             unsent_grace_s=unsent_grace_s,
             lost_after_s=resend_after_s,
             reclaim_lost_after_s=reclaim_lost_after_s,
+            hold_tenants=sender.tenants.holding,
         )
     ]
     if messages is not None:
@@ -236,7 +281,18 @@ def recover(
                 status=item.job.status,
                 reason=item.reason,
             )
-    return sent
+    return sent + release_held(store, sender)
+
+
+def release_held(store: JobStore, sender: Sender) -> list[Recovered]:
+    """Release every tenant's held jobs up to its limits: a release that a claim or a submit
+    should have made may have been lost with its process."""
+    released = []
+    for tenant in store.held_tenants() if sender.tenants.holding else []:
+        for job in sender.release(tenant):
+            released.append(Recovered(job, RecoveryReason.RELEASED))
+            log.info("job_released", job_id=str(job.id), tenant=tenant)
+    return released
 
 
 def recover_once(
@@ -262,19 +318,29 @@ class Backlog:
     #: How many of them have a message waiting in the queue; None where the broker cannot tell
     #: (not Redis): all of them then count as without one.
     in_queue: int | None
+    #: How many of them are held for their tenant's turn: not lost, released as it comes.
+    held: int
     #: When a recovery pass would send each of the others again, earliest first.
     due: list[datetime]
 
 
-def backlog(store: JobStore, settings: Settings, messages: QueueMessages | None) -> Backlog:
+def backlog(
+    store: JobStore, settings: Settings, messages: QueueMessages | None, sender: Sender
+) -> Backlog:
     """What `toonq recover` reports after its pass: a message lost with Redis's data, say, is
     only sent again once its job is due (`due_at`), and this says when that is."""
     waiting = [job for status in WAITING_STATUSES for job in _listed(store, status)]
     in_queue = None if messages is None else messages.waiting_job_ids()
-    without = [job for job in waiting if in_queue is None or job.id not in in_queue]
+    held = [job for job in waiting if sender.held(job)]
+    without = [
+        job
+        for job in waiting
+        if (in_queue is None or job.id not in in_queue) and not sender.held(job)
+    ]
     return Backlog(
         by_status=dict(Counter(str(job.status) for job in waiting)),
-        in_queue=None if in_queue is None else len(waiting) - len(without),
+        in_queue=None if in_queue is None else sum(job.id in in_queue for job in waiting),
+        held=len(held),
         due=sorted(due_at(job, settings, stranded=messages is not None) for job in without),
     )
 
@@ -307,12 +373,15 @@ def resend_queued(
     skip: Collection[uuid.UUID] = (),
 ) -> list[Recovered]:
     """Send now the message of every queued job without one waiting in the queue (of every
-    queued job where the broker cannot tell), except those in `skip`: what an operator does
-    once Redis lost its data, rather than wait until the jobs are due."""
+    queued job where the broker cannot tell), except those in `skip` and those held for their
+    tenant's turn: what an operator does once Redis lost its data, rather than wait until the
+    jobs are due."""
     in_queue = set() if messages is None else messages.waiting_job_ids()
     sent = []
     for job in _listed(store, JobStatus.QUEUED):
-        if job.id not in in_queue and job.id not in skip and sender.send(job):
+        if job.id in in_queue or job.id in skip or sender.held(job):
+            continue
+        if sender.send(job):
             sent.append(Recovered(job, _reason(job)))
             log.info("job_recovered", job_id=str(job.id), status=job.status, forced=True)
     return sent

@@ -211,6 +211,12 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = _setting(
         "TOONQ_WEBHOOK_ALLOWED_HOSTS", (), _lowered_items
     )
+    #: A tenant's jobs sent to the broker and not yet claimed, at most (about one batch): the
+    #: rest wait in the database for their tenant's turn (0: sent at once, no fairness).
+    tenant_queue_slots: int = _setting("TOONQ_TENANT_QUEUE_SLOTS", 4, _int())
+    #: A tenant's jobs sent or running at once, at most, checked when its jobs are released
+    #: (0: no cap).
+    tenant_max_in_flight: int = _setting("TOONQ_TENANT_MAX_IN_FLIGHT", 0, _int())
     # Pipeline: jobs in flight per worker and the GPU loop's batching (0 = chosen for the device).
     concurrency: int = _setting("TOONQ_CONCURRENCY", 0, _int())
     #: Jobs in their CPU-heavy stages at once, and PyTorch's CPU threads; 0: the CPUs the
@@ -288,6 +294,12 @@ class Settings:
             # redelivered an unacknowledged one.
             raise ConfigurationError(
                 "TOONQ_RESEND_AFTER_S must be at least TOONQ_VISIBILITY_TIMEOUT_S"
+            )
+
+        if self.tenant_max_in_flight > 0 and self.tenant_queue_slots == 0:
+            # Without held jobs nothing releases them: the cap could not hold.
+            raise ConfigurationError(
+                "TOONQ_TENANT_MAX_IN_FLIGHT needs TOONQ_TENANT_QUEUE_SLOTS above 0"
             )
 
     @property

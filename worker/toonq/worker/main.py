@@ -37,6 +37,7 @@ from toonq.shared.queue import create_celery_app, queue_lists
 from toonq.shared.recovery import RecoveryThread, Sender
 from toonq.shared.settings import Settings
 from toonq.shared.storage import UriPolicy, open_store
+from toonq.shared.tenants import TenantLimits
 from toonq.shared.text import check_text
 from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
@@ -218,7 +219,7 @@ def build_context(
         cpu=CpuSlots(pipeline.cpu_workers),
         memory=memory,
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
-        sender=Sender(app, store, queue=settings.queue),
+        sender=Sender(app, store, queue=settings.queue, tenants=TenantLimits.of(settings)),
         worker_name=worker_name,
     )
     return context, pipeline

@@ -179,6 +179,13 @@ class WorkerMetrics:
             ["status", "error_code"],
             registry=registry,
         )
+        # One series per tenant and outcome: tenants are few (customers, not end users).
+        self._tenant_jobs = Counter(
+            "toonq_tenant_jobs_total",
+            "Claimed jobs handled, by tenant and outcome (jobs of no tenant are not counted).",
+            ["tenant", "status"],
+            registry=registry,
+        )
         self._stage_seconds = Histogram(
             "toonq_job_stage_seconds",
             "Time a job spent in each stage, from waiting in the queue to the upload.",
@@ -252,6 +259,10 @@ class WorkerMetrics:
             raise ValueError(f"a {outcome} job has no error code, got {error_code!r}")
         self._jobs.labels(status=outcome.value, error_code=error_code).inc()
 
+    def record_tenant_job(self, tenant: str, outcome: Outcome) -> None:
+        """Count one claimed job of `tenant` by its outcome."""
+        self._tenant_jobs.labels(tenant=tenant, status=outcome.value).inc()
+
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         """Record the duration of each stage of one job, in milliseconds, by stage name. Only the
         stages of `STAGES` are exported: other timings a job records stay in its database row."""
@@ -324,6 +335,7 @@ class WorkerMetrics:
 # pattern as the `random` module's functions bound to one hidden instance).
 WORKER_METRICS = WorkerMetrics()
 record_job = WORKER_METRICS.record_job
+record_tenant_job = WORKER_METRICS.record_tenant_job
 observe_stages = WORKER_METRICS.observe_stages
 observe_batch = WORKER_METRICS.observe_batch
 record_oom_split = WORKER_METRICS.record_oom_split

@@ -17,6 +17,9 @@ this module only decides what an outcome means for the job:
 * the GPU loop stopped (the device failed batch after batch): the job goes back to the queue
   for another worker, without spending its attempt.
 
+The claim of a tenant's job releases the tenant's next held job (`toonq.shared.tenants`), and so
+does its end where a cap on the tenant's jobs in flight applies.
+
 An outcome the database cannot take at once (an outage of a few seconds) is written again with
 backoff while the lease is renewed, for up to a lease: a retried message would find the job still
 running under this worker's live lease and skip it, and the finished job would run again. Past
@@ -103,6 +106,28 @@ def process_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         log.info("job_skipped", reason="not claimable (duplicate message or finished job)")
         return _counted(Outcome.SKIPPED)
     log.info("job_started", attempt=claim.attempt, input_uri=claim.job.input_uri)
+    tenant = claim.job.tenant
+    if tenant is None:
+        return _attempt(ctx, claim)
+    _release(ctx, tenant)  # the claim freed one of the tenant's queue slots
+    outcome = _attempt(ctx, claim)
+    metrics.record_tenant_job(tenant, outcome)
+    if ctx.sender.tenants.max_in_flight:
+        _release(ctx, tenant)  # and the job's end one of its jobs in flight
+    return outcome
+
+
+def _release(ctx: WorkerContext, tenant: str) -> None:
+    """Send the tenant's next held jobs. Best effort: should this fail, the recovery pass
+    releases them."""
+    try:
+        ctx.sender.release(tenant)
+    except Exception:
+        log.warning("tenant_release_failed", tenant=tenant, exc_info=True)
+
+
+def _attempt(ctx: WorkerContext, claim: Claim) -> Outcome:
+    """Run the claimed attempt and record its outcome."""
     try:
         with ctx.leases.holding(claim), metrics.in_flight():
             staged = _publish_committed(ctx, claim) or _run_and_publish(ctx, claim)

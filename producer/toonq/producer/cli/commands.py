@@ -94,6 +94,9 @@ def migrate(ctx: Context, revision: str) -> None:
     "--callback-url",
     help="POST each job's outcome here (a signed webhook; needs TOONQ_WEBHOOK_SECRET).",
 )
+@click.option(
+    "--tenant", help="Whose jobs these are: workers serve the tenants of a priority band in turn."
+)
 @click.option("--wait", is_flag=True, help="Wait until the jobs finish.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @click.option(
@@ -111,6 +114,7 @@ def submit(
     job_options: dict[str, Any],
     priority: int,
     callback_url: str | None,
+    tenant: str | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -127,7 +131,11 @@ def submit(
     """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout is how long --wait waits: give --wait too")
-    options = job_options | {"priority": priority, "callback_url": callback_url}
+    options = job_options | {
+        "priority": priority,
+        "callback_url": callback_url,
+        "tenant": tenant,
+    }
     one = len(input_uris) == 1 and uri_list is None and not recursive
     if one and idempotency_prefix is None:
         _submit_one(
@@ -244,6 +252,7 @@ def status(ctx: Context, job_id: str, as_json: bool) -> None:
 @click.command()
 @click.option("--status", "status_", type=status_choice, help="Only jobs in this status.")
 @click.option("--error-code", type=error_code_choice, help="Only jobs that failed with this code.")
+@click.option("--tenant", help="Only this tenant's jobs.")
 @click.option("--since", callback=_parse_since, help="Only jobs created at or after (ISO 8601).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
@@ -252,12 +261,15 @@ def jobs(
     ctx: Context,
     status_: str | None,
     error_code: str | None,
+    tenant: str | None,
     since: datetime | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    found = ctx.client.list(status=status_, error_code=error_code, since=since, limit=limit)
+    found = ctx.client.list(
+        status=status_, error_code=error_code, tenant=tenant, since=since, limit=limit
+    )
     if as_json:
         print_json([job.to_dict() for job in found])
     else:
@@ -400,7 +412,7 @@ def recover(ctx: Context, force: bool, as_json: bool) -> None:
     forced = (
         resend_queued(store, sender, messages, skip={r.job.id for r in recovered}) if force else []
     )
-    left = backlog(store, ctx.settings, messages)
+    left = backlog(store, ctx.settings, messages, sender)
     print_recovery([*recovered, *forced], len(forced), left, as_json=as_json)
 
 

@@ -124,6 +124,7 @@ def print_recovery(
                 "forced": forced,
                 "waiting": left.by_status,
                 "in_queue": left.in_queue,
+                "held": left.held,
                 "next_due_at": None if next_due is None else next_due.isoformat(),
                 "last_due_at": None if last_due is None else last_due.isoformat(),
             }
@@ -136,6 +137,8 @@ def print_recovery(
     waiting = ", ".join(f"{n} {status}" for status, n in left.by_status.items())
     in_queue = "" if left.in_queue is None else f" ({left.in_queue} with a message in the queue)"
     click.echo(f"still waiting: {waiting}{in_queue}")
+    if left.held:
+        click.echo(f"{left.held} queued job(s) held for their tenant's turn (sent as it comes)")
     if next_due is not None and last_due is not None:
         others = "the others" if left.in_queue else "they"
         span = (

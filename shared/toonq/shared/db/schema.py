@@ -41,6 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
 from toonq.shared.job import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_TENANT_LENGTH,
     EventKind,
     JobParams,
     JobStatus,
@@ -116,6 +117,8 @@ class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # Each release counts a tenant's jobs sent and running, and picks its held ones.
+        Index("ix_jobs_tenant_status", "tenant", "status"),
         # Each submit looks its output URIs up. A hash index: a B-tree's entries are limited to
         # a third of a page, and a file URI has no length limit.
         Index("ix_jobs_output_uri", "output_uri", postgresql_using="hash"),
@@ -194,6 +197,8 @@ class JobRow(Base):
     # records (model, image size, timings): set once while running, kept until it is published.
     staged_output_uri: Mapped[str | None] = mapped_column(Text)
     staged_result: Mapped[dict[str, Any] | None]
+    # Whose job it is (`toonq.shared.tenants`); NULL for a job of no tenant.
+    tenant: Mapped[str | None] = mapped_column(String(MAX_TENANT_LENGTH))
 
 
 class JobEventRow(Base):

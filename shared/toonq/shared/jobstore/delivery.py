@@ -34,12 +34,13 @@ class Delivery(StoreCore):
         unsent_grace_s: float,
         lost_after_s: float,
         reclaim_lost_after_s: float | None = None,
+        hold_tenants: bool = False,
         now: datetime | None = None,
         limit: int = 1000,
     ) -> builtins.list[Job]:
         """Jobs that need a new wake-up message (`selections.due_for_recovery`), most urgent
         first. A reclaim message is presumed lost after `reclaim_lost_after_s` (by default
-        `lost_after_s`)."""
+        `lost_after_s`). With `hold_tenants`, the tenants' held jobs are left to `releasable`."""
         now = aware(now, "now") or self._clock()
         if reclaim_lost_after_s is None:
             reclaim_lost_after_s = lost_after_s
@@ -48,9 +49,32 @@ class Delivery(StoreCore):
             unsent_grace_s=unsent_grace_s,
             lost_after_s=lost_after_s,
             reclaim_lost_after_s=reclaim_lost_after_s,
+            hold_tenants=hold_tenants,
         )
         with self._transaction() as transaction:
             return transaction.select(selection, _MOST_URGENT, limit)
+
+    def held_tenants(self) -> builtins.list[str]:
+        """The tenants with queued jobs whose message is not sent, by name."""
+        with self._transaction() as transaction:
+            return transaction.tenants(selections.held())
+
+    def releasable(
+        self, tenant: str, *, queue_slots: int, max_in_flight: int = 0
+    ) -> builtins.list[Job]:
+        """`tenant`'s held jobs that may be sent now, most urgent first: as many as leave at most
+        `queue_slots` of its jobs sent and not yet claimed and, with a `max_in_flight` (0: no
+        cap), at most that many of its jobs sent or running. Two releasers counting at once
+        may each send one job more."""
+        with self._transaction() as transaction:
+            sent = len(transaction.select(selections.sent_unclaimed(tenant), (), queue_slots))
+            free = queue_slots - sent
+            if max_in_flight > 0 and free > 0:
+                running = transaction.select(selections.running_of(tenant), (), max_in_flight)
+                free = min(free, max_in_flight - sent - len(running))
+            if free <= 0:
+                return []
+            return transaction.select(selections.held(tenant), _MOST_URGENT, free)
 
     def waiting_after_send(
         self,

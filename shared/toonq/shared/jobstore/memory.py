@@ -114,6 +114,10 @@ class _MemoryTransaction(Transaction):
             found.sort(key=attrgetter(name.removeprefix("-")), reverse=name.startswith("-"))
         return found[:limit]
 
+    def tenants(self, selection: Selection) -> builtins.list[str]:
+        found = {job.tenant for job in self._jobs.values() if selection.matches(job)}
+        return sorted(tenant for tenant in found if tenant is not None)
+
     def with_keys(self, keys: Iterable[str]) -> dict[str, Job]:
         wanted = set(keys)
         return {

@@ -75,12 +75,14 @@ class Reads(StoreCore):
         return PollingFinishListener()
 
     def list(self, **filters: Unpack[JobFilters]) -> builtins.list[Job]:
-        """Jobs newest first, optionally filtered by status, error code and creation time."""
+        """Jobs newest first, optionally filtered by status, error code, creation time and
+        tenant."""
         status = filters.get("status")
         selection = selections.filtered(
             None if status is None else parse_status(status),
             filters.get("error_code"),
             aware(filters.get("since"), "since"),
+            filters.get("tenant"),
         )
         with self._transaction() as transaction:
             return transaction.select(selection, ("-created_at", "-id"), filters.get("limit", 100))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,14 +76,20 @@ def _one(**conditions: Any) -> Selection:
 
 
 def filtered(
-    status: JobStatus | None = None, error_code: str | None = None, since: datetime | None = None
+    status: JobStatus | None = None,
+    error_code: str | None = None,
+    since: datetime | None = None,
+    tenant: str | None = None,
 ) -> Selection:
-    """Jobs in `status`, with `error_code`, created at or after `since` (each when given)."""
+    """Jobs in `status`, with `error_code`, created at or after `since`, of `tenant` (each when
+    given)."""
     equal: dict[str, Any] = {}
     if status is not None:
         equal["status"] = status
     if error_code is not None:
         equal["error_code"] = error_code
+    if tenant is not None:
+        equal["tenant"] = tenant
     return _one(equal=equal, not_before={} if since is None else {"created_at": since})
 
 
@@ -181,12 +187,19 @@ def sendable(now: datetime) -> Selection:
 
 
 def due_for_recovery(
-    now: datetime, *, unsent_grace_s: float, lost_after_s: float, reclaim_lost_after_s: float
+    now: datetime,
+    *,
+    unsent_grace_s: float,
+    lost_after_s: float,
+    reclaim_lost_after_s: float,
+    hold_tenants: bool = False,
 ) -> Selection:
     """Jobs that need a new wake-up message:
 
     * waiting jobs whose message was never sent (the sender died, or the broker was down,
-      between commit and send), once `unsent_grace_s` passed since they became due;
+      between commit and send), once `unsent_grace_s` passed since they became due; with
+      `hold_tenants`, not the queued jobs of a tenant, which are held until their tenant's
+      turn (`held`);
     * waiting jobs due for longer than `lost_after_s` (their message is presumed lost);
     * running jobs whose lease expired (their worker is presumed lost; the claim of the new
       message reclaims the job or fails it with `worker_lost`), unless a message for that was
@@ -196,9 +209,12 @@ def due_for_recovery(
     lost_before = now - timedelta(seconds=lost_after_s)
     reclaim_lost_before = now - timedelta(seconds=reclaim_lost_after_s)
     queued, retrying, running = JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING
+    unsent_queued = _clause(queued, sent=False, updated_at=unsent_before)
+    if hold_tenants:
+        unsent_queued = replace(unsent_queued, empty={**unsent_queued.empty, "tenant": True})
     return Selection(
         (
-            _clause(queued, sent=False, updated_at=unsent_before),
+            unsent_queued,
             _clause(retrying, sent=False, next_attempt_at=unsent_before),
             _clause(queued, sent_at=lost_before),
             _clause(retrying, sent_at=lost_before, next_attempt_at=lost_before),
@@ -206,6 +222,24 @@ def due_for_recovery(
             _clause(running, lease_expires_at=now, sent_at=reclaim_lost_before),
         )
     )
+
+
+def held(tenant: str | None = None) -> Selection:
+    """Queued jobs of a tenant (of `tenant`, when given) whose message is not sent: where fair
+    release is on, they wait for their tenant's turn (`toonq.shared.tenants`)."""
+    equal: dict[str, Any] = {"status": JobStatus.QUEUED}
+    if tenant is not None:
+        equal["tenant"] = tenant
+    return _one(equal=equal, empty={"sent_at": True, "tenant": False})
+
+
+def sent_unclaimed(tenant: str) -> Selection:
+    """`tenant`'s queued jobs whose message waits for a worker."""
+    return _one(equal={"status": JobStatus.QUEUED, "tenant": tenant}, empty={"sent_at": False})
+
+
+def running_of(tenant: str) -> Selection:
+    return _one(equal={"status": JobStatus.RUNNING, "tenant": tenant})
 
 
 def waiting_after_send(

@@ -154,6 +154,10 @@ class SqlTransaction(Transaction):
         bound = statements.selected(selection, order, limit)
         return [_job(row) for row in self._execute(bound.statement, bound.parameters)]
 
+    def tenants(self, selection: Selection) -> builtins.list[str]:
+        bound = statements.tenants_of(selection)
+        return builtins.list(self._connection.execute(bound.statement, bound.parameters).scalars())
+
     def with_keys(self, keys: Iterable[str]) -> dict[str, Job]:
         keys = builtins.list(keys)
         if not keys:

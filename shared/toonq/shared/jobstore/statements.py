@@ -80,6 +80,11 @@ def selected(selection: Selection, order: Order, limit: int | None) -> Bound:
     return Bound(statement, _selection_parameters(selection))
 
 
+def tenants_of(selection: Selection) -> Bound:
+    """SELECT the tenants of the jobs `selection` matches, each once, in order."""
+    return Bound(_tenants(_shape(selection)), _selection_parameters(selection))
+
+
 def guarded_update(job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Bound:
     """UPDATE the job WHERE `guard` RETURNING its row."""
     by_column = columns(values)
@@ -154,6 +159,14 @@ def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
 @functools.lru_cache(maxsize=256)
 def _select(selection: _Shape, order: tuple[str, ...], limit: int | None) -> Select[Any]:
     return select(JOBS).where(_condition(selection)).order_by(*map(_order_by, order)).limit(limit)
+
+
+@functools.lru_cache(maxsize=64)
+def _tenants(selection: _Shape) -> Select[Any]:
+    tenant = JOBS.c.tenant
+    return (
+        select(tenant).where(_condition(selection), tenant.is_not(None)).distinct().order_by(tenant)
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -30,6 +30,10 @@ class Transaction(ABC):
         """The jobs `selection` matches, in `order`, at most `limit` of them."""
 
     @abstractmethod
+    def tenants(self, selection: Selection) -> builtins.list[str]:
+        """The tenants of the jobs `selection` matches, each once, in order."""
+
+    @abstractmethod
     def with_keys(self, keys: Iterable[str]) -> dict[str, Job]:
         """The jobs created with these idempotency keys, by key."""
 

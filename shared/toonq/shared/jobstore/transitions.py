@@ -86,6 +86,7 @@ def created(spec: JobSpec, *, actor: str, now: datetime) -> Transition:
             "output_uri": spec.output_uri,
             "params": spec.params,
             "priority": spec.priority,
+            "tenant": spec.tenant,
             "attempts": 0,
             "max_attempts": spec.max_attempts,
             "callback_url": spec.callback_url,
