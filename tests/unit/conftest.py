@@ -106,15 +106,22 @@ def sender(broker: MemoryBroker, jobstore: InMemoryJobStore) -> Sender:
     return Sender(broker.app, jobstore, queue=broker.queue)
 
 
-@pytest.fixture
-def client(
+def memory_client(
     settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
-) -> Iterator[ToonqClient]:
-    with ToonqClient(
+) -> ToonqClient:
+    """A client on the in-memory job store, the memory broker and files under TOONQ_HOME."""
+    return ToonqClient(
         settings,
         actor=ACTOR,
         objects=LocalStore(local_roots(settings)),
         store=jobstore,
         app=broker.app,
-    ) as client:
+    )
+
+
+@pytest.fixture
+def client(
+    settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
+) -> Iterator[ToonqClient]:
+    with memory_client(settings, jobstore, broker) as client:
         yield client

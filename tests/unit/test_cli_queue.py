@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.support import png_bytes, succeed
-from tests.unit.conftest import ACTOR
+from tests.unit.conftest import ACTOR, memory_client
 from toonq.producer import ToonqClient
 from toonq.producer.cli.context import Context
 from toonq.producer.cli.main import cli
@@ -857,17 +857,10 @@ def webhook_client(
     settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
 ) -> Iterator[ToonqClient]:
     """A client whose jobs may call back 127.0.0.1:8080 (or any public address)."""
-    with ToonqClient(
-        replace(
-            settings,
-            webhook_secret=WEBHOOK_SECRET,
-            webhook_allowed_hosts=("127.0.0.1:8080",),
-        ),
-        actor=ACTOR,
-        objects=LocalStore(local_roots(settings)),
-        store=jobstore,
-        app=broker.app,
-    ) as client:
+    allowing = replace(
+        settings, webhook_secret=WEBHOOK_SECRET, webhook_allowed_hosts=("127.0.0.1:8080",)
+    )
+    with memory_client(allowing, jobstore, broker) as client:
         yield client
 
 
