@@ -10,6 +10,10 @@ from toonq.shared.errors import InvalidRequestError
 OutputFormat = Literal["png", "webp"]
 OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
 
+#: Platform presets: the limits of each platform's stickers that a job's output is fitted to.
+Preset = Literal["telegram", "line", "discord"]
+PRESETS: Final[tuple[Preset, ...]] = get_args(Preset)
+
 #: Job priorities run 0 (the default) to 9 (served first).
 MIN_PRIORITY: Final = 0
 MAX_PRIORITY: Final = 9

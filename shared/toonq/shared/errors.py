@@ -144,6 +144,20 @@ class ImageTooLargeError(PermanentJobError):
     code = "image_too_large"
 
 
+class TooManyFramesError(ImageTooLargeError):
+    """An animation with more frames (or a longer running time) than the configured limits
+    (`TOONQ_MAX_FRAMES`, `TOONQ_MAX_ANIMATION_S`)."""
+
+    code = "too_many_frames"
+
+
+class CannotFitPresetError(PermanentJobError):
+    """The output cannot be made to meet one of its platform preset's limits (size, frames,
+    duration); the message names the limit."""
+
+    code = "cannot_fit_preset"
+
+
 class WorkerLostError(PermanentJobError):
     """The job's worker died on every attempt (e.g. the image crashes or OOM-kills it)."""
 
@@ -179,6 +193,8 @@ _JOB_ERRORS: tuple[type[ToonqError], ...] = (
     InvalidImageError,
     UnsupportedFormatError,
     ImageTooLargeError,
+    TooManyFramesError,
+    CannotFitPresetError,
     WorkerLostError,
     InvalidURIError,  # a job row whose URI a newer worker no longer accepts
     StorageUnavailableError,

@@ -188,6 +188,9 @@ class Settings:
     channels_last: bool = _setting("TOONQ_CHANNELS_LAST", False, _flag)
     max_image_pixels: int = _setting("TOONQ_MAX_IMAGE_PIXELS", 50_000_000, _int(minimum=1))
     max_input_bytes: int = _setting("TOONQ_MAX_INPUT_BYTES", 100 * 1024 * 1024, _int(minimum=1))
+    #: An animation's frames, each matted: more is `too_many_frames`, as is a longer running time.
+    max_frames: int = _setting("TOONQ_MAX_FRAMES", 300, _int(minimum=1))
+    max_animation_s: float = _setting("TOONQ_MAX_ANIMATION_S", 60.0, _float)
     #: Host memory the images of a worker's jobs may take at once (0: from the memory limit).
     memory_budget_mb: int = _setting("TOONQ_MEMORY_BUDGET_MB", 0, _int())
     # Delivery and retries.
