@@ -103,7 +103,7 @@ def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
     """(width, height) as stored, from the header alone, after the checks `decode_image` makes
     before it decodes (and with the same errors): what a caller sizes memory by. The EXIF
     orientation may swap them; the pixel count is the same."""
-    return _header(data, max_pixels).size
+    return open_image(data, max_pixels=max_pixels).size
 
 
 def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
@@ -116,7 +116,7 @@ def image_to_array(image: Image.Image) -> npt.NDArray[np.uint8]:
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]:
     """The upright 8-bit RGBA pixels of `data`: an H×W×4 array from libpng, or a Pillow image."""
-    image = _header(data, max_pixels)
+    image = open_image(data, max_pixels=max_pixels)
     if imagecodecs is not None and _is_plain_png(data):
         try:
             return _rgba_array(imagecodecs.png_decode(data))
@@ -126,7 +126,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]
             pass  # libpng refused these bytes: Pillow's decoder gives the verdict on them
     try:
         image.load()
-        return _to_rgba(_upright(image))
+        return to_rgba(_upright(image))
     except MemoryError:
         raise  # the machine's state, not the data's: the job is retried
     except Exception as exc:
@@ -136,12 +136,12 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | npt.NDArray[np.uint8]
         raise InvalidImageError(f"the {image.format} image is corrupt or truncated: {exc}") from exc
 
 
-def _header(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """`data` opened by Pillow, header read, pixel count (and a JPEG's scans) checked, nothing
-    decoded yet."""
+    decoded yet: the checks `decode_image` makes before it decodes, with the same errors."""
     if not data:
         raise InvalidImageError("the image data is empty (0 bytes)")
-    limit = _pixel_limit(max_pixels)
+    limit = pixel_limit(max_pixels)
     image = _open(data, limit)
     _check_pixel_count(image.size, limit)
     _check_jpeg_scans(data)
@@ -237,7 +237,8 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _pixel_limit(max_pixels: int) -> int:
+def pixel_limit(max_pixels: int) -> int:
+    """The pixel limit applied: `max_pixels`, or Pillow's bomb threshold where it is smaller."""
     # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; here its threshold refuses.
     pillow_limit = Image.MAX_IMAGE_PIXELS
     return max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
@@ -264,14 +265,21 @@ def _check_jpeg_scans(data: bytes) -> None:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    # Only the orientation is read: Pillow's ImageOps.exif_transpose also rewrites the EXIF
-    # block, which raises TypeError on some malformed (but readable) tags.
-    orientation = image.getexif().get(ExifTags.Base.Orientation)
-    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    method = upright_transpose(image)
     return image if method is None else image.transpose(method)
 
 
-def _to_rgba(image: Image.Image) -> Image.Image:
+def upright_transpose(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that shows `image` upright (from its EXIF, XMP or TIFF orientation), or
+    None where it is upright already or its orientation is outside 1..8."""
+    # Only the orientation is read: Pillow's ImageOps.exif_transpose also rewrites the EXIF
+    # block, which raises TypeError on some malformed (but readable) tags.
+    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    return _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+
+
+def to_rgba(image: Image.Image) -> Image.Image:
+    """`image` in mode "RGBA", 8 bits per channel, with the conversions `decode_image` makes."""
     if image.mode == "RGBA":
         return image
     if image.mode in _DEEP_GRAY_MODES:
