@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import Blend, Disposal
 
-from tests.image_corpus import chunk, noise, save
+from tests.image_corpus import chunk, exif_block, noise, save
 from toonq.shared.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -26,7 +26,7 @@ from toonq.shared.errors import (
     UnsupportedFormatError,
 )
 from toonq.worker.engine.animation import Animation, count_frames, decode_animation
-from toonq.worker.engine.decode import decode_pixels
+from toonq.worker.engine.decode import decode_image, decode_pixels
 
 CLEAR = (0, 0, 0, 0)
 RED = (255, 0, 0, 255)
@@ -151,6 +151,16 @@ def test_gif_disposal(disposal, after_second):
 def test_gif_loop_counts_plays(netscape_loop, plays):
     frames = [GifFrame(_indices([[1]])), GifFrame(_indices([[2]]))]
     assert _decode(_gif(1, 1, frames, loop=netscape_loop)).loop == plays
+
+
+def test_gif_frame_past_the_canvas_is_clipped():
+    """Viewers clip a frame to the logical screen; Pillow would grow the canvas instead."""
+    frames = [GifFrame(_indices([[1, 1], [1, 1]])), GifFrame(_indices([[2, 3]]), x=1, y=1)]
+    animation = _decode(_gif(2, 2, frames))
+    second = _canvas(2, 2, RED)
+    second[1, 1] = GREEN
+    assert [frame.shape for frame in animation.frames] == [(2, 2, 4), (2, 2, 4)]
+    assert np.array_equal(animation.frames[1], second)
 
 
 def test_gif_written_by_pillow():
@@ -319,6 +329,37 @@ def test_apng_written_by_pillow():
     for decoded, frame in zip(animation.frames, frames, strict=True):
         assert np.array_equal(decoded, np.asarray(frame))
     assert animation.durations_ms == [20, 30, 40]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "LA"])
+def test_apng_of_other_modes_written_by_pillow(mode):
+    """Each frame's region is converted to RGBA as a still is (tRNS and palettes to alpha)."""
+    channels = 3 if mode == "P" else 4  # Pillow's RGBA to P keeps no alpha
+    frames = [Image.fromarray(noise(4, 5, channels, seed=seed)).convert(mode) for seed in range(3)]
+    # one palette index of the first frame's made transparent (Pillow's web palette is shared)
+    options = {"transparency": frames[0].getpixel((0, 0))} if mode == "P" else {}
+    data = save(frames[0], "PNG", save_all=True, append_images=frames[1:], **options)
+    expected = [
+        np.asarray(decode_image(save(frame, "PNG", **options), max_pixels=100)) for frame in frames
+    ]
+    for decoded, frame in zip(_decode(data).frames, expected, strict=True):
+        assert np.array_equal(decoded, frame)
+    assert (expected[0][..., 3] < 255).any() == (mode != "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_orientation_turns_every_frame_upright(fmt):
+    stored = [noise(2, 3, 4, seed=seed) for seed in range(2)]
+    stored[0][..., 3] = stored[1][..., 3] = 255
+    images = [Image.fromarray(frame) for frame in stored]
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    data = save(
+        images[0], fmt, save_all=True, append_images=images[1:], exif=exif_block(6)[6:], **options
+    )
+    animation = _decode(data)
+    assert (animation.width, animation.height) == (2, 3)
+    for decoded, frame in zip(animation.frames, stored, strict=True):
+        assert np.array_equal(decoded, np.rot90(frame, -1))
 
 
 # --- Animated WebP --------------------------------------------------------------------------------

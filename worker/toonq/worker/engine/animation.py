@@ -10,9 +10,11 @@ A truncated or corrupt animation keeps the frames before the first one that does
 a viewer shows them before it stops; the limits still count every frame the headers declare. An
 animation whose first frame does not decode is an `InvalidImageError`.
 
-Pillow composites GIF frames (binary transparency, disposal to background or previous) and
-libwebp WebP frames. APNG frames are composited here: Pillow's OP_OVER blends alpha like a
-colour channel, so that a semi-transparent pixel over an opaque one comes out semi-transparent.
+Pillow composites GIF frames (binary transparency; disposal 2 restores the frame's rectangle to
+the transparent colour, or to the background colour in a GIF without one, as GIF89a says) and
+libwebp WebP frames (a clear pixel comes out (0, 0, 0, 0)). APNG frames are composited here:
+Pillow's OP_OVER blends alpha like a colour channel, so that a semi-transparent pixel over an
+opaque one would come out semi-transparent.
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ def _apng_frames(image: Image.Image, headers: FrameHeaders) -> Iterator[npt.NDAr
         image.seek(index)
         x0, y0, x1, y1 = image.info["bbox"]
         dispose, blend = image.info.get("disposal"), image.info.get("blend")
-        # Pillow then leaves the frame's own pixels in its region, which this composites.
+        # Told the frame replaces its region, Pillow leaves the frame's own pixels there, for
+        # `_over` to composite; its canvas outside the region is not read.
         image.blend_op = Blend.OP_SOURCE  # type: ignore[attr-defined]
         image.load()
         region = np.array(to_rgba(image.crop((x0, y0, x1, y1))), dtype=np.uint8)
