@@ -493,8 +493,8 @@ def _offsets(data: bytes | bytearray, marker: bytes, count: int) -> list[int]:
 
 
 #: Each sample and where its third frame's pixel data starts: after a GIF's Graphic Control
-#: Extension (8 bytes), image descriptor (10) and LZW code size (1); after an fdAT's length,
-#: type and sequence number.
+#: Extension (8 bytes), image descriptor (10) and LZW code size (1); after an fdAT chunk's type
+#: and sequence number.
 TRUNCATED = {
     "gif": (_gif_sample(2), b"!\xf9\x04", 3, 19),
     "apng": (_apng_sample(Disposal.OP_BACKGROUND, Blend.OP_OVER), b"fdAT", 2, 8),
