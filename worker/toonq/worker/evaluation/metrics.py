@@ -11,18 +11,23 @@ Two definitions are shared by several metrics:
 * edge (`edge_map`): the foreground pixels with at least one 4-neighbour (up, down, left, right)
   in the background. The image frame is not an edge: beyond the border counts as foreground, so
   an object cut by the frame has no edge along it.
+
+`flicker_score` rates an animation's mattes rather than one mask: how much alpha moves from frame
+to frame where the input frames did not change.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
+
+from toonq.worker.engine.temporal import check_mattes, static_pixels
 
 Mask = npt.NDArray[np.uint8]
 BoolMap = npt.NDArray[np.bool_]
@@ -231,6 +236,26 @@ def halo(rgb: npt.NDArray[np.uint8], alpha: Mask) -> float | None:
     weights = np.asarray(_LUMA_WEIGHTS, dtype=np.float64) / 255.0
     luminance = (rgb[band].astype(np.float64) @ weights) * (alpha[band] / 255.0)
     return _count(luminance > HALO_LUMINANCE) / edge_length
+
+
+def flicker_score(colours: Sequence[npt.NDArray[np.uint8]], alphas: Sequence[Mask]) -> float | None:
+    """Mean absolute alpha change, in grey levels (0..255), between consecutive frames over the
+    pixels whose input did not change (`toonq.worker.engine.temporal.static_pixels`).
+
+    `colours` are the input frames (H×W×4 or H×W×3) and `alphas` their H×W mattes. Every
+    consecutive pair contributes each of its static pixels once: the score is the sum of
+    |alpha[t] - alpha[t-1]| over those pixels divided by their number, pooled over all pairs,
+    so a still outline that holds steady scores 0. None with fewer than two frames or when no
+    pixel is static.
+    """
+    check_mattes(colours, alphas)
+    change, static_count = 0, 0
+    for index in range(1, len(alphas)):
+        static = static_pixels(colours[index - 1], colours[index])
+        before, after = alphas[index - 1][static], alphas[index][static]
+        change += int(np.sum(np.maximum(before, after) - np.minimum(before, after), dtype=np.int64))
+        static_count += _count(static)
+    return change / static_count if static_count else None
 
 
 def edge_map(foreground: BoolMap) -> BoolMap:
