@@ -162,12 +162,16 @@ def test_shadow_is_cast_by_the_outline_too() -> None:
 def test_trim_keeps_the_whole_shadow() -> None:
     frame = _frame(24, 24, slice(12, 24), slice(12, 24))  # cut by the bottom-right edges
     (trimmed,) = apply_finishing([frame], shadow=True, outline=2, trim=True)
+    # The same frame on a canvas with room to spare: the trimmed canvas holds all it draws.
     roomy = np.zeros((80, 80, 4), dtype=np.uint8)
     roomy[20:44, 20:44] = frame
     (reference,) = apply_finishing([roomy], shadow=True, outline=2)
     top, left, bottom, right = _opaque_box(reference[..., 3])
-    assert (bottom - top, right - left) == trimmed.shape[:2]
-    np.testing.assert_array_equal(trimmed, reference[top:bottom, left:right])
+    inner_top, inner_left, inner_bottom, inner_right = _opaque_box(trimmed[..., 3])
+    assert (inner_bottom - inner_top, inner_right - inner_left) == (bottom - top, right - left)
+    np.testing.assert_array_equal(
+        trimmed[inner_top:inner_bottom, inner_left:inner_right], reference[top:bottom, left:right]
+    )
 
 
 def test_an_animation_gets_one_geometry() -> None:

@@ -10,9 +10,8 @@ Bottom to top, composited with "over": the shadow (black), the outline (white), 
   averaged with its dilation by a disc of radius N + 1: opaque out to N px from the subject and
   half-transparent in the ring from N to N + 1 px, which softens the disc's staircase. A soft matte
   edge carries over to the stroke's outer edge.
-* shadow: the subject with its outline, moved down and right, blurred by three box blurs (close to
-  a Gaussian, with an exact reach), in black at half opacity. Its offset and blur scale with the
-  subject's longer side.
+* shadow: the subject with its outline, moved down and right, blurred (Pillow's Gaussian blur),
+  in black at half opacity. Its offset and blur scale with the subject's longer side.
 * trim: the canvas becomes the subject's box grown by the outline's and the shadow's reach, plus
   `margin` px on each side; it grows past the image with transparent pixels where it must, so
   nothing drawn is clipped. Without trim the canvas keeps the image's size, and what is drawn
@@ -31,14 +30,12 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 Frame = npt.NDArray[np.uint8]
-Alpha = npt.NDArray[np.float32]
 
 #: The shadow's offset down and to the right, as a fraction of the subject's longer side.
 SHADOW_OFFSET_RATIO: Final = 0.025
-#: The radius of each of the shadow's box blurs, as a fraction of the subject's longer side.
+#: The radius (standard deviation) of the shadow's blur, as a fraction of the subject's longer
+#: side.
 SHADOW_BLUR_RATIO: Final = 0.01
-#: Three box blurs make a near-Gaussian that reaches exactly three radii.
-SHADOW_BLUR_PASSES: Final = 3
 #: The shadow's alpha where it is fully covered (0..1).
 SHADOW_OPACITY: Final = 0.5
 
@@ -144,19 +141,32 @@ class _Stroke:
 class _Shadow:
     offset: int
     blur_radius: int
+    #: How far the blur spreads the shadow past its shape, in px.
+    spread: int
 
     @classmethod
     def for_subject(cls, subject: _Box) -> _Shadow:
         side = max(subject.height, subject.width)
+        blur_radius = max(1, round(SHADOW_BLUR_RATIO * side))
         return cls(
             offset=max(1, round(SHADOW_OFFSET_RATIO * side)),
-            blur_radius=max(1, round(SHADOW_BLUR_RATIO * side)),
+            blur_radius=blur_radius,
+            spread=_blur_spread(blur_radius),
         )
 
-    @property
-    def spread(self) -> int:
-        """How far the blur spreads the shadow past its shape."""
-        return SHADOW_BLUR_PASSES * self.blur_radius
+
+def _blur(alpha: Frame, radius: int) -> Frame:
+    return np.asarray(Image.fromarray(alpha).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def _blur_spread(radius: int) -> int:
+    """How many px past an edge of opaque pixels the blur leaves alpha above 0: no shape
+    spreads further. Measured, as Pillow's Gaussian blur is three box blurs of radius below
+    `radius` that round their faint tails to 0 short of their 3·radius reach."""
+    reach = 3 * radius
+    edge = np.zeros((1, 2 * reach + 2), dtype=np.uint8)
+    edge[:, : reach + 1] = 255
+    return int(np.count_nonzero(_blur(edge, radius)[:, reach + 1 :]))
 
 
 def _check_frames(frames: Sequence[Frame]) -> None:
@@ -205,32 +215,37 @@ def _copy_overlap(target: Frame, target_box: _Box, source: Frame, source_box: _B
 
 def _decorate(region: Frame, stroke: _Stroke | None, drop: _Shadow | None) -> Frame:
     """The subject in `region` over its outline over its shadow ("over", straight alpha)."""
-    subject = region[..., 3].astype(np.float32) / np.float32(255)
-    white = _outline_alpha(region[..., 3], stroke) if stroke is not None else np.zeros_like(subject)
-    under = white
-    if drop is not None:
-        casting = np.rint((subject + white * (1 - subject)) * 255).astype(np.uint8)
-        black = _shadow_alpha(casting, drop)
-        under = white + black * (1 - white)
-    # Opaque subject pixels, and pixels with nothing under them, stay as they are.
-    blended = (region[..., 3] < 255) & (under > 0)
-    subject, white, under = subject[blended], white[blended], under[blended]
-    alpha = subject + under * (1 - subject)
+    subject = region[..., 3]
+    nothing = np.zeros_like(subject)
+    white = _outline_alpha(subject, stroke) if stroke is not None else nothing
+    # A dilation is never below what it dilates: the outline covers the subject, and the larger
+    # of their alphas is the shape they cast together.
+    black = _shadow_alpha(np.maximum(subject, white), drop) if drop is not None else nothing
+    # Opaque subject pixels, and pixels with nothing under them, stay as they are: only the
+    # rest is blended, in floats.
+    blended = (subject < 255) & ((white | black) > 0)
+    front = subject[blended] / np.float32(255)
+    stroke_alpha = white[blended] / np.float32(255)
+    shadow_alpha = black[blended] * np.float32(SHADOW_OPACITY / 255)
+    under = stroke_alpha + shadow_alpha * (1 - stroke_alpha)
+    alpha = front + under * (1 - front)
     # The black shadow adds alpha but no colour to the premultiplied sum.
-    premultiplied = region[blended, :3] * subject[:, None] + (255 * white * (1 - subject))[:, None]
+    premultiplied = (
+        region[blended, :3] * front[:, None] + (255 * stroke_alpha * (1 - front))[:, None]
+    )
     decorated = region.copy()
     decorated[blended, :3] = np.clip(np.rint(premultiplied / alpha[:, None]), 0, 255)
     decorated[blended, 3] = np.rint(alpha * 255)
     return decorated
 
 
-def _outline_alpha(alpha: Frame, stroke: _Stroke) -> Alpha:
-    """The stroke's alpha (0..1): the mean of `alpha`'s dilations by the two discs."""
+def _outline_alpha(alpha: Frame, stroke: _Stroke) -> Frame:
+    """The stroke's alpha: the mean of `alpha`'s dilations by the two discs, rounded half up."""
     pad = stroke.reach
     row_maxima = _row_maxima(np.pad(alpha, pad), pad, set(stroke.disc) | set(stroke.outer_disc))
     inner = _dilate(row_maxima, stroke.disc, pad, alpha.shape[0])
     outer = _dilate(row_maxima, stroke.outer_disc, pad, alpha.shape[0])
-    return (inner.astype(np.float32) + outer) / np.float32(2 * 255)
+    return ((inner.astype(np.uint16) + outer + 1) >> 1).astype(np.uint8)
 
 
 def _disc_rows(radius: int) -> tuple[int, ...]:
@@ -270,12 +285,10 @@ def _dilate(row_maxima: dict[int, Frame], disc: tuple[int, ...], pad: int, heigh
     return dilated
 
 
-def _shadow_alpha(casting: Frame, drop: _Shadow) -> Alpha:
-    """The shadow's alpha (0..1): `casting` moved down and right, blurred, at SHADOW_OPACITY.
-    The region leaves room for the move and the blur, so nothing is lost at its edges."""
+def _shadow_alpha(casting: Frame, drop: _Shadow) -> Frame:
+    """The shadow's shape: `casting` moved down and right and blurred (SHADOW_OPACITY is applied
+    when blending). The region leaves room for the move and the blur, so nothing is lost at its
+    edges."""
     moved = np.zeros_like(casting)
     moved[drop.offset :, drop.offset :] = casting[: -drop.offset, : -drop.offset]
-    image = Image.fromarray(moved)
-    for _ in range(SHADOW_BLUR_PASSES):
-        image = image.filter(ImageFilter.BoxBlur(drop.blur_radius))
-    return np.asarray(image, dtype=np.float32) * np.float32(SHADOW_OPACITY / 255)
+    return _blur(moved, drop.blur_radius)

@@ -72,10 +72,13 @@ def stabilise_alpha(
     for index in range(1, len(alphas)):
         static = static_pixels(colours[index - 1], colours[index])
         boundaries.append(np.packbits(static, axis=None))
-        stabilised.append(_rounded_mean(run_sum, run_length))
-        run_sum = np.where(static, run_sum + alphas[index], alphas[index].astype(np.int32))
-        run_length = np.where(static, run_length + 1, 1)
-    stabilised.append(_rounded_mean(run_sum, run_length))
+        changed = ~static
+        stabilised.append(_ending_runs(alphas[index - 1], run_sum, run_length, changed))
+        run_sum += alphas[index]
+        np.copyto(run_sum, alphas[index], where=changed)
+        run_length += 1
+        np.copyto(run_length, 1, where=changed)
+    stabilised.append(_ending_runs(alphas[-1], run_sum, run_length, np.True_))
     for index in range(len(stabilised) - 2, -1, -1):
         bits = np.unpackbits(boundaries[index], count=pixel_count)
         static = bits.view(np.bool_).reshape(alphas[0].shape)
@@ -83,14 +86,20 @@ def stabilise_alpha(
     return stabilised
 
 
-def _rounded_mean(
-    total: npt.NDArray[np.int32], count: npt.NDArray[np.int32]
+def _ending_runs(
+    prediction: npt.NDArray[np.uint8],
+    run_sum: npt.NDArray[np.int32],
+    run_length: npt.NDArray[np.int32],
+    ending: npt.NDArray[np.bool_] | np.bool_,
 ) -> npt.NDArray[np.uint8]:
-    """round(total / count), halves up. In float64 for speed, and exact: the quotient of two
-    integers below 2^31 is within 2^-52 of its value, far closer than the 1 / (2·count) that
-    separates a non-integer quotient from the next integer."""
-    quotient = (2 * total + count).astype(np.float64) / (2 * count)
-    return np.floor(quotient).astype(np.uint8)
+    """A copy of `prediction` holding, where a run of several frames ends, the run's mean
+    rounded half up. A run of one frame is its prediction, and where no run ends the backward
+    pass overwrites the value, so only the longer ending runs are divided."""
+    means = prediction.copy()
+    longer = ending & (run_length > 1)
+    total, count = run_sum[longer], run_length[longer]
+    means[longer] = (2 * total + count) // (2 * count)
+    return means
 
 
 def check_mattes(

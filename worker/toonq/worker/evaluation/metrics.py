@@ -252,8 +252,9 @@ def flicker_score(colours: Sequence[npt.NDArray[np.uint8]], alphas: Sequence[Mas
     change, static_count = 0, 0
     for index in range(1, len(alphas)):
         static = static_pixels(colours[index - 1], colours[index])
-        before, after = alphas[index - 1][static], alphas[index][static]
-        change += int(np.sum(np.maximum(before, after) - np.minimum(before, after), dtype=np.int64))
+        before, after = alphas[index - 1], alphas[index]
+        difference = np.maximum(before, after) - np.minimum(before, after)
+        change += int(np.sum(difference, where=static, dtype=np.int64))
         static_count += _count(static)
     return change / static_count if static_count else None
 
