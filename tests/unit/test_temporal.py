@@ -169,6 +169,11 @@ def test_agrees_with_the_definition_on_random_frames() -> None:
         np.testing.assert_array_equal(got, wanted)
 
 
+def test_one_frame_is_checked_too() -> None:
+    with pytest.raises(ValueError, match="frames"):
+        stabilise_alpha([np.zeros((2, 2), dtype=np.uint8)], [np.zeros((2, 2), dtype=np.uint8)])
+
+
 def test_one_frame_is_returned_as_it_is() -> None:
     alpha = np.array([[1, 2]], dtype=np.uint8)
     (result,) = stabilise_alpha(_frames([[0, 0]]), [alpha])

@@ -27,11 +27,8 @@ def static_pixels(
 ) -> npt.NDArray[np.bool_]:
     """The H×W map of the pixels whose every channel differs by at most `STATIC_TOLERANCE`
     between two H×W×4 (or H×W×3) uint8 frames of the same shape."""
-    for frame in (previous, current):
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
-            raise ValueError(
-                f"expected uint8 H×W×4 or H×W×3 frames, got {frame.dtype} of shape {frame.shape}"
-            )
+    _check_frame(previous)
+    _check_frame(current)
     if previous.shape != current.shape:
         raise ValueError(f"frames differ in shape: {previous.shape} vs {current.shape}")
     # |a - b| in uint8 without widening: the larger minus the smaller never wraps.
@@ -105,10 +102,12 @@ def _ending_runs(
 def check_mattes(
     colours: Sequence[npt.NDArray[np.uint8]], alphas: Sequence[npt.NDArray[np.uint8]]
 ) -> None:
-    """Raise ValueError unless there is one H×W uint8 matte per frame, all of one size."""
+    """Raise ValueError unless `colours` are H×W×4 (or H×W×3) uint8 frames, with one H×W uint8
+    matte per frame, all of one size."""
     if len(colours) != len(alphas):
         raise ValueError(f"{len(colours)} frames but {len(alphas)} mattes")
     for frame, alpha in zip(colours, alphas, strict=True):
+        _check_frame(frame)
         if alpha.dtype != np.uint8 or alpha.ndim != 2:
             raise ValueError(f"expected uint8 H×W mattes, got {alpha.dtype} of shape {alpha.shape}")
         if frame.shape[:2] != alpha.shape or alpha.shape != alphas[0].shape:
@@ -116,3 +115,10 @@ def check_mattes(
                 f"a {alpha.shape} matte does not match its {frame.shape} frame"
                 f" or the first matte {alphas[0].shape}"
             )
+
+
+def _check_frame(frame: npt.NDArray[np.uint8]) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise ValueError(
+            f"expected uint8 H×W×4 or H×W×3 frames, got {frame.dtype} of shape {frame.shape}"
+        )
