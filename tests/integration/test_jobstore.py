@@ -134,11 +134,58 @@ def test_create_queues_a_job_with_its_created_event(jobstore: JobStore) -> None:
         "refine_foreground": False,
         "mask_only": True,
         "respect_input_alpha": True,
+        "preset": None,
+        "trim": False,
+        "margin": 0,
+        "outline": 0,
+        "shadow": False,
+        "temporal_smoothing": True,
     }
     assert job.created_at.tzinfo is UTC
     assert jobstore.get(job.id) == job
     [event] = jobstore.events(job.id)
     assert (event.kind, event.actor, event.job_id) == (EventKind.CREATED, "producer", job.id)
+
+
+STICKER = replace(
+    PARAMS,
+    preset="telegram",
+    trim=True,
+    margin=12,
+    outline=4,
+    shadow=True,
+    temporal_smoothing=False,
+)
+
+
+def assert_sticker_parameters_round_trip(store: JobStore) -> None:
+    """A job's sticker parameters, and a plain job's defaults, read back as written: by `get`,
+    by `list`, and in the job a transition returns."""
+    sticker = create(store, params=STICKER)
+    plain = create(store, params=PARAMS)
+
+    assert [store.get(sticker.id).params, store.get(plain.id).params] == [STICKER, PARAMS]
+    assert {job.id: job.params for job in store.list()} == {sticker.id: STICKER, plain.id: PARAMS}
+    assert claim(store, sticker).job.params == STICKER
+    assert {
+        name: store.get(sticker.id).to_dict()["params"][name]
+        for name in ("preset", "trim", "margin", "outline", "shadow", "temporal_smoothing")
+    } == {
+        "preset": "telegram",
+        "trim": True,
+        "margin": 12,
+        "outline": 4,
+        "shadow": True,
+        "temporal_smoothing": False,
+    }
+
+
+def test_the_sticker_parameters_round_trip(jobstore: JobStore) -> None:
+    assert_sticker_parameters_round_trip(jobstore)
+
+
+def test_the_sticker_parameters_round_trip_on_sqlite(sqlite_jobstore: JobStore) -> None:
+    assert_sticker_parameters_round_trip(sqlite_jobstore)
 
 
 def test_create_with_an_id_chosen_by_the_caller(jobstore: JobStore) -> None:
@@ -189,6 +236,17 @@ def test_create_with_a_known_idempotency_key_returns_the_existing_job(jobstore: 
         (
             {"params": replace(PARAMS, respect_input_alpha=True)},
             "respect_input_alpha True (the job's: False)",
+        ),
+        ({"params": replace(PARAMS, preset="line")}, "preset 'line' (the job's: None)"),
+        (
+            {"params": replace(PARAMS, trim=True, margin=3)},
+            "trim True (the job's: False), margin 3 (the job's: 0)",
+        ),
+        ({"params": replace(PARAMS, outline=2)}, "outline 2 (the job's: 0)"),
+        ({"params": replace(PARAMS, shadow=True)}, "shadow True (the job's: False)"),
+        (
+            {"params": replace(PARAMS, temporal_smoothing=False)},
+            "temporal_smoothing False (the job's: True)",
         ),
         ({"priority": 9}, "priority 9 (the job's: 0)"),
         ({"max_attempts": 1}, "max_attempts 1 (the job's: 3)"),

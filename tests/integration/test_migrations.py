@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0010"
+HEAD = "0011"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,6 +57,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0010",
         "0009",
         "0008",
         "0007",
@@ -209,6 +210,24 @@ def test_jobs_from_before_0010_have_no_tenant(empty_db_url: str) -> None:
     assert _job_after_migrating(empty_db_url).tenant is None
     downgrade(empty_db_url, "0009")
     assert _state(empty_db_url) == (TABLES, "0009")
+
+
+def test_jobs_from_before_0011_read_with_the_sticker_defaults(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0010")
+    # Written as a producer of that release writes: no sticker column to name.
+    params = _job_after_migrating(empty_db_url).params
+
+    assert params == JobParams(bg_color="#808080", format="png", resolution=64)
+    assert (params.preset, params.trim, params.margin, params.outline, params.shadow) == (
+        None,
+        False,
+        0,
+        0,
+        False,
+    )
+    assert params.temporal_smoothing is True
+    downgrade(empty_db_url, "0010")
+    assert _state(empty_db_url) == (TABLES, "0010")
 
 
 def test_models_agree_with_migrations(empty_db_url: str) -> None:

@@ -90,6 +90,37 @@ def test_a_refined_mask_is_refused_as_submit_refuses_it(source: Path, tmp_path: 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--preset", "line", "--format", "webp"), "preset 'line' takes format png only"),
+        (("--trim", "--margin", "1025"), "margin must be a whole number of pixels from 0 to 1024"),
+        (("--margin", "4"), "margin 4 is kept around the trimmed subject"),
+        (("--mask-only", "--shadow"), "a mask has no colours to outline or shade"),
+    ],
+)
+def test_sticker_options_are_refused_as_submit_refuses_them(
+    source: Path, tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = matte(source, "--out", str(out), "--device", "cpu", *options)
+
+    assert result.exit_code == 1
+    assert f"error [invalid_request]: {message}" in result.output
+    assert not out.exists()
+
+
+def test_sticker_options_that_agree_reach_the_model(source: Path, tmp_path: Path) -> None:
+    sticker = [
+        *("--preset", "telegram", "--trim", "--margin", "8", "--outline", "4", "--shadow"),
+        "--no-temporal-smoothing",
+    ]
+    result = matte(source, "--out", str(tmp_path / "out"), "--device", "cpu", *sticker)
+
+    assert result.exit_code == 1
+    assert "error [model_unavailable]" in result.output
+
+
 def test_an_output_folder_that_is_a_file_is_a_usage_error(source: Path, tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.write_text("not a folder")

@@ -112,6 +112,89 @@ def test_submit_asks_to_respect_the_input_alpha(client: ToonqClient, settings: S
     assert plain["params"]["respect_input_alpha"] is False  # off unless asked for
 
 
+#: The sticker options of `toonq submit`, and the job parameters they ask for.
+STICKER_OPTIONS = (
+    *("--preset", "telegram", "--trim", "--margin", "8", "--outline", "4", "--shadow"),
+    "--no-temporal-smoothing",
+)
+STICKER_PARAMS = {
+    "preset": "telegram",
+    "trim": True,
+    "margin": 8,
+    "outline": 4,
+    "shadow": True,
+    "temporal_smoothing": False,
+}
+
+
+def test_submit_passes_each_sticker_option_to_the_job(
+    client: ToonqClient, settings: Settings
+) -> None:
+    asked = toonq_json(client, "submit", input_uri(settings), *STICKER_OPTIONS)
+    plain = toonq_json(client, "submit", input_uri(settings))
+
+    assert {name: asked["params"][name] for name in STICKER_PARAMS} == STICKER_PARAMS
+    stored = client.get(asked["id"]).params
+    assert {name: getattr(stored, name) for name in STICKER_PARAMS} == STICKER_PARAMS
+    # Left out, each is off, and the edges of an animation are smoothed.
+    assert {name: plain["params"][name] for name in STICKER_PARAMS} == {
+        "preset": None,
+        "trim": False,
+        "margin": 0,
+        "outline": 0,
+        "shadow": False,
+        "temporal_smoothing": True,
+    }
+
+
+def test_bulk_submit_passes_the_sticker_options_to_each_job(
+    client: ToonqClient, settings: Settings
+) -> None:
+    uris = images(settings, "a.png", "b.png")
+
+    submitted = json_lines(toonq(client, "submit", *uris, *STICKER_OPTIONS, "--json"))
+
+    assert [{name: data["params"][name] for name in STICKER_PARAMS} for data in submitted] == [
+        STICKER_PARAMS,
+        STICKER_PARAMS,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ("--margin", "8"),
+            "margin 8 is kept around the trimmed subject: ask for trim too, or leave margin at 0",
+        ),
+        (("--outline", "129"), "outline must be a whole number of pixels from 0 to 128, got 129"),
+        (
+            ("--preset", "discord", "--format", "webp"),
+            "preset 'discord' takes format png only (its stickers are PNG or APNG), not webp",
+        ),
+        (
+            ("--mask-only", "--outline", "4"),
+            "a mask has no colours to outline or shade and is no sticker to trim or fit to a "
+            "platform: ask for mask_only or for outline, not both",
+        ),
+    ],
+)
+def test_submit_refuses_sticker_options_that_cannot_be_met(
+    client: ToonqClient,
+    settings: Settings,
+    jobstore: InMemoryJobStore,
+    broker: MemoryBroker,
+    options: tuple[str, ...],
+    message: str,
+) -> None:
+    refused = toonq(client, "submit", input_uri(settings), *options)
+
+    assert refused.exit_code == 1
+    assert refused.stderr == f"error [invalid_request]: {message}\n"
+    assert jobstore.list() == []
+    assert broker.take_sent() == []
+
+
 def test_submit_refuses_to_refine_a_mask(
     client: ToonqClient, settings: Settings, jobstore: InMemoryJobStore, broker: MemoryBroker
 ) -> None:
@@ -175,6 +258,33 @@ def test_an_idempotency_conflict_names_respect_input_alpha(
     )
     again = toonq_json(
         client, "submit", uri, "--idempotency-key", "sticker-9", "--respect-input-alpha"
+    )
+    assert again["id"] == str(job.id)
+    assert client.list() == [job]
+
+
+def test_an_idempotency_conflict_names_each_sticker_parameter_that_differs(
+    client: ToonqClient, settings: Settings
+) -> None:
+    uri = input_uri(settings)
+    job = client.submit(uri, idempotency_key="sticker-9", preset="line", trim=True, margin=2)
+
+    refused = toonq(client, "submit", uri, "--idempotency-key", "sticker-9", *STICKER_OPTIONS)
+
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"error [idempotency_conflict]: idempotency key 'sticker-9' is already used by job "
+        f"{job.id} with other parameters: preset 'telegram' (the job's: 'line'), margin 8 "
+        "(the job's: 2), outline 4 (the job's: 0), shadow True (the job's: False), "
+        "temporal_smoothing False (the job's: True)\n"
+    )
+    again = toonq_json(
+        client,
+        "submit",
+        uri,
+        "--idempotency-key",
+        "sticker-9",
+        *("--preset", "line", "--trim", "--margin", "2", "--temporal-smoothing"),
     )
     assert again["id"] == str(job.id)
     assert client.list() == [job]

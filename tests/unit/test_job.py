@@ -38,6 +38,27 @@ def test_the_colour_is_normalised_and_read_as_rgb() -> None:
             "invalid_request",
             "ask for mask_only or refine_foreground, not both",
         ),
+        (
+            {"preset": "whatsapp"},
+            "invalid_request",
+            "preset must be one of telegram, line, discord; got 'whatsapp'",
+        ),
+        ({"trim": True, "margin": -1}, "invalid_request", "margin must be .* 0 to 1024, got -1"),
+        ({"trim": True, "margin": 1025}, "invalid_request", "margin must be .* 0 to 1024"),
+        ({"outline": 129}, "invalid_request", "outline must be .* 0 to 128, got 129"),
+        ({"outline": 2.5}, "invalid_request", "outline must be a whole number of pixels"),
+        ({"outline": True}, "invalid_request", "outline must be a whole number of pixels"),
+        (
+            {"margin": 8},
+            "invalid_request",
+            "margin 8 is kept around the trimmed subject: ask for trim too",
+        ),
+        (
+            {"preset": "line", "format": "webp"},
+            "invalid_request",
+            "preset 'line' takes format png only .*, not webp",
+        ),
+        ({"preset": "discord", "format": "webp"}, "invalid_request", "preset 'discord' takes"),
     ],
 )
 def test_invalid_parameters_raise_typed_errors(
@@ -46,6 +67,43 @@ def test_invalid_parameters_raise_typed_errors(
     with pytest.raises(InvalidRequestError, match=message) as raised:
         replace(PARAMS, **change)
     assert raised.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("finish", "named"),
+    [
+        ({"preset": "telegram"}, "preset"),
+        ({"trim": True}, "trim"),
+        ({"trim": True, "margin": 4}, "trim"),
+        ({"outline": 6}, "outline"),
+        ({"shadow": True}, "shadow"),
+        ({"preset": "line", "outline": 6, "shadow": True}, "preset and outline and shadow"),
+    ],
+)
+def test_a_mask_cannot_be_finished_as_a_sticker(finish: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        replace(PARAMS, mask_only=True, **finish)
+
+    assert str(raised.value) == (
+        "a mask has no colours to outline or shade and is no sticker to trim or fit to a "
+        f"platform: ask for mask_only or for {named}, not both"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"preset": "telegram", "format": "webp"},
+        {"preset": "line"},
+        {"trim": True, "margin": 1024, "outline": 128, "shadow": True},
+        {"trim": True},  # no margin: the bounding box itself
+        {"mask_only": True, "temporal_smoothing": False},  # a mask's edges move too
+    ],
+)
+def test_sticker_parameters_that_agree_are_kept(change: dict[str, Any]) -> None:
+    params = replace(PARAMS, **change)
+
+    assert {name: getattr(params, name) for name in change} == change
 
 
 def test_a_request_leaves_colour_and_resolution_to_the_settings() -> None:
@@ -117,6 +175,26 @@ def test_the_json_of_a_jobs_parameters() -> None:
         "refine_foreground": True,
         "mask_only": False,
         "respect_input_alpha": True,
+        "preset": None,
+        "trim": False,
+        "margin": 0,
+        "outline": 0,
+        "shadow": False,
+        "temporal_smoothing": True,
+    }
+    sticker = a_job(
+        params=replace(PARAMS, preset="telegram", trim=True, margin=12, outline=4, shadow=True)
+    )
+    assert {
+        name: sticker.to_dict()["params"][name]
+        for name in ("preset", "trim", "margin", "outline", "shadow", "temporal_smoothing")
+    } == {
+        "preset": "telegram",
+        "trim": True,
+        "margin": 12,
+        "outline": 4,
+        "shadow": True,
+        "temporal_smoothing": True,
     }
 
 
@@ -142,26 +220,62 @@ def test_the_command_line_has_one_option_per_parameter() -> None:
         *("--bg-color", "FFF", "--format", "webp", "--resolution", "64"),
         *("--mask-only", "--respect-input-alpha"),
     ]
+    sticker = [
+        *("--preset", "telegram", "--trim", "--margin", "8", "--outline", "4", "--shadow"),
+        "--no-temporal-smoothing",
+    ]
     assert runner.invoke(command, given).exit_code == 0
     assert runner.invoke(command, []).exit_code == 0
+    assert runner.invoke(command, sticker).exit_code == 0
+    assert runner.invoke(command, ["--temporal-smoothing"]).exit_code == 0
     assert runner.invoke(command, ["--format", "gif"]).exit_code == 2
+    assert runner.invoke(command, ["--preset", "whatsapp"]).exit_code == 2
 
     # Options left out are left to the defaults of the receiver.
+    flags_left_out = {
+        "refine_foreground": False,
+        "mask_only": False,
+        "respect_input_alpha": False,
+        "trim": False,
+        "shadow": False,
+    }
     assert received == [
-        {
+        flags_left_out
+        | {
             "bg_color": "FFF",
             "format": "webp",
             "resolution": 64,
-            "refine_foreground": False,
             "mask_only": True,
             "respect_input_alpha": True,
         },
-        {"refine_foreground": False, "mask_only": False, "respect_input_alpha": False},
+        flags_left_out,
+        flags_left_out
+        | {
+            "preset": "telegram",
+            "trim": True,
+            "margin": 8,
+            "outline": 4,
+            "shadow": True,
+            "temporal_smoothing": False,
+        },
+        flags_left_out | {"temporal_smoothing": True},
     ]
     settings = Settings.from_env({})
     assert JobParams.with_defaults(settings, **received[0]) == JobParams(
         bg_color="#ffffff", format="webp", resolution=64, mask_only=True, respect_input_alpha=True
     )
+    assert JobParams.with_defaults(settings, **received[2]) == JobParams(
+        bg_color=settings.bg_color,
+        format="png",
+        resolution=settings.resolution,
+        preset="telegram",
+        trim=True,
+        margin=8,
+        outline=4,
+        shadow=True,
+        temporal_smoothing=False,
+    )
+    assert JobParams.with_defaults(settings, **received[1]).temporal_smoothing is True
 
 
 # --- States, events and outcomes ------------------------------------------------------------------

@@ -25,7 +25,7 @@ from celery import Celery
 
 from toonq.producer import watching
 from toonq.producer.validation import InputValidator
-from toonq.shared.choices import OutputFormat, check_resolution
+from toonq.shared.choices import OutputFormat, Preset, check_resolution
 from toonq.shared.db.engine import create_db_engine
 from toonq.shared.errors import ConfigurationError, InvalidRequestError
 from toonq.shared.job import (
@@ -61,6 +61,12 @@ class SubmitRequest:
     refine_foreground: bool = False
     mask_only: bool = False
     respect_input_alpha: bool = False
+    preset: Preset | None = None
+    trim: bool = False
+    margin: int = 0
+    outline: int = 0
+    shadow: bool = False
+    temporal_smoothing: bool = True
     priority: int = 0
     callback_url: str | None = None
     tenant: str | None = None
@@ -137,6 +143,12 @@ class ToonqClient:
         refine_foreground: bool = False,
         mask_only: bool = False,
         respect_input_alpha: bool = False,
+        preset: Preset | None = None,
+        trim: bool = False,
+        margin: int = 0,
+        outline: int = 0,
+        shadow: bool = False,
+        temporal_smoothing: bool = True,
         priority: int = 0,
         callback_url: str | None = None,
         tenant: str | None = None,
@@ -157,6 +169,12 @@ class ToonqClient:
                     refine_foreground=refine_foreground,
                     mask_only=mask_only,
                     respect_input_alpha=respect_input_alpha,
+                    preset=preset,
+                    trim=trim,
+                    margin=margin,
+                    outline=outline,
+                    shadow=shadow,
+                    temporal_smoothing=temporal_smoothing,
                     priority=priority,
                     callback_url=callback_url,
                     tenant=tenant,
@@ -218,6 +236,12 @@ class ToonqClient:
             refine_foreground=request.refine_foreground,
             mask_only=request.mask_only,
             respect_input_alpha=request.respect_input_alpha,
+            preset=request.preset,
+            trim=request.trim,
+            margin=request.margin,
+            outline=request.outline,
+            shadow=request.shadow,
+            temporal_smoothing=request.temporal_smoothing,
         )
         check_resolution(params.resolution, self.settings.max_resolution)
         job_id = _job_id(request.idempotency_key)

@@ -3,6 +3,8 @@ engine and the database constraints all read them from here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final, Literal, get_args
 
 from toonq.shared.errors import InvalidRequestError
@@ -13,6 +15,14 @@ OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
 #: Platform presets: the limits of each platform's stickers that a job's output is fitted to.
 Preset = Literal["telegram", "line", "discord"]
 PRESETS: Final[tuple[Preset, ...]] = get_args(Preset)
+#: The output formats each platform takes: LINE and Discord take PNG and APNG only.
+PRESET_FORMATS: Final[Mapping[Preset, tuple[OutputFormat, ...]]] = MappingProxyType(
+    {"telegram": OUTPUT_FORMATS, "line": ("png",), "discord": ("png",)}
+)
+
+#: The widest margin around a trimmed subject and the widest sticker outline, in pixels.
+MAX_MARGIN: Final = 1024
+MAX_OUTLINE: Final = 128
 
 #: Job priorities run 0 (the default) to 9 (served first).
 MIN_PRIORITY: Final = 0

@@ -21,12 +21,17 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from toonq.shared.choices import (
+    MAX_MARGIN,
+    MAX_OUTLINE,
     MAX_PRIORITY,
     MAX_RESOLUTION,
     MIN_PRIORITY,
     OUTPUT_FORMATS,
+    PRESET_FORMATS,
+    PRESETS,
     RESOLUTION_MULTIPLE,
     OutputFormat,
+    Preset,
     check_resolution,
 )
 from toonq.shared.colors import RGB, normalize_color, parse_color
@@ -214,6 +219,25 @@ class JobParams:
         "stays transparent.",
         default=False,
     )
+    # The sticker's finish, for stills and animations alike.
+    preset: Preset | None = _param(  # noqa: RUF009
+        "Fit the output to a platform's sticker limits (size, frames, duration).", default=None
+    )
+    trim: bool = _param("Crop to the subject's bounding box plus --margin.", default=False)
+    margin: int = _param(
+        f"Pixels kept around the trimmed subject, 0 to {MAX_MARGIN} (needs --trim) [default: 0].",
+        default=0,
+    )
+    outline: int = _param(
+        f"Width in pixels of a white sticker border around the subject, 0 to {MAX_OUTLINE} "
+        "[default: 0].",
+        default=0,
+    )
+    shadow: bool = _param("Add a soft drop shadow.", default=False)
+    temporal_smoothing: bool = _param(
+        "Steady the edges across an animation's frames; stills ignore it [default: on].",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bg_color", normalize_color(self.bg_color))
@@ -229,6 +253,39 @@ class JobParams:
                 "refine_foreground estimates the cut-out's colours and a mask has none: "
                 "ask for mask_only or refine_foreground, not both"
             )
+        self._check_sticker()
+
+    def _check_sticker(self) -> None:
+        """Refuse sticker parameters that are out of range or contradict the others."""
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InvalidRequestError(
+                f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}"
+            )
+        _check_pixels("margin", self.margin, MAX_MARGIN)
+        _check_pixels("outline", self.outline, MAX_OUTLINE)
+        if self.margin and not self.trim:
+            raise InvalidRequestError(
+                f"margin {self.margin} is kept around the trimmed subject: ask for trim too, "
+                "or leave margin at 0"
+            )
+        finishes = {
+            "preset": self.preset is not None,
+            "trim": self.trim,
+            "outline": self.outline > 0,
+            "shadow": self.shadow,
+        }
+        if self.mask_only and any(finishes.values()):
+            asked = " and ".join(name for name, on in finishes.items() if on)
+            raise InvalidRequestError(
+                "a mask has no colours to outline or shade and is no sticker to trim or fit "
+                f"to a platform: ask for mask_only or for {asked}, not both"
+            )
+        if self.preset is not None and self.format not in PRESET_FORMATS[self.preset]:
+            taken = " or ".join(PRESET_FORMATS[self.preset])
+            raise InvalidRequestError(
+                f"preset {self.preset!r} takes format {taken} only (its stickers are PNG or "
+                f"APNG), not {self.format}"
+            )
 
     @classmethod
     def with_defaults(
@@ -241,6 +298,12 @@ class JobParams:
         refine_foreground: bool = False,
         mask_only: bool = False,
         respect_input_alpha: bool = False,
+        preset: Preset | None = None,
+        trim: bool = False,
+        margin: int = 0,
+        outline: int = 0,
+        shadow: bool = False,
+        temporal_smoothing: bool = True,
     ) -> JobParams:
         """The parameters of a request, which may leave the colour and the resolution to the
         deployment's settings (`TOONQ_BG_COLOR`, `TOONQ_RESOLUTION`). Only a value left out
@@ -252,11 +315,26 @@ class JobParams:
             refine_foreground=refine_foreground,
             mask_only=mask_only,
             respect_input_alpha=respect_input_alpha,
+            preset=preset,
+            trim=trim,
+            margin=margin,
+            outline=outline,
+            shadow=shadow,
+            temporal_smoothing=temporal_smoothing,
         )
 
     @property
     def bg_rgb(self) -> RGB:
         return parse_color(self.bg_color)
+
+
+def _check_pixels(name: str, value: int, maximum: int) -> None:
+    """InvalidRequestError unless `value` is a whole number of pixels from 0 to `maximum`."""
+    # A bool is an int to Python, and never a width a caller meant.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidRequestError(
+            f"{name} must be a whole number of pixels from 0 to {maximum}, got {value!r}"
+        )
 
 
 # --- Jobs and their history -----------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """The options of a job's parameters, one per `JobParams` field, shared by `toonq submit` and
 `toonq matte`: `--bg-color`, `--format`, `--resolution`, `--refine-foreground`, `--mask-only`,
-`--respect-input-alpha`."""
+`--respect-input-alpha`, `--preset`, `--trim`, `--margin`, `--outline`, `--shadow`,
+`--temporal-smoothing/--no-temporal-smoothing`."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from dataclasses import Field, fields
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import NoneType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import click
 
@@ -45,7 +47,19 @@ def _option(param: Field[Any], annotation: Any) -> Callable[[Command], Command]:
     flag = "--" + param.name.replace("_", "-")
     help = param.metadata[HELP]
     if annotation is bool:
+        if param.default is True:
+            # Left out, the option is None, and so absent: the receiver's default applies.
+            return click.option(f"{flag}/--no-{flag[2:]}", default=None, help=help)
         return click.option(flag, is_flag=True, help=help)
+    annotation = _without_none(annotation)
     if get_origin(annotation) is Literal:
         return click.option(flag, type=click.Choice(get_args(annotation)), help=help)
     return click.option(flag, type=annotation, help=help)
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X` for `X | None`: an option left out is None anyway."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return annotation
+    (value_type,) = (arg for arg in get_args(annotation) if arg is not NoneType)
+    return value_type

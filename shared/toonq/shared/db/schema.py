@@ -35,10 +35,11 @@ from sqlalchemy import (
     Uuid,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column
 
-from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS
+from toonq.shared.choices import MAX_PRIORITY, MIN_PRIORITY, OUTPUT_FORMATS, PRESETS
 from toonq.shared.job import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_TENANT_LENGTH,
@@ -137,6 +138,10 @@ class JobRow(Base):
             f"priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}", name="priority_range"
         ),
         CheckConstraint("resolution > 0", name="resolution_positive"),
+        CheckConstraint(f"preset IN ({', '.join(repr(p) for p in PRESETS)})", name="preset"),
+        # No upper bounds: JobParams checks them, and raising one needs no migration.
+        CheckConstraint("margin >= 0", name="margin_nonnegative"),
+        CheckConstraint("outline >= 0", name="outline_nonnegative"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
     )
@@ -157,6 +162,13 @@ class JobRow(Base):
         Column("mask_only", Boolean, nullable=False),
         # Rows written before this column existed read as false, what their jobs did.
         Column("respect_input_alpha", Boolean, nullable=False, server_default=false()),
+        # The sticker parameters: rows from before read as what their jobs did, none of it.
+        Column("preset", String(16)),
+        Column("trim", Boolean, nullable=False, server_default=false()),
+        Column("margin", Integer, nullable=False, server_default="0"),
+        Column("outline", Integer, nullable=False, server_default="0"),
+        Column("shadow", Boolean, nullable=False, server_default=false()),
+        Column("temporal_smoothing", Boolean, nullable=False, server_default=true()),
     )
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
