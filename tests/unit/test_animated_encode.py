@@ -41,8 +41,9 @@ class PillowAnimation:
 def read_with_pillow(data: bytes) -> PillowAnimation:
     """Every frame of an APNG or animated WebP as RGBA, with its duration."""
     image = Image.open(io.BytesIO(data))
+    assert image.format is not None
     frames, durations = [], []
-    for index in range(image.n_frames):
+    for index in range(getattr(image, "n_frames", 1)):
         image.seek(index)
         frames.append(np.asarray(image.convert("RGBA")))  # loads the frame, and its duration
         durations.append(image.info["duration"])
@@ -62,12 +63,13 @@ class WebmVideo:
 def read_webm(data: bytes) -> WebmVideo:
     """A WebM's VP9 frames as RGBA (libvpx's decoder: FFmpeg's own drops the alpha), and each
     packet's duration."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         decoder = av.CodecContext.create("libvpx-vp9", "r")
-        frames, durations = [], []
+        frames: list[np.ndarray] = []
+        durations: list[int] = []
         for packet in container.demux(stream):
-            if packet.pts is not None:
+            if packet.pts is not None and packet.duration is not None:
                 durations.append(int(packet.duration * packet.time_base * 1000))
             frames.extend(frame.to_ndarray(format="rgba") for frame in decoder.decode(packet))
         return WebmVideo(
@@ -161,7 +163,8 @@ def test_webm_is_vp9_with_alpha_and_each_frame_keeps_its_duration():
     assert video.durations_ms == durations
     assert len(video.frames) == len(frames)
     alpha = video.frames[0][..., 3]
-    assert alpha.min() < 16 and alpha.max() > 240  # transparent background, opaque disc
+    assert alpha.min() < 16  # the transparent background
+    assert alpha.max() > 240  # the opaque disc
 
 
 def test_webm_pads_odd_sides_with_transparency():

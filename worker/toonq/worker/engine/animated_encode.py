@@ -17,13 +17,17 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 from toonq.worker.engine.encode import encode_rgba_pixels
+
+if TYPE_CHECKING:
+    from av.container import OutputContainer
+    from av.packet import Packet
 
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 #: The chunks of a frame's PNG that the animation's header shares (a palette and its alpha).
@@ -68,7 +72,10 @@ def encode_apng(
     delays = [_apng_delay(duration) for duration in durations_ms]
     height, width = frames[0].shape[:2]
     if colours is None:
-        pngs = [encode_rgba_pixels(frame, fmt="png", png_compress_level=compress_level) for frame in frames]
+        pngs = [
+            encode_rgba_pixels(frame, fmt="png", png_compress_level=compress_level)
+            for frame in frames
+        ]
     else:
         pngs = [
             _save(image, "PNG", compress_level=compress_level)
@@ -145,9 +152,11 @@ def encode_animated_webp(
     if max(durations_ms) > _UINT24_MAX:
         raise ValueError(f"WebP stores durations up to {_UINT24_MAX} ms, got {max(durations_ms)}")
     height, width = frames[0].shape[:2]
-    header = struct.pack("<B3x", _WEBP_VP8X_ANIMATION | _WEBP_VP8X_ALPHA) + _uint24(
-        width - 1
-    ) + _uint24(height - 1)
+    header = (
+        struct.pack("<B3x", _WEBP_VP8X_ANIMATION | _WEBP_VP8X_ALPHA)
+        + _uint24(width - 1)
+        + _uint24(height - 1)
+    )
     chunks = [
         _riff_chunk(b"VP8X", header),
         _riff_chunk(b"ANIM", struct.pack("<4BH", 0, 0, 0, 0, loop)),
@@ -212,7 +221,11 @@ def encode_webm(
         stream.pix_fmt = "yuva420p"
         stream.time_base = _WEBM_TIME_BASE
         stream.codec_context.time_base = _WEBM_TIME_BASE
-        options = {"cpu-used": str(_VP9_CPU_USED), "row-mt": "1", "auto-alt-ref": "0"}
+        options: dict[str, object] = {
+            "cpu-used": str(_VP9_CPU_USED),
+            "row-mt": "1",
+            "auto-alt-ref": "0",
+        }
         if bitrate is None:
             options |= {"crf": str(crf), "b": "0"}
         else:
@@ -233,7 +246,9 @@ def encode_webm(
     return buffer.getvalue()
 
 
-def _mux(container: Any, packets: Sequence[Any], duration_at: Mapping[int, int]) -> None:
+def _mux(
+    container: OutputContainer, packets: Sequence[Packet[Any]], duration_at: Mapping[int, int]
+) -> None:
     for packet in packets:
         if packet.pts is not None:
             packet.duration = duration_at[packet.pts]
