@@ -82,6 +82,18 @@ def read_webm(data: bytes) -> WebmVideo:
         )
 
 
+def _disc_frames(count: int, height: int, width: int) -> list[np.ndarray]:
+    """An opaque red disc moving over a transparent background."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    frames = []
+    for index in range(count):
+        frame = np.zeros((height, width, 4), dtype=np.uint8)
+        disc = (columns - width // 3 - index) ** 2 + (rows - height // 2) ** 2 < (height // 3) ** 2
+        frame[disc] = (255, 40, 0, 255)
+        frames.append(frame)
+    return frames
+
+
 @pytest.mark.parametrize("loop", [0, 1, 3])
 def test_apng_keeps_every_frame_its_duration_and_the_loop(loop):
     frames = _frames()
@@ -140,16 +152,14 @@ def test_lossy_webp_keeps_the_frames_and_is_smaller():
     assert len(lossy) < len(lossless)
 
 
-def _disc_frames(count: int, height: int, width: int) -> list[np.ndarray]:
-    """An opaque red disc moving over a transparent background."""
-    rows, columns = np.mgrid[0:height, 0:width]
-    frames = []
-    for index in range(count):
-        frame = np.zeros((height, width, 4), dtype=np.uint8)
-        disc = (columns - width // 3 - index) ** 2 + (rows - height // 2) ** 2 < (height // 3) ** 2
-        frame[disc] = (255, 40, 0, 255)
-        frames.append(frame)
-    return frames
+def test_apng_of_a_moving_cut_out_reads_back_exactly_and_stores_only_what_changed():
+    frames = _disc_frames(6, 48, 64)
+    data = encode_apng(frames, [50] * 6, 0)
+    animation = read_with_pillow(data)
+    for read, given in zip(animation.frames, frames, strict=True):
+        assert np.array_equal(read, given)
+    whole_frames = sum(len(encode_apng([frame], [50], 0)) for frame in frames)
+    assert len(data) < whole_frames
 
 
 def test_webm_is_vp9_with_alpha_and_each_frame_keeps_its_duration():

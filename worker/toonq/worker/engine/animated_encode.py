@@ -5,9 +5,10 @@ Frames are H×W×4 uint8 RGBA arrays of one size, each shown for its duration in
 both mean that.
 
 APNG and WebP are assembled here from one still image per frame rather than by Pillow's
-animation writers, which merge identical consecutive frames (adding their durations) and
-crop frames to what changed: a caller that asks for N frames gets exactly N, each with its
-duration, and every frame is a full frame that replaces the canvas.
+animation writers, which merge identical consecutive frames (adding their durations): a
+caller that asks for N frames gets exactly N, each with its duration. Every frame replaces
+the canvas' pixels where it is drawn rather than blending over them: a whole frame in WebP,
+the rectangle that changed in APNG.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -66,34 +68,42 @@ def encode_apng(
     """An APNG of `frames`, each shown for its duration, played `loop` times (0: for ever).
 
     Lossless by default. With `colours`, every frame is quantised to one shared palette of at
-    most that many RGBA colours (2-256): much smaller files, lossy.
+    most that many RGBA colours (2-256): much smaller files, lossy. Each frame after the first
+    stores only the rectangle that differs from the frame before (a frame like its
+    predecessor, one pixel), which replaces those pixels of the canvas.
     """
     check_animation(frames, durations_ms, loop)
     delays = [_apng_delay(duration) for duration in durations_ms]
-    height, width = frames[0].shape[:2]
     if colours is None:
+        regions = _changed_regions(frames)
         pngs = [
-            encode_rgba_pixels(frame, fmt="png", png_compress_level=compress_level)
-            for frame in frames
+            encode_rgba_pixels(
+                frame[top:bottom, left:right], fmt="png", png_compress_level=compress_level
+            )
+            for frame, (left, top, right, bottom) in zip(frames, regions, strict=True)
         ]
     else:
+        images = quantise(frames, colours)
+        regions = _changed_regions([np.asarray(image) for image in images])
         pngs = [
-            _save(image, "PNG", compress_level=compress_level)
-            for image in quantise(frames, colours)
+            _save(image.crop(region), "PNG", compress_level=compress_level)
+            for image, region in zip(images, regions, strict=True)
         ]
     header = dict(_png_chunks(pngs[0]))
     parts = [_PNG_SIGNATURE, _png_chunk(b"IHDR", header[b"IHDR"])]
     parts.append(_png_chunk(b"acTL", struct.pack(">II", len(frames), loop)))
     parts.extend(_png_chunk(kind, header[kind]) for kind in _PNG_SHARED_CHUNKS if kind in header)
     sequence = 0
-    for index, (png, (numerator, denominator)) in enumerate(zip(pngs, delays, strict=True)):
+    for index, (png, (left, top, right, bottom), (numerator, denominator)) in enumerate(
+        zip(pngs, regions, delays, strict=True)
+    ):
         control = struct.pack(
             ">IIIIIHHBB",
             sequence,
-            width,
-            height,
-            0,
-            0,
+            right - left,
+            bottom - top,
+            left,
+            top,
             numerator,
             denominator,
             _APNG_DISPOSE_NONE,
@@ -253,6 +263,26 @@ def _mux(
         if packet.pts is not None:
             packet.duration = duration_at[packet.pts]
         container.mux(packet)
+
+
+def _changed_regions(
+    frames: Sequence[npt.NDArray[np.uint8]],
+) -> list[tuple[int, int, int, int]]:
+    """Each frame's (left, top, right, bottom) rectangle that differs from the frame before:
+    the first frame whole, a frame like its predecessor one pixel (a frame cannot be empty)."""
+    height, width = frames[0].shape[:2]
+    regions = [(0, 0, width, height)]
+    for previous, frame in pairwise(frames):
+        differs = previous != frame
+        if differs.ndim == 3:
+            differs = differs.any(axis=2)
+        rows = np.flatnonzero(differs.any(axis=1))
+        columns = np.flatnonzero(differs.any(axis=0))
+        if rows.size:
+            regions.append((int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1))
+        else:
+            regions.append((0, 0, 1, 1))
+    return regions
 
 
 def _even_sides(frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
