@@ -199,6 +199,11 @@ def test_line_animation_of_too_few_frames_splits_the_longest():
     assert np.array_equal(animation.frames[1], animation.frames[3])
 
 
+def test_telegram_refuses_an_animation_too_short_for_two_frames_at_30_fps():
+    with pytest.raises(CannotFitPresetError, match=r"telegram: .* 2 frames of 33 ms or more"):
+        fit_preset(_animation(3, 64, 64), [20] * 3, 0, preset="telegram", fmt="png")
+
+
 def test_line_refuses_an_animation_longer_than_4_s():
     with pytest.raises(CannotFitPresetError, match=r"line: .* at most 4 s; .* runs 4.20 s"):
         fit_preset(_animation(6, 64, 64), [700] * 6, 0, preset="line", fmt="png")

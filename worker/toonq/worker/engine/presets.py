@@ -116,7 +116,8 @@ _CONTENT_TYPES: Final[Mapping[str, tuple[str, str]]] = {
 _PALETTE_COLOURS: Final = (64, 128, 256)
 #: Lossy WebP qualities tried, lowest first.
 _WEBP_QUALITIES: Final = tuple(range(10, 91, 10))
-#: libwebp's slowest, smallest method for the lossy ladder (a still is encoded a few times).
+#: libwebp's default method for the lossy ladder: 5 and 6 are several times slower, and a still
+#: is encoded a few times.
 _WEBP_LOSSY_METHOD: Final = 4
 #: VP9 crfs tried, from the smallest files to encode_webm's default quality.
 _VP9_CRFS: Final = (63, 58, 53, 48, 43, 38, 34)
@@ -214,22 +215,21 @@ def _fit_timing(durations_ms: Sequence[int], limits: Limits, preset: Preset) -> 
             f"{preset}: an animated sticker is at most {limits.max_seconds:g} s; this "
             f"animation runs {total / 1000:.2f} s"
         )
+    # A frame of 33 ms counts as 30 fps, as players round it; the average must not exceed the
+    # rate either.
+    shortest_ms = 1 if limits.max_fps is None else math.floor(1000 / limits.max_fps)
+    if total < limits.min_frames * shortest_ms:
+        raise CannotFitPresetError(
+            f"{preset}: an animated sticker has at least {limits.min_frames} frames of "
+            f"{shortest_ms} ms or more; this animation runs {total} ms"
+        )
     timeline: Timeline = list(enumerate(durations_ms))
     if limits.max_fps is not None:
-        # A frame of 33 ms counts as 30 fps, as players round it; the average must not exceed
-        # the rate either.
-        timeline = _merge_shorter_than(timeline, math.floor(1000 / limits.max_fps))
+        timeline = _merge_shorter_than(timeline, shortest_ms)
         timeline = _merge_to_count(timeline, math.floor(total * limits.max_fps / 1000))
     if limits.max_frames is not None:
         timeline = _merge_to_count(timeline, limits.max_frames)
-    if len(timeline) < limits.min_frames:
-        if total < limits.min_frames:
-            raise CannotFitPresetError(
-                f"{preset}: an animated sticker has at least {limits.min_frames} frames; this "
-                f"animation of {total} ms cannot be split into so many"
-            )
-        timeline = _split_to_count(timeline, limits.min_frames)
-    return timeline
+    return _split_to_count(timeline, limits.min_frames)
 
 
 def _merge_shorter_than(timeline: Timeline, min_ms: int) -> Timeline:
@@ -257,7 +257,8 @@ def _merge_to_count(timeline: Timeline, count: int) -> Timeline:
 
 
 def _split_to_count(timeline: Timeline, count: int) -> Timeline:
-    """`count` frames: the longest frame split in two halves of its time, until there are."""
+    """At least `count` frames: the longest frame split in two halves of its time, until
+    there are."""
     split = list(timeline)
     while len(split) < count:
         longest = max(range(len(split)), key=lambda position: split[position][1])
