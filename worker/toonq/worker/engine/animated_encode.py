@@ -211,7 +211,8 @@ def encode_webm(
     """A VP9 WebM with alpha (yuva420p) of `frames`, each shown for its duration, without audio.
 
     Quality is constant (`crf`, 0-63, higher is smaller) or, with `bitrate` (bits per second),
-    constrained to that average. Timestamps are in milliseconds, so frames may have durations
+    aimed at that average (libvpx's VBR: content it cannot bring down to the bitrate at its
+    coarsest quantiser overshoots). Timestamps are in milliseconds, so frames may have durations
     of their own. 4:2:0 needs even sides: an odd width or height gets one more column or row,
     transparent, on the right or the bottom.
     """

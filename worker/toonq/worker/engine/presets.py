@@ -119,12 +119,12 @@ _WEBP_QUALITIES: Final = tuple(range(10, 91, 10))
 #: libwebp's default method for the lossy ladder: 5 and 6 are several times slower, and a still
 #: is encoded a few times.
 _WEBP_LOSSY_METHOD: Final = 4
-#: VP9 crfs tried, from the smallest files to encode_webm's default quality.
+#: VP9 crfs tried, from the smallest files to encode_webm's default quality. 63 is libvpx's
+#: coarsest quantiser: an average bitrate below what it gives cannot be met either (measured
+#: on noise: libvpx's VBR and CBR at such a bitrate write 4-6x more bytes than crf 63).
 _VP9_CRFS: Final = (63, 58, 53, 48, 43, 38, 34)
 _VP9_DEFAULT_CRF: Final = 30
 _PNG_MAX_LEVEL: Final = 9
-#: The share of the byte limit a VP9 average bitrate aims at: libvpx overshoots a little.
-_VP9_BITRATE_SHARE: Final = 0.85
 #: How many times an animation that fits no encoding is cut to fewer frames before giving up.
 _FRAME_CUTS: Final = 4
 #: Cut to a little under the frame count the bytes suggest (sizes do not scale exactly).
@@ -339,7 +339,10 @@ def _fit_bytes(
     max_bytes = source.limits.max_bytes
     cuts: list[str] = []
     while True:
-        attempt, smallest = _best_fitting(ladder(source, timeline), max_bytes)
+        rungs = ladder(source, timeline)
+        # After a cut, only the last rung: the cut was sized on its smallest encoding, and
+        # the rungs above it did not fit even before.
+        attempt, smallest = _best_fitting(rungs[-1:] if cuts else rungs, max_bytes)
         if attempt is not None:
             return attempt, timeline, cuts
         assert max_bytes is not None  # without a byte limit the first encoding fits
@@ -361,22 +364,31 @@ def _best_fitting(
     ladder: Sequence[_Step], max_bytes: int | None
 ) -> tuple[_Attempt | None, _Attempt]:
     """The first rung's best encoding under `max_bytes`, or None and the smallest encoding
-    tried where no rung has one."""
+    tried where no rung has one.
+
+    Each rung's smallest setting is tried first: where even that does not fit, none of the
+    rung will, at the cost of one encoding rather than a whole search.
+    """
     tried: list[_Attempt] = []
+
+    def fits(setting: int, step: _Step) -> _Attempt | None:
+        attempt = _Attempt(step.encode(setting), step.describe(setting))
+        tried.append(attempt)
+        return attempt if max_bytes is None or len(attempt.data) <= max_bytes else None
+
     for step in ladder:
-        best: _Attempt | None = None
-        low, high = 0, len(step.settings) - 1
+        best = fits(step.settings[0], step)
+        if best is None:
+            continue
+        low, high = 1, len(step.settings) - 1
         while low <= high:
             middle = (low + high) // 2
-            setting = step.settings[middle]
-            attempt = _Attempt(step.encode(setting), step.describe(setting))
-            tried.append(attempt)
-            if max_bytes is None or len(attempt.data) <= max_bytes:
-                best, low = attempt, middle + 1
-            else:
+            attempt = fits(step.settings[middle], step)
+            if attempt is None:
                 high = middle - 1
-        if best is not None:
-            return best, best
+            else:
+                best, low = attempt, middle + 1
+        return best, best
     return None, min(tried, key=lambda attempt: len(attempt.data))
 
 
@@ -452,21 +464,10 @@ def _webm_ladder(source: _Source, timeline: Timeline) -> list[_Step]:
     def encode_at_crf(crf: int) -> bytes:
         return encode_webm(frames, durations, crf=crf)
 
-    rungs = [
+    return [
         _Step((_VP9_DEFAULT_CRF,), encode_at_crf, _no_change),
         _Step(_VP9_CRFS, encode_at_crf, lambda crf: (f"vp9 crf {crf}",)),
     ]
-    if source.limits.max_bytes is not None:
-        # The last resort: an average bitrate aimed under the limit, whatever the content.
-        bits_per_second = source.limits.max_bytes * 8 * 1000 / sum(durations)
-        rungs.append(
-            _Step(
-                (round(bits_per_second * _VP9_BITRATE_SHARE),),
-                lambda bitrate: encode_webm(frames, durations, bitrate=bitrate),
-                lambda bitrate: (f"vp9 bitrate {bitrate // 1000} kbit/s",),
-            )
-        )
-    return rungs
 
 
 _LADDERS: Final[Mapping[str, Ladder]] = {
