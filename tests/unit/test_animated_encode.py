@@ -107,6 +107,18 @@ def test_apng_keeps_every_frame_its_duration_and_the_loop(loop):
         assert np.array_equal(read, given)
 
 
+@pytest.mark.parametrize("encode", [encode_apng, encode_animated_webp])
+def test_a_frame_of_0_ms_is_kept(encode):
+    frames = _frames()[:3]
+    animation = read_with_pillow(encode(frames, [100, 0, 50], 0))
+    assert animation.durations == [100, 0, 50]
+
+
+def test_webm_refuses_a_frame_of_0_ms():
+    with pytest.raises(ValueError, match="at least 1 ms"):
+        encode_webm(_frames()[:2], [100, 0])
+
+
 def test_apng_stores_long_durations_exactly():
     frames = _frames()[:2]
     animation = read_with_pillow(encode_apng(frames, [70_000, 123_450], 0))
@@ -205,7 +217,7 @@ def test_webm_bitrate_and_crf_trade_size():
     [
         ([], [], "at least one frame"),
         (_frames()[:2], [100], "2 frames but 1 durations"),
-        (_frames()[:2], [100, 0], "at least 1 ms"),
+        (_frames()[:2], [100, -1], "0 ms or more"),
         ([np.zeros((4, 4, 4), np.uint8), np.zeros((4, 5, 4), np.uint8)], [1, 1], "one size"),
         ([np.zeros((4, 4, 3), np.uint8)], [1], "RGBA"),
     ],

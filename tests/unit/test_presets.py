@@ -230,6 +230,16 @@ def test_discord_noise_animation_loses_colours_then_frames_to_fit_512_kb():
     assert f"frames 30 -> {output.frames} (to fit 512 KB)" in output.changes
 
 
+def test_frames_of_0_ms_join_a_neighbour_which_is_shown_for_their_time():
+    frames = _animation(4, 50, 60)
+    output = fit_preset(frames, [0, 100, 0, 80], 0, preset="discord", fmt="png")
+    animation = read_with_pillow(output.data)
+    assert animation.durations == [100, 80]
+    assert np.array_equal(animation.frames[0], frames[1])
+    assert np.array_equal(animation.frames[1], frames[3])
+    assert output.changes == ("frames 4 -> 2 (durations merged, total time kept)",)
+
+
 def test_discord_animation_inside_the_box_is_kept_as_given():
     frames = _animation(8, 100, 120)
     output = fit_preset(frames, [80] * 8, 0, preset="discord", fmt="png")

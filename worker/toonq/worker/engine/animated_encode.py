@@ -219,6 +219,8 @@ def encode_webm(
     import av  # the worker's dependency for video only
 
     check_animation(frames, durations_ms, 0)
+    if min(durations_ms) < 1:  # a frame of its own needs a timestamp of its own
+        raise ValueError(f"each WebM frame lasts at least 1 ms, got {min(durations_ms)}")
     if not 0 <= crf <= 63:
         raise ValueError(f"the VP9 crf must be in 0..63, got {crf}")
     height, width = frames[0].shape[:2]
@@ -297,7 +299,7 @@ def check_animation(
     frames: Sequence[npt.NDArray[np.uint8]], durations_ms: Sequence[int], loop: int
 ) -> None:
     """ValueError unless `frames` are one or more H×W×4 uint8 arrays of one size, each with a
-    duration of 1 ms or more, played `loop` (0 or more) times."""
+    duration of 0 ms or more, played `loop` (0 or more) times."""
     if not frames:
         raise ValueError("an animation needs at least one frame")
     if len(durations_ms) != len(frames):
@@ -310,8 +312,8 @@ def check_animation(
             raise ValueError(
                 f"frames must all be uint8 of one size, {shape}, got {frame.dtype} {frame.shape}"
             )
-    if min(durations_ms) < 1:
-        raise ValueError(f"each frame lasts at least 1 ms, got {min(durations_ms)}")
+    if min(durations_ms) < 0:
+        raise ValueError(f"a frame's duration is 0 ms or more, got {min(durations_ms)}")
     if loop < 0:
         raise ValueError(f"loop is a number of plays, 0 for ever, got {loop}")
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from toonq.shared.choices import OutputFormat, Preset
+from toonq.shared.choices import PRESET_FORMATS, OutputFormat, Preset
 from toonq.shared.errors import CannotFitPresetError
 from toonq.worker.engine.animated_encode import (
     check_animation,
@@ -60,8 +60,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class PresetLimits:
-    #: The formats a still may be written in (the job's `format` picks one).
-    still_formats: tuple[OutputFormat, ...]
+    """A platform's limits on stills and animations. The formats a still may be written in
+    (the job's `format` picks one) are `toonq.shared.choices.PRESET_FORMATS`."""
+
     still: Limits
     animation_format: AnimationFormat
     animation: Limits
@@ -70,7 +71,6 @@ class PresetLimits:
 PRESET_LIMITS: Final[Mapping[Preset, PresetLimits]] = {
     # One side exactly 512 px, the other at most 512.
     "telegram": PresetLimits(
-        still_formats=("png", "webp"),
         still=Limits(box=(512, 512), fill_box=True, max_bytes=512 * KB),
         animation_format="webm",
         animation=Limits(
@@ -84,7 +84,6 @@ PRESET_LIMITS: Final[Mapping[Preset, PresetLimits]] = {
     ),
     # An animation at most 320x270 with a side of at least 270: the largest size in the box.
     "line": PresetLimits(
-        still_formats=("png",),
         still=Limits(box=(370, 320), fill_box=False, max_bytes=None),
         animation_format="apng",
         animation=Limits(
@@ -97,7 +96,6 @@ PRESET_LIMITS: Final[Mapping[Preset, PresetLimits]] = {
         ),
     ),
     "discord": PresetLimits(
-        still_formats=("png",),
         still=Limits(box=(320, 320), fill_box=False, max_bytes=512 * KB),
         animation_format="apng",
         animation=Limits(box=(320, 320), fill_box=False, max_bytes=512 * KB, min_frames=2),
@@ -170,8 +168,8 @@ def fit_preset(
     if preset not in PRESET_LIMITS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESET_LIMITS)}")
     platform = PRESET_LIMITS[preset]
-    if fmt not in platform.still_formats:
-        raise ValueError(f"{preset} stickers are written as {', '.join(platform.still_formats)}")
+    if fmt not in PRESET_FORMATS[preset]:
+        raise ValueError(f"{preset} stickers are written as {', '.join(PRESET_FORMATS[preset])}")
     check_animation(frames, durations_ms, loop)
     height, width = frames[0].shape[:2]
     still = len(frames) == 1
@@ -215,17 +213,16 @@ def _fit_timing(durations_ms: Sequence[int], limits: Limits, preset: Preset) -> 
             f"{preset}: an animated sticker is at most {limits.max_seconds:g} s; this "
             f"animation runs {total / 1000:.2f} s"
         )
-    # A frame of 33 ms counts as 30 fps, as players round it; the average must not exceed the
-    # rate either.
+    # A frame of 0 ms is never seen: it joins a neighbour. A frame of 33 ms counts as 30 fps,
+    # as players round it; the average must not exceed the rate either.
     shortest_ms = 1 if limits.max_fps is None else math.floor(1000 / limits.max_fps)
     if total < limits.min_frames * shortest_ms:
         raise CannotFitPresetError(
             f"{preset}: an animated sticker has at least {limits.min_frames} frames of "
             f"{shortest_ms} ms or more; this animation runs {total} ms"
         )
-    timeline: Timeline = list(enumerate(durations_ms))
+    timeline = _merge_shorter_than(list(enumerate(durations_ms)), shortest_ms)
     if limits.max_fps is not None:
-        timeline = _merge_shorter_than(timeline, shortest_ms)
         timeline = _merge_to_count(timeline, math.floor(total * limits.max_fps / 1000))
     if limits.max_frames is not None:
         timeline = _merge_to_count(timeline, limits.max_frames)
@@ -233,27 +230,37 @@ def _fit_timing(durations_ms: Sequence[int], limits: Limits, preset: Preset) -> 
 
 
 def _merge_shorter_than(timeline: Timeline, min_ms: int) -> Timeline:
-    """Consecutive frames merged until each lasts at least `min_ms`; each merged frame shows
-    the first of its frames, for all their time."""
-    merged: Timeline = []
-    for index, duration in timeline:
-        if merged and merged[-1][1] < min_ms:
-            merged[-1] = (merged[-1][0], merged[-1][1] + duration)
+    """Runs of consecutive frames merged until each lasts at least `min_ms` (a short last run
+    joining the one before it)."""
+    runs: list[Timeline] = []
+    for frame in timeline:
+        if runs and _total(runs[-1]) < min_ms:
+            runs[-1].append(frame)
         else:
-            merged.append((index, duration))
-    if len(merged) > 1 and merged[-1][1] < min_ms:  # a short tail joins the frame before it
-        index, duration = merged.pop()
-        merged[-1] = (merged[-1][0], merged[-1][1] + duration)
-    return merged
+            runs.append([frame])
+    if len(runs) > 1 and _total(runs[-1]) < min_ms:
+        runs[-2].extend(runs.pop())
+    return [_merged(run) for run in runs]
 
 
 def _merge_to_count(timeline: Timeline, count: int) -> Timeline:
-    """At most `count` frames: runs of consecutive frames, as even in number as can be, merged
-    into their first frame shown for their total time."""
+    """At most `count` frames: runs of consecutive frames, as even in number as can be,
+    merged."""
     if len(timeline) <= count:
         return timeline
-    runs = np.array_split(np.arange(len(timeline)), count)
-    return [(timeline[run[0]][0], sum(timeline[position][1] for position in run)) for run in runs]
+    bounds = np.array_split(np.arange(len(timeline)), count)
+    return [_merged(timeline[run[0] : run[-1] + 1]) for run in bounds]
+
+
+def _merged(run: Timeline) -> tuple[int, int]:
+    """One frame for a run of frames: the one shown longest (the first of those), for the
+    run's total time."""
+    index, _ = max(run, key=lambda frame: frame[1])
+    return index, _total(run)
+
+
+def _total(run: Timeline) -> int:
+    return sum(duration for _, duration in run)
 
 
 def _split_to_count(timeline: Timeline, count: int) -> Timeline:
