@@ -159,7 +159,10 @@ def test_telegram_animation_keeps_an_allowed_frame_rate_and_sides():
     video = read_webm(output.data)
     assert video.size == (512, 326)  # 326.8 rounded down to even, as 4:2:0 needs
     assert video.durations_ms == [100] * 10
-    assert output.changes == ("scaled 600x383 -> 512x326",)
+    assert output.changes == (
+        "plays 1 -> for ever (WebM stores no play count; Telegram loops)",
+        "scaled 600x383 -> 512x326",
+    )
 
 
 def test_telegram_refuses_an_animation_longer_than_3_s():

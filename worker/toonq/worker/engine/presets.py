@@ -183,6 +183,8 @@ def fit_preset(
         changes.append(
             f"frames {len(frames)} -> {len(timeline)} (durations {verb}, total time kept)"
         )
+    if container == "webm" and loop != 0:
+        changes.append(f"plays {loop} -> for ever (WebM stores no play count; Telegram loops)")
     size = _fitted_size(width, height, limits, even=container == "webm")
     if size != (width, height):
         changes.append(f"scaled {width}x{height} -> {size[0]}x{size[1]}")
