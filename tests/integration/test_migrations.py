@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from toonq.worker.harness.postgres import PostgresServer
 
 TABLES = {"jobs", "job_events"}
-HEAD = "0011"
+HEAD = "0012"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,6 +57,7 @@ def test_the_revisions_form_one_line() -> None:
     assert script.get_heads() == [HEAD]
     assert [revision.revision for revision in script.walk_revisions()] == [
         HEAD,
+        "0011",
         "0010",
         "0009",
         "0008",

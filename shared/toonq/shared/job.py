@@ -419,6 +419,9 @@ class Job:
     staged_output_uri: str | None
     staged_result: Mapping[str, Any] | None
     tenant: str | None = None
+    #: What the success published: {"content_type", "frames", "changes"} (`StagedOutput`);
+    #: None before a success, and for jobs that succeeded before it was recorded.
+    output: Mapping[str, Any] | None = None
 
     @property
     def staged_output(self) -> StagedOutput | None:
@@ -485,6 +488,7 @@ class Job:
             "lease_expires_at": iso_utc(self.lease_expires_at),
             "enqueued_at": iso_utc(self.enqueued_at),
             "staged_output_uri": self.staged_output_uri,
+            "output": None if self.output is None else dict(self.output),
             "callback_url": self.callback_url,
             "webhook": self._webhook(),
         }
@@ -554,6 +558,11 @@ class StagedOutput:
     image_width: int
     image_height: int
     timings: Mapping[str, float]
+    #: The file: its content type (None in records of older workers), its frames, and what
+    #: fitting it to its preset changed.
+    content_type: str | None = None
+    frames: int = 1
+    changes: tuple[str, ...] = ()
 
     def record(self) -> dict[str, Any]:
         """Everything but `uri`, as JSON (the job row's `staged_result`)."""
@@ -564,11 +573,25 @@ class StagedOutput:
             "image_width": self.image_width,
             "image_height": self.image_height,
             "timings": dict(self.timings),
+            "content_type": self.content_type,
+            "frames": self.frames,
+            "changes": list(self.changes),
         }
 
     @classmethod
     def from_record(cls, uri: str, record: Mapping[str, Any]) -> StagedOutput:
-        return cls(uri=uri, **record)
+        return cls(uri=uri, **{**record, "changes": tuple(record.get("changes", ()))})
+
+    def output(self) -> dict[str, Any] | None:
+        """What a job records of the file it published (None where an older worker staged
+        it without saying)."""
+        if self.content_type is None:
+            return None
+        return {
+            "content_type": self.content_type,
+            "frames": self.frames,
+            "changes": list(self.changes),
+        }
 
 
 @dataclass(frozen=True)

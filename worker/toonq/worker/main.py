@@ -179,6 +179,8 @@ def build_context(
         precision=settings.precision,
         resolution=settings.resolution,
         max_image_pixels=settings.max_image_pixels,
+        max_frames=settings.max_frames,
+        max_animation_s=settings.max_animation_s,
         png_compress_level=settings.png_compress_level,
         compile_mode=settings.compile_mode,
         channels_last=settings.channels_last,

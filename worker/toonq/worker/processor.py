@@ -58,8 +58,9 @@ from toonq.shared.storage.uri import staged_output_uri
 from toonq.worker import metrics
 from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
 from toonq.worker.cpus import CpuSlots
-from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
+from toonq.worker.matte_input import matte_input
 from toonq.worker.memory import MemoryBudget
 from toonq.worker.retries import backoff_delay
 
@@ -202,7 +203,7 @@ def _run(ctx: WorkerContext, claim: Claim) -> StagedOutput:
     need, what = ctx.engine.host_bytes(data, job.params)
     with ctx.memory.reserved(need, what=what):
         try:
-            (width, height), timings = _matte_and_store(ctx, claim, data, staged_uri)
+            result = _matte_and_store(ctx, claim, data, staged_uri)
         except BaseException as exc:
             # The traceback keeps that frame, and its images, alive: they go with the budget.
             traceback.clear_frames(exc.__traceback__)
@@ -210,7 +211,7 @@ def _run(ctx: WorkerContext, claim: Claim) -> StagedOutput:
     timings = {
         "queue_wait": _queue_wait_ms(claim),
         "download": download_ms,
-        **timings,
+        **result.timings_ms,
         "total": (time.perf_counter() - began) * 1000,
     }
     staged = StagedOutput(
@@ -218,9 +219,12 @@ def _run(ctx: WorkerContext, claim: Claim) -> StagedOutput:
         attempt=claim.attempt,
         model_name=ctx.engine.model_name,
         model_revision=ctx.engine.model_revision,
-        image_width=width,
-        image_height=height,
+        image_width=result.width,
+        image_height=result.height,
         timings={stage: round(ms, 2) for stage, ms in timings.items()},
+        content_type=result.content_type,
+        frames=result.frames,
+        changes=result.changes,
     )
     if not ctx.store.commit_output(claim, staged):
         # Another attempt holds the job now: this output is nobody's.
@@ -229,22 +233,16 @@ def _run(ctx: WorkerContext, claim: Claim) -> StagedOutput:
     return staged
 
 
-def _matte_and_store(
-    ctx: WorkerContext, claim: Claim, data: bytes, staged_uri: str
-) -> tuple[tuple[int, int], dict[str, float]]:
-    """Decode, matte, encode and upload to `staged_uri`; only the size and the timings outlive
-    it."""
-    with ctx.cpu.held():
-        prepared = ctx.engine.prepare(data, claim.job.params)
-    batch = ctx.batcher.run(prepared.model_input)
-    prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
-    with ctx.cpu.held():
-        result = ctx.engine.finish(prepared, batch.logits)
+def _matte_and_store(ctx: WorkerContext, claim: Claim, data: bytes, staged_uri: str) -> MatteResult:
+    """Decode, matte, encode and upload to `staged_uri`; what it returns no longer holds the
+    output's bytes."""
+    result = matte_input(ctx.engine, ctx.batcher, ctx.cpu, data, claim.job.params)
     ctx.leases.check(claim)
     start = time.perf_counter()
     ctx.objects.put(staged_uri, result.data, content_type=result.content_type)
-    upload_ms = (time.perf_counter() - start) * 1000
-    return (result.width, result.height), result.timings_ms | {"upload": upload_ms}
+    result.timings_ms["upload"] = (time.perf_counter() - start) * 1000
+    result.data = b""
+    return result
 
 
 def _publish(ctx: WorkerContext, claim: Claim, staged: StagedOutput) -> None:

@@ -211,6 +211,8 @@ class JobRow(Base):
     staged_result: Mapped[dict[str, Any] | None]
     # Whose job it is (`toonq.shared.tenants`); NULL for a job of no tenant.
     tenant: Mapped[str | None] = mapped_column(String(MAX_TENANT_LENGTH))
+    # What a success published (`OutputRecord`): content type, frames, a preset's changes.
+    output: Mapped[dict[str, Any] | None]
 
 
 class JobEventRow(Base):

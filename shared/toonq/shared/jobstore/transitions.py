@@ -262,6 +262,7 @@ def succeeded(claim: Claim, staged: StagedOutput, *, now: datetime) -> Transitio
             "image_width": staged.image_width,
             "image_height": staged.image_height,
             "timings": dict(staged.timings),
+            "output": staged.output(),
             "error_code": None,
             "error_message": None,
             "finished_at": now,

@@ -162,6 +162,8 @@ def build_engine(
         precision=precision or settings.precision,
         resolution=resolution,
         max_image_pixels=settings.max_image_pixels,
+        max_frames=settings.max_frames,
+        max_animation_s=settings.max_animation_s,
         png_compress_level=settings.png_compress_level,
     )
 

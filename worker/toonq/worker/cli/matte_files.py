@@ -21,6 +21,7 @@ from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.main import Pipeline
+from toonq.worker.matte_input import matte_input
 
 #: The code of a file that could not be read or written.
 IO_ERROR = "io_error"
@@ -96,13 +97,9 @@ def _matte_file(
     params: JobParams,
 ) -> None:
     """One file, start to finish, in a pool thread; the model step runs in the GPU loop."""
-    data = source.read_bytes()
-    with cpu.held():
-        prepared = engine.prepare(data, params)
-    batch = batcher.run(prepared.model_input)
-    with cpu.held():
-        result = engine.finish(prepared, batch.logits)
-    target.write_bytes(result.data)
+    result = matte_input(engine, batcher, cpu, source.read_bytes(), params)
+    # A preset may write another container than the format's (telegram's animated WebM).
+    target.with_suffix(f".{result.extension}").write_bytes(result.data)
 
 
 def _problem(done: Future[None]) -> str | None:

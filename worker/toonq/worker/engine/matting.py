@@ -5,6 +5,11 @@
     finish (one image):  alpha (sigmoid + resize back) -> (capped at the input's alpha)
                          -> (refine_foreground) -> attach alpha to the ORIGINAL colours -> encode
 
+An animation (`decode_animation`) takes the same path frame by frame: each frame is prepared and
+batched like an image, its alpha kept (`alpha`), and `finish_animation` steadies the alphas
+across frames, attaches them and writes the animated file. Sticker finishing and platform
+presets (`engine.stickers`) end both paths.
+
 On a GPU everything from the composite to the alpha matte runs there. The host keeps the decoded
 pixels: the cut-out is those pixels with their alpha channel replaced, so only the matte comes
 back from the device and the colours are not copied again to be interleaved with it.
@@ -30,6 +35,7 @@ from toonq.shared.choices import COMPILE_MODES, resolution_problem
 from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
 from toonq.shared.settings import DEFAULT_BG_COLOR, DEFAULT_RESOLUTION
+from toonq.worker.engine.animation import Animation, count_frames, decode_animation
 from toonq.worker.engine.compositing import _swap_bg_to_gray, composite_rgb
 from toonq.worker.engine.decode import decode_image, decode_pixels, image_size, image_to_array
 from toonq.worker.engine.device import configure_numerics, resolve_device, resolve_dtype
@@ -39,7 +45,10 @@ from toonq.worker.engine.encode import (
     encode_rgba,
     encode_rgba_pixels,
 )
+from toonq.worker.engine.presets import FittedOutput
 from toonq.worker.engine.refine import refine_foreground
+from toonq.worker.engine.stickers import FrameTiming, compose, needs_composition
+from toonq.worker.engine.temporal import stabilise_alpha
 from toonq.worker.engine.transforms import logits_to_alpha, to_model_input
 from toonq.worker.engine.weights import LoadedModel
 
@@ -50,10 +59,15 @@ log = get_logger(__name__)
 class MatteResult:
     data: bytes
     content_type: str
+    #: The file name's extension for `data`: the job's format, or `webm` for a preset's video.
+    extension: str
     width: int
     height: int
     #: Milliseconds per stage: decode, preprocess, inference, postprocess, encode.
     timings_ms: dict[str, float] = field(default_factory=dict)
+    frames: int = 1
+    #: What fitting the output to its preset changed (the size, the frames, the palette...).
+    changes: tuple[str, ...] = ()
 
 
 #: Host bytes per pixel a job holds at its peak besides its compressed input, without and with
@@ -69,6 +83,9 @@ class MatteResult:
 #:   their interleaving with the alpha, 4, over finish's 9).
 _HOST_BYTES_PER_PIXEL: Final = {"cpu": 14, "gpu": 12}
 _HOST_BYTES_PER_PIXEL_REFINED: Final = {"cpu": 216, "gpu": 16}
+#: Besides one frame's peak: every frame of an animation stays in host memory until the file is
+#: written, with its alpha (4 + 1), the finished copy (4) and the encoder's (4).
+_HOST_BYTES_PER_ANIMATION_PIXEL: Final = 13
 
 
 def batch_bucket(count: int) -> int:
@@ -133,6 +150,8 @@ class MattingEngine:
         precision: str = "auto",
         resolution: int = DEFAULT_RESOLUTION,
         max_image_pixels: int = 50_000_000,
+        max_frames: int = 300,
+        max_animation_s: float = 60.0,
         png_compress_level: int = 1,
         compile_mode: str = "off",
         channels_last: bool = False,
@@ -166,6 +185,8 @@ class MattingEngine:
         self.model_revision = loaded.revision
         self.resolution = resolution
         self.max_image_pixels = max_image_pixels
+        self.max_frames = max_frames
+        self.max_animation_s = max_animation_s
         self.png_compress_level = png_compress_level
 
     def host_bytes(self, data: bytes, options: JobParams) -> tuple[int, str]:
@@ -177,10 +198,24 @@ class MattingEngine:
             _HOST_BYTES_PER_PIXEL_REFINED if options.refine_foreground else _HOST_BYTES_PER_PIXEL
         )
         per_pixel = table["cpu" if self.device.type == "cpu" else "gpu"]
-        return width * height * per_pixel, f"a {width}x{height} image"
+        frames = count_frames(data, max_pixels=self.max_image_pixels)
+        if frames == 1:
+            return width * height * per_pixel, f"a {width}x{height} image"
+        need = width * height * (per_pixel + frames * _HOST_BYTES_PER_ANIMATION_PIXEL)
+        return need, f"a {width}x{height} animation of {frames} frames"
 
     def decode(self, data: bytes) -> Image.Image:
         return decode_image(data, max_pixels=self.max_image_pixels)
+
+    def decode_animation(self, data: bytes) -> Animation | None:
+        """Every frame of an animated GIF, APNG or WebP, as the viewer sees it; None for a still
+        (which `prepare` decodes)."""
+        return decode_animation(
+            data,
+            max_pixels=self.max_image_pixels,
+            max_frames=self.max_frames,
+            max_duration_s=self.max_animation_s,
+        )
 
     # The one path through the engine: `prepare` one image, run the prepared inputs of one shape
     # through the model as a batch, `finish` each image. A pipelined worker runs `prepare` and
@@ -188,13 +223,18 @@ class MattingEngine:
     # next batch (`stack_batch`) while the model runs the current one (`run_batch`); a caller
     # that runs one batch at a time calls `infer`.
 
-    def prepare(self, source: bytes | Image.Image, options: JobParams) -> PreparedImage:
+    def prepare(
+        self, source: bytes | Image.Image | npt.NDArray[np.uint8], options: JobParams
+    ) -> PreparedImage:
         """Decode (when given bytes), move to the device, composite onto the job's background
-        colour, resize and normalise: everything before the model, for one image."""
+        colour, resize and normalise: everything before the model, for one image. An array
+        (an animation's frame, uint8 H×W×4) is used in place: `finish` writes its alpha."""
         watch = _Stopwatch(self.device)
         if isinstance(source, bytes):
             with watch.stage("decode"):
                 pixels = decode_pixels(source, max_pixels=self.max_image_pixels)
+        elif isinstance(source, np.ndarray):
+            pixels = source
         with watch.stage("preprocess"):
             if isinstance(source, Image.Image):
                 pixels = image_to_array(source)
@@ -273,15 +313,62 @@ class MattingEngine:
                     # where the input is transparent: the input's own alpha bounds the output's.
                     torch.minimum(alpha, image[3], out=alpha)
                 refined = refine_foreground(image[:3], alpha) if options.refine_foreground else None
+            if needs_composition(options):
+                with watch.stage("encode"):
+                    if refined is not None:
+                        prepared.pixels[..., :3] = _host(refined)
+                    prepared.pixels[..., 3] = alpha.cpu().numpy()
+                    fitted = self._compose([prepared.pixels], None, options)
+                return _result(fitted, prepared.timings_ms | watch.ms)
             with watch.stage("encode"):
                 data = self._encode(prepared, alpha, refined)
         return MatteResult(
             data=data,
             content_type=CONTENT_TYPES[options.format],
+            extension=options.format,
             width=image.shape[-1],
             height=image.shape[-2],
             timings_ms=prepared.timings_ms | watch.ms,
         )
+
+    def finish_animation(
+        self,
+        animation: Animation,
+        alphas: list[npt.NDArray[np.uint8]],
+        options: JobParams,
+        timings_ms: dict[str, float],
+    ) -> MatteResult:
+        """The animated output of `animation`'s frames with their alpha mattes (uint8 H×W, one
+        per frame, from `alpha`): steadied across frames (`temporal_smoothing`), capped at the
+        input's alpha, refined, attached to each frame's colours, finished and written with
+        the frames' timing kept."""
+        watch = _Stopwatch(self.device)
+        frames = animation.frames
+        with torch.inference_mode(), watch.stage("postprocess"):
+            if options.temporal_smoothing:
+                # Before the frames' alphas are overwritten: the run detection reads the input.
+                alphas = stabilise_alpha(frames, alphas)
+            for frame, alpha in zip(frames, alphas, strict=True):
+                if options.respect_input_alpha:
+                    np.minimum(alpha, frame[..., 3], out=alpha)
+                if options.mask_only:
+                    frame[..., :3] = alpha[..., np.newaxis]
+                    frame[..., 3] = 255
+                    continue
+                if options.refine_foreground:
+                    colours = torch.from_numpy(frame).permute(2, 0, 1)[:3].to(self.device)
+                    matte = torch.from_numpy(alpha).to(self.device)
+                    frame[..., :3] = _host(refine_foreground(colours, matte))
+                frame[..., 3] = alpha
+        timing = FrameTiming(animation.durations_ms, animation.loop)
+        with watch.stage("encode"):
+            fitted = self._compose(frames, timing, options)
+        return _result(fitted, timings_ms | watch.ms)
+
+    def _compose(
+        self, frames: list[npt.NDArray[np.uint8]], timing: FrameTiming | None, options: JobParams
+    ) -> FittedOutput:
+        return compose(frames, timing, options, png_compress_level=self.png_compress_level)
 
     def warmup(self, batch_size: int = 1) -> None:
         """Real inferences at the largest batch the worker will run, so that the first jobs pay
@@ -323,3 +410,21 @@ class MattingEngine:
             return encode_rgba(refined, alpha, fmt=options.format, png_compress_level=level)
         prepared.pixels[..., 3] = alpha
         return encode_rgba_pixels(prepared.pixels, fmt=options.format, png_compress_level=level)
+
+
+def _result(fitted: FittedOutput, timings_ms: dict[str, float]) -> MatteResult:
+    return MatteResult(
+        data=fitted.data,
+        content_type=fitted.content_type,
+        extension=fitted.extension,
+        width=fitted.width,
+        height=fitted.height,
+        timings_ms=timings_ms,
+        frames=fitted.frames,
+        changes=fitted.changes,
+    )
+
+
+def _host(channels: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """3×H×W channels (on any device) as a host H×W×3 view, to write into interleaved pixels."""
+    return channels.cpu().numpy().transpose(1, 2, 0)
