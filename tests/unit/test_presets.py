@@ -195,7 +195,7 @@ def test_line_animation_wider_than_tall_fills_the_width():
 
 def test_line_animation_of_too_few_frames_splits_the_longest():
     frames = _animation(3, 270, 320)
-    output = fit_preset(frames, [300, 900, 300], 0, preset="line", fmt="png")
+    output = fit_preset(frames, [300, 900, 300], 1, preset="line", fmt="png")
     animation = read_with_pillow(output.data)
     assert animation.durations == [300, 225, 225, 450, 300]
     assert output.changes == ("frames 3 -> 5 (durations split, total time kept)",)
@@ -251,3 +251,11 @@ def test_discord_animation_inside_the_box_is_kept_as_given():
     assert animation.durations == [80] * 8
     for read, given in zip(animation.frames, frames, strict=True):
         assert np.array_equal(read, given)
+
+
+@pytest.mark.parametrize(("loop", "asked"), [(0, "for ever"), (9, "9")])
+def test_line_plays_an_animation_at_most_4_times(loop, asked):
+    output = fit_preset(_animation(6, 270, 320), [100] * 6, loop, preset="line", fmt="png")
+
+    assert read_with_pillow(output.data).loop == 4
+    assert f"plays {asked} -> 4 (line's most)" in output.changes

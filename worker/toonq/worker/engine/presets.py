@@ -56,6 +56,8 @@ class Limits:
     max_fps: int | None = None
     min_frames: int = 1
     max_frames: int | None = None
+    #: The most plays of an animation, where the platform counts them (0, for ever, is more).
+    max_plays: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ PRESET_LIMITS: Final[Mapping[Preset, PresetLimits]] = {
             max_seconds=4,
             min_frames=5,
             max_frames=20,
+            max_plays=4,
         ),
     ),
     "discord": PresetLimits(
@@ -185,6 +188,10 @@ def fit_preset(
         )
     if container == "webm" and loop != 0:
         changes.append(f"plays {loop} -> for ever (WebM stores no play count; Telegram loops)")
+    if limits.max_plays is not None and not 1 <= loop <= limits.max_plays:
+        asked = "for ever" if loop == 0 else str(loop)
+        changes.append(f"plays {asked} -> {limits.max_plays} ({preset}'s most)")
+        loop = limits.max_plays
     size = _fitted_size(width, height, limits, even=container == "webm")
     if size != (width, height):
         changes.append(f"scaled {width}x{height} -> {size[0]}x{size[1]}")
