@@ -55,13 +55,15 @@ def matte_files(
         batcher.start()
         pool = ThreadPoolExecutor(pipeline.concurrency, thread_name_prefix="toonq-matte")
         try:
-            running: dict[Future[None], Path] = {
+            running: dict[Future[tuple[str, ...]], Path] = {
                 pool.submit(_matte_file, engine, batcher, cpu, source, target, params): source
                 for source, target in outputs.items()
             }
             for done in as_completed(running):
                 if (problem := _problem(done)) is not None:
                     fail(running[done], problem)
+                elif changes := done.result():
+                    bar.write(f"{running[done]}: {params.preset}: {'; '.join(changes)}")
                 bar.update(1)
         finally:
             # When interrupted, the files not started are dropped and those in hand fail fast.
@@ -95,14 +97,16 @@ def _matte_file(
     source: Path,
     target: Path,
     params: JobParams,
-) -> None:
-    """One file, start to finish, in a pool thread; the model step runs in the GPU loop."""
+) -> tuple[str, ...]:
+    """One file, start to finish, in a pool thread; the model step runs in the GPU loop.
+    Returns what fitting the output to its preset changed."""
     result = matte_input(engine, batcher, cpu, source.read_bytes(), params)
     # A preset may write another container than the format's (telegram's animated WebM).
     target.with_suffix(f".{result.extension}").write_bytes(result.data)
+    return result.changes
 
 
-def _problem(done: Future[None]) -> str | None:
+def _problem(done: Future[tuple[str, ...]]) -> str | None:
     """What went wrong with one file, with its error code, or None if it was written."""
     try:
         done.result()
