@@ -183,7 +183,7 @@ def test_runs_a_model_on_the_images(dataset: Path) -> None:
         assert 0 <= item["iou"] <= 1
         assert 0 <= item["mae"] <= 1
         assert item["halo"] is not None  # the images are there
-    assert set(result["mean"]) == {"pixel_accuracy", "iou", "mae", "boundary_f", "halo"}
+    assert set(result["mean"]) == {"pixel_accuracy", "iou", "mae", "boundary_f", "halo", "flicker"}
 
 
 def test_empty_ground_truth_fails_unless_allowed(dataset: Path) -> None:

@@ -280,6 +280,7 @@ def scores(pa: float | None, mae_: float) -> ImageScores:
         mae=mae_,
         boundary_f=None,
         halo=None,
+        flicker=None,
         pixel_accuracy_ranks=None if pa is None else pa <= 1,
     )
 
