@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.params import job_param_option
 from toonq.producer.cli.render import print_json
 from toonq.shared.job import JobParams
 from toonq.worker.cli.commands import (
@@ -66,6 +67,7 @@ folder = click.Path(path_type=Path)
     help="Score ground truths without foreground (pixel_accuracy null) instead of failing.",
 )
 @resolution_option
+@job_param_option("temporal_smoothing")
 @device_option
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -79,6 +81,7 @@ def eval_command(
     report_dir: Path | None,
     allow_empty_gt: bool,
     resolution: int | None,
+    temporal_smoothing: bool | None,
     device: str | None,
     precision: str | None,
     as_json: bool,
@@ -89,7 +92,8 @@ def eval_command(
 
     Give --pred DIR (masks on disk) or --model SPEC (run on --images). With two of either,
     also compare them: a Markdown report with a paired sign test, a chart and a contact sheet
-    of the images where they differ most, in --report.
+    of the images where they differ most, in --report. A model mattes an animated image as the
+    worker does, temporal smoothing included unless --no-temporal-smoothing.
     """
     sources_given = len(pred_dirs) + len(model_specs)
     if pred_dirs and model_specs:
@@ -100,13 +104,21 @@ def eval_command(
         raise click.UsageError("--model runs on the input images: give --images too")
     if report_dir is not None and sources_given == 1:
         raise click.UsageError("--report is for A/B comparisons: give two --pred or --model")
+    if temporal_smoothing is not None and not model_specs:
+        raise click.UsageError("--[no-]temporal-smoothing is how a --model mattes animations")
 
     limits = ImageLimits.from_settings(ctx.settings)
     dataset = open_dataset(gt_dir, images_dir)
     if pred_dirs:
         sources = _folder_sources(dataset, pred_dirs, limits=limits)
     else:
-        sources = _model_sources(ctx, model_specs, device, precision, resolution, limits=limits)
+        params = JobParams.with_defaults(
+            ctx.settings,
+            resolution=resolution,
+            mask_only=True,
+            temporal_smoothing=temporal_smoothing is not False,
+        )
+        sources = _model_sources(ctx, model_specs, device, precision, params, limits=limits)
 
     if len(sources) == 1:
         (result,) = evaluate(dataset, sources, limits=limits, allow_empty_gt=allow_empty_gt)
@@ -155,11 +167,10 @@ def _model_sources(
     specs: tuple[str, ...],
     device: str | None,
     precision: str | None,
-    resolution: int | None,
+    params: JobParams,
     *,
     limits: ImageLimits,
 ) -> list[PredictionSource]:
-    params = JobParams.with_defaults(ctx.settings, resolution=resolution, mask_only=True)
     return [
         EngineSource(
             label, build_engine(ctx, spec, device, precision, params.resolution), params, limits

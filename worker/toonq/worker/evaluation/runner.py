@@ -17,7 +17,6 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from tqdm import tqdm
 
 from toonq.shared.job import JobParams
@@ -113,17 +112,16 @@ class EngineSource:
         if image is None:
             raise ValueError(f"{self.label}: a model needs the input image of {name}")
         if image.animation is None:
-            alpha = self._alpha(self.engine.prepare(image.image, self.params))
-            return [np.asarray(alpha.cpu().numpy(), dtype=np.uint8)]
+            return [self._alpha(self.engine.prepare(image.image, self.params))]
         return self._matte_animation(image.animation)
 
-    def _alpha(self, prepared: PreparedImage) -> torch.Tensor:
+    def _alpha(self, prepared: PreparedImage) -> Mask:
         (logits,) = self.engine.infer([prepared])
-        return self.engine.alpha(prepared, logits)
+        return np.asarray(self.engine.alpha(prepared, logits).cpu().numpy(), dtype=np.uint8)
 
     def _matte_animation(self, animation: Animation) -> list[Mask]:
         """The masks of the engine's animated output, read back as a folder's file would be."""
-        # The engine may write the mattes into the frames it is given: the other source and the
+        # The engine writes the mattes into the frames it is given: the other source and the
         # flicker score need the input's own.
         copy = replace(animation, frames=[frame.copy() for frame in animation.frames])
         alphas = [self._alpha(self.engine.prepare(frame, self.params)) for frame in copy.frames]
