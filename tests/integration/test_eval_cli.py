@@ -297,6 +297,27 @@ def test_runs_a_model_on_the_images(dataset: Path) -> None:
     assert set(result["mean"]) == {"pixel_accuracy", "iou", "mae", "boundary_f", "halo", "flicker"}
 
 
+def test_a_model_mattes_every_frame_of_an_animation(tmp_path: Path) -> None:
+    """Temporal smoothing (on by default, as in the worker) gives a pixel one alpha over each
+    run of frames where its input holds still: no flicker at all. Without it each frame is
+    matted alone, and the moving square changes the model's view of the still pixels too."""
+    frames = [moving_square(index) for index in range(3)]
+    save_animation(tmp_path / "im" / "anim.gif", [on_white(mask) for mask in frames])
+    save(tmp_path / "gt" / "anim.png", frames[0])
+    env = dict(ENV, TOONQ_RESOLUTION="64", OMP_NUM_THREADS="1")
+    args = ["eval", "--gt", str(tmp_path / "gt"), "--images", str(tmp_path / "im")]
+    args += ["--model", "random:tiny"]
+
+    smoothed = run_json(*args, env=env)
+    unsmoothed = run_json(*args, "--no-temporal-smoothing", env=env)
+
+    assert smoothed["images"][0]["flicker"] == 0.0
+    assert smoothed["mean"]["flicker"] == 0.0
+    assert unsmoothed["images"][0]["flicker"] > 0
+    for result in (smoothed, unsmoothed):
+        assert 0 <= result["images"][0]["mae"] <= 1
+
+
 def test_empty_ground_truth_fails_unless_allowed(dataset: Path) -> None:
     save(dataset / "gt" / "img3.png", np.full((SIZE, SIZE), 128, np.uint8))
     args = ("eval", "--gt", str(dataset / "gt"), "--pred", str(dataset / "good"))
@@ -366,3 +387,8 @@ def test_usage_errors(dataset: Path) -> None:
         "eval", "--gt", gt, "--pred", str(dataset / "good"), "--report", "r", env=ENV
     )
     assert report_alone.returncode == 2
+    smoothing_folders = run_toonq(
+        "eval", "--gt", gt, "--pred", str(dataset / "good"), "--no-temporal-smoothing", env=ENV
+    )
+    assert smoothing_folders.returncode == 2
+    assert "--model" in smoothing_folders.stderr

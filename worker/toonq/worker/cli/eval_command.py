@@ -105,7 +105,9 @@ def eval_command(
     if report_dir is not None and sources_given == 1:
         raise click.UsageError("--report is for A/B comparisons: give two --pred or --model")
     if temporal_smoothing is not None and not model_specs:
-        raise click.UsageError("--[no-]temporal-smoothing is how a --model mattes animations")
+        raise click.UsageError(
+            "--[no-]temporal-smoothing applies to --model: a --pred folder is matted already"
+        )
 
     limits = ImageLimits.from_settings(ctx.settings)
     dataset = open_dataset(gt_dir, images_dir)
