@@ -14,6 +14,7 @@ from toonq.worker.evaluation.metrics import (
     halo,
     iou,
     mae,
+    mean_over_frames,
     mean_score,
     pixel_accuracy,
     resize_linear,
@@ -266,6 +267,26 @@ def test_mean_score_leaves_undefined_values_out() -> None:
     assert mean_score([None]) is None
 
 
+def test_mean_over_frames_averages_each_defined_metric() -> None:
+    gt = square(40, 25, 25, 10)
+    exact, missed = score_image(gt, gt), score_image(np.zeros_like(gt), gt)
+    animation = mean_over_frames([exact, missed, exact])
+    assert animation.iou == pytest.approx(2 / 3)
+    assert animation.mae == pytest.approx(100 / 1600 / 3)
+    assert animation.halo is None  # defined for no frame
+    assert animation.pixel_accuracy_ranks is True
+    assert mean_over_frames([exact]) == exact
+
+
+def test_mean_over_frames_ranks_only_where_every_frame_ranks() -> None:
+    gt = square(40, 25, 25, 10)
+    ranked, unranked = score_image(corner_error(10), gt), score_image(corner_error(14), gt)
+    assert mean_over_frames([ranked, unranked]).pixel_accuracy_ranks is False
+    undefined = score_image(gt, np.zeros_like(gt))
+    assert mean_over_frames([undefined, ranked]).pixel_accuracy_ranks is True
+    assert mean_over_frames([undefined, undefined]).pixel_accuracy_ranks is None
+
+
 def test_sign_test_is_exact_and_two_sided() -> None:
     assert sign_test(6, 0) == pytest.approx(2 / 64)
     assert sign_test(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
@@ -273,13 +294,14 @@ def test_sign_test_is_exact_and_two_sided() -> None:
     assert sign_test(0, 0) == 1.0
 
 
-def scores(pa: float | None, mae_: float) -> ImageScores:
+def scores(pa: float | None, mae_: float, flicker: float | None = None) -> ImageScores:
     return ImageScores(
         pixel_accuracy=pa,
         iou=None,
         mae=mae_,
         boundary_f=None,
         halo=None,
+        flicker=flicker,
         pixel_accuracy_ranks=None if pa is None else pa <= 1,
     )
 
@@ -298,6 +320,20 @@ def test_compare_counts_wins_in_each_metrics_direction() -> None:
     assert error.better == "A"
     assert result["iou"].count == 0
     assert result["iou"].better is None
+
+
+def test_compare_ranks_flicker_lower_is_better_over_animated_images() -> None:
+    a = {"anim": scores(0.9, 0.1, flicker=0.5), "still": scores(0.9, 0.1)}
+    b = {"anim": scores(0.9, 0.1, flicker=2.0), "still": scores(0.9, 0.1)}
+    comparisons = compare(a, b)
+    flicker = comparisons["flicker"]
+    assert (flicker.count, flicker.a_better, flicker.b_better) == (1, 1, 0)
+    assert flicker.mean_difference == pytest.approx(1.5)
+    assert flicker.better == "A"
+    # Flicker is reported, never the verdict: the masks themselves are equally good.
+    decision = verdict(comparisons)
+    assert decision.decided_by.metric.name == "pixel_accuracy"
+    assert decision.better is None
 
 
 def test_verdict_is_pixel_accuracy_when_it_ranks_every_image() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from toonq.producer.cli.context import Context, pass_context
+from toonq.producer.cli.params import job_param_option
 from toonq.producer.cli.render import print_json
 from toonq.shared.job import JobParams
 from toonq.worker.cli.commands import (
@@ -16,7 +17,7 @@ from toonq.worker.cli.commands import (
     resolution_option,
 )
 from toonq.worker.evaluation.comparison import compare, verdict
-from toonq.worker.evaluation.dataset import EvalDataset, open_dataset
+from toonq.worker.evaluation.dataset import EvalDataset, ImageLimits, open_dataset
 from toonq.worker.evaluation.report import (
     ContactSheet,
     ab_payload,
@@ -66,6 +67,7 @@ folder = click.Path(path_type=Path)
     help="Score ground truths without foreground (pixel_accuracy null) instead of failing.",
 )
 @resolution_option
+@job_param_option("temporal_smoothing")
 @device_option
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -79,16 +81,19 @@ def eval_command(
     report_dir: Path | None,
     allow_empty_gt: bool,
     resolution: int | None,
+    temporal_smoothing: bool | None,
     device: str | None,
     precision: str | None,
     as_json: bool,
 ) -> None:
     """Score predicted masks against ground truth: ToonOut's Pixel Accuracy, IoU, MAE,
-    boundary F and halo (with --images), per image and on average.
+    boundary F and halo (with --images), per image and on average; and the flicker of
+    animated images' predicted frames (with --images).
 
     Give --pred DIR (masks on disk) or --model SPEC (run on --images). With two of either,
     also compare them: a Markdown report with a paired sign test, a chart and a contact sheet
-    of the images where they differ most, in --report.
+    of the images where they differ most, in --report. A model mattes an animated image as the
+    worker does, temporal smoothing included unless --no-temporal-smoothing.
     """
     sources_given = len(pred_dirs) + len(model_specs)
     if pred_dirs and model_specs:
@@ -99,16 +104,26 @@ def eval_command(
         raise click.UsageError("--model runs on the input images: give --images too")
     if report_dir is not None and sources_given == 1:
         raise click.UsageError("--report is for A/B comparisons: give two --pred or --model")
+    if temporal_smoothing is not None and not model_specs:
+        raise click.UsageError(
+            "--[no-]temporal-smoothing applies to --model: a --pred folder is matted already"
+        )
 
-    max_pixels = ctx.settings.max_image_pixels
+    limits = ImageLimits.from_settings(ctx.settings)
     dataset = open_dataset(gt_dir, images_dir)
     if pred_dirs:
-        sources = _folder_sources(dataset, pred_dirs, max_pixels=max_pixels)
+        sources = _folder_sources(dataset, pred_dirs, limits=limits)
     else:
-        sources = _model_sources(ctx, model_specs, device, precision, resolution)
+        params = JobParams.with_defaults(
+            ctx.settings,
+            resolution=resolution,
+            mask_only=True,
+            temporal_smoothing=temporal_smoothing is not False,
+        )
+        sources = _model_sources(ctx, model_specs, device, precision, params, limits=limits)
 
     if len(sources) == 1:
-        (result,) = evaluate(dataset, sources, max_pixels=max_pixels, allow_empty_gt=allow_empty_gt)
+        (result,) = evaluate(dataset, sources, limits=limits, allow_empty_gt=allow_empty_gt)
         if as_json:
             print_json(result.to_dict())
         else:
@@ -116,9 +131,7 @@ def eval_command(
         return
 
     sheet = ContactSheet((sources[0].label, sources[1].label))
-    a, b = evaluate(
-        dataset, sources, max_pixels=max_pixels, allow_empty_gt=allow_empty_gt, observer=sheet
-    )
+    a, b = evaluate(dataset, sources, limits=limits, allow_empty_gt=allow_empty_gt, observer=sheet)
     comparisons = compare(a.scores, b.scores)
     decision = verdict(comparisons)
     files = write_ab_report(
@@ -135,12 +148,12 @@ def eval_command(
 
 
 def _folder_sources(
-    dataset: EvalDataset, folders: tuple[Path, ...], *, max_pixels: int
+    dataset: EvalDataset, folders: tuple[Path, ...], *, limits: ImageLimits
 ) -> list[PredictionSource]:
     labels = _labels([path.name for path in folders], [str(path) for path in folders])
     sources: list[PredictionSource] = []
     for path, label in zip(folders, labels, strict=True):
-        source = FolderSource.open(path, dataset, label=label, max_pixels=max_pixels)
+        source = FolderSource.open(path, dataset, label=label, limits=limits)
         if source.unused:
             click.echo(
                 f"note: {len(source.unused)} file(s) in {path} have no ground truth and are "
@@ -156,11 +169,14 @@ def _model_sources(
     specs: tuple[str, ...],
     device: str | None,
     precision: str | None,
-    resolution: int | None,
+    params: JobParams,
+    *,
+    limits: ImageLimits,
 ) -> list[PredictionSource]:
-    params = JobParams.with_defaults(ctx.settings, resolution=resolution, mask_only=True)
     return [
-        EngineSource(label, build_engine(ctx, spec, device, precision, params.resolution), params)
+        EngineSource(
+            label, build_engine(ctx, spec, device, precision, params.resolution), params, limits
+        )
         for spec, label in zip(specs, _labels(list(specs), list(specs)), strict=True)
     ]
 

@@ -40,3 +40,10 @@ class ImageSizeMismatchError(EvaluationError):
     """An input image and its ground-truth mask differ in size, so they cannot be paired."""
 
     code = "image_size_mismatch"
+
+
+class FrameCountMismatchError(EvaluationError):
+    """Animated files of one image (its input, ground truth or a prediction) differ in their
+    number of frames, so their frames cannot be paired."""
+
+    code = "frame_count_mismatch"

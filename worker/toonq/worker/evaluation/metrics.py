@@ -66,6 +66,7 @@ METRICS: Final = (
     MetricInfo("mae", "MAE", higher_is_better=False),
     MetricInfo("boundary_f", "Boundary F", higher_is_better=True),
     MetricInfo("halo", "Halo", higher_is_better=False),
+    MetricInfo("flicker", "Flicker", higher_is_better=False),
 )
 
 
@@ -78,6 +79,8 @@ class ImageScores:
     mae: float
     boundary_f: float | None
     halo: float | None
+    #: `flicker_score` of an animated input's predicted mattes; None for a still.
+    flicker: float | None
     #: Whether Pixel Accuracy ranks this mask: its score before squaring is not negative, so
     #: a higher Pixel Accuracy means fewer wrong pixels. None where Pixel Accuracy is.
     pixel_accuracy_ranks: bool | None
@@ -92,10 +95,32 @@ def mean_score(values: Iterable[float | None]) -> float | None:
     return math.fsum(defined) / len(defined) if defined else None
 
 
+def mean_over_frames(frames: Sequence[ImageScores]) -> ImageScores:
+    """An animation's scores from those of its frames: each metric's mean over the frames where
+    it is defined (`mean_score`). Pixel Accuracy ranks the animation where it ranks every frame
+    that has it. Flicker, which no single frame has, is None."""
+    if not frames:
+        raise ValueError("an animation has at least one frame")
+    means = {
+        metric.name: mean_score(getattr(frame, metric.name) for frame in frames)
+        for metric in METRICS
+    }
+    ranks = [frame.pixel_accuracy_ranks for frame in frames]
+    return ImageScores(
+        pixel_accuracy=means["pixel_accuracy"],
+        iou=means["iou"],
+        mae=math.fsum(frame.mae for frame in frames) / len(frames),
+        boundary_f=means["boundary_f"],
+        halo=means["halo"],
+        flicker=None,
+        pixel_accuracy_ranks=None if all(r is None for r in ranks) else False not in ranks,
+    )
+
+
 def score_image(pred: Mask, gt: Mask, rgb: npt.NDArray[np.uint8] | None = None) -> ImageScores:
-    """Every metric for one prediction. `pred` is resized to `gt`'s size first; `rgb` (H×W×3,
-    the size of `gt`) is the input image whose cut-out the halo inspects: without it, halo is
-    None."""
+    """Every metric of one mask. `pred` is resized to `gt`'s size first; `rgb` (H×W×3, the size
+    of `gt`) is the input image whose cut-out the halo inspects: without it, halo is None.
+    Flicker, a score of an animation's masks, is None."""
     pred = resize_linear(pred, (gt.shape[0], gt.shape[1]))
     score = pixel_accuracy_score(pred, gt)
     return ImageScores(
@@ -104,6 +129,7 @@ def score_image(pred: Mask, gt: Mask, rgb: npt.NDArray[np.uint8] | None = None) 
         mae=mae(pred, gt),
         boundary_f=boundary_f_measure(pred, gt),
         halo=None if rgb is None else halo(rgb, pred),
+        flicker=None,
         pixel_accuracy_ranks=None if score is None else score >= 0,
     )
 

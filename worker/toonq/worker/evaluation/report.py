@@ -303,7 +303,8 @@ def _markdown(
             "exact two-sided sign test are over the images where both scores are (ties left out "
             "of the test). The better side is the one with the better mean, in **bold** when "
             "p < 0.05; a metric that cannot rank the pair names none. ↑: higher is better; "
-            "↓: lower is better.",
+            "↓: lower is better. Flicker is over the animated images: the mean change of alpha, "
+            "in 8-bit levels, between consecutive frames where the input frame did not change.",
             "",
             f"![Per-image scores]({files.chart.name})",
             "",
