@@ -65,7 +65,7 @@ _INPUT_OPTIONS: Final[dict[str, dict[str, Any]]] = {
     "webp": {"quality": 90},
 }
 _PILLOW_FORMATS: Final = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}
-_CONTENT_TYPES: Final = {"gif": "image/gif", "apng": "image/png", "png": "image/png"}
+_CONTENT_TYPES: Final = {"gif": "image/gif", "apng": "image/png"}
 #: The end-to-end inputs: the animation in two containers, and its frames as still PNGs.
 _END_TO_END_INPUTS: Final = ("gif", "apng")
 _STILLS: Final = "png stills"
