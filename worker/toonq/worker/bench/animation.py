@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -168,10 +169,10 @@ def _worker_rows(
         worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
         for name, uris, frames_per_job in cases:
             cpu_before = worker.cpu_seconds()
-            result = measure_whole_run(
-                deployment, deployment.submit(uris), timeout_s=_RUN_TIMEOUT_S
-            )
+            job_ids = deployment.submit(uris)
+            result = measure_whole_run(deployment, job_ids, timeout_s=_RUN_TIMEOUT_S)
             cpu_s = worker.cpu_seconds() - cpu_before
+            _check_frames_written(deployment, job_ids[0], frames_per_job)
             frames_per_s = result.jobs_per_s * frames_per_job
             stills_per_s = rows[0].frames_per_s if rows else frames_per_s
             rows.append(
@@ -189,6 +190,17 @@ def _worker_rows(
                 )
             )
     return rows
+
+
+def _check_frames_written(deployment: Deployment, job_id: uuid.UUID, frames: int) -> None:
+    """The job wrote all `frames` of its input: the worker took the path it was meant to
+    measure (an animation's, not a still's of its first frame)."""
+    job = deployment.client.get(job_id)
+    written = None if job.output is None else job.output["frames"]
+    if written != frames:
+        raise AssertionError(
+            f"job {job_id} ({job.status}, {job.error_code}) wrote {written} frames of {frames}"
+        )
 
 
 def _decode_rows(inputs: dict[str, bytes], repeat: int) -> list[CodecRow]:
