@@ -7,6 +7,7 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -156,6 +157,13 @@ def test_steady_rate_fits_batched_completions_and_leaves_out_fill_and_drain() ->
 def system_sections(pg_server, tmp_path_factory: pytest.TempPathFactory):
     """The sections that run real workers, on the test servers (a database and queue of their
     own, removed afterwards)."""
+    return _quick_sections_on_test_servers("queue,scaling", tmp_path_factory)
+
+
+def _quick_sections_on_test_servers(
+    sections: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """`toonq bench --quick` of `sections` on the test servers; the report's sections."""
     out = tmp_path_factory.mktemp("bench-system") / "reports"
     env = (
         os.environ
@@ -166,11 +174,12 @@ def system_sections(pg_server, tmp_path_factory: pytest.TempPathFactory):
         }
     )
     result = run_toonq(
-        "bench", "--quick", "--sections", "queue,scaling", "--out", str(out), env=env, timeout=600
+        "bench", "--quick", "--sections", sections, "--out", str(out), env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr
     report = Path(result.stdout.split("report: ")[-1].strip())
-    return json.loads(report.read_text())["sections"]
+    sections_data: dict[str, Any] = json.loads(report.read_text())["sections"]
+    return sections_data
 
 
 def test_queue_section_sets_toonq_against_a_bare_celery_task(system_sections):
@@ -203,3 +212,43 @@ def test_scaling_section_projects_from_what_it_measured(system_sections):
     assert list(projection) == ["1", "2", "4", "8", "16", "32"]
     for n, jobs_per_s in projection.items():
         assert jobs_per_s == pytest.approx(min(int(n) * 1000 / cpu_ms, 1000 / gil_ms), rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def animation_section(pg_server, tmp_path_factory: pytest.TempPathFactory):
+    return _quick_sections_on_test_servers("animation", tmp_path_factory)["animation"]
+
+
+def test_animation_section_sets_animations_against_their_frames_as_stills(animation_section):
+    runs = animation_section["worker"]
+    assert [(run["input"], run["model"]) for run in runs] == [
+        ("png stills", "standin:0"),
+        ("gif", "standin:0"),
+        ("apng", "standin:0"),
+    ]
+    stills, *animations = runs
+    assert stills["frames_per_job"] == 1
+    assert {run["frames_per_job"] for run in animations} == {animation_section["frames"]}
+    for run in runs:
+        assert run["succeeded"] == run["jobs"] > 0
+        assert run["jobs"] * run["frames_per_job"] == stills["jobs"]  # as many frames in all
+        assert run["frames_per_s"] == pytest.approx(
+            run["jobs_per_s"] * run["frames_per_job"], rel=0.01
+        )
+        assert run["relative_to_stills"] == pytest.approx(
+            run["frames_per_s"] / stills["frames_per_s"], rel=0.01
+        )
+        assert run["cpu_ms_per_frame"] > 0
+
+
+def test_animation_section_times_each_container_per_frame(animation_section):
+    codecs = {(row["step"], row["container"]): row for row in animation_section["codecs"]}
+    assert set(codecs) == {
+        ("decode", "gif"),
+        ("decode", "apng"),
+        ("decode", "webp"),
+        ("encode", "apng"),
+        ("encode", "webp lossless"),
+        ("encode", "webm vp9 + alpha"),
+    }
+    assert all(row["ms_per_frame"] > 0 and row["bytes"] > 0 for row in codecs.values())

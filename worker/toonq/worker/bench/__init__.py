@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from toonq.worker.bench import model, pipeline, queue_overhead, scaling, stages
+from toonq.worker.bench import animation, model, pipeline, queue_overhead, scaling, stages
 from toonq.worker.bench.report import BenchOptions, Section
 
 SECTIONS: dict[str, Callable[[BenchOptions], Section]] = {
     "model": model.run,
     "pipeline": pipeline.run,
     "stages": stages.run,
+    "animation": animation.run,
     "queue": queue_overhead.run,
     "scaling": scaling.run,
 }

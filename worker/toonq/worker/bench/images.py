@@ -9,6 +9,7 @@ multi-scale texture plus sensor noise, which compresses far worse) with a soft-e
 from __future__ import annotations
 
 import io
+import math
 from typing import Final, Literal
 
 import numpy as np
@@ -22,6 +23,9 @@ KINDS: Final[tuple[Kind, ...]] = ("anime", "photo")
 
 #: Standard deviation of the photo-like sample's per-pixel noise, in grey levels.
 _SENSOR_NOISE: Final = 3.0
+#: How far the animated character sways and bobs, as shares of the width and the height.
+_SWAY: Final = 0.08
+_BOB: Final = 0.02
 
 
 def solid_png(side: int) -> bytes:
@@ -36,9 +40,37 @@ def cutout(kind: Kind, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
     return _anime(size) if kind == "anime" else _photo(size)
 
 
+def moving_cutouts(count: int, size: tuple[int, int]) -> list[npt.NDArray[np.uint8]]:
+    """`count` frames of an animation as the engine produces them, each an H×W×4 uint8 anime
+    cut-out of `size` (width, height): the character of `cutout("anime", size)` sways and bobs
+    over its unmoving background, one loop over the frames, so that no frame repeats the one
+    before (encoders would merge them). Deterministic."""
+    character = anime_sample(seed=3, size=size, transparent=True)
+    background = _anime_background(size)
+    width, height = size
+    frames = []
+    for index in range(count):
+        turn = 2 * math.pi * index / count
+        offset = (round(_SWAY * width * math.sin(turn)), round(_BOB * height * math.sin(2 * turn)))
+        moved = Image.new("RGBA", size)
+        moved.paste(character, offset)
+        frames.append(_over(np.asarray(moved), background))
+    return frames
+
+
 def _anime(size: tuple[int, int]) -> npt.NDArray[np.uint8]:
     character = np.asarray(anime_sample(seed=3, size=size, transparent=True))
-    background = np.asarray(anime_sample(seed=11, size=size).convert("RGB"), np.float32)
+    return _over(character, _anime_background(size))
+
+
+def _anime_background(size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    return np.asarray(anime_sample(seed=11, size=size).convert("RGB"), np.float32)
+
+
+def _over(
+    character: npt.NDArray[np.uint8], background: npt.NDArray[np.float32]
+) -> npt.NDArray[np.uint8]:
+    """The character drawn over the background, with the character's alpha."""
     alpha = character[..., 3:].astype(np.float32) / 255
     rgb = character[..., :3] * alpha + background * (1 - alpha)
     return np.dstack([rgb.round().astype(np.uint8), character[..., 3]])

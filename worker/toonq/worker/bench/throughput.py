@@ -66,23 +66,53 @@ def measure_throughput(
     `fill` and `drain` are passed to `steady_rate`."""
     deployment.wait_until_final(timeout_s=timeout_s)
     rows = _rows(deployment, {str(job_id) for job_id in job_ids})
-    finished = sorted(row[2] for row in rows if row[1] == "succeeded")
+    return _throughput(rows, steady_rate(_succeeded_at(rows), fill=fill, drain=drain))
+
+
+def measure_whole_run(
+    deployment: Deployment, job_ids: Sequence[uuid.UUID], *, timeout_s: float
+) -> Throughput:
+    """Wait until every job is final; completions per second from the first claim to the last
+    completion. For runs too short to have a steady state: every job in flight at once (long
+    jobs, such as animations, of which a worker takes more at once than a run needs), whose
+    completions bunch at the end. Filling and draining the pipeline count."""
+    deployment.wait_until_final(timeout_s=timeout_s)
+    rows = _rows(deployment, {str(job_id) for job_id in job_ids})
+    finished = _succeeded_at(rows)
+    if not finished:
+        raise ValueError(f"none of {len(rows)} jobs succeeded: no rate to measure")
+    first_claim = min(row.started_at for row in rows if row.started_at is not None)
+    return _throughput(rows, len(finished) / (finished[-1] - first_claim).total_seconds())
+
+
+@dataclass(frozen=True)
+class _JobRecord:
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: dict[str, Any] | None
+
+
+def _succeeded_at(rows: Sequence[_JobRecord]) -> list[datetime]:
+    """The completion times of the jobs that succeeded, in order."""
+    return sorted(row.finished_at for row in rows if row.status == "succeeded" and row.finished_at)
+
+
+def _throughput(rows: Sequence[_JobRecord], jobs_per_s: float) -> Throughput:
     return Throughput(
         jobs=len(rows),
-        succeeded=len(finished),
-        jobs_per_s=steady_rate(finished, fill=fill, drain=drain),
-        median_stage_ms=_median_stages([row[3] for row in rows if row[3]]),
+        succeeded=sum(row.status == "succeeded" for row in rows),
+        jobs_per_s=jobs_per_s,
+        median_stage_ms=_median_stages([row.timings for row in rows if row.timings]),
     )
 
 
-def _rows(
-    deployment: Deployment, ids: set[str]
-) -> list[tuple[str, str, datetime, dict[str, Any] | None]]:
+def _rows(deployment: Deployment, ids: set[str]) -> list[_JobRecord]:
     # Through the schema's column types: SQLite hands back datetimes and JSON as text otherwise.
-    query = select(JobRow.id, JobRow.status, JobRow.finished_at, JobRow.timings)
+    query = select(JobRow.id, JobRow.status, JobRow.started_at, JobRow.finished_at, JobRow.timings)
     with deployment.database.connect() as connection:
         rows = connection.execute(query).all()
-    return [(str(row[0]), row[1], row[2], row[3]) for row in rows if str(row[0]) in ids]
+    return [_JobRecord(*row[1:]) for row in rows if str(row[0]) in ids]
 
 
 def steady_rate(finished: Sequence[datetime], *, fill: int, drain: int) -> float:

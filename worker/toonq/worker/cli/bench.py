@@ -82,7 +82,8 @@ def bench(
     compile_: list[bool] | None,
     repeat: int,
 ) -> None:
-    """Measure model throughput, pipeline efficiency, per-stage CPU cost and queue overhead.
+    """Measure model throughput, pipeline efficiency, per-stage CPU cost, animated inputs, queue
+    overhead and scaling.
 
     Prints the machine, each section as it finishes, and last the line `report: PATH`.
     """
