@@ -30,6 +30,7 @@ from toonq.shared.storage import UriPolicy
 from toonq.shared.storage.local import LocalStore
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
+from toonq.worker.engine.animated_encode import encode_animated_webp, encode_apng
 from toonq.worker.engine.animation import Animation
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
@@ -126,6 +127,24 @@ def test_an_animated_gif_becomes_an_apng_with_its_timing_and_colours(
     # The frames were batched together: fewer model calls than frames.
     assert sum(counter.sizes) == 6
     assert max(counter.sizes) > 1
+
+
+@pytest.mark.parametrize("container", ["apng", "webp"])
+def test_apng_and_animated_webp_inputs_keep_their_frames_and_timing(
+    engine: MattingEngine,
+    counting: tuple[InferenceBatcher[StackedBatch], CountingBatches],
+    container: str,
+) -> None:
+    encode = encode_apng if container == "apng" else encode_animated_webp
+    data = encode(frames_rgba(), DURATIONS, 2)
+
+    result = matte_input(engine, counting[0], CpuSlots(1), data, params())
+
+    frames, durations, loop, _ = read_frames(result.data)
+    assert (len(frames), durations, loop) == (6, DURATIONS, 2)
+    for written, source in zip(frames, frames_rgba(), strict=True):
+        visible = written[..., 3] > 0
+        assert np.array_equal(written[..., :3][visible], source[..., :3][visible])
 
 
 def test_webp_gives_an_animated_webp(
