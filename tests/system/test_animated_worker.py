@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from typing import Any
 
 import av
 import numpy as np
@@ -41,7 +42,7 @@ def service(start_cluster: StartCluster) -> Cluster:
     return start_cluster("animated-worker", TOONQ_RESOLUTION="64", TOONQ_SWEEP_INTERVAL_S="0")
 
 
-def run(service: Cluster, **params: object) -> tuple[Job, bytes]:
+def run(service: Cluster, **params: Any) -> tuple[Job, bytes]:
     uri = service.put_input(
         f"{uuid.uuid4().hex[:8]}-wave.gif", animated_gif(), content_type="image/gif"
     )
@@ -70,7 +71,7 @@ def test_the_telegram_preset_gives_a_webm_that_meets_its_limits(service: Cluster
     assert job.output["content_type"] == "video/webm"
     assert "scaled 96x72 -> 512x384" in job.output["changes"]
     assert len(output) <= 256_000
-    with av.open(io.BytesIO(output)) as container:
+    with av.open(io.BytesIO(output), mode="r") as container:
         stream = container.streams.video[0]
         assert len(container.streams.audio) == 0
         assert max(stream.codec_context.width, stream.codec_context.height) == 512
