@@ -27,6 +27,7 @@ from toonq.shared.errors import (
 )
 from toonq.worker.engine.animation import Animation, count_frames, decode_animation
 from toonq.worker.engine.decode import decode_image, decode_pixels
+from toonq.worker.engine.frame_headers import may_be_animated
 
 CLEAR = (0, 0, 0, 0)
 RED = (255, 0, 0, 255)
@@ -421,6 +422,16 @@ ANIMATIONS = {
 }
 
 
+@pytest.mark.parametrize("data", [data for data, _ in ANIMATIONS.values()], ids=ANIMATIONS.keys())
+def test_an_animation_is_never_taken_for_a_still_by_its_first_bytes(data):
+    assert may_be_animated(data)
+
+
+@pytest.mark.parametrize("name", ["png", "webp", "jpeg", "bmp"])
+def test_a_still_png_webp_jpeg_or_bmp_is_told_by_its_first_bytes(name):
+    assert not may_be_animated(STILLS[name])
+
+
 @pytest.mark.parametrize(("data", "frames"), ANIMATIONS.values(), ids=ANIMATIONS.keys())
 def test_count_frames_agrees_with_the_decode(data, frames):
     assert count_frames(data, max_pixels=100) == frames
@@ -561,7 +572,8 @@ def test_a_truncated_webp_is_invalid():
     [
         _gif_sample(1)[: 13 + 768],  # GIF header and palette
         _apng_sample(Disposal.OP_NONE, Blend.OP_SOURCE)[:33] + chunk(b"acTL", bytes(8)),
-        b"RIFF\x00\x01\x00\x00WEBPVP8X" + bytes(10),
+        # VP8X: its size, then the flags byte with the animation flag.
+        b"RIFF\x00\x01\x00\x00WEBPVP8X" + bytes(4) + b"\x02" + bytes(5),
     ],
     ids=["gif", "apng", "webp"],
 )

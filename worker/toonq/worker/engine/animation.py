@@ -29,7 +29,7 @@ from PIL.PngImagePlugin import Blend, Disposal
 
 from toonq.shared.errors import ImageTooLargeError, InvalidImageError, TooManyFramesError
 from toonq.worker.engine.decode import open_image, pixel_limit, to_rgba, upright_transpose
-from toonq.worker.engine.frame_headers import FrameHeaders, read_frame_headers
+from toonq.worker.engine.frame_headers import FrameHeaders, may_be_animated, read_frame_headers
 
 
 @dataclass
@@ -73,8 +73,10 @@ def decode_animation(
     Raises `TooManyFramesError` for more than `max_frames` frames or a running time over
     `max_duration_s`, `ImageTooLargeError` where all frames together have more pixels than
     `max_pixels`, `InvalidImageError` where the first frame does not decode, and what
-    `decode.image_size` raises.
+    `decode.image_size` raises (a file its first bytes show a still is left to the still path).
     """
+    if not may_be_animated(data):
+        return None
     image = open_image(data, max_pixels=max_pixels)
     headers = read_frame_headers(image.format, data)
     if len(headers.durations_ms) < 2:

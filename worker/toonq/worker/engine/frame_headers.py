@@ -17,6 +17,8 @@ _GIF_IMAGE: Final = 0x2C
 _GIF_GRAPHIC_CONTROL: Final = 0xF9
 _PNG_SIGNATURE_SIZE: Final = 8
 _RIFF_HEADER_SIZE: Final = 12
+#: VP8X flags: the file holds an animation (ANIM and ANMF chunks).
+_WEBP_ANIMATION_FLAG: Final = 0x02
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,26 @@ class FrameHeaders:
     #: APNG only: the IDAT image is a default image shown by viewers without APNG support, not
     #: a frame of the animation (Pillow numbers it frame 0).
     has_default_image: bool = False
+
+
+def may_be_animated(data: bytes) -> bool:
+    """False where `data` is a still by its first bytes alone: a PNG whose chunks before its
+    image data hold no acTL, a WebP without the VP8X animation flag, and every format without
+    animation. True leaves the verdict to `read_frame_headers`. No parse: what every job asks
+    first, most of them of a still."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        position = _PNG_SIGNATURE_SIZE
+        while position + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, position)
+            if kind == b"acTL":
+                return True
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            position += 12 + length  # length, type, data, CRC
+        return False
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & _WEBP_ANIMATION_FLAG)
+    return data.startswith((b"GIF87a", b"GIF89a"))
 
 
 def read_frame_headers(image_format: str | None, data: bytes) -> FrameHeaders:

@@ -45,6 +45,7 @@ from toonq.worker.engine.encode import (
     encode_rgba,
     encode_rgba_pixels,
 )
+from toonq.worker.engine.frame_headers import may_be_animated
 from toonq.worker.engine.presets import FittedOutput
 from toonq.worker.engine.refine import refine_foreground
 from toonq.worker.engine.stickers import FrameTiming, compose, needs_composition
@@ -198,7 +199,9 @@ class MattingEngine:
             _HOST_BYTES_PER_PIXEL_REFINED if options.refine_foreground else _HOST_BYTES_PER_PIXEL
         )
         per_pixel = table["cpu" if self.device.type == "cpu" else "gpu"]
-        frames = count_frames(data, max_pixels=self.max_image_pixels)
+        frames = (
+            count_frames(data, max_pixels=self.max_image_pixels) if may_be_animated(data) else 1
+        )
         if frames == 1:
             return width * height * per_pixel, f"a {width}x{height} image"
         need = width * height * (per_pixel + frames * _HOST_BYTES_PER_ANIMATION_PIXEL)
