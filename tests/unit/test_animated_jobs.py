@@ -60,12 +60,12 @@ def frames_rgba(count: int = len(DURATIONS)) -> list[npt.NDArray[np.uint8]]:
     return frames
 
 
-def gif_bytes(loop: int | None = 0) -> bytes:
-    images = [Image.fromarray(frame[..., :3]) for frame in frames_rgba()]
+def gif_bytes(loop: int | None = 0, durations: Sequence[int] = DURATIONS) -> bytes:
+    images = [Image.fromarray(frame[..., :3]) for frame in frames_rgba(len(durations))]
     buffer = io.BytesIO()
     extra = {} if loop is None else {"loop": loop}
     images[0].save(
-        buffer, "GIF", save_all=True, append_images=images[1:], duration=DURATIONS, **extra
+        buffer, "GIF", save_all=True, append_images=images[1:], duration=list(durations), **extra
     )
     return buffer.getvalue()
 
@@ -266,16 +266,17 @@ def ctx(
     )
 
 
-def gif_job(ctx: WorkerContext) -> Job:
-    """A job whose input is the animated GIF, in TOONQ_HOME, as the client creates it."""
+def gif_job(ctx: WorkerContext, gif: bytes | None = None, **changes: Any) -> Job:
+    """A job whose input is an animated GIF (by default `gif_bytes()`), in TOONQ_HOME, as the
+    client creates it."""
     source = ctx.settings.home / "in" / f"{uuid.uuid4().hex}.gif"
     source.parent.mkdir(exist_ok=True)
-    source.write_bytes(gif_bytes())
+    source.write_bytes(gif or gif_bytes())
     job, _ = ctx.store.create(
         JobSpec(
             input_uri=source.as_uri(),
             output_uri=f"{ctx.settings.output_prefix}/{source.stem}.png",
-            params=params(),
+            params=params(**changes),
             max_attempts=3,
         ),
         actor="test",
@@ -309,6 +310,19 @@ def test_too_many_frames_fails_the_job_at_once_with_its_code(ctx: WorkerContext)
     failed = ctx.store.get(job.id)
     assert (failed.error_code, failed.attempts) == ("too_many_frames", 1)
     assert "6 frames" in (failed.error_message or "")
+
+
+def test_an_animation_a_preset_cannot_fit_fails_at_once_naming_the_limit(
+    ctx: WorkerContext,
+) -> None:
+    job = gif_job(ctx, gif_bytes(durations=[800] * 6), preset="line")
+
+    assert process_job(ctx, job.id) is Outcome.FAILED
+
+    failed = ctx.store.get(job.id)
+    assert (failed.error_code, failed.attempts) == ("cannot_fit_preset", 1)
+    assert "4 s" in (failed.error_message or "")
+    assert not Path(failed.output_uri.removeprefix("file://")).exists()
 
 
 # --- toonq matte ---------------------------------------------------------------------------------
