@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 import toonq.migrations
@@ -24,6 +25,10 @@ PG_CONNECT_TIMEOUT_S = 10
 # to date.
 _SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, undefined column
 _SCHEMA_MESSAGES = ("no such table", "no such column")
+#: A pooled connection idle for longer than this is pinged before it is handed out; one used
+#: more recently is trusted, as HikariCP's `aliveBypassWindowMs` does: a worker checks out a
+#: connection several times per job, and a ping each time was a round trip of its own.
+PING_AFTER_IDLE_S = 0.5
 
 
 def create_db_engine(
@@ -41,7 +46,7 @@ def create_db_engine(
         if parsed.database and parsed.database != ":memory:":
             # The embedded default lives under TOONQ_HOME, which may not exist yet.
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_pre_ping=True, **pool)
+        engine = _pinging_when_idle(create_engine(url, **pool))
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
@@ -50,7 +55,31 @@ def create_db_engine(
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
         if statement_timeout_s:
             connect_args["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
+    return _pinging_when_idle(create_engine(url, connect_args=connect_args, **pool))
+
+
+def _pinging_when_idle(engine: Engine) -> Engine:
+    """`engine`, whose pool pings a connection idle for over `PING_AFTER_IDLE_S` before handing
+    it out, and replaces it (on a new connection) if the ping fails: a database restarted since
+    the connection was last used costs no caller an error."""
+
+    def checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at <= PING_AFTER_IDLE_S:
+            return  # new, or in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("the pooled connection is gone")
+
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
+    return engine
 
 
 def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
