@@ -58,7 +58,7 @@ class Attempts(StoreCore):
                 guard = selections.as_read(job, lease_lost_at=now)
                 if job.attempts >= job.max_attempts and job.staged_output_uri is None:
                     failure = transitions.worker_lost(job, worker=worker, now=now)
-                    transaction.apply(job_id, guard, failure)
+                    transaction.apply_matched(job_id, guard, failure)
                     return None
                 steps.append(transitions.reclaimed(job, worker=worker, now=now))
             elif job.status in WAITING_STATUSES:
@@ -81,7 +81,7 @@ class Attempts(StoreCore):
         with self._transaction(single_write=True) as transaction:
             committing = transitions.committed(staged, now=self._clock())
             guard = selections.uncommitted(claim)
-            return transaction.update(claim.job.id, guard, committing) is not None
+            return transaction.update_matched(claim.job.id, guard, committing)
 
     def drop_output(self, claim: Claim, staged: StagedOutput) -> bool:
         """Forget the committed `staged` output, whose object is gone (it expired before it was
@@ -90,7 +90,7 @@ class Attempts(StoreCore):
         with self._transaction(single_write=True) as transaction:
             dropping = transitions.output_dropped(now=self._clock())
             guard = selections.committed_to(claim, staged.uri)
-            return transaction.update(claim.job.id, guard, dropping) is not None
+            return transaction.update_matched(claim.job.id, guard, dropping)
 
     def mark_succeeded(self, claim: Claim, staged: StagedOutput) -> bool:
         """Record success, once the committed `staged` output was copied to the job's output
@@ -99,7 +99,7 @@ class Attempts(StoreCore):
         with self._transaction(single_write=True) as transaction:
             success = transitions.succeeded(claim, staged, now=self._clock())
             guard = selections.committed_to(claim, staged.uri)
-            return transaction.apply(claim.job.id, guard, success) is not None
+            return transaction.apply_matched(claim.job.id, guard, success)
 
     def mark_retrying(
         self, claim: Claim, *, error_code: str, error_message: str, next_attempt_at: datetime
@@ -137,14 +137,14 @@ class Attempts(StoreCore):
         with self._transaction(single_write=True) as transaction:
             heartbeat = transitions.lease_extended(now=self._clock(), lease_s=lease_s)
             current = selections.current_attempt(claim)
-            return transaction.update(claim.job.id, current, heartbeat) is not None
+            return transaction.update_matched(claim.job.id, current, heartbeat)
 
     def _finish_attempt(self, claim: Claim, outcome: Transition) -> bool:
         """Write the claimed attempt's `outcome`; False (and nothing written) if the claim is no
         longer current."""
         with self._transaction(single_write=True) as transaction:
             current = selections.current_attempt(claim)
-            return transaction.apply(claim.job.id, current, outcome) is not None
+            return transaction.apply_matched(claim.job.id, current, outcome)
 
 
 def _due_later(job: Job, now: datetime, tolerance_s: float) -> bool:

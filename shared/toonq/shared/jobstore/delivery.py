@@ -26,7 +26,7 @@ class Delivery(StoreCore):
         with self._transaction(single_write=True) as transaction:
             now = self._clock()
             sent = transitions.sent(now)
-            return transaction.update(job_id, selections.sendable(now), sent) is not None
+            return transaction.update_matched(job_id, selections.sendable(now), sent)
 
     def due_for_recovery(
         self,

@@ -43,7 +43,7 @@ from toonq.shared.jobstore import selections, statements, transitions
 from toonq.shared.jobstore.finishes import FinishListener, PostgresFinishListener
 from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.store import JobStore
-from toonq.shared.jobstore.transaction import Transaction
+from toonq.shared.jobstore.transaction import Transaction, merged_values
 from toonq.shared.jobstore.transitions import Transition
 
 _JOBS: Final = statements.JOBS
@@ -187,6 +187,15 @@ class SqlTransaction(Transaction):
         row = self._execute(bound.statement, bound.parameters).first()
         return None if row is None else _job(row)
 
+    def update_matched(
+        self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]
+    ) -> bool:
+        bound = statements.guarded_update(job_id, guard, values, whole_row=False)
+        return self._matched(bound)
+
+    def _matched(self, bound: statements.Bound) -> bool:
+        return self._connection.execute(bound.statement, bound.parameters).first() is not None
+
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:
         self._connection.execute(_INSERT_EVENT, {"job_id": job_id, **transition.event})
 
@@ -195,11 +204,17 @@ class _PostgresTransaction(SqlTransaction):
     """Writes a change and its events in one statement, one round trip instead of one per row."""
 
     def apply(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> Job | None:
-        values = {name: value for step in steps for name, value in step.values.items()}
-        events = [step.event for step in steps]
-        bound = statements.guarded_update_with_events(job_id, guard, values, events)
+        bound = statements.guarded_update_with_events(
+            job_id, guard, merged_values(steps), [step.event for step in steps]
+        )
         row = self._execute(bound.statement, bound.parameters).first()
         return None if row is None else _job(row)
+
+    def apply_matched(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> bool:
+        bound = statements.guarded_update_with_events(
+            job_id, guard, merged_values(steps), [step.event for step in steps], whole_row=False
+        )
+        return self._matched(bound)
 
 
 def _job(row: RowMapping) -> Job:

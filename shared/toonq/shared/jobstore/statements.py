@@ -85,10 +85,13 @@ def tenants_of(selection: Selection) -> Bound:
     return Bound(_tenants(_shape(selection)), _selection_parameters(selection))
 
 
-def guarded_update(job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Bound:
-    """UPDATE the job WHERE `guard` RETURNING its row."""
+def guarded_update(
+    job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any], *, whole_row: bool = True
+) -> Bound:
+    """UPDATE the job WHERE `guard` RETURNING its row, or only its id unless `whole_row`: the
+    driver describes every column a statement returns, which costs more than the update."""
     by_column = columns(values)
-    statement = _update(_shape(guard), tuple(by_column))
+    statement = _update(_shape(guard), tuple(by_column), whole_row)
     return Bound(statement, _update_parameters(job_id, guard, by_column))
 
 
@@ -97,12 +100,15 @@ def guarded_update_with_events(
     guard: Selection,
     values: Mapping[str, Any],
     events: Sequence[Mapping[str, Any]],
+    *,
+    whole_row: bool = True,
 ) -> Bound:
     """The guarded update and the INSERT of its events in one PostgreSQL statement (both as
-    data-modifying CTEs), returning the job's row: nothing is written if the guard fails."""
+    data-modifying CTEs), returning the job's row (only its id unless `whole_row`): nothing is
+    written if the guard fails."""
     by_column = columns(values)
     names = tuple(tuple(event) for event in events)
-    statement = _update_with_events(_shape(guard), tuple(by_column), names)
+    statement = _update_with_events(_shape(guard), tuple(by_column), names, whole_row)
     parameters = _update_parameters(job_id, guard, by_column)
     for number, event in enumerate(events):
         parameters |= {f"e{number}_{name}": value for name, value in event.items()}
@@ -170,20 +176,23 @@ def _tenants(selection: _Shape) -> Select[Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _update(guard: _Shape, value_columns: tuple[str, ...]) -> Update:
+def _update(guard: _Shape, value_columns: tuple[str, ...], whole_row: bool) -> Update:
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), _condition(guard))
         .values({name: bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in value_columns})
-        .returning(JOBS)
+        .returning(*((JOBS,) if whole_row else (JOBS.c.id,)))
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _update_with_events(
-    guard: _Shape, value_columns: tuple[str, ...], events: tuple[tuple[str, ...], ...]
+    guard: _Shape,
+    value_columns: tuple[str, ...],
+    events: tuple[tuple[str, ...], ...],
+    whole_row: bool,
 ) -> Executable:
-    written = _update(guard, value_columns).cte("written")
+    written = _update(guard, value_columns, whole_row).cte("written")
     # One INSERT for all the events, in order: the CTEs of a statement run in no set order.
     rows = union_all(
         *(

@@ -1,7 +1,8 @@
 """The unit of work each store implements: the few primitives every job-store method is written
 over. Every change is a compare-and-set (`update`) guarded by a `Selection`, and every transition
 writes its event with it (`apply`). A change returns the job as it wrote it, so that no caller
-reads a row again after writing it."""
+reads a row again after writing it; a caller that needs only whether the guard matched asks
+`update_matched` or `apply_matched`, which fetch no row."""
 
 from __future__ import annotations
 
@@ -55,6 +56,12 @@ class Transaction(ABC):
         """Write `values` to the job if `guard` matches it (the compare-and-set); the job as
         written, or None if the guard did not match."""
 
+    def update_matched(
+        self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]
+    ) -> bool:
+        """`update`, returning only whether the guard matched (and `values` were written)."""
+        return self.update(job_id, guard, values) is not None
+
     @abstractmethod
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:
         """Add `transition`'s event to the job's history."""
@@ -62,10 +69,23 @@ class Transaction(ABC):
     def apply(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> Job | None:
         """Write `steps` at once if `guard` matches the job, with their events in order; the job
         as written, or None (and nothing written) if the guard did not match."""
-        values = {name: value for step in steps for name, value in step.values.items()}
-        job = self.update(job_id, guard, values)
-        if job is None:
-            return None
+        job = self.update(job_id, guard, merged_values(steps))
+        if job is not None:
+            self._record_all(job_id, steps)
+        return job
+
+    def apply_matched(self, job_id: uuid.UUID, guard: Selection, *steps: Transition) -> bool:
+        """`apply`, returning only whether the guard matched (and `steps` were written)."""
+        matched = self.update_matched(job_id, guard, merged_values(steps))
+        if matched:
+            self._record_all(job_id, steps)
+        return matched
+
+    def _record_all(self, job_id: uuid.UUID, steps: tuple[Transition, ...]) -> None:
         for step in steps:
             self.record(job_id, step)
-        return job
+
+
+def merged_values(steps: Iterable[Transition]) -> dict[str, Any]:
+    """What `steps` write to the job, the later step's value where two write one field."""
+    return {name: value for step in steps for name, value in step.values.items()}
