@@ -168,6 +168,9 @@ def _publish_committed(ctx: WorkerContext, claim: Claim) -> StagedOutput | None:
     if staged is None:
         return None
     log.info("job_publishing", attempt=claim.attempt, staged_attempt=staged.attempt)
+    # Read from the job's row, as `_run` checks the URIs of an output it stages itself.
+    ctx.uris.check_output(claim.job.output_uri)
+    ctx.uris.check_staged(staged.uri)
     try:
         _publish(ctx, claim, staged)
     except InputNotFoundError:
@@ -246,10 +249,9 @@ def _matte_and_store(ctx: WorkerContext, claim: Claim, data: bytes, staged_uri: 
 
 
 def _publish(ctx: WorkerContext, claim: Claim, staged: StagedOutput) -> None:
-    """Copy the job's committed output to its output URI: the one write any attempt makes
-    there, always of the same object, so a late copy by a stale attempt changes nothing."""
-    ctx.uris.check_output(claim.job.output_uri)
-    ctx.uris.check_staged(staged.uri)
+    """Copy the job's committed output, whose URIs were checked, to its output URI: the one
+    write any attempt makes there, always of the same object, so a late copy by a stale
+    attempt changes nothing."""
     ctx.leases.check(claim)
     ctx.objects.copy(staged.uri, claim.job.output_uri)
 
