@@ -247,8 +247,8 @@ class WorkerMetrics:
         for status in JOB_STATUSES:
             if status not in ERROR_STATUSES:
                 self._jobs.labels(status=status, error_code="")
-        for stage in STAGES:
-            self._stage_seconds.labels(stage=stage)
+        #: Looked up once: a job observes every stage.
+        self._stages = {stage: self._stage_seconds.labels(stage=stage) for stage in STAGES}
 
     def record_job(self, outcome: Outcome, error_code: str = "") -> None:
         """Count one handled job message by its outcome; only failed and retrying jobs carry an
@@ -266,9 +266,9 @@ class WorkerMetrics:
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         """Record the duration of each stage of one job, in milliseconds, by stage name. Only the
         stages of `STAGES` are exported: other timings a job records stay in its database row."""
-        for stage in STAGES:
+        for stage, histogram in self._stages.items():
             if stage in timings_ms:
-                self._stage_seconds.labels(stage=stage).observe(timings_ms[stage] / 1000)
+                histogram.observe(timings_ms[stage] / 1000)
 
     def observe_batch(self, size: int) -> None:
         self._batch_size.observe(size)
