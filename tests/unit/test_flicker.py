@@ -6,20 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.unit.test_temporal import ALPHAS, COLOURS, _frames, _mattes
 from toonq.worker.engine.temporal import STATIC_TOLERANCE, stabilise_alpha
 from toonq.worker.evaluation.metrics import flicker_score
 
-
-def _grey_frames(*greys: list[list[int]]) -> list[np.ndarray]:
-    """RGBA frames with R = G = B = A = the given grey level."""
-    return [np.repeat(np.array(grey, dtype=np.uint8)[..., None], 4, axis=2) for grey in greys]
-
-
-def _mattes(*values: list[list[int]]) -> list[np.ndarray]:
-    return [np.array(matte, dtype=np.uint8) for matte in values]
-
-
-# Three frames of 2×3 pixels; S = static between the two frames (every channel within 2).
+# The frames of tests.unit.test_temporal, three of 2×3 pixels; S = static between the two frames
+# (every channel within 2).
 #   pixel  greys       pairs  alphas        |Δalpha| over static pairs
 #   (0,0)  50 50 50    S S    10  20  40    10, 20
 #   (0,1)  0  50 50    C S    100 200 210   -, 10
@@ -28,16 +20,6 @@ def _mattes(*values: list[list[int]]) -> list[np.ndarray]:
 #   (1,1)  0  3  3     C S    255 254 253   -, 1
 #   (1,2)  7  7  90    S C    9   10  11    1, -
 # 7 static pixel-pairs whose changes add up to 10 + 20 + 10 + 1 + 1 + 1 + 1 = 44: 44 / 7.
-COLOURS = _grey_frames(
-    [[50, 0, 0], [0, 0, 7]],
-    [[50, 50, 100], [2, 3, 7]],
-    [[50, 50, 200], [4, 3, 90]],
-)
-ALPHAS = _mattes(
-    [[10, 100, 5], [0, 255, 9]],
-    [[20, 200, 50], [1, 254, 10]],
-    [[40, 210, 250], [0, 253, 11]],
-)
 
 
 def test_the_hand_computed_frames() -> None:
@@ -47,7 +29,7 @@ def test_the_hand_computed_frames() -> None:
 
 def test_two_frames_one_static_pixel() -> None:
     # Only the left pixel is static; its alpha moves by 6: the moving right pixel is ignored.
-    colours = _grey_frames([[30, 0]], [[31, 255]])
+    colours = _frames([[30, 0]], [[31, 255]])
     alphas = _mattes([[100, 0]], [[94, 255]])
     assert flicker_score(colours, alphas) == pytest.approx(6.0)
 
@@ -60,7 +42,7 @@ def test_rgb_frames() -> None:
 
 def test_steady_mattes_score_zero() -> None:
     alphas = _mattes([[7, 9]], [[7, 9]], [[7, 9]])
-    assert flicker_score(_grey_frames([[1, 2]], [[1, 2]], [[1, 2]]), alphas) == 0.0
+    assert flicker_score(_frames([[1, 2]], [[1, 2]], [[1, 2]]), alphas) == 0.0
 
 
 def test_stabilised_mattes_do_not_flicker_while_noisy_ones_do() -> None:
@@ -83,7 +65,7 @@ def test_undefined_with_fewer_than_two_frames() -> None:
 
 
 def test_undefined_without_static_pixels() -> None:
-    colours = _grey_frames([[0, 0]], [[100, 200]])
+    colours = _frames([[0, 0]], [[100, 200]])
     assert flicker_score(colours, _mattes([[0, 0]], [[9, 9]])) is None
 
 
