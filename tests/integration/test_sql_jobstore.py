@@ -18,7 +18,7 @@ from tests.integration.test_jobstore import LEASE_S, claim, create, make_spec, r
 from toonq.producer.watching import as_they_finish, until_finished
 from toonq.shared.db.engine import create_db_engine, migrate
 from toonq.shared.errors import ConfigurationError, DatabaseUnavailableError, JobNotFoundError
-from toonq.shared.job import JobStatus
+from toonq.shared.job import Claim, JobStatus
 from toonq.shared.jobstore import JobStore, SqlJobStore
 
 if TYPE_CHECKING:
@@ -180,3 +180,24 @@ def test_the_sqlite_store_reads_the_database_s_time_too(sqlite_url: str) -> None
 
     assert abs(job.created_at - datetime.now(UTC)) < timedelta(seconds=2)
     engine.dispose()
+
+
+def test_a_job_another_transaction_holds_is_claimed_once_it_is_let_go(
+    pg_jobstore: SqlJobStore, pg_database: Engine
+) -> None:
+    job = create(pg_jobstore)
+    claimed: list[Claim] = []
+    with pg_database.begin() as holder:
+        holder.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job.id})
+        claiming = threading.Thread(target=lambda: claimed.append(claim(pg_jobstore, job)))
+        claiming.start()
+        claiming.join(timeout=0.5)
+        assert claiming.is_alive(), "the claim waits for the row, in a transaction of its own"
+    claiming.join(timeout=10)
+
+    (current,) = claimed
+    assert (current.attempt, current.worker) == (1, "w1")
+    assert pg_jobstore.claim(job.id, worker="w2", lease_s=LEASE_S) is None
+    started = [event for event in pg_jobstore.events(job.id) if event.kind == "started"]
+    assert [event.details for event in started] == [{"attempt": 1}]
+    assert pg_jobstore.get(job.id).status == JobStatus.RUNNING

@@ -3,6 +3,8 @@ roots is in test_security.py."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,8 @@ def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     path = tmp_path / "cat.png"
     path.write_bytes(PNG)
     monkeypatch.setattr("toonq.shared.storage.local.os.open", deny)  # how get opens
-    monkeypatch.setattr(Path, "open", deny)  # how put opens
+    # How put opens (the module's global shadows the builtin).
+    monkeypatch.setattr("toonq.shared.storage.local.open", deny, raising=False)
 
     with pytest.raises(InputAccessDeniedError):
         LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG))
@@ -140,3 +143,36 @@ def test_local_copy_of_a_folder_is_of_nothing(tmp_path: Path) -> None:
     with pytest.raises(InputNotFoundError, match="does not exist"):
         LocalStore([tmp_path]).copy((tmp_path / "folder").as_uri(), (tmp_path / "a.png").as_uri())
     assert not (tmp_path / "a.png").exists()
+
+
+def test_local_copy_outlives_its_source_and_creates_the_target_folder(tmp_path: Path) -> None:
+    store = LocalStore([tmp_path])
+    source, target = tmp_path / "staged.png", tmp_path / "new" / "cat.png"
+    store.put(source.as_uri(), PNG, content_type="image/png")
+
+    store.copy(source.as_uri(), target.as_uri())
+    store.delete(source.as_uri())
+    store.put(source.as_uri(), PNG[::-1], content_type="image/png")  # a later attempt's
+
+    assert store.get(target.as_uri(), max_bytes=len(PNG)) == PNG
+    assert [path.name for path in target.parent.iterdir()] == ["cat.png"]
+
+
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EPERM, errno.EMLINK])
+def test_local_copy_where_links_are_refused_copies_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr("toonq.shared.storage.local.os.link", refuse)
+    store = LocalStore([tmp_path])
+    source, target = tmp_path / "staged.png", tmp_path / "out" / "cat.png"
+    source.write_bytes(PNG)
+
+    store.copy(source.as_uri(), target.as_uri())
+
+    assert target.read_bytes() == PNG
+    assert target.stat().st_ino != source.stat().st_ino
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        store.copy((tmp_path / "gone.png").as_uri(), target.as_uri())

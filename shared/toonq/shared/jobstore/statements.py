@@ -13,6 +13,7 @@ import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
     UnaryExpression,
     and_,
     bindparam,
+    func,
     insert,
     inspect,
     or_,
@@ -34,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import Update
 
 from toonq.shared.db.schema import Base, JobEventRow, JobRow
-from toonq.shared.job import JobParams
+from toonq.shared.job import WAITING_STATUSES, JobParams, JobStatus
 from toonq.shared.jobstore.selections import Clause, Order, Selection
 
 JOBS: Final = Base.metadata.tables[JobRow.__tablename__]
@@ -112,6 +114,27 @@ def guarded_update_with_events(
     parameters = _update_parameters(job_id, guard, by_column)
     for number, event in enumerate(events):
         parameters |= {f"e{number}_{name}": value for name, value in event.items()}
+    return Bound(statement, parameters)
+
+
+def claim_if_waiting(
+    job_id: uuid.UUID,
+    *,
+    due_by: datetime | None,
+    start: Mapping[str, Any],
+    event: Mapping[str, Any],
+) -> Bound:
+    """Start the next attempt of a job that waits for it (queued, or retrying and due by
+    `due_by` unless it is None) in one PostgreSQL statement, its event with it: the job's row as
+    written, with the `waited_*` fields of before, or no row if the job is anything else or is
+    locked (the caller then claims it the general way). `start` is what a start writes, but
+    for `attempts`, which the statement counts up; the event's details name that attempt."""
+    by_column = {name: value for name, value in columns(start).items() if name != "attempts"}
+    recorded = {name: value for name, value in event.items() if name != "details"}
+    statement = _claim_if_waiting(due_by is not None, tuple(by_column), tuple(recorded))
+    parameters = {"job_id": job_id, "due_by": due_by}
+    parameters |= {f"v_{name}": value for name, value in by_column.items()}
+    parameters |= {f"e_{name}": value for name, value in recorded.items()}
     return Bound(statement, parameters)
 
 
@@ -205,6 +228,58 @@ def _update_with_events(
     )
     recorded = insert(EVENTS).from_select(["job_id", *events[0]], rows).cte("recorded")
     return select(written).add_cte(recorded)
+
+
+@functools.lru_cache(maxsize=4)
+def _claim_if_waiting(
+    check_due: bool, value_columns: tuple[str, ...], event_columns: tuple[str, ...]
+) -> Executable:
+    job = JOBS.c
+    conditions = [job.id == bindparam("job_id"), job.status.in_(sorted(WAITING_STATUSES))]
+    if check_due:
+        conditions.append(
+            or_(
+                job.status != JobStatus.RETRYING,
+                job.next_attempt_at.is_(None),
+                job.next_attempt_at <= bindparam("due_by", type_=job.next_attempt_at.type),
+            )
+        )
+    # SKIP LOCKED: a job that another transaction holds is claimed the general way, in a
+    # transaction of its own, so that no lock is waited for outside one.
+    waiting = (
+        select(job.id, job.attempts, job.next_attempt_at, job.sent_at, job.updated_at)
+        .where(*conditions)
+        .with_for_update(skip_locked=True)
+        .cte("waiting")
+    )
+    values: dict[str, Any] = {name: _param("v_", name) for name in value_columns}
+    claimed = (
+        update(JOBS)
+        .where(job.id == waiting.c.id)
+        .values(attempts=waiting.c.attempts + 1, **values)
+        .returning(
+            JOBS,
+            *(waiting.c[name].label(f"waited_{name}") for name in WAITED),
+        )
+        .cte("claimed")
+    )
+    recorded = (
+        insert(EVENTS)
+        .from_select(
+            ["job_id", *event_columns, "details"],
+            select(
+                claimed.c.id,
+                *(bindparam(f"e_{name}", type_=EVENTS.c[name].type) for name in event_columns),
+                func.json_build_object("attempt", claimed.c.attempts),
+            ),
+        )
+        .cte("recorded")
+    )
+    return select(claimed).add_cte(recorded)
+
+
+#: The fields a claimed job had while it waited, which say since when it waited.
+WAITED: Final = ("next_attempt_at", "sent_at", "updated_at")
 
 
 def _condition(guard: _Shape) -> ColumnElement[bool]:

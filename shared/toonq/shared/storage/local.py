@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import os
 import shutil
 import stat
@@ -20,6 +23,12 @@ from toonq.shared.errors import (
 from toonq.shared.storage.store import too_large_error
 from toonq.shared.storage.uri import Prefix, parse_as
 
+#: How many resolved folders a store remembers.
+FOLDERS_REMEMBERED = 4096
+#: What `link` fails with where a copy must be made instead: another device, too many links to
+#: the file, or a file system without hard links (or one that refuses them, as EPERM says).
+_NO_LINKS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
+
 
 class LocalStore:
     """`file://` URIs on a local (or mounted) file system, confined to root folders.
@@ -28,25 +37,43 @@ class LocalStore:
     written, and refused with InvalidURIError unless it lies under one of the roots. Paths with
     '.' or '..' segments are refused when parsed. This guards against URIs that point elsewhere,
     not against a local user who swaps in a symbolic link between the check and the access.
+
+    A folder is resolved once and remembered (`FOLDERS_REMEMBERED` of them), a file's own name
+    at each access: resolving a path walks its every component in Python, a cost each job paid
+    four times over. So a folder that a local user replaces by a link later is not noticed
+    either; a URI cannot do that.
     """
 
     def __init__(self, roots: Iterable[Path]) -> None:
         self.roots = tuple(Path(os.path.realpath(root)) for root in roots)
         if not self.roots:
             raise ValueError("a LocalStore needs at least one root folder")
+        self._root_strings = tuple(str(root) for root in self.roots)
+        self._real_folder = functools.lru_cache(maxsize=FOLDERS_REMEMBERED)(os.path.realpath)
 
     def _resolve(self, uri: str) -> Path:
         """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
-        return self._confined(Path(os.path.realpath(parse_as(uri, "file").path)), uri)
+        return Path(self._resolve_str(uri))
+
+    def _resolve_str(self, uri: str) -> str:
+        folder, name = os.path.split(parse_as(uri, "file").path)
+        resolved = os.path.join(self._real_folder(folder), name)
+        if os.path.islink(resolved):  # followed, as the kernel would
+            resolved = os.path.realpath(resolved)
+        return self._confined_str(resolved, uri)
 
     def _confined(self, resolved: Path, uri: str) -> Path:
-        if not any(resolved.is_relative_to(root) for root in self.roots):
-            allowed = ", ".join(str(root) for root in self.roots)
-            raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
-        return resolved
+        return Path(self._confined_str(str(resolved), uri))
+
+    def _confined_str(self, resolved: str, uri: str) -> str:
+        for root in self._root_strings:
+            if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
+                return resolved
+        allowed = ", ".join(self._root_strings)
+        raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
 
     def get(self, uri: str, *, max_bytes: int) -> bytes:
-        path = self._resolve(uri)
+        path = self._resolve_str(uri)
         try:
             # O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: the path was
             # resolved, so a link here was planted since.
@@ -74,10 +101,14 @@ class LocalStore:
         self._replace(uri, lambda file: file.write(data))
 
     def copy(self, source_uri: str, target_uri: str) -> None:
-        """Copy atomically, as `put` writes."""
-        source = self._resolve(source_uri)
+        """Copy atomically, as `put` writes: as a hard link to the source's file where the file
+        system allows one (its data is neither read nor written again, and was made durable
+        when it was put), else byte by byte."""
+        source = self._resolve_str(source_uri)
+        if self._linked(source, source_uri, self._resolve_str(target_uri), target_uri):
+            return
         try:
-            original = source.open("rb")
+            original = open(source, "rb")  # noqa: SIM115 (closed below, or by the with)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise InputNotFoundError(f"{source_uri} does not exist") from exc
         except PermissionError as exc:
@@ -87,10 +118,39 @@ class LocalStore:
         with original:
             self._replace(target_uri, lambda file: shutil.copyfileobj(original, file))
 
-    def delete(self, uri: str) -> None:
-        path = self._resolve(uri)
+    def _linked(self, source: str, source_uri: str, target: str, target_uri: str) -> bool:
+        """Replace `target` with a hard link to `source`; False where the file system refuses
+        links (another device, or none supported)."""
+        folder, name = os.path.split(target)
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
-            path.unlink(missing_ok=True)
+            try:
+                os.link(source, temporary)
+            except FileNotFoundError:
+                if not os.path.isfile(source):
+                    raise InputNotFoundError(f"{source_uri} does not exist") from None
+                os.makedirs(folder, exist_ok=True)
+                os.link(source, temporary)
+            try:
+                os.replace(temporary, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                return False
+            if isinstance(exc, PermissionError | FileExistsError | IsADirectoryError):
+                raise OutputAccessDeniedError(f"{target_uri}: cannot write: {exc}") from exc
+            raise StorageUnavailableError(f"{target_uri}: write failed: {exc}") from exc
+        return True
+
+    def delete(self, uri: str) -> None:
+        path = self._resolve_str(uri)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         except (PermissionError, IsADirectoryError) as exc:
             raise OutputAccessDeniedError(f"{uri}: cannot delete: {exc}") from exc
         except OSError as exc:
@@ -98,20 +158,27 @@ class LocalStore:
 
     def _replace(self, uri: str, write: Callable[[BinaryIO], object]) -> None:
         """Replace the file at `uri` with what `write` writes into a new one, atomically."""
-        path = self._resolve(uri)
+        path = self._resolve_str(uri)
+        folder, name = os.path.split(path)
         # A unique name beside the target (same file system, so os.replace is atomic), created
         # with open() so that it gets the usual umask permissions, unlike mkstemp's 0600.
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with temporary.open("xb") as file:
+                file = open(temporary, "xb")  # noqa: SIM115 (closed by the with)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                file = open(temporary, "xb")  # noqa: SIM115
+            try:
+                with file:
                     write(file)
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(temporary, path)
-            finally:
-                temporary.unlink(missing_ok=True)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
         except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise OutputAccessDeniedError(f"{uri}: cannot write: {exc}") from exc
         except OSError as exc:
