@@ -41,6 +41,7 @@ from toonq.shared.tenants import TenantLimits
 from toonq.shared.text import check_text
 from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
+from toonq.worker.allocator import keep_freed_memory
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots, usable_cpus
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
@@ -288,6 +289,7 @@ def run_worker(
     check_job_locations(settings)
     worker_name = settings.worker_name or default_worker_name(gpu)
     check_identity(worker_name, settings.model)
+    keep_freed_memory()
     health = Health(liveness_timeout_s=settings.liveness_timeout_s)
     server = (
         serve(settings.metrics_port, health, host=settings.metrics_host)

@@ -14,6 +14,7 @@ from toonq.shared.choices import IMAGE_SUFFIXES, PRECISIONS
 from toonq.shared.errors import ConfigurationError
 from toonq.shared.job import JobParams
 from toonq.shared.storage import open_store
+from toonq.worker.allocator import keep_freed_memory
 from toonq.worker.birefnet import PRESETS
 from toonq.worker.cli.matte_files import matte_files
 from toonq.worker.engine.device import resolve_device
@@ -116,6 +117,7 @@ def matte(
     params = JobParams.with_defaults(ctx.settings, **job_options)
     _create_folder(out_dir)
     files = _expand(inputs)
+    keep_freed_memory()
     engine = build_engine(ctx, model_spec, device, precision, params.resolution)
     pipeline = Pipeline.for_device(ctx.settings, engine, max_batch_size=batch_size)
     failures = matte_files(engine, files, out_dir, params, pipeline=pipeline)
