@@ -26,6 +26,7 @@ for _ in range(40):
 print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
+
 def _churn(mode: str) -> tuple[bool, int]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     env.pop("LD_PRELOAD", None)
