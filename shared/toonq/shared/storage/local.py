@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import shutil
 import stat
@@ -20,11 +19,10 @@ from toonq.shared.errors import (
     OutputAccessDeniedError,
     StorageUnavailableError,
 )
+from toonq.shared.storage.paths import lies_under, real_path
 from toonq.shared.storage.store import too_large_error
 from toonq.shared.storage.uri import Prefix, parse_as
 
-#: How many resolved folders a store remembers.
-FOLDERS_REMEMBERED = 4096
 #: What `link` fails with where a copy must be made instead: another device, too many links to
 #: the file, or a file system without hard links (or one that refuses them, as EPERM says).
 _NO_LINKS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -37,11 +35,7 @@ class LocalStore:
     written, and refused with InvalidURIError unless it lies under one of the roots. Paths with
     '.' or '..' segments are refused when parsed. This guards against URIs that point elsewhere,
     not against a local user who swaps in a symbolic link between the check and the access.
-
-    A folder is resolved once and remembered (`FOLDERS_REMEMBERED` of them), a file's own name
-    at each access: resolving a path walks its every component in Python, a cost each job paid
-    four times over. So a folder that a local user replaces by a link later is not noticed
-    either; a URI cannot do that.
+    Paths are resolved by `paths.real_path`, which remembers folders.
     """
 
     def __init__(self, roots: Iterable[Path]) -> None:
@@ -49,26 +43,20 @@ class LocalStore:
         if not self.roots:
             raise ValueError("a LocalStore needs at least one root folder")
         self._root_strings = tuple(str(root) for root in self.roots)
-        self._real_folder = functools.lru_cache(maxsize=FOLDERS_REMEMBERED)(os.path.realpath)
 
     def _resolve(self, uri: str) -> Path:
         """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
         return Path(self._resolve_str(uri))
 
     def _resolve_str(self, uri: str) -> str:
-        folder, name = os.path.split(parse_as(uri, "file").path)
-        resolved = os.path.join(self._real_folder(folder), name)
-        if os.path.islink(resolved):  # followed, as the kernel would
-            resolved = os.path.realpath(resolved)
-        return self._confined_str(resolved, uri)
+        return self._confined_str(real_path(str(parse_as(uri, "file").path)), uri)
 
     def _confined(self, resolved: Path, uri: str) -> Path:
         return Path(self._confined_str(str(resolved), uri))
 
     def _confined_str(self, resolved: str, uri: str) -> str:
-        for root in self._root_strings:
-            if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
-                return resolved
+        if any(lies_under(resolved, root) for root in self._root_strings):
+            return resolved
         allowed = ", ".join(self._root_strings)
         raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from toonq.shared.errors import ConfigurationError, InvalidURIError
 from toonq.shared.settings import Settings
+from toonq.shared.storage.paths import lies_under, real_path
 
 Scheme = Literal["s3", "file"]
 
@@ -192,7 +193,7 @@ class Prefix:
             return False
         if self.scheme == "file":
             # Resolved as the local store resolves it, so that a link cannot lead elsewhere.
-            return Path(os.path.realpath(location.key)).is_relative_to(self.key)
+            return lies_under(real_path(location.key), self.key)
         return location.bucket == self.bucket and (
             not self.key or location.key == self.key or location.key.startswith(f"{self.key}/")
         )
