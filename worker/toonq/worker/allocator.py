@@ -24,10 +24,6 @@ import os
 import platform
 from collections.abc import Mapping
 
-from toonq.shared.logging import get_logger
-
-log = get_logger(__name__)
-
 #: mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -44,13 +40,11 @@ def keep_freed_memory() -> bool:
     if platform.libc_ver()[0] != "glibc" or _tuned_by_operator(os.environ):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    tuned = bool(
+    return bool(
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
         and libc.mallopt(_M_ARENA_MAX, 1)
     )
-    log.debug("malloc_tuned", mmap_threshold=MMAP_THRESHOLD_BYTES, kept=tuned)
-    return tuned
 
 
 def _tuned_by_operator(environ: Mapping[str, str]) -> bool:
