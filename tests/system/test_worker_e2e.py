@@ -309,17 +309,26 @@ def test_a_running_worker_serves_its_probes_and_the_metrics_of_the_jobs_it_ran(
             bad = client.submit(system.put_input("metrics-bad.png", b"not an image"))
             for job in (ok, bad):
                 client.wait(job.id, timeout=WAIT_S)
-        status, text = _scrape(f"{base}/metrics")
+        # A job's outcome is counted just after the database has it: read again until both are.
+        jobs = "toonq_jobs_total"
+        succeeded = (jobs, (("error_code", ""), ("status", "succeeded")))
+        failed = (jobs, (("error_code", "unsupported_format"), ("status", "failed")))
+        deadline = time.monotonic() + 5
+        while True:
+            status, text = _scrape(f"{base}/metrics")
+            samples = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            counted = samples.get(succeeded, 0) + samples.get(failed, 0)
+            if status != 200 or counted >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
     assert status == 200
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-    jobs = "toonq_jobs_total"
-    assert samples[(jobs, (("error_code", ""), ("status", "succeeded")))] == 1
-    assert samples[(jobs, (("error_code", "unsupported_format"), ("status", "failed")))] == 1
+    assert samples[succeeded] == 1
+    assert samples[failed] == 1
     for stage in ("queue_wait", "download", "decode", "inference", "encode", "upload", "total"):
         assert samples[("toonq_job_stage_seconds_count", (("stage", stage),))] >= 1
     assert samples[("toonq_batch_size_count", ())] >= 1

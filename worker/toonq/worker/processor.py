@@ -154,10 +154,12 @@ def _attempt(ctx: WorkerContext, claim: Claim) -> Outcome:
         # Whoever holds the job now publishes the same committed output: its staged object stays.
         log.warning("job_outcome_discarded", outcome="succeeded")
         return _counted(Outcome.DISCARDED)
-    _delete_staged(ctx, staged.uri)
+    # Counted as soon as it is recorded, before the staged object's deletion (a request to S3).
     metrics.observe_stages(staged.timings)
+    outcome = _counted(Outcome.SUCCEEDED)
+    _delete_staged(ctx, staged.uri)
     log.info("job_succeeded", output_uri=claim.job.output_uri, timings_ms=dict(staged.timings))
-    return _counted(Outcome.SUCCEEDED)
+    return outcome
 
 
 def _publish_committed(ctx: WorkerContext, claim: Claim) -> StagedOutput | None:
