@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import platform
 from collections.abc import Mapping
 
 #: mallopt's parameters (malloc.h).
@@ -37,7 +36,7 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1
 
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as the module says; True if it was tuned here."""
-    if platform.libc_ver()[0] != "glibc" or _tuned_by_operator(os.environ):
+    if not _is_glibc() or _tuned_by_operator(os.environ):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     return bool(
@@ -45,6 +44,14 @@ def keep_freed_memory() -> bool:
         and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
         and libc.mallopt(_M_ARENA_MAX, 1)
     )
+
+
+def _is_glibc() -> bool:
+    # confstr asks the C library itself; platform.libc_ver() reads the interpreter's binary.
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        return False
 
 
 def _tuned_by_operator(environ: Mapping[str, str]) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import overload
 
 from toonq.shared.job import WAITING_STATUSES, Claim, Job, JobStatus, NotDue, StagedOutput
@@ -47,13 +47,20 @@ class Attempts(StoreCore):
         One read and one guarded write, whose result is the claimed job. In a transaction
         although it writes once: a worker that dies while its claim waits (say on a row lock)
         must leave the job unclaimed, not started by nobody. A store that can claim a waiting
-        job in one statement that never waits for a lock does that first (`_claim_if_waiting`).
+        job in one statement that never waits for a lock does that first
+        (`Transaction.claim_if_waiting`).
         """
-        fast = self._claim_if_waiting(
-            job_id, worker=worker, lease_s=lease_s, early_tolerance_s=early_tolerance_s
-        )
-        if fast is not None:
-            return fast
+        if self._claims_in_one_statement:
+            with self._transaction(single_write=True) as transaction:
+                now = self._clock()
+                due_by = None
+                if early_tolerance_s is not None:
+                    due_by = now + timedelta(seconds=early_tolerance_s)
+                # The statement counts the attempt up from the row's: 0 stands for it here.
+                start = transitions.started(0, worker=worker, now=now, lease_s=lease_s)
+                one_statement = transaction.claim_if_waiting(job_id, due_by=due_by, start=start)
+            if one_statement is not None:
+                return one_statement
         with self._transaction() as transaction:
             now = self._clock()
             job = transaction.load(job_id)
@@ -78,19 +85,6 @@ class Attempts(StoreCore):
                 return None  # another worker won the race
             waited_since = job.next_attempt_at or job.sent_at or job.updated_at
             return Claim(claimed, attempt, waited_since=waited_since)
-
-    def _claim_if_waiting(
-        self,
-        job_id: uuid.UUID,
-        *,
-        worker: str,
-        lease_s: float,
-        early_tolerance_s: float | None,
-    ) -> Claim | None:
-        """The claim of a job that waits for its next attempt (queued, or retrying and due), in
-        one statement, for a store that can write it so; None sends the claim the general way,
-        which also covers everything this does."""
-        return None
 
     def commit_output(self, claim: Claim, staged: StagedOutput) -> bool:
         """Commit `staged` as the job's output, the job still running until it is published

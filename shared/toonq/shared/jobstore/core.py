@@ -13,6 +13,10 @@ from toonq.shared.jobstore.transaction import Transaction
 class StoreCore(ABC):
     """The clock and the store's unit of work (`Transaction`)."""
 
+    #: Whether the store's transactions claim a waiting job in one statement
+    #: (`Transaction.claim_if_waiting`), which a claim then tries first.
+    _claims_in_one_statement = False
+
     def __init__(self, *, clock: Callable[[], datetime]) -> None:
         self._clock = clock
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -75,6 +75,9 @@ class SqlJobStore(JobStore):
         # which needs no BEGIN and COMMIT around it.
         self._postgres = engine.dialect.name == "postgresql"
         self._kind = _PostgresTransaction if self._postgres else SqlTransaction
+        # One round trip instead of four (BEGIN, the read, the write, COMMIT). SQLite takes its
+        # write lock as a transaction begins anyway.
+        self._claims_in_one_statement = self._postgres
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def listen_for_finishes(self) -> FinishListener:
@@ -93,28 +96,6 @@ class SqlJobStore(JobStore):
                 with self._engine.begin() as connection:
                     self._time.measure_if_due(connection)
                     yield self._kind(connection)
-
-    def _claim_if_waiting(
-        self,
-        job_id: uuid.UUID,
-        *,
-        worker: str,
-        lease_s: float,
-        early_tolerance_s: float | None,
-    ) -> Claim | None:
-        # On PostgreSQL the common claim is one round trip instead of four (BEGIN, the read,
-        # the write, COMMIT); SQLite takes its write lock with BEGIN anyway.
-        if not self._postgres:
-            return None
-        with self._transaction(single_write=True) as transaction:
-            assert isinstance(transaction, _PostgresTransaction)
-            now = self._clock()
-            due_by = None
-            if early_tolerance_s is not None:
-                due_by = now + timedelta(seconds=early_tolerance_s)
-            # The statement counts the attempt up from the row's; 0 is a placeholder.
-            start = transitions.started(0, worker=worker, now=now, lease_s=lease_s)
-            return transaction.claim_if_waiting(job_id, due_by=due_by, start=start)
 
     def _create_at_once(
         self, specs: builtins.list[JobSpec], *, actor: str

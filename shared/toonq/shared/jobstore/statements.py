@@ -230,6 +230,10 @@ def _update_with_events(
     return select(written).add_cte(recorded)
 
 
+#: The fields a claimed job had while it waited, which say since when it waited.
+WAITED: Final = ("next_attempt_at", "sent_at", "updated_at")
+
+
 @functools.lru_cache(maxsize=4)
 def _claim_if_waiting(
     check_due: bool, value_columns: tuple[str, ...], event_columns: tuple[str, ...]
@@ -276,10 +280,6 @@ def _claim_if_waiting(
         .cte("recorded")
     )
     return select(claimed).add_cte(recorded)
-
-
-#: The fields a claimed job had while it waited, which say since when it waited.
-WAITED: Final = ("next_attempt_at", "sent_at", "updated_at")
 
 
 def _condition(guard: _Shape) -> ColumnElement[bool]:

@@ -10,9 +10,10 @@ import builtins
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
-from toonq.shared.job import Job, JobEvent
+from toonq.shared.job import Claim, Job, JobEvent
 from toonq.shared.jobstore.selections import Order, Selection
 from toonq.shared.jobstore.transitions import Transition
 
@@ -80,6 +81,15 @@ class Transaction(ABC):
         if matched:
             self._record_all(job_id, steps)
         return matched
+
+    def claim_if_waiting(
+        self, job_id: uuid.UUID, *, due_by: datetime | None, start: Transition
+    ) -> Claim | None:
+        """Start the next attempt of a job that waits for it (queued, or retrying and due by
+        `due_by` unless that is None) in one statement that waits for no lock, writing what
+        `start` writes but for the attempt, which it counts up from the row's; None if the job
+        is anything else or is locked. Only a store whose `_claims_in_one_statement` has it."""
+        raise NotImplementedError(f"{type(self).__name__} claims in a read and a write")
 
     def _record_all(self, job_id: uuid.UUID, steps: tuple[Transition, ...]) -> None:
         for step in steps:

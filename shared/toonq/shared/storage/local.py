@@ -44,24 +44,18 @@ class LocalStore:
             raise ValueError("a LocalStore needs at least one root folder")
         self._root_strings = tuple(str(root) for root in self.roots)
 
-    def _resolve(self, uri: str) -> Path:
+    def _resolve(self, uri: str) -> str:
         """The real path that `uri` names; InvalidURIError if it lies outside the roots."""
-        return Path(self._resolve_str(uri))
+        return self._confined(real_path(str(parse_as(uri, "file").path)), uri)
 
-    def _resolve_str(self, uri: str) -> str:
-        return self._confined_str(real_path(str(parse_as(uri, "file").path)), uri)
-
-    def _confined(self, resolved: Path, uri: str) -> Path:
-        return Path(self._confined_str(str(resolved), uri))
-
-    def _confined_str(self, resolved: str, uri: str) -> str:
+    def _confined(self, resolved: str, uri: str) -> str:
         if any(lies_under(resolved, root) for root in self._root_strings):
             return resolved
         allowed = ", ".join(self._root_strings)
         raise InvalidURIError(f"{uri!r} is outside the folders toonq may use ({allowed})")
 
     def get(self, uri: str, *, max_bytes: int) -> bytes:
-        path = self._resolve_str(uri)
+        path = self._resolve(uri)
         try:
             # O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: the path was
             # resolved, so a link here was planted since.
@@ -86,17 +80,20 @@ class LocalStore:
 
     def put(self, uri: str, data: bytes, *, content_type: str) -> None:
         """Write atomically: readers see the old file or the whole new one, never a part."""
-        self._replace(uri, lambda file: file.write(data))
+        self._replace(uri, _written(lambda file: file.write(data)))
 
     def copy(self, source_uri: str, target_uri: str) -> None:
         """Copy atomically, as `put` writes: as a hard link to the source's file where the file
         system allows one (its data is neither read nor written again, and was made durable
         when it was put), else byte by byte."""
-        source = self._resolve_str(source_uri)
-        if self._linked(source, source_uri, self._resolve_str(target_uri), target_uri):
-            return
+        source = self._resolve(source_uri)
         try:
-            original = open(source, "rb")  # noqa: SIM115 (closed below, or by the with)
+            self._replace(target_uri, _linked_to(source, source_uri))
+            return
+        except _LinksRefusedError:
+            pass
+        try:
+            original = open(source, "rb")  # noqa: SIM115 (closed by the with)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise InputNotFoundError(f"{source_uri} does not exist") from exc
         except PermissionError as exc:
@@ -104,37 +101,10 @@ class LocalStore:
         except OSError as exc:
             raise StorageUnavailableError(f"{source_uri}: read failed: {exc}") from exc
         with original:
-            self._replace(target_uri, lambda file: shutil.copyfileobj(original, file))
-
-    def _linked(self, source: str, source_uri: str, target: str, target_uri: str) -> bool:
-        """Replace `target` with a hard link to `source`; False where the file system refuses
-        links (another device, or none supported)."""
-        folder, name = os.path.split(target)
-        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-        try:
-            try:
-                os.link(source, temporary)
-            except FileNotFoundError:
-                if not os.path.isfile(source):
-                    raise InputNotFoundError(f"{source_uri} does not exist") from None
-                os.makedirs(folder, exist_ok=True)
-                os.link(source, temporary)
-            try:
-                os.replace(temporary, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                raise
-        except OSError as exc:
-            if exc.errno in _NO_LINKS:
-                return False
-            if isinstance(exc, PermissionError | FileExistsError | IsADirectoryError):
-                raise OutputAccessDeniedError(f"{target_uri}: cannot write: {exc}") from exc
-            raise StorageUnavailableError(f"{target_uri}: write failed: {exc}") from exc
-        return True
+            self._replace(target_uri, _written(lambda file: shutil.copyfileobj(original, file)))
 
     def delete(self, uri: str) -> None:
-        path = self._resolve_str(uri)
+        path = self._resolve(uri)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -144,24 +114,21 @@ class LocalStore:
         except OSError as exc:
             raise StorageUnavailableError(f"{uri}: delete failed: {exc}") from exc
 
-    def _replace(self, uri: str, write: Callable[[BinaryIO], object]) -> None:
-        """Replace the file at `uri` with what `write` writes into a new one, atomically."""
-        path = self._resolve_str(uri)
+    def _replace(self, uri: str, create: Callable[[str], object]) -> None:
+        """Replace the file at `uri`, atomically, with the one `create` makes at a path."""
+        path = self._resolve(uri)
         folder, name = os.path.split(path)
-        # A unique name beside the target (same file system, so os.replace is atomic), created
-        # with open() so that it gets the usual umask permissions, unlike mkstemp's 0600.
+        # A unique name beside the target (same file system, so os.replace is atomic); a new
+        # file is created with open() so that it gets the usual umask permissions, unlike
+        # mkstemp's 0600.
         temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             try:
-                file = open(temporary, "xb")  # noqa: SIM115 (closed by the with)
+                create(temporary)
             except FileNotFoundError:
                 os.makedirs(folder, exist_ok=True)
-                file = open(temporary, "xb")  # noqa: SIM115
+                create(temporary)
             try:
-                with file:
-                    write(file)
-                    file.flush()
-                    os.fsync(file.fileno())
                 os.replace(temporary, path)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -175,7 +142,7 @@ class LocalStore:
     def exists_bucket(self, uri: str) -> bool:
         """Whether `put` could create the file's folder: nothing but folders above it.
         InvalidURIError if `uri` lies outside the roots."""
-        folder = self._resolve(uri).parent
+        folder = Path(self._resolve(uri)).parent
         while not folder.exists():
             folder = folder.parent
         return folder.is_dir()
@@ -187,8 +154,8 @@ class LocalStore:
         folder = Prefix.parse(prefix)
         if folder.scheme != "file":
             raise InvalidURIError(f"{prefix!r}: expected a file:// URI")
-        top = self._confined(Path(folder.key), prefix)
-        if not top.is_dir():
+        top = self._confined(str(folder.key), prefix)
+        if not os.path.isdir(top):
             return
 
         def fail(exc: OSError) -> None:
@@ -204,3 +171,41 @@ class LocalStore:
         for path in sorted(found):
             if os.path.isfile(path):
                 yield Path(path).as_uri()
+
+
+class _LinksRefusedError(Exception):
+    """The file system refuses a hard link here: the copy is made byte by byte instead."""
+
+
+def _written(write: Callable[[BinaryIO], object]) -> Callable[[str], None]:
+    """What creates a new file at a path from what `write` writes into it, made durable."""
+
+    def create(path: str) -> None:
+        with open(path, "xb") as file:
+            try:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            except BaseException:
+                os.unlink(path)
+                raise
+
+    return create
+
+
+def _linked_to(source: str, source_uri: str) -> Callable[[str], None]:
+    """What creates a hard link to `source` at a path."""
+
+    def create(path: str) -> None:
+        try:
+            os.link(source, path)
+        except FileNotFoundError:
+            if not os.path.isfile(source):
+                raise InputNotFoundError(f"{source_uri} does not exist") from None
+            raise  # the target's folder, which `_replace` creates
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                raise _LinksRefusedError from exc
+            raise
+
+    return create
