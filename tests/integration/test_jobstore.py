@@ -366,6 +366,21 @@ def test_create_many_in_one_transaction(jobstore: JobStore) -> None:
     assert len(jobstore.list()) == 3
 
 
+def test_create_many_returns_the_jobs_in_the_specs_order_each_with_its_event(
+    jobstore: JobStore,
+) -> None:
+    # Keyed specs are created in key order, which is not the specs' order.
+    specs = [make_spec(idempotency_key=f"key-{n:02}") for n in (7, 3, 9, 1)] + [make_spec()]
+
+    results = jobstore.create_many(specs, actor="producer")
+
+    assert [job.id for job, _ in results] == [spec.id for spec in specs]
+    assert [job.idempotency_key for job, _ in results] == [s.idempotency_key for s in specs]
+    for job, _ in results:
+        assert kinds(jobstore, job) == [EventKind.CREATED]
+        assert jobstore.get(job.id) == job
+
+
 def test_concurrent_batches_sharing_keys_in_opposite_orders_both_succeed(
     jobstore: JobStore,
 ) -> None:
@@ -1045,6 +1060,24 @@ def test_mark_enqueued_applies_to_waiting_jobs_and_lost_running_ones(
     assert jobstore.get(running.id).sent_at is None
     clock.advance(LEASE_S + 1)
     assert jobstore.mark_enqueued(running.id)  # the message that will reclaim it
+
+
+def test_mark_all_enqueued_records_the_sends_that_apply_at_once(
+    jobstore: JobStore, clock: ManualClock
+) -> None:
+    queued = [create(jobstore) for _ in range(3)]
+    running = create(jobstore)
+    claim(jobstore, running)
+    unknown = uuid.uuid4()
+
+    marked = jobstore.mark_all_enqueued([*(job.id for job in queued), running.id, unknown])
+
+    assert marked == {job.id for job in queued}
+    assert all(jobstore.get(job.id).sent_at is not None for job in queued)
+    assert jobstore.get(running.id).sent_at is None  # its worker holds a live lease
+    assert jobstore.mark_all_enqueued([]) == set()
+    clock.advance(LEASE_S + 1)
+    assert jobstore.mark_all_enqueued([running.id, queued[0].id]) == {running.id, queued[0].id}
 
 
 def test_enqueued_at_stays_once_the_job_is_claimed(jobstore: JobStore, clock: ManualClock) -> None:

@@ -115,6 +115,21 @@ def test_submit_many_rejects_the_whole_batch_when_one_request_is_bad(
     assert [job.status for job in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
 
 
+def test_submit_many_returns_each_request_s_job_sent_once(
+    client: ToonqClient, queued_messages: Callable[[], int], s3_bucket: str
+) -> None:
+    uris = [f"s3://{s3_bucket}/in/{n}.png" for n in range(30)]
+    requests = [SubmitRequest(uri, idempotency_key=f"key-{n % 20}") for n, uri in enumerate(uris)]
+
+    jobs = client.submit_many(requests[:20])
+    again = client.submit_many(requests[:20])
+
+    assert [job.input_uri for job in jobs] == uris[:20]
+    assert all(job.sent_at is not None for job in jobs)  # read back after the sends
+    assert again == jobs
+    assert queued_messages() == 20
+
+
 @pytest.fixture
 def unsent_job(producer_settings: Settings, s3_bucket: str, s3_server: str) -> Job:
     """A job submitted while the broker was down: committed, but its message never sent."""

@@ -223,7 +223,9 @@ class ToonqClient:
             for job, is_new in created
             if is_new or (job.status == JobStatus.QUEUED and job.sent_at is None)
         )
-        return [Submitted(self.store.get(job.id), is_new) for job, is_new in created]
+        # Read back once for all: sending wrote the jobs' `sent_at`.
+        current = {job.id: job for job in self.store.get_many(job.id for job, _ in created)}
+        return [Submitted(current.get(job.id, job), is_new) for job, is_new in created]
 
     def _spec(self, request: SubmitRequest) -> JobSpec:
         check_idempotency_key(request.idempotency_key)

@@ -114,11 +114,13 @@ class Sender:
         releasing each of their tenants' held jobs up to its limits (these once their turn
         comes)."""
         tenants = set()
+        ready = []
         for job in jobs:
             if self.held(job) and job.tenant is not None:
                 tenants.add(job.tenant)
             else:
-                self.send(job)
+                ready.append(job)
+        self.send_all(ready)
         for tenant in sorted(tenants):
             self.release(tenant)
 
@@ -132,11 +134,22 @@ class Sender:
             queue_slots=self.tenants.queue_slots,
             max_in_flight=self.tenants.max_in_flight,
         )
-        return [job for job in jobs if self.send(job)]
+        return self.send_all(jobs)
 
     def send(self, job: Job, *, countdown: float | None = None) -> bool:
         """Enqueue `job` and mark it sent. Returns False (and logs) when the broker is down:
         the job stays durable in the database and recovery sends it later."""
+        return bool(self.send_all([job], countdown=countdown))
+
+    def send_all(self, jobs: Iterable[Job], *, countdown: float | None = None) -> list[Job]:
+        """`send` each of `jobs`, recording the sends in one write once all are handed to the
+        broker; the jobs sent."""
+        sent = [job for job in jobs if self._enqueue(job, countdown)]
+        if sent:
+            self.store.mark_all_enqueued(job.id for job in sent)
+        return sent
+
+    def _enqueue(self, job: Job, countdown: float | None) -> bool:
         try:
             enqueue(
                 self.app,
@@ -149,7 +162,6 @@ class Sender:
         except (BrokerOperationalError, OSError) as exc:
             log.warning("send_failed", job_id=str(job.id), error=str(exc))
             return False
-        self.store.mark_enqueued(job.id)
         return True
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from toonq.shared.job import Job, aware
@@ -23,10 +23,17 @@ class Delivery(StoreCore):
     def mark_enqueued(self, job_id: uuid.UUID) -> bool:
         """Record that a wake-up message was handed to the broker for a waiting job, or for a
         running job whose lease expired (the message that will reclaim it)."""
+        return job_id in self.mark_all_enqueued([job_id])
+
+    def mark_all_enqueued(self, job_ids: Iterable[uuid.UUID]) -> builtins.set[uuid.UUID]:
+        """`mark_enqueued` for many jobs in one statement; the ids of those it applied to."""
+        job_ids = frozenset(job_ids)
+        if not job_ids:
+            return set()
         with self._transaction(single_write=True) as transaction:
             now = self._clock()
-            sent = transitions.sent(now)
-            return transaction.update_matched(job_id, selections.sendable(now), sent)
+            guard = selections.among_ids(selections.sendable(now), job_ids)
+            return transaction.update_all(guard, transitions.sent(now))
 
     def due_for_recovery(
         self,

@@ -97,6 +97,12 @@ def with_ids(job_ids: Iterable[uuid.UUID]) -> Selection:
     return _one(among={"id": frozenset(job_ids)})
 
 
+def among_ids(selection: Selection, job_ids: Iterable[uuid.UUID]) -> Selection:
+    """The jobs `selection` matches that have one of these ids."""
+    ids = frozenset(job_ids)
+    return Selection(tuple(replace(c, among={**c.among, "id": ids}) for c in selection.clauses))
+
+
 def writing(output_uris: Iterable[str]) -> Selection:
     """Jobs that write one of `output_uris`, whatever their status."""
     return _one(among={"output_uri": frozenset(output_uris)})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
@@ -61,6 +61,7 @@ _LOCK_OUTPUTS: Final = text(
 )
 #: Built once: an event is written with every change, and building costs more than running.
 _INSERT_EVENT: Final = insert(_EVENTS)
+_INSERT_JOBS: Final = insert(_JOBS).returning(_JOBS, sort_by_parameter_order=True)
 
 
 class SqlJobStore(JobStore):
@@ -180,10 +181,21 @@ class SqlTransaction(Transaction):
         return [JobEvent(**{name: row[name] for name in _EVENT_FIELDS}) for row in rows]
 
     def insert(self, creation: Transition) -> Job:
-        values = statements.columns(creation.values)
-        job = _job(self._execute(insert(_JOBS).values(values).returning(_JOBS)).one())
-        self.record(job.id, creation)
+        (job,) = self.insert_all([creation])
         return job
+
+    def insert_all(self, creations: Sequence[Transition]) -> builtins.list[Job]:
+        if not creations:
+            return []
+        # Two statements for the whole batch: SQLAlchemy sends the rows as multi-row INSERTs
+        # and hands back the jobs in the order of the creations.
+        rows = self._connection.execute(
+            _INSERT_JOBS, [statements.columns(creation.values) for creation in creations]
+        )
+        jobs = [_job(row) for row in rows.mappings()]
+        events = [{"job_id": job.id, **c.event} for job, c in zip(jobs, creations, strict=True)]
+        self._connection.execute(_INSERT_EVENT, events)
+        return jobs
 
     def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Job | None:
         bound = statements.guarded_update(job_id, guard, values)
@@ -195,6 +207,10 @@ class SqlTransaction(Transaction):
     ) -> bool:
         bound = statements.guarded_update(job_id, guard, values, whole_row=False)
         return self._matched(bound)
+
+    def update_all(self, guard: Selection, values: Mapping[str, Any]) -> builtins.set[uuid.UUID]:
+        bound = statements.guarded_update_all(guard, values)
+        return set(self._connection.execute(bound.statement, bound.parameters).scalars())
 
     def _matched(self, bound: statements.Bound) -> bool:
         return self._connection.execute(bound.statement, bound.parameters).first() is not None

@@ -97,6 +97,16 @@ def guarded_update(
     return Bound(statement, _update_parameters(job_id, guard, by_column))
 
 
+def guarded_update_all(guard: Selection, values: Mapping[str, Any]) -> Bound:
+    """UPDATE every job `guard` matches RETURNING their ids."""
+    by_column = columns(values)
+    values_parameters = {f"v_{name}": value for name, value in by_column.items()}
+    return Bound(
+        _update_all(_shape(guard), tuple(by_column)),
+        _selection_parameters(guard) | values_parameters,
+    )
+
+
 def guarded_update_with_events(
     job_id: uuid.UUID,
     guard: Selection,
@@ -203,9 +213,23 @@ def _update(guard: _Shape, value_columns: tuple[str, ...], whole_row: bool) -> U
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), _condition(guard))
-        .values({name: bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in value_columns})
+        .values(_bound_values(value_columns))
         .returning(*((JOBS,) if whole_row else (JOBS.c.id,)))
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _update_all(guard: _Shape, value_columns: tuple[str, ...]) -> Update:
+    return (
+        update(JOBS)
+        .where(_condition(guard))
+        .values(_bound_values(value_columns))
+        .returning(JOBS.c.id)
+    )
+
+
+def _bound_values(value_columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in value_columns}
 
 
 @functools.lru_cache(maxsize=256)

@@ -54,19 +54,28 @@ class Submissions(StoreCore):
             }
             by_key = transaction.with_keys(sorted(keys))
             results: dict[int, tuple[Job, bool]] = {}
+            new: builtins.list[int] = []
+            #: A spec that repeats a key new in this batch -> the spec that creates its job.
+            repeats: dict[int, int] = {}
+            creating: dict[str, int] = {}  # by key
+            writers = {uri: job.id for uri, job in by_output.items()}
             for index in order:
                 spec = specs[index]
-                existing = (
-                    None if spec.idempotency_key is None else by_key.get(spec.idempotency_key)
-                )
-                if existing is not None:
+                key = spec.idempotency_key
+                if key is not None and (existing := by_key.get(key)) is not None:
                     results[index] = (existing.reuse_for(spec), False)
-                    continue
-                if (holder := by_output.get(spec.output_uri)) is not None:
+                elif key is not None and key in creating:
+                    repeats[index] = creating[key]
+                elif (holder := writers.get(spec.output_uri)) is not None:
                     raise transitions.output_conflict(spec, holder)
-                job = transaction.insert(transitions.created(spec, actor=actor, now=self._clock()))
-                if spec.idempotency_key is not None:
-                    by_key[spec.idempotency_key] = job
-                by_output[job.output_uri] = job
-                results[index] = (job, True)
+                else:
+                    if key is not None:
+                        creating[key] = index
+                    writers[spec.output_uri] = spec.id
+                    new.append(index)
+            creations = [transitions.created(specs[i], actor=actor, now=self._clock()) for i in new]
+            jobs = transaction.insert_all(creations)
+            results |= {index: (job, True) for index, job in zip(new, jobs, strict=True)}
+            for index, first in repeats.items():
+                results[index] = (results[first][0].reuse_for(specs[index]), False)
             return [results[index] for index in range(len(specs))]

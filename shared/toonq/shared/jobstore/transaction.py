@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,10 @@ class Transaction(ABC):
     def insert(self, creation: Transition) -> Job:
         """Add the job `creation` writes, with its event."""
 
+    def insert_all(self, creations: Sequence[Transition]) -> builtins.list[Job]:
+        """`insert` each of `creations`, in order; the jobs, in the same order."""
+        return [self.insert(creation) for creation in creations]
+
     @abstractmethod
     def update(self, job_id: uuid.UUID, guard: Selection, values: Mapping[str, Any]) -> Job | None:
         """Write `values` to the job if `guard` matches it (the compare-and-set); the job as
@@ -62,6 +66,14 @@ class Transaction(ABC):
     ) -> bool:
         """`update`, returning only whether the guard matched (and `values` were written)."""
         return self.update(job_id, guard, values) is not None
+
+    def update_all(self, guard: Selection, values: Mapping[str, Any]) -> builtins.set[uuid.UUID]:
+        """Write `values` to every job `guard` matches; the ids of the jobs written."""
+        return {
+            job.id
+            for job in self.select(guard, ("id",))
+            if self.update_matched(job.id, guard, values)
+        }
 
     @abstractmethod
     def record(self, job_id: uuid.UUID, transition: Transition) -> None:

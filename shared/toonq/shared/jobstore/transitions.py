@@ -116,9 +116,10 @@ def duplicate_id(job_id: uuid.UUID) -> DuplicateJobIdError:
     return DuplicateJobIdError(f"job {job_id} already exists")
 
 
-def output_conflict(spec: JobSpec, holder: Job) -> OutputConflictError:
+def output_conflict(spec: JobSpec, holder: uuid.UUID) -> OutputConflictError:
+    """`spec` asks for the output URI of the job `holder`."""
     return OutputConflictError(
-        f"output URI {spec.output_uri!r} is already the output of job {holder.id}"
+        f"output URI {spec.output_uri!r} is already the output of job {holder}"
     )
 
 
