@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,18 @@ def test_local_put_get_round_trip(tmp_path: Path) -> None:
     assert [path.name for path in (tmp_path / "new" / "folders").iterdir()] == ["cat.png"]
 
 
+def test_local_put_creates_files_as_open_does(tmp_path: Path) -> None:
+    uri = (tmp_path / "cat.png").as_uri()
+    previous = os.umask(0o027)
+    try:
+        LocalStore([tmp_path]).put(uri, PNG, content_type="image/png")
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "cat.png").stat().st_mode) == 0o640  # 0o666 less the umask
+    assert (tmp_path / "cat.png").read_bytes() == PNG
+
+
 def test_local_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputNotFoundError, match="does not exist"):
         LocalStore([tmp_path]).get((tmp_path / "missing.png").as_uri(), max_bytes=100)
@@ -57,9 +70,7 @@ def test_local_permission_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     path = tmp_path / "cat.png"
     path.write_bytes(PNG)
-    monkeypatch.setattr("toonq.shared.storage.local.os.open", deny)  # how get opens
-    # How put opens (the module's global shadows the builtin).
-    monkeypatch.setattr("toonq.shared.storage.local.open", deny, raising=False)
+    monkeypatch.setattr("toonq.shared.storage.local.os.open", deny)  # how get and put open
 
     with pytest.raises(InputAccessDeniedError):
         LocalStore([tmp_path]).get(path.as_uri(), max_bytes=len(PNG))
