@@ -189,6 +189,7 @@ def test_queue_section_sets_toonq_against_a_bare_celery_task(system_sections):
         assert run["succeeded"] == run["jobs"]
         assert run["ms_per_job"] == pytest.approx(1000 / run["jobs_per_s"], rel=0.02)
         assert run["cpu_ms_per_job"] > 0
+        assert run["context_switches_per_job"] > 0  # a job's thread waits for its batch
         assert run["bare_celery_ms_per_task"] > 0
         assert run["overhead_ratio"] == pytest.approx(
             run["ms_per_job"] / run["bare_celery_ms_per_task"], rel=0.02

@@ -33,6 +33,27 @@ def test_a_process_that_exits_while_waited_on_is_reported_with_the_end_of_its_lo
     assert "line 59\n" not in message  # only the end of the log
 
 
+def test_context_switches_count_every_thread_of_the_process(tmp_path: Path) -> None:
+    # Two threads that each nap 200 times (every nap gives up the core), then stay alive.
+    script = (
+        "import threading, time\n"
+        "def naps():\n"
+        "    for _ in range(200): time.sleep(0.001)\n"
+        "    print('napped', flush=True)\n"
+        "    time.sleep(60)\n"
+        "for _ in range(2): threading.Thread(target=naps, daemon=True).start()\n"
+        "time.sleep(60)"
+    )
+    with python(script, tmp_path / "log") as process:
+        process.wait_until(
+            lambda: process.log_path.read_text().count("napped") == 2,
+            waiting_for="both threads' naps",
+            timeout_s=30,
+        )
+
+        assert process.context_switches() >= 400
+
+
 def test_waiting_gives_up_after_the_timeout(tmp_path: Path) -> None:
     with python(
         "import time; print('still here', flush=True); time.sleep(60)", tmp_path / "log"

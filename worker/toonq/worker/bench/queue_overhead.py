@@ -52,6 +52,7 @@ def run(options: BenchOptions) -> Section:
             "jobs/s",
             "ms per job",
             "worker CPU ms per job",
+            "worker context switches per job",
             "bare Celery ms per task",
             "ratio",
         ],
@@ -63,6 +64,7 @@ def run(options: BenchOptions) -> Section:
                 r["jobs_per_s"],
                 r["ms_per_job"],
                 r["cpu_ms_per_job"],
+                r["context_switches_per_job"],
                 r["bare_celery_ms_per_task"],
                 r["overhead_ratio"],
             ]
@@ -75,7 +77,8 @@ def run(options: BenchOptions) -> Section:
         data={"runs": rows},
         markdown=table
         + "\n\nratio: toonq's time per job over a bare Celery no-op task's, same run, same "
-        "settings, as many messages in flight.",
+        "settings, as many messages in flight. Context switches: the worker's threads', "
+        "over the jobs.",
         summary=", ".join(
             f"{r['jobs_in_flight']} in flight: {r['jobs_per_s']} jobs/s "
             f"({r['overhead_ratio']}x bare Celery)"
@@ -107,6 +110,9 @@ def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int)
         # All the worker's CPU time while it ran the jobs, over the jobs: Python holding the
         # GIL for nearly all of it, on a no-op model.
         "cpu_ms_per_job": run.cpu_ms_per_job,
+        # Each one a thread that gave up its core, mostly to wait for the GIL: with more jobs
+        # in flight, the measure of how much the jobs' threads contend for it.
+        "context_switches_per_job": run.context_switches_per_job,
         "median_stage_ms": result.median_stage_ms,
     }
 

@@ -30,6 +30,9 @@ class WorkerRun:
     throughput: Throughput
     #: The worker's CPU time (user and system) while it ran the jobs, over the jobs.
     cpu_ms_per_job: float
+    #: Its threads' context switches while it ran the jobs, over the jobs: how often they
+    #: waited for one another (for the GIL, mostly).
+    context_switches_per_job: float
 
 
 def run_worker(
@@ -46,12 +49,13 @@ def run_worker(
     let it run `job_ids` to the end, and measure it; the worker stops on return."""
     with deployment.start_worker_on(cpus, **env) as worker:
         worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
-        cpu_before = worker.cpu_seconds()
+        cpu_before, switches_before = worker.cpu_seconds(), worker.context_switches()
         result = measure_throughput(
             deployment, job_ids, timeout_s=timeout_s, fill=fill, drain=drain
         )
         cpu_s = worker.cpu_seconds() - cpu_before
-    return WorkerRun(result, round(cpu_s * 1000 / result.jobs, 2))
+        switches = worker.context_switches() - switches_before
+    return WorkerRun(result, round(cpu_s * 1000 / result.jobs, 2), round(switches / result.jobs, 1))
 
 
 def measure_throughput(

@@ -57,6 +57,18 @@ class ChildProcess:
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def context_switches(self) -> int:
+        """Context switches so far, voluntary and not, of the process's threads alive now
+        (Linux: from /proc). A thread that waits for a lock or the GIL switches out."""
+        switches = 0
+        for status in Path(f"/proc/{self.process.pid}/task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except OSError:  # the thread ended
+                continue
+            switches += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+        return switches
+
     def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()[-lines:]
 
