@@ -315,7 +315,8 @@ def _retry_or_fail(ctx: WorkerContext, claim: Claim, exc: ToonqError) -> Outcome
         attempt=claim.attempt,
         delay_s=round(delay, 2),
     )
-    ctx.sender.send(ctx.store.get(claim.job.id), countdown=delay)
+    # The message names the job and its priority, which no transition changes: no read again.
+    ctx.sender.send(claim.job, countdown=delay)
     return _counted(Outcome.RETRYING, exc.code)
 
 
