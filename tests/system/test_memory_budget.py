@@ -33,7 +33,8 @@ SIDE = 4000
 #: Jobs sent at once, and as many job threads and CPU slots: without a budget they would all
 #: decode and prepare together.
 BURST = 8
-WAIT_S = 600
+#: Under pytest's timeout, so that a stuck run fails with the worker's threads.
+WAIT_S = 240
 
 
 @contextmanager

@@ -54,6 +54,27 @@ def system(start_cluster: StartCluster, tiny_model_dir: Path) -> Cluster:
     )
 
 
+def test_jobs_still_running_after_the_wait_are_reported_with_the_workers_threads(
+    start_cluster: StartCluster,
+) -> None:
+    stuck = start_cluster(
+        "stuck-worker",
+        TOONQ_MODEL="standin:20000",  # a batch takes 20 s
+        TOONQ_RESOLUTION="64",
+        TOONQ_SWEEP_INTERVAL_S="0",
+        TOONQ_SHUTDOWN_GRACE_S="1",
+    )
+    stuck.client.submit(stuck.put_input("slow.png", png_bytes((64, 64))))
+
+    with pytest.raises(TimeoutError) as raised:
+        stuck.wait_until_final(timeout_s=3)
+
+    message = str(raised.value)
+    assert message.startswith("1 jobs still unfinished after 3 s")
+    assert "--- the threads of " in message
+    assert "standin.py" in message  # the GPU loop, in the stand-in model's batch
+
+
 def test_happy_path_writes_an_rgba_cutout_of_the_input_size(system: Cluster) -> None:
     uri = system.put_input("happy.png", png_bytes((200, 150)))
     job = system.client.submit(uri)

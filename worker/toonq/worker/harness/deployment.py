@@ -208,9 +208,10 @@ class Deployment:
         return int(count)
 
     def wait_until_final(self, *, timeout_s: float, poll_s: float = 0.25) -> None:
-        """Wait until every job is in a final state; TimeoutError after `timeout_s`. The poll
-        only counts, so that it costs the system it watches next to nothing; a database that is
-        down for a while (a test restarting it) is waited for within the same timeout."""
+        """Wait until every job is in a final state; TimeoutError after `timeout_s`, with what
+        the running workers' threads were doing. The poll only counts, so that it costs the
+        system it watches next to nothing; a database that is down for a while (a test
+        restarting it) is waited for within the same timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -222,5 +223,10 @@ class Deployment:
                 if left == 0:
                     return
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{left} jobs still unfinished after {timeout_s} s")
+                    stacks = "".join(
+                        f"\n--- the threads of {worker.name} ---\n{worker.threads()}"
+                        for worker in self.workers
+                        if worker.running
+                    )
+                    raise TimeoutError(f"{left} jobs still unfinished after {timeout_s} s{stacks}")
             time.sleep(poll_s)

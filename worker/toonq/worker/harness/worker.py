@@ -8,7 +8,10 @@ unless TOONQ_METRICS_HOST names another: a harness's worker is nobody else's bus
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -46,6 +49,18 @@ class WorkerProcess(ChildProcess):
     def ready(self) -> bool:
         """Whether the worker consumes now."""
         return answers_ok(f"http://127.0.0.1:{self.port}/readyz")
+
+    def threads(self, *, wait_s: float = 2.0) -> str:
+        """What the worker's threads are doing: their stacks, which Celery's worker writes to
+        its log on SIGUSR1 (waited for `wait_s`); empty if the worker has exited."""
+        if not self.running:
+            return ""
+        written = self.log_path.stat().st_size
+        os.kill(self.process.pid, signal.SIGUSR1)
+        time.sleep(wait_s)
+        with self.log_path.open("rb") as log:
+            log.seek(written)
+            return log.read().decode(errors="replace")
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Wait until the worker consumes; ProcessExitedError if it exits first (a missing
