@@ -100,10 +100,9 @@ def guarded_update(
 def guarded_update_all(guard: Selection, values: Mapping[str, Any]) -> Bound:
     """UPDATE every job `guard` matches RETURNING their ids."""
     by_column = columns(values)
-    values_parameters = {f"v_{name}": value for name, value in by_column.items()}
     return Bound(
         _update_all(_shape(guard), tuple(by_column)),
-        _selection_parameters(guard) | values_parameters,
+        _selection_parameters(guard) | _value_parameters(by_column),
     )
 
 
@@ -143,7 +142,7 @@ def claim_if_waiting(
     recorded = {name: value for name, value in event.items() if name != "details"}
     statement = _claim_if_waiting(due_by is not None, tuple(by_column), tuple(recorded))
     parameters = {"job_id": job_id, "due_by": due_by}
-    parameters |= {f"v_{name}": value for name, value in by_column.items()}
+    parameters |= _value_parameters(by_column)
     parameters |= {f"e_{name}": value for name, value in recorded.items()}
     return Bound(statement, parameters)
 
@@ -175,8 +174,11 @@ def _selection_parameters(selection: Selection) -> dict[str, Any]:
 def _update_parameters(
     job_id: uuid.UUID, guard: Selection, by_column: Mapping[str, Any]
 ) -> dict[str, Any]:
-    values = {f"v_{name}": value for name, value in by_column.items()}
-    return {"job_id": job_id, **_selection_parameters(guard), **values}
+    return {"job_id": job_id, **_selection_parameters(guard), **_value_parameters(by_column)}
+
+
+def _value_parameters(by_column: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"v_{name}": value for name, value in by_column.items()}
 
 
 def _clause_parameters(number: int, clause: Clause) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def _update(guard: _Shape, value_columns: tuple[str, ...], whole_row: bool) -> U
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), _condition(guard))
-        .values(_bound_values(value_columns))
+        .values({name: _param("v_", name) for name in value_columns})
         .returning(*((JOBS,) if whole_row else (JOBS.c.id,)))
     )
 
@@ -223,13 +225,9 @@ def _update_all(guard: _Shape, value_columns: tuple[str, ...]) -> Update:
     return (
         update(JOBS)
         .where(_condition(guard))
-        .values(_bound_values(value_columns))
+        .values({name: _param("v_", name) for name in value_columns})
         .returning(JOBS.c.id)
     )
-
-
-def _bound_values(value_columns: tuple[str, ...]) -> dict[str, Any]:
-    return {name: bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in value_columns}
 
 
 @functools.lru_cache(maxsize=256)

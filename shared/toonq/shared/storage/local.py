@@ -124,9 +124,8 @@ class LocalStore:
         """Replace the file at `uri`, atomically, with the one `create` makes at a path."""
         path = self._resolve(uri)
         folder, name = os.path.split(path)
-        # A unique name beside the target (same file system, so os.replace is atomic); a new
-        # file is created with open() so that it gets the usual umask permissions, unlike
-        # mkstemp's 0600.
+        # A unique name beside the target (same file system, so os.replace is atomic), not
+        # mkstemp's: its 0600 would leave the published file unreadable to others.
         temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             try:
