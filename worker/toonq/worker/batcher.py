@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import torch
 
@@ -64,6 +64,25 @@ class _Request:
 
 class BatcherStoppedError(RuntimeError):
     """The GPU loop was stopped: the job cannot run in this process any more."""
+
+
+class Batcher(Protocol):
+    """What a job's threads hand model inputs to: the GPU loop of their own process, or of the
+    worker's model process (`toonq.worker.model_link.RemoteBatcher`)."""
+
+    max_batch_size: int
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+    def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
+        """Queue one image's model input (1×C×H×W); the future holds its logits."""
+        ...
+
+    def run(self, model_input: torch.Tensor) -> BatchResult:
+        """Submit and wait."""
+        ...
 
 
 class InferenceBatcher(Generic[Stacked]):

@@ -42,7 +42,7 @@ from toonq.shared.text import check_text
 from toonq.shared.webhooks.delivery import WebhookDeliverer, WebhookThread
 from toonq.worker import metrics
 from toonq.worker.allocator import keep_freed_memory
-from toonq.worker.batcher import InferenceBatcher
+from toonq.worker.batcher import Batcher, InferenceBatcher
 from toonq.worker.cpus import CpuSlots, usable_cpus
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
 from toonq.worker.engine.weights import load_model
@@ -163,18 +163,10 @@ class DeviceFailure:
         log.error("worker_stopped_taking_jobs", queue=self._queue, reason=reason)
 
 
-def build_context(
-    settings: Settings,
-    *,
-    worker_name: str,
-    health: Health,
-    concurrency: int | None = None,
-    on_failed: Callable[[str], None] | None = None,
-) -> tuple[WorkerContext, Pipeline]:
-    started = time.perf_counter()
-    # The jobs' object store is sized once the pipeline is known; loading the model needs one.
+def load_engine(settings: Settings) -> MattingEngine:
+    """The model named by the settings, loaded onto its device (not warmed up yet)."""
     loaded = load_model(settings.model, store=open_store(settings))
-    engine = MattingEngine(
+    return MattingEngine(
         loaded,
         device=settings.device,
         precision=settings.precision,
@@ -186,43 +178,84 @@ def build_context(
         compile_mode=settings.compile_mode,
         channels_last=settings.channels_last,
     )
-    pipeline = Pipeline.for_device(settings, engine, concurrency)
-    objects = open_store(settings, concurrency=pipeline.concurrency)
-    # A connection for each job in flight, and for the lease keeper and the recovery thread.
-    store = SqlJobStore(
-        create_db_engine(
-            settings.database_url,
-            pool_size=pipeline.concurrency + 2,
-            statement_timeout_s=settings.db_statement_timeout_s,
-        )
-    )
+
+
+def warm_up(engine: MattingEngine, pipeline: Pipeline, *, started: float) -> None:
+    """Size PyTorch's CPU pool, run the warm-up batches and report the model's metrics."""
     if engine.device.type == "cpu":
         # PyTorch sizes its pool from the host's cores, not from what this process may use.
         torch.set_num_threads(pipeline.cpu_workers)
     engine.warmup(pipeline.max_batch_size)
     metrics.set_model_load_seconds(time.perf_counter() - started)
     metrics.watch_compiled_shapes(lambda: len(engine.compiled_shapes))
-    # After the warm-up: the default budget leaves out the peak the model has reached.
-    memory = MemoryBudget(
-        settings.memory_budget_mb * MIB
-        or default_budget_bytes(
-            concurrency=pipeline.concurrency, max_input_bytes=settings.max_input_bytes
+    metrics.watch_gpu_memory(engine.device)
+
+
+def default_memory_budget(settings: Settings, concurrency: int) -> int:
+    """`TOONQ_MEMORY_BUDGET_MB`, or what is left for images: called once the model is warm, so
+    that the default leaves out the peak the model has reached."""
+    return settings.memory_budget_mb * MIB or default_budget_bytes(
+        concurrency=concurrency, max_input_bytes=settings.max_input_bytes
+    )
+
+
+def job_context(
+    settings: Settings,
+    *,
+    engine: MattingEngine,
+    batcher: Batcher,
+    concurrency: int,
+    cpu_workers: int,
+    memory: MemoryBudget,
+    worker_name: str,
+) -> WorkerContext:
+    """What the jobs of one process share: stores, queue, lease keeper, limits."""
+    objects = open_store(settings, concurrency=concurrency)
+    # A connection for each job in flight, and for the lease keeper and the recovery thread.
+    store = SqlJobStore(
+        create_db_engine(
+            settings.database_url,
+            pool_size=concurrency + 2,
+            statement_timeout_s=settings.db_statement_timeout_s,
         )
     )
-    metrics.watch_gpu_memory(engine.device)
-    batcher = pipeline.batcher(engine, on_beat=health.beat, on_failed=on_failed)
     app = create_celery_app(settings)
-    context = WorkerContext(
+    return WorkerContext(
         settings=settings,
         store=store,
         objects=objects,
         uris=UriPolicy.from_settings(settings),
         engine=engine,
         batcher=batcher,
-        cpu=CpuSlots(pipeline.cpu_workers),
+        cpu=CpuSlots(cpu_workers),
         memory=memory,
         leases=LeaseKeeper(store, lease_s=settings.lease_s, job_timeout_s=settings.job_timeout_s),
         sender=Sender(app, store, queue=settings.queue, tenants=TenantLimits.of(settings)),
+        worker_name=worker_name,
+    )
+
+
+def build_context(
+    settings: Settings,
+    *,
+    worker_name: str,
+    health: Health,
+    concurrency: int | None = None,
+    on_failed: Callable[[str], None] | None = None,
+) -> tuple[WorkerContext, Pipeline]:
+    started = time.perf_counter()
+    engine = load_engine(settings)
+    pipeline = Pipeline.for_device(settings, engine, concurrency)
+    warm_up(engine, pipeline, started=started)
+    memory = MemoryBudget(default_memory_budget(settings, pipeline.concurrency))
+    batcher = pipeline.batcher(engine, on_beat=health.beat, on_failed=on_failed)
+    context = job_context(
+        settings,
+        engine=engine,
+        batcher=batcher,
+        concurrency=pipeline.concurrency,
+        cpu_workers=pipeline.cpu_workers,
+        memory=memory,
         worker_name=worker_name,
     )
     return context, pipeline
@@ -290,12 +323,18 @@ def run_worker(
     worker_name = settings.worker_name or default_worker_name(gpu)
     check_identity(worker_name, settings.model)
     keep_freed_memory()
+    if settings.job_processes > 1:
+        from toonq.worker.job_processes import run_model_process
+
+        run_model_process(settings, worker_name=worker_name, concurrency=concurrency)
+        return
     health = Health(liveness_timeout_s=settings.liveness_timeout_s)
     server = (
         serve(settings.metrics_port, health, host=settings.metrics_host)
         if settings.metrics_port
         else None
     )
+    watch_queue_depth(settings)
     device_failure = DeviceFailure(health, settings.queue)
     ctx, pipeline = build_context(
         settings,
@@ -304,19 +343,52 @@ def run_worker(
         concurrency=concurrency,
         on_failed=device_failure,
     )
+    try:
+        consume(
+            ctx,
+            health,
+            device_failure,
+            concurrency=pipeline.concurrency,
+            cpu_workers=pipeline.cpu_workers,
+            max_batch_size=pipeline.max_batch_size,
+            background_work=True,
+        )
+    finally:
+        if server is not None:
+            server.close()
+
+
+def watch_queue_depth(settings: Settings) -> None:
+    """Report the queue's Redis lists at each scrape of the worker's metrics."""
     if settings.metrics_queue_depth and not settings.is_embedded_broker:
         metrics.watch_queue_depth(settings.broker_url, queue_lists(settings.queue))
+
+
+def consume(
+    ctx: WorkerContext,
+    health: Health,
+    device_failure: DeviceFailure,
+    *,
+    concurrency: int,
+    cpu_workers: int,
+    max_batch_size: int,
+    background_work: bool,
+) -> None:
+    """Take the queue's messages with `concurrency` job threads until told to stop; with
+    `background_work`, also run the recovery and webhook threads (one process of a worker
+    does)."""
+    settings, worker_name = ctx.settings, ctx.worker_name
     app = ctx.sender.app
     register_tasks(app, lambda: ctx)
     shutdown = GracefulShutdown(ctx, health, settings.shutdown_grace_s)
     shutdown.install()
     device_failure.install()
     recovery = None
-    if settings.sweep_interval_s:
+    if settings.sweep_interval_s and background_work:
         recovery = RecoveryThread(ctx.store, ctx.sender, settings)
         recovery.start()
     webhooks = None
-    if settings.webhook_secret is not None:
+    if settings.webhook_secret is not None and background_work:
         deliverer = WebhookDeliverer(
             ctx.store, settings, actor=worker_name, secret=settings.webhook_secret
         )
@@ -329,9 +401,9 @@ def run_worker(
         "worker_ready",
         worker=worker_name,
         queue=settings.queue,
-        concurrency=pipeline.concurrency,
-        cpu_workers=pipeline.cpu_workers,
-        max_batch_size=pipeline.max_batch_size,
+        concurrency=concurrency,
+        cpu_workers=cpu_workers,
+        max_batch_size=max_batch_size,
         max_batch_wait_ms=settings.max_batch_wait_ms,
         memory_budget_mb=ctx.memory.total_bytes // MIB,
     )
@@ -340,7 +412,7 @@ def run_worker(
             hostname=f"toonq@{worker_name}",
             queues=[settings.queue],
             pool="threads",
-            concurrency=pipeline.concurrency,
+            concurrency=concurrency,
             # Mingle and gossip are cluster chatter this queue has no use for.
             without_mingle=True,
             without_gossip=True,
@@ -355,6 +427,4 @@ def run_worker(
             webhooks.stop()
         ctx.batcher.stop(timeout=5)
         ctx.leases.stop()
-        if server is not None:
-            server.close()
         log.info("worker_stopped", worker=worker_name)

@@ -18,15 +18,15 @@ import numpy as np
 import numpy.typing as npt
 
 from toonq.shared.job import JobParams
-from toonq.worker.batcher import BatchResult, InferenceBatcher
+from toonq.worker.batcher import Batcher, BatchResult
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.animation import Animation
-from toonq.worker.engine.matting import MatteResult, MattingEngine, PreparedImage, StackedBatch
+from toonq.worker.engine.matting import MatteResult, MattingEngine, PreparedImage
 
 
 def matte_input(
     engine: MattingEngine,
-    batcher: InferenceBatcher[StackedBatch],
+    batcher: Batcher,
     cpu: CpuSlots,
     data: bytes,
     params: JobParams,
@@ -48,7 +48,7 @@ def matte_input(
 
 def _matte_animation(
     engine: MattingEngine,
-    batcher: InferenceBatcher[StackedBatch],
+    batcher: Batcher,
     cpu: CpuSlots,
     animation: Animation,
     params: JobParams,

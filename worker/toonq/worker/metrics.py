@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -63,6 +63,10 @@ STAGE_BUCKETS_S = (
     900.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# How each gauge of a job process (`toonq.worker.job_processes`) adds to the worker's: summed over
+# the live ones, or, for the model process's own gauges, a zero that changes nothing.
+_SUMMED_OVER_JOB_PROCESSES: Final = "livesum"
+_MODEL_PROCESS_ONLY: Final = "max"
 # A scrape must answer well within Prometheus' default 10 s scrape timeout, Redis down or not.
 QUEUE_DEPTH_TIMEOUT_S = 0.5
 
@@ -213,29 +217,37 @@ class WorkerMetrics:
             "toonq_max_batch_size",
             "Largest batch the worker forms now (lowered by out-of-memory splits).",
             registry=registry,
+            multiprocess_mode=_MODEL_PROCESS_ONLY,
         )
         self._in_flight = Gauge(
-            "toonq_jobs_in_flight", "Jobs this worker holds right now.", registry=registry
+            "toonq_jobs_in_flight",
+            "Jobs this worker holds right now.",
+            registry=registry,
+            multiprocess_mode=_SUMMED_OVER_JOB_PROCESSES,
         )
         self._model_load_seconds = Gauge(
             "toonq_model_load_seconds",
             "Seconds the worker took to load and warm up its model.",
             registry=registry,
+            multiprocess_mode=_MODEL_PROCESS_ONLY,
         )
         self._memory_budget = Gauge(
             "toonq_memory_budget_bytes",
             "Host memory the worker lets the images of its jobs take at once.",
             registry=registry,
+            multiprocess_mode=_SUMMED_OVER_JOB_PROCESSES,
         )
         self._memory_reserved = Gauge(
             "toonq_memory_reserved_bytes",
             "Host memory reserved now by the jobs holding images.",
             registry=registry,
+            multiprocess_mode=_SUMMED_OVER_JOB_PROCESSES,
         )
         self._compiled_shapes = Gauge(
             "toonq_compiled_shapes",
             "Distinct input shapes the compiled model has run (each one a compiled graph).",
             registry=registry,
+            multiprocess_mode=_MODEL_PROCESS_ONLY,
         )
         self._scrape_errors = Counter(
             "toonq_metrics_scrape_errors_total",

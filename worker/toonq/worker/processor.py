@@ -37,7 +37,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from toonq.shared.choices import check_resolution
 from toonq.shared.errors import (
@@ -56,7 +55,7 @@ from toonq.shared.settings import Settings
 from toonq.shared.storage import ObjectStore, UriPolicy
 from toonq.shared.storage.uri import staged_output_uri
 from toonq.worker import metrics
-from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
+from toonq.worker.batcher import Batcher, BatcherStoppedError
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MatteResult, MattingEngine
 from toonq.worker.lease import ClaimLostError, LeaseKeeper
@@ -77,7 +76,7 @@ class WorkerContext:
     #: Checked again before each attempt: a job row may come from an older producer.
     uris: UriPolicy
     engine: MattingEngine
-    batcher: InferenceBatcher[Any]
+    batcher: Batcher
     cpu: CpuSlots
     memory: MemoryBudget
     leases: LeaseKeeper

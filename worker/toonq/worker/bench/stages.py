@@ -32,7 +32,7 @@ from toonq.shared.settings import DEFAULT_BG_COLOR
 from toonq.worker.bench.images import KINDS, Kind, cutout
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
 from toonq.worker.bench.timing import time_interleaved
-from toonq.worker.engine.compositing import _swap_bg_to_gray
+from toonq.worker.engine.compositing import _swap_bg_to_gray, composite_rgb
 from toonq.worker.engine.decode import decode_image
 from toonq.worker.engine.encode import (
     WEBP_METHOD,
@@ -133,7 +133,8 @@ def _measure_image(
     name = f"{kind} {megapixels} MP"
     height, width = pixels.shape[:2]
     rgba = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
-    grey = _swap_bg_to_gray(rgba)
+    # What the engine on the CPU resizes: the composite's H×W×3 array, seen as 1×3×H×W.
+    grey = torch.from_numpy(composite_rgb(pixels)).permute(2, 0, 1).unsqueeze(0)
     rgb, alpha = pixels[..., :3].transpose(2, 0, 1), pixels[..., 3]
     alpha_t = torch.from_numpy(np.ascontiguousarray(alpha))
     logits = torch.zeros(1, resolution, resolution)
@@ -145,7 +146,8 @@ def _measure_image(
             for fmt, data in inputs.items()
         ],
         "preprocess": [
-            ("composite onto grey", partial(_swap_bg_to_gray, rgba)),
+            ("composite onto grey", partial(composite_rgb, pixels)),
+            ("composite onto grey, torch (the GPU path's code)", partial(_swap_bg_to_gray, rgba)),
             (
                 "resize + normalise to the model input",
                 partial(to_model_input, grey, resolution),

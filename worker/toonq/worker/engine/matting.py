@@ -137,6 +137,19 @@ class _Stopwatch:
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000
 
 
+@dataclass(frozen=True)
+class RemoteModel:
+    """The identity of a model that another process runs: an engine made with it prepares and
+    finishes images on the CPU (a job process's), in the precision the model takes."""
+
+    name: str
+    revision: str | None
+
+
+def _runs_elsewhere(batch: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("this engine's model runs in another process (RemoteModel)")
+
+
 class MattingEngine:
     """A loaded model on its device, ready to matte images.
 
@@ -145,7 +158,7 @@ class MattingEngine:
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        loaded: LoadedModel | RemoteModel,
         *,
         device: str = "auto",
         precision: str = "auto",
@@ -164,19 +177,23 @@ class MattingEngine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         configure_numerics(self.dtype)
-        model = loaded.model.to(device=self.device, dtype=self.dtype).eval()
         self.channels_last = channels_last
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.compiled = compile_mode != "off"
-        self._eager: Callable[[torch.Tensor], torch.Tensor] = model
+        self._eager: Callable[[torch.Tensor], torch.Tensor] = _runs_elsewhere
+        if isinstance(loaded, LoadedModel):
+            model = loaded.model.to(device=self.device, dtype=self.dtype).eval()
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self._eager = model
+        self.compiled = compile_mode != "off" and isinstance(loaded, LoadedModel)
         # Compiled graphs (and the CUDA graphs of "reduce-overhead") are specialised to shapes:
         # only batches at the engine's resolution, padded to a few fixed sizes, each compiled
         # during the warm-up, reach them (`_runs_compiled`). Static (dynamic=False): a new shape
         # is a graph of its own, never a recompile of all of them into a dynamic one.
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = (
             torch.compile(
-                model, mode=None if compile_mode == "default" else compile_mode, dynamic=False
+                self._eager,
+                mode=None if compile_mode == "default" else compile_mode,
+                dynamic=False,
             )
             if self.compiled
             else None
@@ -272,6 +289,8 @@ class MattingEngine:
             first = parts[0]
             parts.append(first.new_zeros((batch_bucket(count) - count, *first.shape[1:])))
         batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+        # Inputs a job process prepared arrive in host memory.
+        batch = batch.to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return StackedBatch(batch, count)
