@@ -27,6 +27,7 @@ folder of memory-mapped files), summed with the model process's own.
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import multiprocessing
 import os
@@ -155,7 +156,8 @@ def _run(
         spec = JobProcessSpec(
             settings=settings,
             index=index,
-            worker_name=f"{worker_name}/{index}",
+            # One name for all: the jobs record the worker (one per GPU), not its process.
+            worker_name=worker_name,
             model=RemoteModel(engine.model_name, engine.model_revision),
             precision=_precision_name(engine),
             max_batch_size=pipeline.max_batch_size,
@@ -180,6 +182,7 @@ def _run(
             )
         )
         processes.append(process)
+    _on_thread_dump_signal(processes)
     batcher.start()
     for model_server in servers:
         model_server.start()
@@ -231,6 +234,19 @@ def _stop(processes: Iterable[multiprocessing.process.BaseProcess], *, grace_s: 
     for process in processes:
         if process.pid is not None:
             mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+
+
+def _on_thread_dump_signal(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """SIGUSR1 writes this process's thread stacks to stderr, as Celery's does in a job process,
+    and passes the signal on to the job processes."""
+
+    def pass_on(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGUSR1)
+
+    signal.signal(signal.SIGUSR1, pass_on)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
 
 
 def _on_stop_signals(stop: Callable[[], None]) -> None:
@@ -287,6 +303,7 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
         concurrency=spec.concurrency,
         cpu_workers=spec.cpu_workers,
         max_batch_size=spec.max_batch_size,
+        hostname=f"toonq{spec.index}@{spec.worker_name}",
         background_work=spec.index == 0,
     )
 

@@ -351,6 +351,7 @@ def run_worker(
             concurrency=pipeline.concurrency,
             cpu_workers=pipeline.cpu_workers,
             max_batch_size=pipeline.max_batch_size,
+            hostname=f"toonq@{worker_name}",
             background_work=True,
         )
     finally:
@@ -372,11 +373,12 @@ def consume(
     concurrency: int,
     cpu_workers: int,
     max_batch_size: int,
+    hostname: str,
     background_work: bool,
 ) -> None:
-    """Take the queue's messages with `concurrency` job threads until told to stop; with
-    `background_work`, also run the recovery and webhook threads (one process of a worker
-    does)."""
+    """Take the queue's messages with `concurrency` job threads, as the Celery node `hostname`,
+    until told to stop; with `background_work`, also run the recovery and webhook threads (one
+    process of a worker does)."""
     settings, worker_name = ctx.settings, ctx.worker_name
     app = ctx.sender.app
     register_tasks(app, lambda: ctx)
@@ -409,7 +411,7 @@ def consume(
     )
     try:
         app.Worker(
-            hostname=f"toonq@{worker_name}",
+            hostname=hostname,
             queues=[settings.queue],
             pool="threads",
             concurrency=concurrency,

@@ -147,7 +147,7 @@ class ModelServer:
 
     def _write(self) -> None:
         while (item := self._replies.get()) is not None:
-            reply = item if isinstance(item, Stopped) else self._reply(*item)
+            reply = item if isinstance(item, Stopped | Refused) else self._reply(*item)
             try:
                 self._connection.send(reply)
             except (BrokenPipeError, EOFError, OSError):

@@ -1,0 +1,136 @@
+"""A job process's `RemoteBatcher` and the model process's `ModelServer` over a real pipe and real
+shared memory, the two ends in one process: the GPU loop's answers, errors and stop cross the
+link with their meaning."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.unit.test_batcher import RecordingModel, image
+from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
+from toonq.worker.model_link import ModelCallError, ModelServer, RemoteBatcher
+from toonq.worker.shared_tensors import BlockPool, MappedBlocks
+
+
+@dataclass
+class Link:
+    model: RecordingModel
+    batcher: InferenceBatcher[torch.Tensor]
+    server: ModelServer
+    remote: RemoteBatcher
+    readiness: list[bool] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    device_failures: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Iterator[Link]:
+    model = RecordingModel()
+    readiness: list[bool] = []
+    failures: list[str] = []
+    device_failures: list[str] = []
+    servers: list[ModelServer] = []
+
+    def device_failed(reason: str) -> None:
+        device_failures.append(reason)
+        for server in servers:
+            server.tell_stopped(reason)
+
+    batcher = InferenceBatcher(
+        model.stack,
+        model.run,
+        max_batch_size=4,
+        max_wait_s=0.05,
+        max_failed_batches=2,
+        on_failed=device_failed,
+    )
+    ours, theirs = multiprocessing.Pipe()
+    server = ModelServer(
+        ours, batcher, MappedBlocks(tmp_path), on_readiness=readiness.append, name="test"
+    )
+    servers.append(server)
+    remote = RemoteBatcher(theirs, BlockPool(tmp_path), max_batch_size=4, on_failed=failures.append)
+    batcher.start()
+    server.start()
+    remote.start()
+    yield Link(model, batcher, server, remote, readiness, failures, device_failures)
+    remote.stop()
+    batcher.stop(timeout=5)
+    server.stop()
+    ours.close()
+    theirs.close()
+
+
+def test_inputs_come_back_as_their_logits_batched_with_each_other(link: Link) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: link.remote.run(image(n)), range(8)))
+    for n, result in enumerate(results):
+        assert torch.equal(result.logits, image(n) * 2)
+    assert sum(link.model.batches) == 8
+    assert max(link.model.batches) > 1
+    assert all(result.batch_size in link.model.batches for result in results)
+
+
+def test_blocks_are_reused_for_inputs_of_one_size(link: Link, tmp_path: Path) -> None:
+    for n in range(5):
+        assert torch.equal(link.remote.run(image(n)).logits, image(n) * 2)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_failed_batch_is_a_model_call_error(link: Link) -> None:
+    link.model.fail_next = True
+    with pytest.raises(ModelCallError, match="device fault"):
+        link.remote.run(image(1))
+    assert torch.equal(link.remote.run(image(2)).logits, image(2) * 2)
+    assert link.failures == []
+
+
+def test_a_device_that_fails_batch_after_batch_stops_the_job_process(link: Link) -> None:
+    link.model.broken = True
+    for _ in range(2):
+        with pytest.raises((ModelCallError, BatcherStoppedError)):
+            link.remote.run(image(1))
+    link.batcher.stop(timeout=5)  # joined: the loop has told the server
+    with pytest.raises(BatcherStoppedError):
+        link.remote.run(image(1)).logits  # noqa: B018
+    assert link.device_failures and link.failures == link.device_failures
+
+
+def test_a_stopped_model_process_refuses_inputs_as_stopped(link: Link) -> None:
+    link.batcher.stop(timeout=5)
+    with pytest.raises(BatcherStoppedError):
+        link.remote.run(image(1))
+
+
+def test_a_lost_model_process_fails_what_waits_and_what_comes(tmp_path: Path) -> None:
+    ours, theirs = multiprocessing.Pipe()
+    failures: list[str] = []
+    remote = RemoteBatcher(theirs, BlockPool(tmp_path), max_batch_size=1, on_failed=failures.append)
+    remote.start()
+    waiting = remote.submit(image(1))  # nobody answers
+    ours.close()
+    with pytest.raises(BatcherStoppedError, match="model process is gone"):
+        waiting.result(timeout=5)
+    with pytest.raises(BatcherStoppedError):
+        remote.submit(image(2))
+    assert failures == ["the worker's model process is gone"]
+    theirs.close()
+
+
+def test_readiness_reaches_the_model_process(link: Link) -> None:
+    link.remote.report_readiness(True)
+    link.remote.report_readiness(False)
+    link.remote.run(image(0))  # after the readiness, in order on the pipe
+    assert link.readiness == [True, False]
+
+
+def test_a_block_name_that_leaves_the_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a block name"):
+        MappedBlocks(tmp_path).tensor("../etc", (1,), torch.uint8)
