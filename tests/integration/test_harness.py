@@ -54,6 +54,29 @@ def test_context_switches_count_every_thread_of_the_process(tmp_path: Path) -> N
         assert process.context_switches() >= 400
 
 
+def test_cpu_time_and_context_switches_count_the_processes_it_started(tmp_path: Path) -> None:
+    # The parent sleeps; its child spins for 0.5 s of CPU and naps 200 times, then stays alive.
+    child = (
+        "import time\n"
+        "end = time.process_time() + 0.5\n"
+        "while time.process_time() < end: pass\n"
+        "for _ in range(200): time.sleep(0.001)\n"
+        "print('done', flush=True)\n"
+        "time.sleep(60)"
+    )
+    script = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\n"
+    script += "time.sleep(60)"
+    with python(script, tmp_path / "log") as process:
+        process.wait_until(
+            lambda: "done" in process.log_path.read_text(),
+            waiting_for="the child's work",
+            timeout_s=30,
+        )
+
+        assert process.cpu_seconds() >= 0.5
+        assert process.context_switches() >= 200
+
+
 def test_waiting_gives_up_after_the_timeout(tmp_path: Path) -> None:
     with python(
         "import time; print('still here', flush=True); time.sleep(60)", tmp_path / "log"

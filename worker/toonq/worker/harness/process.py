@@ -51,23 +51,44 @@ class ChildProcess:
         return self.process.poll() is None
 
     def cpu_seconds(self) -> float:
-        """CPU time the process has used so far, user and system (Linux: from /proc)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # The fields after the command name, which is in parentheses and may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time the process and its live descendants (a worker's job processes) have used
+        so far, user and system (Linux: from /proc)."""
+        ticks = 0
+        for pid in self._tree():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:  # it ended
+                continue
+            # The fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def context_switches(self) -> int:
-        """Context switches so far, voluntary and not, of the process's threads alive now
-        (Linux: from /proc). A thread that waits for a lock or the GIL switches out."""
+        """Context switches so far, voluntary and not, of the threads alive now of the process
+        and its descendants (Linux: from /proc). A thread that waits for a lock or the GIL
+        switches out."""
         switches = 0
-        for status in Path(f"/proc/{self.process.pid}/task").glob("*/status"):
-            try:
-                lines = status.read_text().splitlines()
-            except OSError:  # the thread ended
-                continue
-            switches += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+        for pid in self._tree():
+            for status in Path(f"/proc/{pid}/task").glob("*/status"):
+                try:
+                    lines = status.read_text().splitlines()
+                except OSError:  # the thread ended
+                    continue
+                switches += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
         return switches
+
+    def _tree(self) -> list[int]:
+        """The process and its descendants alive now."""
+        tree, index = [self.process.pid], 0
+        while index < len(tree):
+            pid, index = tree[index], index + 1
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    tree += [int(child) for child in children.read_text().split()]
+                except OSError:
+                    continue
+        return tree
 
     def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()[-lines:]
