@@ -130,3 +130,14 @@ def test_sigterm_stops_every_process(system: Cluster) -> None:
         assert len(children) == 2
         assert worker.stop(timeout_s=60) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_job_processes_outliving_their_model_process_stop(system: Cluster) -> None:
+    with system.start_worker("orphaned", TOONQ_QUEUE=system.new_queue("orphaned")) as worker:
+        worker.wait_ready()
+        children = job_process_pids(worker.process.pid)
+        worker.kill()
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "job processes outlived their model process"
+            time.sleep(0.2)

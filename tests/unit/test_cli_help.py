@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from toonq.producer.cli.main import cli
 from toonq.shared.settings import Settings
-from toonq.worker.main import default_concurrency
+from toonq.worker.pipeline import default_concurrency
 
 
 @pytest.mark.parametrize("batch_size", [1, 8])

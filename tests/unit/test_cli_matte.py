@@ -20,7 +20,7 @@ from toonq.shared.job import JobParams
 from toonq.worker.cli.matte_files import matte_files
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model
-from toonq.worker.main import Pipeline
+from toonq.worker.pipeline import Pipeline
 
 RESOLUTION = 64
 PARAMS = JobParams(bg_color="#808080", format="png", resolution=RESOLUTION)

@@ -5,6 +5,7 @@ link with their meaning."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -113,7 +114,10 @@ def test_a_stopped_model_process_refuses_inputs_as_stopped(link: Link) -> None:
 def test_a_lost_model_process_fails_what_waits_and_what_comes(tmp_path: Path) -> None:
     ours, theirs = multiprocessing.Pipe()
     failures: list[str] = []
-    remote = RemoteBatcher(theirs, BlockPool(tmp_path), max_batch_size=1, on_failed=failures.append)
+    lost = threading.Event()
+    remote = RemoteBatcher(
+        theirs, BlockPool(tmp_path), max_batch_size=1, on_failed=failures.append, on_lost=lost.set
+    )
     remote.start()
     waiting = remote.submit(image(1))  # nobody answers
     ours.close()
@@ -122,6 +126,7 @@ def test_a_lost_model_process_fails_what_waits_and_what_comes(tmp_path: Path) ->
     with pytest.raises(BatcherStoppedError):
         remote.submit(image(2))
     assert failures == ["the worker's model process is gone"]
+    assert lost.is_set()
     theirs.close()
 
 

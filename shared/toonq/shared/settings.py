@@ -226,8 +226,8 @@ class Settings:
     #: process may use (affinity, capped by the cgroup CPU quota).
     cpu_workers: int = _setting("TOONQ_CPU_WORKERS", 0, _int())
     #: Processes that take the jobs' messages and do their CPU work, beside the one that owns
-    #: the model and the GPU loop; 1: one process does both.
-    job_processes: int = _setting("TOONQ_JOB_PROCESSES", 1, _int(minimum=1))
+    #: the model and the GPU loop; 1: one process does both; 0: chosen from the device and CPUs.
+    job_processes: int = _setting("TOONQ_JOB_PROCESSES", 0, _int())
     max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
     max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
     #: Failed batches in a row after which a worker takes its device for broken: it stops taking

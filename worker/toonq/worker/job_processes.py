@@ -28,7 +28,6 @@ folder of memory-mapped files), summed with the model process's own.
 from __future__ import annotations
 
 import faulthandler
-import math
 import multiprocessing
 import os
 import shutil
@@ -51,21 +50,13 @@ from prometheus_client.registry import Collector
 from toonq.shared.logging import configure_logging, get_logger
 from toonq.shared.settings import Settings
 from toonq.worker.allocator import keep_freed_memory
+from toonq.worker.consumer import DeviceFailure, consume, job_context, watch_queue_depth
 from toonq.worker.engine.device import PRECISIONS
 from toonq.worker.engine.matting import MattingEngine, RemoteModel
 from toonq.worker.health import Health, serve
-from toonq.worker.main import (
-    DeviceFailure,
-    Pipeline,
-    consume,
-    default_memory_budget,
-    job_context,
-    load_engine,
-    warm_up,
-    watch_queue_depth,
-)
 from toonq.worker.memory import MemoryBudget, peak_private_bytes
 from toonq.worker.model_link import ModelServer, RemoteBatcher
+from toonq.worker.pipeline import Pipeline, default_memory_budget, load_engine, warm_up
 from toonq.worker.shared_tensors import DEFAULT_ROOT, BlockPool, MappedBlocks
 
 log = get_logger(__name__)
@@ -136,7 +127,8 @@ def _run(
     engine = load_engine(settings)
     pipeline = Pipeline.for_device(settings, engine, concurrency)
     warm_up(engine, pipeline, started=started)
-    count = settings.job_processes
+    # No more job processes than jobs in flight: each holds at least one.
+    count = min(settings.job_processes, pipeline.concurrency)
     budget = default_memory_budget(settings, pipeline.concurrency)
     blocks_folder = folder / "blocks"
     blocks_folder.mkdir()
@@ -161,7 +153,7 @@ def _run(
             model=RemoteModel(engine.model_name, engine.model_revision),
             precision=_precision_name(engine),
             max_batch_size=pipeline.max_batch_size,
-            concurrency=math.ceil(pipeline.concurrency / count),
+            concurrency=_share(pipeline.concurrency, count, index),
             cpu_workers=max(1, pipeline.cpu_workers // count),
             memory_budget_bytes=budget // count,
             blocks_folder=blocks_folder,
@@ -270,6 +262,8 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
         BlockPool(spec.blocks_folder),
         max_batch_size=spec.max_batch_size,
         on_failed=device_failure,
+        # Alone, the job process has nothing to run its jobs: it stops as on SIGTERM.
+        on_lost=partial(os.kill, os.getpid(), signal.SIGTERM),
     )
     health.batcher = batcher
     engine = MattingEngine(
@@ -383,6 +377,11 @@ def _add_samples(
         else:
             known = into.samples[at]
             into.samples[at] = known._replace(value=known.value + sample.value)
+
+
+def _share(total: int, count: int, index: int) -> int:
+    """Job process `index`'s part of `total` split as evenly as can be among `count`."""
+    return total // count + (index < total % count)
 
 
 def _precision_name(engine: MattingEngine) -> str:

@@ -189,11 +189,15 @@ class RemoteBatcher:
         *,
         max_batch_size: int,
         on_failed: Callable[[str], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
+        """`on_failed` hears why the GPU loop stopped (or the model process is gone, after
+        which `on_lost` is called too)."""
         self.max_batch_size = max_batch_size
         self._connection = connection
         self._blocks = blocks
         self._on_failed = on_failed or (lambda _reason: None)
+        self._on_lost = on_lost or (lambda: None)
         self._ids = itertools.count()
         self._pending: dict[int, tuple[Future[BatchResult], Block]] = {}
         self._lock = threading.Lock()
@@ -278,6 +282,7 @@ class RemoteBatcher:
         if self._fail_all(reason):
             log.error("model_process_lost")
             self._on_failed(reason)
+            self._on_lost()
 
     def _fail_all(self, reason: str) -> bool:
         """Stop for good with `reason`; True the first time."""

@@ -25,7 +25,7 @@ from toonq.worker.bench.report import PIPELINE_EFFICIENCY, BenchOptions, Section
 from toonq.worker.bench.services import bench_deployment
 from toonq.worker.bench.throughput import Throughput, run_worker
 from toonq.worker.harness.deployment import Deployment
-from toonq.worker.main import default_concurrency
+from toonq.worker.pipeline import default_concurrency
 from toonq.worker.samples import anime_sample
 
 #: Image sizes by megapixels (the report's keys): 1024x1024 and 2048x2048.

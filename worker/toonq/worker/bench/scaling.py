@@ -38,7 +38,7 @@ from toonq.worker.bench.services import bench_deployment
 from toonq.worker.bench.throughput import run_worker
 from toonq.worker.bench.timing import time_interleaved
 from toonq.worker.harness.deployment import Deployment
-from toonq.worker.main import default_concurrency
+from toonq.worker.pipeline import default_concurrency
 
 #: Host sizes the projection is given for.
 PROJECTED_CORES: Final = (1, 2, 4, 8, 16, 32)

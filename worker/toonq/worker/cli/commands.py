@@ -21,7 +21,8 @@ from toonq.worker.engine.device import resolve_device
 from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import load_model, random_model
 from toonq.worker.gpu import pin_gpu
-from toonq.worker.main import Pipeline, run_worker
+from toonq.worker.main import run_worker
+from toonq.worker.pipeline import Pipeline
 
 model_option = click.option(
     "--model",

@@ -20,8 +20,8 @@ from toonq.shared.job import JobParams
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.matting import MattingEngine, StackedBatch
-from toonq.worker.main import Pipeline
 from toonq.worker.matte_input import matte_input
+from toonq.worker.pipeline import Pipeline
 
 #: The code of a file that could not be read or written.
 IO_ERROR = "io_error"

@@ -22,7 +22,7 @@ from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.bench.throughput import measure_throughput
 from toonq.worker.engine.encode import default_png_encoder
 from toonq.worker.harness.deployment import Deployment
-from toonq.worker.main import default_concurrency
+from toonq.worker.pipeline import default_concurrency
 
 NAME: Final = "end_to_end"
 TITLE: Final = "End to end through a worker process (embedded mode)"
