@@ -34,6 +34,7 @@ from toonq.shared.jobstore import JobStore
 from toonq.shared.queue import queue_lists
 from toonq.shared.settings import Settings
 from toonq.worker.engine.weights import KNOWN_CHECKPOINTS
+from toonq.worker.shared_tensors import DEFAULT_ROOT as SHARED_MEMORY_ROOT
 
 if TYPE_CHECKING:
     from tests.conftest import ManualClock
@@ -362,6 +363,12 @@ def test_compose_workers_get_longer_to_stop_than_their_shutdown_grace(name: str)
     assert seconds(worker["stop_grace_period"]) > grace
 
 
+@pytest.mark.parametrize("name", sorted(compose_workers()))
+def test_compose_workers_have_room_in_dev_shm_for_their_job_processes(name: str) -> None:
+    # Docker's default of 64 MiB holds a handful of 1024² model inputs.
+    assert compose_workers()[name]["shm_size"].endswith(("gb", "g"))
+
+
 def test_compose_creates_the_output_bucket() -> None:
     services = compose_services()
     bucket = urlsplit(compose_env(services["worker"])["TOONQ_OUTPUT_PREFIX"]).netloc
@@ -520,9 +527,13 @@ def test_the_worker_writes_only_to_its_own_empty_dirs() -> None:
     mounts = {m["name"]: m["mountPath"] for m in only_container("Deployment")["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec("Deployment")["volumes"]}
     home = final_stage(WORKER_DOCKERFILE).last("WORKDIR")
-    assert sorted(mounts.values()) == sorted(["/tmp", home])
+    assert sorted(mounts.values()) == sorted(["/tmp", home, str(SHARED_MEMORY_ROOT)])
     for name in mounts:
         assert "emptyDir" in volumes[name], name
+    # What job processes share with the model process lives in memory, within the pod's limit.
+    shm = next(name for name, path in mounts.items() if path == str(SHARED_MEMORY_ROOT))
+    assert volumes[shm]["emptyDir"]["medium"] == "Memory"
+    assert "sizeLimit" in volumes[shm]["emptyDir"]
     # A volume over HF_HOME would hide the weights the image bakes there.
     assert final_stage(WORKER_DOCKERFILE).assignments("ENV")["HF_HOME"] not in mounts.values()
 

@@ -86,14 +86,18 @@ def default_concurrency(max_batch_size: int) -> int:
 #: CPUs per job process on a GPU worker: enough that one process's GIL-held time per job stays a
 #: small share of what its cores get through (`toonq bench --sections scaling`).
 CPUS_PER_JOB_PROCESS = 4
+#: At most, by default: each holds an interpreter, PyTorch and its own connections, and four of
+#: them keep up with what one GPU runs (a pod without a CPU limit sees every core of its node).
+MAX_DEFAULT_JOB_PROCESSES = 4
 
 
 def default_job_processes(device: torch.device, cpus: int) -> int:
-    """Job processes beside the model process: on a GPU, one per `CPUS_PER_JOB_PROCESS` CPUs;
-    on the CPU, none (one process), whose model uses every core anyway."""
+    """Job processes beside the model process: on a GPU, one per `CPUS_PER_JOB_PROCESS` CPUs,
+    up to `MAX_DEFAULT_JOB_PROCESSES`; on the CPU, none (one process), whose model uses every
+    core anyway."""
     if device.type == "cpu":
         return 1
-    return max(1, cpus // CPUS_PER_JOB_PROCESS)
+    return max(1, min(cpus // CPUS_PER_JOB_PROCESS, MAX_DEFAULT_JOB_PROCESSES))
 
 
 def load_engine(settings: Settings) -> MattingEngine:
