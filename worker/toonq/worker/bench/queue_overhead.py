@@ -21,6 +21,7 @@ from toonq.worker.bench.noop_app import DONE_MARK, NOOP_TASK
 from toonq.worker.bench.report import BenchOptions, Section, markdown_table
 from toonq.worker.bench.services import bench_deployment
 from toonq.worker.bench.throughput import run_worker, steady_rate
+from toonq.worker.cpus import usable_cpus
 from toonq.worker.harness.deployment import Deployment
 from toonq.worker.harness.process import ChildProcess
 
@@ -29,14 +30,28 @@ SIZE = 32
 _IN_FLIGHT = (1, 18)
 
 
+def _runs() -> list[tuple[int, int]]:
+    """(jobs in flight, job processes): one process, then, where there are several CPUs, the
+    18 jobs in as many job processes as CPUs beside the model process."""
+    cpus = usable_cpus()
+    return [(jobs, 1) for jobs in _IN_FLIGHT] + ([(_IN_FLIGHT[-1], cpus)] if cpus > 1 else [])
+
+
 def run(options: BenchOptions) -> Section:
     jobs = 60 if options.quick else 400
     rows = []
+    bare: dict[int, float] = {}
     with bench_deployment(use_s3=False) as deployment:
         uri = deployment.put_input("tiny.png", solid_png(SIZE))
-        for concurrency in _IN_FLIGHT:
-            toonq = _toonq_run(deployment, uri, jobs=jobs, concurrency=concurrency)
-            bare_ms = _bare_celery_ms_per_task(deployment, tasks=jobs, concurrency=concurrency)
+        for concurrency, processes in _runs():
+            toonq = _toonq_run(
+                deployment, uri, jobs=jobs, concurrency=concurrency, processes=processes
+            )
+            if concurrency not in bare:
+                bare[concurrency] = _bare_celery_ms_per_task(
+                    deployment, tasks=jobs, concurrency=concurrency
+                )
+            bare_ms = bare[concurrency]
             rows.append(
                 toonq
                 | {
@@ -47,6 +62,7 @@ def run(options: BenchOptions) -> Section:
     table = markdown_table(
         [
             "jobs in flight",
+            "job processes",
             "jobs",
             "succeeded",
             "jobs/s",
@@ -59,6 +75,7 @@ def run(options: BenchOptions) -> Section:
         [
             [
                 r["jobs_in_flight"],
+                r["job_processes"],
                 r["jobs"],
                 r["succeeded"],
                 r["jobs_per_s"],
@@ -77,17 +94,20 @@ def run(options: BenchOptions) -> Section:
         data={"runs": rows},
         markdown=table
         + "\n\nratio: toonq's time per job over a bare Celery no-op task's, same run, same "
-        "settings, as many messages in flight. Context switches: the worker's threads', "
-        "over the jobs.",
+        "settings, as many messages in flight. Job processes: 1, the worker's one process; more, "
+        "that many beside its model process (`TOONQ_JOB_PROCESSES`). CPU and context switches: "
+        "the worker's threads', all its processes', over the jobs.",
         summary=", ".join(
-            f"{r['jobs_in_flight']} in flight: {r['jobs_per_s']} jobs/s "
-            f"({r['overhead_ratio']}x bare Celery)"
+            f"{r['jobs_in_flight']} in flight in {r['job_processes']} process(es): "
+            f"{r['jobs_per_s']} jobs/s ({r['overhead_ratio']}x bare Celery)"
             for r in rows
         ),
     )
 
 
-def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int) -> dict[str, Any]:
+def _toonq_run(
+    deployment: Deployment, uri: str, *, jobs: int, concurrency: int, processes: int
+) -> dict[str, Any]:
     run = run_worker(
         deployment,
         deployment.submit([uri] * jobs, resolution=SIZE),
@@ -99,10 +119,12 @@ def _toonq_run(deployment: Deployment, uri: str, *, jobs: int, concurrency: int)
         TOONQ_MAX_BATCH_SIZE="8",
         TOONQ_MAX_BATCH_WAIT_MS="1",
         TOONQ_CONCURRENCY=str(concurrency),
+        TOONQ_JOB_PROCESSES=str(processes),
     )
     result = run.throughput
     return {
         "jobs_in_flight": concurrency,
+        "job_processes": processes,
         "jobs": result.jobs,
         "succeeded": result.succeeded,
         "jobs_per_s": round(result.jobs_per_s, 1),
