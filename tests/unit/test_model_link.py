@@ -15,9 +15,13 @@ import pytest
 import torch
 
 from tests.unit.test_batcher import RecordingModel, image
+from toonq.shared.errors import SharedMemoryFullError
 from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
 from toonq.worker.model_link import ModelCallError, ModelServer, RemoteBatcher
 from toonq.worker.shared_tensors import BlockPool, MappedBlocks
+
+#: Freed blocks a job process keeps: a few of the tests' 8×8 inputs.
+KEEP_BYTES = 4 * 3 * 8 * 8 * 4
 
 
 @dataclass
@@ -57,7 +61,12 @@ def link(tmp_path: Path) -> Iterator[Link]:
         ours, batcher, MappedBlocks(tmp_path), on_readiness=readiness.append, name="test"
     )
     servers.append(server)
-    remote = RemoteBatcher(theirs, BlockPool(tmp_path), max_batch_size=4, on_failed=failures.append)
+    remote = RemoteBatcher(
+        theirs,
+        BlockPool(tmp_path, keep_bytes=KEEP_BYTES),
+        max_batch_size=4,
+        on_failed=failures.append,
+    )
     batcher.start()
     server.start()
     remote.start()
@@ -116,7 +125,11 @@ def test_a_lost_model_process_fails_what_waits_and_what_comes(tmp_path: Path) ->
     failures: list[str] = []
     lost = threading.Event()
     remote = RemoteBatcher(
-        theirs, BlockPool(tmp_path), max_batch_size=1, on_failed=failures.append, on_lost=lost.set
+        theirs,
+        BlockPool(tmp_path, keep_bytes=KEEP_BYTES),
+        max_batch_size=1,
+        on_failed=failures.append,
+        on_lost=lost.set,
     )
     remote.start()
     waiting = remote.submit(image(1))  # nobody answers
@@ -140,3 +153,19 @@ def test_readiness_reaches_the_model_process(link: Link) -> None:
 def test_a_block_name_that_leaves_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a block name"):
         MappedBlocks(tmp_path).tensor("../etc", (1,), torch.uint8)
+
+
+def test_blocks_past_what_a_job_process_keeps_are_deleted_and_unmapped(
+    link: Link, tmp_path: Path
+) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: link.remote.run(image(n)), range(8)))
+    # Up to 8 blocks were in use at once; 4 are kept, the others deleted.
+    assert len(list(tmp_path.iterdir())) == 4
+    assert torch.equal(link.remote.run(image(9)).logits, image(9) * 2)
+
+
+def test_a_full_shared_memory_folder_is_a_transient_error_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(SharedMemoryFullError, match="no room"):
+        BlockPool(tmp_path, keep_bytes=0).take(1 << 60)
+    assert list(tmp_path.iterdir()) == []

@@ -114,6 +114,13 @@ class TransientJobError(JobError):
     code = "transient_error"
 
 
+class SharedMemoryFullError(TransientJobError):
+    """A job process found no room in the worker's shared memory (/dev/shm) for an image's model
+    input."""
+
+    code = "shared_memory_full"
+
+
 class InputNotFoundError(PermanentJobError):
     code = "input_not_found"
 

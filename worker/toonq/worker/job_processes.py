@@ -57,7 +57,7 @@ from toonq.worker.health import Health, serve
 from toonq.worker.memory import MemoryBudget, peak_private_bytes
 from toonq.worker.model_link import ModelServer, RemoteBatcher
 from toonq.worker.pipeline import Pipeline, default_memory_budget, load_engine, warm_up
-from toonq.worker.shared_tensors import DEFAULT_ROOT, BlockPool, MappedBlocks
+from toonq.worker.shared_tensors import DEFAULT_ROOT, BlockPool, MappedBlocks, nbytes_of
 
 log = get_logger(__name__)
 
@@ -257,9 +257,14 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
     keep_freed_memory()
     health = _ReportingHealth(settings.liveness_timeout_s)
     device_failure = DeviceFailure(health, settings.queue)
+    # Blocks kept for reuse: every job in flight's model input at the worker's resolution,
+    # and an animation's window of frames besides.
+    keep = (spec.concurrency + 2 * spec.max_batch_size) * nbytes_of(
+        (1, 3, settings.resolution, settings.resolution), PRECISIONS[spec.precision]
+    )
     batcher = RemoteBatcher(
         connection,
-        BlockPool(spec.blocks_folder),
+        BlockPool(spec.blocks_folder, keep_bytes=keep),
         max_batch_size=spec.max_batch_size,
         on_failed=device_failure,
         # Alone, the job process has nothing to run its jobs: it stops as on SIGTERM.

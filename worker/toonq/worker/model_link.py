@@ -74,6 +74,12 @@ class Stopped(NamedTuple):
     reason: str
 
 
+class Forget(NamedTuple):
+    """These blocks are deleted: unmap them."""
+
+    blocks: list[str]
+
+
 class Readiness(NamedTuple):
     """A job process consumes messages (True) or stopped doing so (False)."""
 
@@ -126,6 +132,8 @@ class ModelServer:
                 return  # the job process ended
             if isinstance(message, RunRequest):
                 self._run(message)
+            elif isinstance(message, Forget):
+                self._blocks.forget(message.blocks)
             elif isinstance(message, Readiness):
                 self._on_readiness(message.ready)
 
@@ -218,25 +226,31 @@ class RemoteBatcher:
         block.tensor(shape, dtype).copy_(model_input)
         future: Future[BatchResult] = Future()
         with self._lock:
-            if self._stop_reason is not None:
-                self._blocks.give_back(block)
-                raise BatcherStoppedError(self._stop_reason)
-            request_id = next(self._ids)
-            self._pending[request_id] = (future, block)
-        try:
-            with self._send_lock:
-                self._connection.send(RunRequest(request_id, block.name, shape, dtype))
-        except (BrokenPipeError, EOFError, OSError):
-            self._lost()
+            # Registered under the lock that `_fail_all` takes: never left out of a stop.
+            stop_reason = self._stop_reason
+            if stop_reason is None:
+                request_id = next(self._ids)
+                self._pending[request_id] = (future, block)
+        if stop_reason is not None:
+            self._give_back(block)
+            raise BatcherStoppedError(stop_reason)
+        self._send(RunRequest(request_id, block.name, shape, dtype))
         return future
 
     def run(self, model_input: torch.Tensor) -> BatchResult:
         return self.submit(model_input).result()
 
     def report_readiness(self, ready: bool) -> None:
+        self._send(Readiness(ready))
+
+    def _give_back(self, block: Block) -> None:
+        if dropped := self._blocks.give_back(block):
+            self._send(Forget(dropped))
+
+    def _send(self, message: object) -> None:
         try:
             with self._send_lock:
-                self._connection.send(Readiness(ready))
+                self._connection.send(message)
         except (BrokenPipeError, EOFError, OSError):
             self._lost()
 
@@ -264,7 +278,7 @@ class RemoteBatcher:
             return
         future, block = taken
         logits = block.tensor(message.shape, message.dtype).clone()
-        self._blocks.give_back(block)
+        self._give_back(block)
         future.set_result(
             BatchResult(logits, message.batch_size, message.inference_ms, message.wait_ms)
         )
@@ -273,7 +287,7 @@ class RemoteBatcher:
         if (taken := self._take(message.request_id)) is None:
             return
         future, block = taken
-        self._blocks.give_back(block)
+        self._give_back(block)
         error = BatcherStoppedError if message.stopped else ModelCallError
         future.set_exception(error(message.message))
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from toonq.shared.errors import SharedMemoryFullError
+
 #: Where a worker's blocks live: memory, not disk (in a container, size /dev/shm to the jobs in
 #: flight: Docker's default of 64 MiB holds a handful of 1024² inputs).
 DEFAULT_ROOT = Path("/dev/shm")
@@ -51,31 +53,57 @@ class Block:
 
 
 class BlockPool:
-    """The blocks of one job process, in `folder`: taken for one request, then given back."""
+    """The blocks of one job process, in `folder`: taken for one request, then given back.
 
-    def __init__(self, folder: Path) -> None:
+    Freed blocks are kept for inputs of their size, up to `keep_bytes` of them; past that the
+    oldest are deleted (`give_back` names them, for the model process to unmap). A block's
+    memory is allocated when it is made, so that a full folder is an error then, not a crash
+    (SIGBUS) when the input is written."""
+
+    def __init__(self, folder: Path, *, keep_bytes: int) -> None:
         self._folder = folder
-        self._free: dict[int, list[Block]] = {}
+        self._keep_bytes = keep_bytes
+        #: Oldest first.
+        self._free: list[Block] = []
+        self._free_bytes = 0
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> Block:
         with self._lock:
-            free = self._free.get(nbytes)
-            if free:
-                return free.pop()
+            for index, block in enumerate(self._free):
+                if block.size == nbytes:
+                    del self._free[index]
+                    self._free_bytes -= nbytes
+                    return block
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         path = self._folder / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, nbytes)
+            os.posix_fallocate(fd, 0, nbytes)
             buffer = mmap.mmap(fd, nbytes)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise SharedMemoryFullError(
+                f"no room for a {nbytes // 1024} KiB model input in {self._folder} ({exc}): give "
+                "the worker more shared memory (/dev/shm) or fewer jobs in flight"
+            ) from exc
         finally:
             os.close(fd)
         return Block(name, nbytes, buffer)
 
-    def give_back(self, block: Block) -> None:
+    def give_back(self, block: Block) -> list[str]:
+        """Keep `block` for another input; the names of the blocks deleted to make room."""
         with self._lock:
-            self._free.setdefault(block.size, []).append(block)
+            self._free.append(block)
+            self._free_bytes += block.size
+            dropped = []
+            while self._free_bytes > self._keep_bytes:
+                oldest = self._free.pop(0)
+                self._free_bytes -= oldest.size
+                dropped.append(oldest)
+        for old in dropped:
+            (self._folder / old.name).unlink(missing_ok=True)
+        return [old.name for old in dropped]
 
 
 class MappedBlocks:
@@ -85,6 +113,12 @@ class MappedBlocks:
         self._folder = folder
         self._mapped: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
+
+    def forget(self, names: list[str]) -> None:
+        """Unmap deleted blocks (once the tensors over them are gone)."""
+        with self._lock:
+            for name in names:
+                self._mapped.pop(name, None)
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         with self._lock:
