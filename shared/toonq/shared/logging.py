@@ -53,6 +53,14 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """Whether `configure_logging` was last asked for other libraries' lines too."""
+    return _verbose
+
+
 def configure_logging(*, fmt: str = "auto", level: str = "INFO", verbose: bool = False) -> None:
     """Route structlog and the standard library through one handler on stderr.
 
@@ -90,6 +98,8 @@ def configure_logging(*, fmt: str = "auto", level: str = "INFO", verbose: bool =
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    global _verbose
+    _verbose = verbose
     if not verbose:
         handler.addFilter(_quiet_libraries)
     root = logging.getLogger()

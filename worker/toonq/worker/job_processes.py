@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from toonq.shared.logging import configure_logging, get_logger
+from toonq.shared.logging import configure_logging, get_logger, is_verbose
 from toonq.shared.settings import Settings
 from toonq.worker.allocator import keep_freed_memory
 from toonq.worker.consumer import DeviceFailure, consume, job_context, watch_queue_depth
@@ -81,6 +81,8 @@ class JobProcessSpec:
     cpu_workers: int
     memory_budget_bytes: int
     blocks_folder: Path
+    #: Whether the worker logs other libraries' lines (Celery's) too: `toonq --verbose worker`.
+    verbose_logs: bool
 
 
 def run_model_process(
@@ -157,6 +159,7 @@ def _run(
             cpu_workers=max(1, pipeline.cpu_workers // count),
             memory_budget_bytes=budget // count,
             blocks_folder=blocks_folder,
+            verbose_logs=is_verbose(),
         )
         ours, theirs = context.Pipe()
         process = context.Process(
@@ -252,8 +255,11 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
     """A job process: a worker without a model, whose inputs go to the model process."""
+    # Signals come from the model process alone: a terminal's Ctrl-C reaching both would be
+    # a second signal here, which Celery takes for a cold shutdown.
+    os.setpgrp()
     settings = spec.settings
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    configure_logging(fmt=settings.log_format, level=settings.log_level, verbose=spec.verbose_logs)
     keep_freed_memory()
     health = _ReportingHealth(settings.liveness_timeout_s)
     device_failure = DeviceFailure(health, settings.queue)
