@@ -119,6 +119,7 @@ def test_end_to_end_is_compared_with_the_model_alone(quick) -> None:
     sections = quick[2]["sections"]
     e2e = sections["end_to_end"]
     assert e2e["succeeded"] == e2e["jobs"] == QUICK.e2e_jobs
+    assert e2e["job_processes"] == 1  # what a worker on the CPU runs
     assert (e2e["precision"], e2e["max_batch_size"]) == (
         QUICK.worker_precision,
         QUICK.worker_batch,

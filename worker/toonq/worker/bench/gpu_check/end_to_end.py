@@ -20,9 +20,10 @@ from toonq.worker.bench.gpu_check.context import CheckContext, describe_error
 from toonq.worker.bench.pipeline import sample_png
 from toonq.worker.bench.report import Section, markdown_table
 from toonq.worker.bench.throughput import measure_throughput
+from toonq.worker.cpus import usable_cpus
 from toonq.worker.engine.encode import default_png_encoder
 from toonq.worker.harness.deployment import Deployment
-from toonq.worker.pipeline import default_concurrency
+from toonq.worker.pipeline import default_concurrency, default_job_processes
 
 NAME: Final = "end_to_end"
 TITLE: Final = "End to end through a worker process (embedded mode)"
@@ -43,6 +44,8 @@ def run(ctx: CheckContext) -> Section:
     sizes = ctx.sizes
     batch, concurrency = sizes.worker_batch, default_concurrency(sizes.worker_batch)
     side = sizes.e2e_image_side
+    # What a worker on this host runs by default, said in the report.
+    processes = default_job_processes(ctx.device, usable_cpus())
     settings = {
         "TOONQ_MODEL": sizes.model,
         "TOONQ_DEVICE": str(ctx.device),
@@ -50,6 +53,7 @@ def run(ctx: CheckContext) -> Section:
         "TOONQ_RESOLUTION": str(sizes.resolution),
         "TOONQ_MAX_BATCH_SIZE": str(batch),
         "TOONQ_CONCURRENCY": str(concurrency),
+        "TOONQ_JOB_PROCESSES": str(processes),
         "TOONQ_LOG_FORMAT": "json",
         "TOONQ_LOG_LEVEL": "WARNING",  # logging costs the measured worker too
         "TOONQ_SWEEP_INTERVAL_S": "0",
@@ -98,6 +102,7 @@ def run(ctx: CheckContext) -> Section:
         "png_encoder": default_png_encoder(),
         "max_batch_size": batch,
         "concurrency": concurrency,
+        "job_processes": processes,
         "worker_ready_s": round(ready_s, 1),
         **asdict(throughput),
         "jobs_per_s": round(throughput.jobs_per_s, 3),
@@ -126,10 +131,17 @@ def _summary(data: dict[str, Any]) -> str:
     return f"{data['jobs_per_s']} jobs/s" + (f", {ratio} of the model's images/s" if ratio else "")
 
 
+def _processes(job_processes: int) -> str:
+    if job_processes == 1:
+        return "one process"
+    return f"a model process and {job_processes} job processes"
+
+
 def _markdown(data: dict[str, Any]) -> str:
     note = (
-        f"{data['jobs']} jobs on {data['image']} inputs through one `toonq worker` process "
-        f"(`{data['model']}`, {data['precision']}, {data['resolution']}x{data['resolution']}, "
+        f"{data['jobs']} jobs on {data['image']} inputs through one `toonq worker` "
+        f"({_processes(data['job_processes'])}; `{data['model']}`, {data['precision']}, "
+        f"{data['resolution']}x{data['resolution']}, "
         f"batches of up to {data['max_batch_size']}, {data['concurrency']} jobs in flight) on "
         f"{data['device']}, with the embedded database, broker and object store, PNG through "
         f"{data['png_encoder']}. jobs/s in the "
