@@ -78,6 +78,7 @@ def test_a_failed_device_is_neither_live_nor_ready_for_good(registry: CollectorR
 
         health.mark_failed("5 failed batches in a row (the last: RuntimeError: CUDA error)")
         health.beat()  # the loop may still beat: the device stays failed
+        health.mark_ready()  # nor does a late report of readiness (a job process's) undo it
 
         assert get(server, "/livez") == (
             503,

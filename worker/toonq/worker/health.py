@@ -48,7 +48,8 @@ class Health(Collector):
         registry.register(self)
 
     def mark_ready(self) -> None:
-        self._ready = True
+        # A failed device stays failed (a job process's late report of readiness included).
+        self._ready = self._failure is None
 
     def mark_not_ready(self) -> None:
         self._ready = False
