@@ -205,10 +205,11 @@ def test_scaling_section_projects_from_what_it_measured(system_sections):
     runs = scaling["runs"]
     assert all(run["succeeded"] == run["jobs"] for run in runs)
     two_cores = len(os.sched_getaffinity(0)) > 1
-    assert {run["cores"] for run in runs if run["image"] == "1 MP"} == (
-        {1, 2} if two_cores else {1}
+    assert {(run["cores"], run["job_processes"]) for run in runs if run["image"] == "1 MP"} == (
+        {(1, 1), (2, 1), (2, 2)} if two_cores else {(1, 1)}
     )
     assert (scaling["machine_two_core_speedup"] is not None) == two_cores
+    assert (scaling["two_core_speedup_job_processes"] is not None) == two_cores
     assert scaling["cpu_over_codec_floor"] == pytest.approx(
         scaling["cpu_ms_per_job_1mp"] / scaling["codec_floor_ms_1mp"], rel=0.01
     )

@@ -1,8 +1,9 @@
 """How the worker's CPU side scales with cores, and what one GPU's worker could reach.
 
 The CPU side alone: the real worker with a model that costs nothing (`standin:0`) on 1 MP PNG
-inputs read from and written to local files, pinned to one core and then to two (`taskset`),
-alternated so that the machine's load weighs on both alike. Its CPU time per job, pinned to one
+inputs read from and written to local files, pinned to one core, then to two in one process,
+then to two in two job processes beside the model process (`TOONQ_JOB_PROCESSES`), alternated
+so that the machine's load weighs on all alike. Its CPU time per job, pinned to one
 core, is set against the unavoidable codec work: the same PNG decoded and its pixels encoded
 again with imagecodecs at level 1.
 
@@ -52,21 +53,23 @@ def run(options: BenchOptions) -> Section:
     png = sample_png(_MEGAPIXEL)
     (floor_ms,) = time_interleaved([lambda: _codec_floor(png)], repeat=5, clock=time.process_time)
     cpus = sorted(os.sched_getaffinity(0))
-    pinnings = [cpus[:1], cpus[:2]] if len(cpus) > 1 else [cpus[:1]]
+    # (CPUs, job processes): one core, two cores in one process, two cores in two job processes.
+    pinnings = [(cpus[:1], 1), (cpus[:2], 1), (cpus[:2], 2)] if len(cpus) > 1 else [(cpus[:1], 1)]
     machine_speedup = _machine_two_core_speedup() if len(cpus) > 1 else None
     with bench_deployment(use_s3=False) as deployment:
         uri = deployment.put_input("1mp.png", png)
         runs = [
-            _run(deployment, uri, jobs, cpus=pinned, resolution=1024)
+            _run(deployment, uri, jobs, cpus=pinned, resolution=1024, processes=processes)
             for _ in range(rounds)
-            for pinned in pinnings
+            for pinned, processes in pinnings
         ]
         tiny_uri = deployment.put_input("tiny.png", solid_png(SIZE))
-        noop = _run(deployment, tiny_uri, noop_jobs, cpus=cpus[:1], resolution=SIZE)
+        noop = _run(deployment, tiny_uri, noop_jobs, cpus=cpus[:1], resolution=SIZE, processes=1)
     one = [r for r in runs if r["cores"] == 1]
-    two = [r for r in runs if r["cores"] == 2]
-    speedups = [b["jobs_per_s"] / a["jobs_per_s"] for a, b in zip(one, two, strict=False)]
-    speedup = round(statistics.median(speedups), 3) if speedups else None
+    speedup = _median_speedup(one, [r for r in runs if (r["cores"], r["job_processes"]) == (2, 1)])
+    split_speedup = _median_speedup(
+        one, [r for r in runs if (r["cores"], r["job_processes"]) == (2, 2)]
+    )
     cpu_ms = statistics.median(r["cpu_ms_per_job"] for r in one)
     gil_ms = noop["cpu_ms_per_job"]
     projection = {
@@ -76,6 +79,7 @@ def run(options: BenchOptions) -> Section:
         "runs": runs,
         # None on a machine with one CPU.
         "two_core_speedup": speedup,
+        "two_core_speedup_job_processes": split_speedup,
         "machine_two_core_speedup": machine_speedup,
         "cpu_ms_per_job_1mp": round(cpu_ms, 2),
         "codec_floor_ms_1mp": round(floor_ms, 2),
@@ -89,7 +93,8 @@ def run(options: BenchOptions) -> Section:
         data=data,
         markdown=_markdown(data),
         summary=(
-            f"2 cores / 1 core: {data['two_core_speedup']}x (the machine's own: "
+            f"2 cores / 1 core: {data['two_core_speedup']}x, in job processes "
+            f"{data['two_core_speedup_job_processes']}x (the machine's own: "
             f"{data['machine_two_core_speedup']}x); 1 MP job "
             f"{data['cpu_over_codec_floor']}x the codec floor; GIL {gil_ms} ms per job; "
             f"projected on 16 cores: {projection['16']} jobs/s"
@@ -97,8 +102,20 @@ def run(options: BenchOptions) -> Section:
     )
 
 
+def _median_speedup(one: list[dict[str, Any]], two: list[dict[str, Any]]) -> float | None:
+    """The median, over the rounds, of a two-core run's jobs/s over the one-core run's."""
+    speedups = [b["jobs_per_s"] / a["jobs_per_s"] for a, b in zip(one, two, strict=False)]
+    return round(statistics.median(speedups), 3) if speedups else None
+
+
 def _run(
-    deployment: Deployment, uri: str, jobs: int, *, cpus: Collection[int], resolution: int
+    deployment: Deployment,
+    uri: str,
+    jobs: int,
+    *,
+    cpus: Collection[int],
+    resolution: int,
+    processes: int,
 ) -> dict[str, Any]:
     run = run_worker(
         deployment,
@@ -109,9 +126,11 @@ def _run(
         drain=_IN_FLIGHT,
         TOONQ_MODEL="standin:0",
         TOONQ_RESOLUTION=str(resolution),
+        TOONQ_JOB_PROCESSES=str(processes),
     )
     return {
         "cores": len(cpus),
+        "job_processes": processes,
         "image": f"{resolution}x{resolution}" if resolution == SIZE else "1 MP",
         "jobs": run.throughput.jobs,
         "succeeded": run.throughput.succeeded,
@@ -145,11 +164,12 @@ def _codec_floor(png: bytes) -> bytes:
 
 def _markdown(data: dict[str, Any]) -> str:
     runs = markdown_table(
-        ["image", "cores", "jobs", "succeeded", "jobs/s", "CPU ms per job"],
+        ["image", "cores", "job processes", "jobs", "succeeded", "jobs/s", "CPU ms per job"],
         [
             [
                 r["image"],
                 r["cores"],
+                r["job_processes"],
                 r["jobs"],
                 r["succeeded"],
                 r["jobs_per_s"],
@@ -162,6 +182,10 @@ def _markdown(data: dict[str, Any]) -> str:
         ["figure", "value"],
         [
             ["2 cores over 1 core (1 MP, median of rounds)", data["two_core_speedup"]],
+            [
+                "the same, in two job processes beside the model process",
+                data["two_core_speedup_job_processes"],
+            ],
             ["the machine's own: 2 processes of SHA-256 over 1", data["machine_two_core_speedup"]],
             ["CPU ms per 1 MP job, one core", data["cpu_ms_per_job_1mp"]],
             [
