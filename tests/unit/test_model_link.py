@@ -169,3 +169,13 @@ def test_a_full_shared_memory_folder_is_a_transient_error_not_a_crash(tmp_path: 
     with pytest.raises(SharedMemoryFullError, match="no room"):
         BlockPool(tmp_path, keep_bytes=0).take(1 << 60)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_laid_out_channels_last_crosses_as_it_is(link: Link) -> None:
+    channels_last = torch.rand(1, 8, 8, 3).permute(0, 3, 1, 2)
+    assert torch.equal(link.remote.run(channels_last).logits, channels_last * 2)
+
+
+def test_an_input_with_gaps_crosses_copied_dense(link: Link) -> None:
+    every_other = torch.rand(1, 3, 8, 16)[..., ::2]
+    assert torch.equal(link.remote.run(every_other).logits, every_other * 2)

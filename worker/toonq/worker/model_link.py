@@ -28,7 +28,7 @@ import torch
 
 from toonq.shared.logging import get_logger
 from toonq.worker.batcher import BatcherStoppedError, BatchResult, InferenceBatcher
-from toonq.worker.shared_tensors import Block, BlockPool, MappedBlocks, nbytes_of
+from toonq.worker.shared_tensors import Block, BlockPool, MappedBlocks, dense_stride, nbytes_of
 
 log = get_logger(__name__)
 
@@ -41,12 +41,13 @@ class ModelCallError(RuntimeError):
 
 
 class RunRequest(NamedTuple):
-    """Run the input in `block` (`shape`, `dtype`) through the model."""
+    """Run the input in `block` (`shape`, `dtype`, laid out by `stride`) through the model."""
 
     request_id: int
     block: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    stride: tuple[int, ...]
 
 
 class Finished(NamedTuple):
@@ -139,7 +140,9 @@ class ModelServer:
 
     def _run(self, request: RunRequest) -> None:
         try:
-            model_input = self._blocks.tensor(request.block, request.shape, request.dtype)
+            model_input = self._blocks.tensor(
+                request.block, request.shape, request.dtype, request.stride
+            )
             future = self._batcher.submit(model_input)
         except BatcherStoppedError as exc:
             self._replies.put(Refused(request.request_id, True, str(exc)))
@@ -222,8 +225,10 @@ class RemoteBatcher:
 
     def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
         shape, dtype = tuple(model_input.shape), model_input.dtype
+        # In its own layout (the CPU's composite is channels last): a copy in one pass.
+        stride = dense_stride(model_input)
         block = self._blocks.take(nbytes_of(shape, dtype))
-        block.tensor(shape, dtype).copy_(model_input)
+        block.tensor(shape, dtype, stride).copy_(model_input)
         future: Future[BatchResult] = Future()
         with self._lock:
             # Registered under the lock that `_fail_all` takes: never left out of a stop.
@@ -234,7 +239,7 @@ class RemoteBatcher:
         if stop_reason is not None:
             self._give_back(block)
             raise BatcherStoppedError(stop_reason)
-        self._send(RunRequest(request_id, block.name, shape, dtype))
+        self._send(RunRequest(request_id, block.name, shape, dtype, stride))
         return future
 
     def run(self, model_input: torch.Tensor) -> BatchResult:

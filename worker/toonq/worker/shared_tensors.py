@@ -25,12 +25,50 @@ from toonq.shared.errors import SharedMemoryFullError
 DEFAULT_ROOT = Path("/dev/shm")
 
 
-def tensor_in(buffer: mmap.mmap, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A tensor of `shape` and `dtype` over the start of `buffer`, sharing its memory."""
+def tensor_in(
+    buffer: mmap.mmap,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    stride: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """A tensor of `shape` and `dtype` over the start of `buffer`, sharing its memory: laid out
+    row-major, or by `stride`, a permutation of it (channels last, say), so that a copy between
+    it and a tensor of the same layout is one pass of memory."""
     count = 1
     for dim in shape:
         count *= dim
-    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
+    flat = torch.frombuffer(buffer, dtype=dtype, count=count)
+    if stride is None:
+        return flat.view(shape)
+    if not _dense(shape, stride):
+        raise ValueError(f"stride {stride} does not lay out {shape} densely")
+    return flat.as_strided(shape, stride)
+
+
+def dense_stride(tensor: torch.Tensor) -> tuple[int, ...]:
+    """`tensor`'s stride if it lays it out densely (row-major or a permutation of it), else the
+    row-major stride (the tensor is then copied into it)."""
+    stride = tuple(tensor.stride())
+    return stride if _dense(tuple(tensor.shape), stride) else _row_major(tuple(tensor.shape))
+
+
+def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, step = [], 1
+    for dim in reversed(shape):
+        stride.append(step)
+        step *= dim
+    return tuple(reversed(stride))
+
+
+def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether `stride` visits every element of `shape` once, in some order of its dimensions."""
+    order = sorted(range(len(shape)), key=lambda i: (stride[i], shape[i]))
+    step = 1
+    for i in order:
+        if shape[i] != 1 and stride[i] != step:
+            return False
+        step *= shape[i]
+    return True
 
 
 def nbytes_of(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -48,8 +86,10 @@ class Block:
     size: int
     buffer: mmap.mmap
 
-    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        return tensor_in(self.buffer, shape, dtype)
+    def tensor(
+        self, shape: tuple[int, ...], dtype: torch.dtype, stride: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        return tensor_in(self.buffer, shape, dtype, stride)
 
 
 class BlockPool:
@@ -120,7 +160,13 @@ class MappedBlocks:
             for name in names:
                 self._mapped.pop(name, None)
 
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def tensor(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        stride: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
         with self._lock:
             buffer = self._mapped.get(name)
             if buffer is None:
@@ -134,4 +180,4 @@ class MappedBlocks:
                 self._mapped[name] = buffer
         if nbytes_of(shape, dtype) > len(buffer):
             raise ValueError(f"block {name} holds {len(buffer)} bytes, less than {shape} {dtype}")
-        return tensor_in(buffer, shape, dtype)
+        return tensor_in(buffer, shape, dtype, stride)
