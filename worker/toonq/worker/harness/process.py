@@ -79,15 +79,21 @@ class ChildProcess:
         return switches
 
     def _tree(self) -> list[int]:
-        """The process and its descendants alive now."""
+        """The process and its descendants alive now, found by their parent ids in /proc (as
+        `ps` finds them: the per-thread `children` lists are only a snapshot)."""
+        parents: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:  # it ended
+                continue
+            # The fields after the command name, which is in parentheses and may hold spaces.
+            ppid = int(text.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(stat.parent.name))
         tree, index = [self.process.pid], 0
         while index < len(tree):
-            pid, index = tree[index], index + 1
-            for children in Path(f"/proc/{pid}/task").glob("*/children"):
-                try:
-                    tree += [int(child) for child in children.read_text().split()]
-                except OSError:
-                    continue
+            tree += parents.get(tree[index], [])
+            index += 1
         return tree
 
     def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
