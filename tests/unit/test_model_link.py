@@ -57,8 +57,17 @@ def link(tmp_path: Path) -> Iterator[Link]:
         on_failed=device_failed,
     )
     ours, theirs = multiprocessing.Pipe()
+
+    def server_start_once() -> None:  # one job process: prepared is everyone prepared
+        servers[0].tell_start()
+
     server = ModelServer(
-        ours, batcher, MappedBlocks(tmp_path), on_readiness=readiness.append, name="test"
+        ours,
+        batcher,
+        MappedBlocks(tmp_path),
+        on_readiness=readiness.append,
+        on_prepared=server_start_once,
+        name="test",
     )
     servers.append(server)
     remote = RemoteBatcher(
@@ -179,3 +188,24 @@ def test_an_input_laid_out_channels_last_crosses_as_it_is(link: Link) -> None:
 def test_an_input_with_gaps_crosses_copied_dense(link: Link) -> None:
     every_other = torch.rand(1, 3, 8, 16)[..., ::2]
     assert torch.equal(link.remote.run(every_other).logits, every_other * 2)
+
+
+def test_a_job_process_takes_messages_once_the_model_process_says_start(link: Link) -> None:
+    waiter = threading.Thread(target=link.remote.wait_for_start)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+
+
+def test_a_job_process_waiting_to_start_stops_waiting_when_the_model_process_is_gone(
+    tmp_path: Path,
+) -> None:
+    ours, theirs = multiprocessing.Pipe()
+    remote = RemoteBatcher(theirs, BlockPool(tmp_path, keep_bytes=KEEP_BYTES), max_batch_size=1)
+    waiter = threading.Thread(target=remote.wait_for_start)
+    waiter.start()
+    ours.recv()  # its Prepared
+    ours.close()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    theirs.close()

@@ -138,6 +138,12 @@ def _run(
     readiness = _Readiness(count, health)
     servers: list[ModelServer] = []
 
+    def start_all() -> None:
+        for model_server in servers:
+            model_server.tell_start()
+
+    prepared = _Countdown(count, start_all)
+
     def device_failed(reason: str) -> None:
         health.mark_failed(reason)
         for model_server in servers:
@@ -173,6 +179,7 @@ def _run(
                 batcher,
                 blocks,
                 on_readiness=partial(readiness.set, index),
+                on_prepared=prepared.count_down,
                 name=f"toonq-link-{index}",
             )
         )
@@ -301,6 +308,8 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
         memory=memory,
         worker_name=spec.worker_name,
     )
+    # Together: a job process ready first would take every message before the others are.
+    batcher.wait_for_start()
     consume(
         ctx,
         health,
@@ -334,6 +343,22 @@ class _ReportingHealth(Health):
     def _report(self, ready: bool) -> None:
         if self.batcher is not None:
             self.batcher.report_readiness(ready)
+
+
+class _Countdown:
+    """Calls `done` once `count_down` was called `count` times."""
+
+    def __init__(self, count: int, done: Callable[[], None]) -> None:
+        self._left = count
+        self._done = done
+        self._lock = threading.Lock()
+
+    def count_down(self) -> None:
+        with self._lock:
+            self._left -= 1
+            finished = self._left == 0
+        if finished:
+            self._done()
 
 
 class _Readiness:

@@ -81,6 +81,15 @@ class Forget(NamedTuple):
     blocks: list[str]
 
 
+class Prepared(NamedTuple):
+    """A job process has everything it needs to take messages, and waits for `Start`."""
+
+
+class Start(NamedTuple):
+    """Every job process is prepared: take messages (the worker takes jobs all at once, as a
+    single-process worker does once its model is warm)."""
+
+
 class Readiness(NamedTuple):
     """A job process consumes messages (True) or stopped doing so (False)."""
 
@@ -101,12 +110,14 @@ class ModelServer:
         blocks: MappedBlocks,
         *,
         on_readiness: Callable[[bool], None],
+        on_prepared: Callable[[], None],
         name: str,
     ) -> None:
         self._connection = connection
         self._batcher = batcher
         self._blocks = blocks
         self._on_readiness = on_readiness
+        self._on_prepared = on_prepared
         self._replies: queue.Queue[Any] = queue.Queue()
         self._threads = [
             threading.Thread(target=self._read, name=f"{name}-requests", daemon=True),
@@ -119,6 +130,9 @@ class ModelServer:
 
     def tell_stopped(self, reason: str) -> None:
         self._replies.put(Stopped(reason))
+
+    def tell_start(self) -> None:
+        self._replies.put(Start())
 
     def stop(self) -> None:
         """Stop answering (the job process has ended or is about to)."""
@@ -137,6 +151,8 @@ class ModelServer:
                 self._blocks.forget(message.blocks)
             elif isinstance(message, Readiness):
                 self._on_readiness(message.ready)
+            elif isinstance(message, Prepared):
+                self._on_prepared()
 
     def _run(self, request: RunRequest) -> None:
         try:
@@ -158,7 +174,7 @@ class ModelServer:
 
     def _write(self) -> None:
         while (item := self._replies.get()) is not None:
-            reply = item if isinstance(item, Stopped | Refused) else self._reply(*item)
+            reply = item if isinstance(item, Stopped | Refused | Start) else self._reply(*item)
             try:
                 self._connection.send(reply)
             except (BrokenPipeError, EOFError, OSError):
@@ -214,10 +230,19 @@ class RemoteBatcher:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop_reason: str | None = None
+        self._started = threading.Event()
         self._reader = threading.Thread(target=self._read, name="toonq-model-link", daemon=True)
 
     def start(self) -> None:
-        self._reader.start()
+        if not self._reader.is_alive():
+            self._reader.start()
+
+    def wait_for_start(self) -> None:
+        """Say this job process is prepared, and wait until every one is (`Start`), or until
+        the link is lost."""
+        self.start()
+        self._send(Prepared())
+        self._started.wait()
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new inputs and fail those still waiting."""
@@ -273,6 +298,8 @@ class RemoteBatcher:
             elif isinstance(message, Stopped):
                 self._fail_all(message.reason)
                 self._on_failed(message.reason)
+            elif isinstance(message, Start):
+                self._started.set()
 
     def _take(self, request_id: int) -> tuple[Future[BatchResult], Block] | None:
         with self._lock:
@@ -298,6 +325,7 @@ class RemoteBatcher:
 
     def _lost(self) -> None:
         reason = "the worker's model process is gone"
+        self._started.set()  # nothing to wait for any more
         if self._fail_all(reason):
             log.error("model_process_lost")
             self._on_failed(reason)
