@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from types import FrameType
 
+import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -56,7 +57,13 @@ from toonq.worker.engine.matting import MattingEngine, RemoteModel
 from toonq.worker.health import Health, serve
 from toonq.worker.memory import MemoryBudget, peak_private_bytes
 from toonq.worker.model_link import ModelServer, RemoteBatcher
-from toonq.worker.pipeline import Pipeline, default_memory_budget, load_engine, warm_up
+from toonq.worker.pipeline import (
+    Pipeline,
+    default_memory_budget,
+    load_engine,
+    make_engine,
+    warm_up,
+)
 from toonq.worker.shared_tensors import DEFAULT_ROOT, BlockPool, MappedBlocks, nbytes_of
 
 log = get_logger(__name__)
@@ -284,18 +291,7 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
         on_lost=partial(os.kill, os.getpid(), signal.SIGTERM),
     )
     health.batcher = batcher
-    engine = MattingEngine(
-        spec.model,
-        device="cpu",
-        precision=spec.precision,
-        resolution=settings.resolution,
-        max_image_pixels=settings.max_image_pixels,
-        max_frames=settings.max_frames,
-        max_animation_s=settings.max_animation_s,
-        png_compress_level=settings.png_compress_level,
-    )
-    import torch
-
+    engine = make_engine(settings, spec.model, device="cpu", precision=spec.precision)
     torch.set_num_threads(spec.cpu_workers)
     # This process's own interpreter and libraries come out of its share of the budget.
     memory = MemoryBudget(max(1, spec.memory_budget_bytes - peak_private_bytes()))

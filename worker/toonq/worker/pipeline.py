@@ -14,8 +14,8 @@ from toonq.shared.storage import open_store
 from toonq.worker import metrics
 from toonq.worker.batcher import InferenceBatcher
 from toonq.worker.cpus import usable_cpus
-from toonq.worker.engine.matting import MattingEngine, StackedBatch
-from toonq.worker.engine.weights import load_model
+from toonq.worker.engine.matting import MattingEngine, RemoteModel, StackedBatch
+from toonq.worker.engine.weights import LoadedModel, load_model
 from toonq.worker.memory import MIB, default_budget_bytes
 
 
@@ -103,10 +103,18 @@ def default_job_processes(device: torch.device, cpus: int) -> int:
 def load_engine(settings: Settings) -> MattingEngine:
     """The model named by the settings, loaded onto its device (not warmed up yet)."""
     loaded = load_model(settings.model, store=open_store(settings))
+    return make_engine(settings, loaded, device=settings.device, precision=settings.precision)
+
+
+def make_engine(
+    settings: Settings, model: LoadedModel | RemoteModel, *, device: str, precision: str
+) -> MattingEngine:
+    """An engine for `model` with the settings' image limits and encoding: the model process's,
+    or a job process's (`RemoteModel`, on the CPU in the model's precision)."""
     return MattingEngine(
-        loaded,
-        device=settings.device,
-        precision=settings.precision,
+        model,
+        device=device,
+        precision=precision,
         resolution=settings.resolution,
         max_image_pixels=settings.max_image_pixels,
         max_frames=settings.max_frames,
