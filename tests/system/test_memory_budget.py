@@ -28,7 +28,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: libraries' files 600 MiB of page cache, which the kernel may drop), and
 #: the burst below would take about 1.8 GiB more if every job held its images at once.
 LIMIT_MIB = 1280
-#: 4000x4000, 16 Mpx: about 220 MiB at a job's peak on a CPU worker (14 bytes a pixel).
+#: 4000x4000, 16 Mpx: about 200 MiB at a job's peak on a CPU worker (13 bytes a pixel).
 SIDE = 4000
 #: Jobs sent at once, and as many job threads and CPU slots: without a budget they would all
 #: decode and prepare together.

@@ -33,9 +33,8 @@ def to_model_input(
     The resize is bilinear with half-pixel centres and no antialias, like the fork's
     `cv2.resize(INTER_LINEAR)`; it runs in float32 on the uint8 values, without cv2's rounding of
     the resized pixels to uint8 (a difference under half a grey level). Then x / 255, then
-    (x - mean) / std with the ImageNet statistics, then the cast to `dtype`. An image already
-    at the model size is normalised straight from its uint8 values: no float copy of it is made,
-    and the output keeps its memory layout.
+    (x - mean) / std with the ImageNet statistics, then the cast to `dtype`. The result is
+    contiguous, whatever the layout of `rgb`.
     """
     target = _model_size(size)
     if isinstance(rgb, torch.Tensor):
@@ -47,11 +46,12 @@ def to_model_input(
         for image in rgb:
             _check_uint8(image, "3×H×W images", ndim=3, channels=3)
         batch = torch.cat([_resize(image.unsqueeze(0), target) for image in rgb])
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    # (x / 255 - mean) / std as one multiply-add: one pass over the image instead of three. A
-    # uint8 `batch` is read as float32 on the fly, with the same float32 arithmetic.
-    return torch.addcmul(-mean / std, batch, 1.0 / (255.0 * std)).to(dtype)
+    # (x / 255 - mean) / std as a multiply and an add in place, each channel with scalars: on
+    # one planar float copy (`_resize`), the vectorised path; a per-channel tensor broadcast
+    # over the batch, or a channels-last layout, costs two to three times as much.
+    for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)):
+        batch[:, channel].mul_(1.0 / (255.0 * std)).add_(-mean / std)
+    return batch.to(dtype)
 
 
 def logits_to_alpha(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -92,12 +92,12 @@ def _check_uint8(tensor: torch.Tensor, expected: str, *, ndim: int, channels: in
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 `batch` at `size`: as it is (uint8) when it is there already (typical 1024² SDXL
-    output), else resized in float32, one channel at a time: bilinear works on each channel
-    alone, so this gives the same values as all three at once while the float copy at the
-    input's size is a third as large (4 bytes a pixel, not 12)."""
+    """uint8 `batch` at `size` as a new planar (contiguous) float32 tensor: converted as it is
+    when it is there already (typical 1024² SDXL output), else resized one channel at a time:
+    bilinear works on each channel alone, so this gives the same values as all three at once
+    while the float copy at the input's size is a third as large (4 bytes a pixel, not 12)."""
     if batch.shape[-2:] == size:
-        return batch
+        return batch.to(torch.float32, memory_format=torch.contiguous_format)
     return torch.cat(
         [
             F.interpolate(
