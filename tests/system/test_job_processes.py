@@ -17,10 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import Cluster
 from tests.conftest import StartCluster
-from tests.support import png_bytes
-from toonq.shared.job import JobStatus
+from tests.support import log_lines, matte_one, png_bytes
+from toonq.producer import SubmitRequest, ToonqClient
+from toonq.shared.job import JobParams, JobStatus
 from toonq.shared.queue import create_celery_app
 from toonq.shared.settings import Settings
+from toonq.worker.engine.matting import MattingEngine
+from toonq.worker.engine.weights import load_model
 from toonq.worker.harness.worker import WorkerProcess
 
 WORKER = "split-worker"
@@ -141,3 +144,34 @@ def test_job_processes_outliving_their_model_process_stop(system: Cluster) -> No
         while any(Path(f"/proc/{pid}").exists() for pid in children):
             assert time.monotonic() < deadline, "job processes outlived their model process"
             time.sleep(0.2)
+
+
+def test_a_model_process_that_prepares_images_makes_the_same_cut_outs(system: Cluster) -> None:
+    # Composited, resized and normalised in the model process, alpha mattes made there: the
+    # bytes a single-process engine makes of the same inputs and parameters.
+    settings = {"TOONQ_QUEUE": system.new_queue("whole"), "TOONQ_MODEL": "random:tiny"}
+    inputs = {
+        colour: png_bytes((96 + 8 * n, 80)) for n, colour in enumerate(["#808080", "#ff0037"])
+    }
+    with (
+        system.start_worker("whole", TOONQ_PREPARE_IN="model-process", **settings) as worker,
+        ToonqClient(Settings.from_env(system.env | settings)) as client,
+    ):
+        worker.wait_ready()
+        jobs = client.submit_many(
+            SubmitRequest(
+                input_uri=system.put_input(f"whole-{colour}.png", data),
+                bg_color=colour,
+                resolution=64,
+            )
+            for colour, data in inputs.items()
+        )
+        done = [client.wait(job.id, timeout=WAIT_S) for job in jobs]
+        outputs = [client.objects.get(job.output_uri, max_bytes=1 << 22) for job in done]
+    assert all(job.status is JobStatus.SUCCEEDED for job in done)
+    (ready,) = [line for line in log_lines(worker) if line["event"] == "model_process_ready"]
+    assert ready["prepare_in"] == "model-process"
+    engine = MattingEngine(load_model("random:tiny"), device="cpu", resolution=64)
+    for (colour, data), output in zip(inputs.items(), outputs, strict=True):
+        params = JobParams(bg_color=colour, format="png", resolution=64)
+        assert output == matte_one(engine, data, params).data

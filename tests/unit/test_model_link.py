@@ -11,12 +11,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from tests.support import matte_one, png_bytes
 from tests.unit.test_batcher import RecordingModel, image
 from toonq.shared.errors import SharedMemoryFullError
+from toonq.shared.job import JobParams
 from toonq.worker.batcher import BatcherStoppedError, InferenceBatcher
+from toonq.worker.cpus import CpuSlots
+from toonq.worker.engine.matting import MattingEngine, RemoteModel
+from toonq.worker.engine.standin import StandInModel
+from toonq.worker.engine.weights import LoadedModel, load_model
+from toonq.worker.matte_input import matte_input
 from toonq.worker.model_link import ModelCallError, ModelServer, RemoteBatcher
 from toonq.worker.shared_tensors import BlockPool, MappedBlocks
 
@@ -65,6 +73,8 @@ def link(tmp_path: Path) -> Iterator[Link]:
         ours,
         batcher,
         MappedBlocks(tmp_path),
+        # Unused by inputs sent as tensors: the recording model stands for the engine's.
+        engine=MattingEngine(LoadedModel(StandInModel(0), "standin:0", None), device="cpu"),
         on_readiness=readiness.append,
         on_prepared=server_start_once,
         name="test",
@@ -209,3 +219,95 @@ def test_a_job_process_waiting_to_start_stops_waiting_when_the_model_process_is_
     waiter.join(timeout=10)
     assert not waiter.is_alive()
     theirs.close()
+
+
+# --- A model process that prepares images (TOONQ_PREPARE_IN=model-process) -----------------
+
+RESOLUTION = 64
+PARAMS = JobParams(bg_color="#808080", format="png", resolution=RESOLUTION)
+
+
+@dataclass
+class ImageLink:
+    engine: MattingEngine
+    remote: RemoteBatcher
+
+
+@pytest.fixture
+def image_link(tmp_path: Path) -> Iterator[ImageLink]:
+    engine = MattingEngine(load_model("random:tiny"), device="cpu", resolution=RESOLUTION)
+    batcher = InferenceBatcher(
+        engine.stack_batch, engine.run_batch, max_batch_size=4, max_wait_s=0.05
+    )
+    ours, theirs = multiprocessing.Pipe()
+    server = ModelServer(
+        ours,
+        batcher,
+        MappedBlocks(tmp_path),
+        engine=engine,
+        on_readiness=lambda ready: None,
+        on_prepared=lambda: None,
+        name="test",
+    )
+    remote = RemoteBatcher(
+        theirs,
+        # Room for four float32 model inputs: an image's block is kept once its job is done.
+        BlockPool(tmp_path, keep_bytes=4 * 3 * RESOLUTION * RESOLUTION * 4),
+        max_batch_size=4,
+        prepares_images=True,
+    )
+    batcher.start()
+    server.start()
+    remote.start()
+    yield ImageLink(engine, remote)
+    remote.stop()
+    batcher.stop(timeout=5)
+    server.stop()
+    ours.close()
+    theirs.close()
+
+
+def _pixels(height: int, width: int, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+    pixels[: height // 2, :, 3] = 0  # a transparent half, composited onto the job's colour
+    return pixels
+
+
+def test_images_sent_whole_come_back_as_the_alpha_the_engine_makes_of_them(
+    image_link: ImageLink,
+) -> None:
+    engine = image_link.engine
+    cases = [
+        (_pixels(48, 80, seed), JobParams(bg_color=colour, format="png", resolution=RESOLUTION))
+        for seed, colour in enumerate(["#808080", "#ff0037", "#00ff00", "#123456"])
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(image_link.remote.submit_image, p, params) for p, params in cases]
+        alphas = [future.result().result().logits for future in futures]
+    for (pixels, params), alpha in zip(cases, alphas, strict=True):
+        prepared = engine.prepare(pixels.copy(), params)
+        (logits,) = engine.run_batch(engine.stack_batch([prepared.model_input]))
+        expected = engine.alpha(prepared, logits)
+        assert alpha.dtype == torch.uint8
+        assert alpha.shape == (48, 80)
+        assert torch.equal(alpha, expected)
+
+
+def test_an_image_the_model_process_cannot_prepare_is_a_model_call_error(
+    image_link: ImageLink,
+) -> None:
+    future = image_link.remote.submit_image(_pixels(8, 8, 0)[..., :3].copy(), PARAMS)
+    with pytest.raises(ModelCallError, match="H×W×4"):
+        future.result()
+    assert image_link.remote.submit_image(_pixels(8, 8, 1), PARAMS).result().logits.shape == (8, 8)
+
+
+def test_a_job_sends_its_image_as_pixels_and_gets_the_cut_out_of_one_process(
+    image_link: ImageLink, tmp_path: Path
+) -> None:
+    data = png_bytes((80, 48))
+    job_side = MattingEngine(RemoteModel("random:tiny", None), device="cpu", resolution=RESOLUTION)
+    result = matte_input(job_side, image_link.remote, CpuSlots(1), data, PARAMS)
+    assert result.data == matte_one(image_link.engine, data, PARAMS).data
+    # What crossed: the image's pixels, a byte a channel, not a float32 model input.
+    assert {block.stat().st_size for block in tmp_path.iterdir()} == {48 * 80 * 4}

@@ -39,6 +39,10 @@ PRECISIONS: Final = ("auto", "fp32", "fp16", "bf16")
 #: torch.compile modes; `off` runs the model eagerly.
 COMPILE_MODES: Final = ("off", "default", "reduce-overhead", "max-autotune")
 
+#: Where a worker of job processes prepares images for the model and turns its output into
+#: alpha mattes; `auto` is the model process on a GPU and the job processes on the CPU.
+PREPARE_IN: Final = ("auto", "job-processes", "model-process")
+
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

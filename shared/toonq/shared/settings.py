@@ -19,6 +19,7 @@ from toonq.shared.choices import (
     LOG_FORMATS,
     LOG_LEVELS,
     PRECISIONS,
+    PREPARE_IN,
     RESOLUTION_MULTIPLE,
     resolution_problem,
 )
@@ -228,6 +229,9 @@ class Settings:
     #: Processes that take the jobs' messages and do their CPU work, beside the one that owns
     #: the model and the GPU loop; 1: one process does both; 0: chosen from the device and CPUs.
     job_processes: int = _setting("TOONQ_JOB_PROCESSES", 0, _int())
+    #: With job processes: where images are composited, resized and normalised for the model,
+    #: and its output turned into alpha mattes (`choices.PREPARE_IN`).
+    prepare_in: str = _setting("TOONQ_PREPARE_IN", "auto", _choice(PREPARE_IN))
     max_batch_size: int = _setting("TOONQ_MAX_BATCH_SIZE", 0, _int())
     max_batch_wait_ms: float = _setting("TOONQ_MAX_BATCH_WAIT_MS", 10.0, _float)
     #: Failed batches in a row after which a worker takes its device for broken: it stops taking

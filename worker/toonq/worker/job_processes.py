@@ -62,6 +62,7 @@ from toonq.worker.pipeline import (
     default_memory_budget,
     load_engine,
     make_engine,
+    model_process_prepares,
     warm_up,
 )
 from toonq.worker.shared_tensors import DEFAULT_ROOT, BlockPool, MappedBlocks, nbytes_of
@@ -88,6 +89,8 @@ class JobProcessSpec:
     cpu_workers: int
     memory_budget_bytes: int
     blocks_folder: Path
+    #: The model process prepares images on its device (`model_process_prepares`).
+    model_process_prepares: bool
     #: Whether the worker logs other libraries' lines (Celery's) too: `toonq --verbose worker`.
     verbose_logs: bool
 
@@ -157,6 +160,7 @@ def _run(
             model_server.tell_stopped(reason)
 
     batcher = pipeline.batcher(engine, on_beat=health.beat, on_failed=device_failed)
+    prepares = model_process_prepares(settings.prepare_in, engine.device)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(count):
@@ -172,6 +176,7 @@ def _run(
             cpu_workers=max(1, pipeline.cpu_workers // count),
             memory_budget_bytes=budget // count,
             blocks_folder=blocks_folder,
+            model_process_prepares=prepares,
             verbose_logs=is_verbose(),
         )
         ours, theirs = context.Pipe()
@@ -185,6 +190,7 @@ def _run(
                 ours,
                 batcher,
                 blocks,
+                engine=engine,
                 on_readiness=partial(readiness.set, index),
                 on_prepared=prepared.count_down,
                 name=f"toonq-link-{index}",
@@ -199,6 +205,7 @@ def _run(
         "model_process_ready",
         worker=worker_name,
         job_processes=count,
+        prepare_in="model-process" if prepares else "job-processes",
         concurrency=pipeline.concurrency,
         max_batch_size=pipeline.max_batch_size,
     )
@@ -278,7 +285,8 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
     health = _ReportingHealth(settings.liveness_timeout_s)
     device_failure = DeviceFailure(health, settings.queue)
     # Blocks kept for reuse: every job in flight's model input at the worker's resolution,
-    # and an animation's window of frames besides.
+    # and an animation's window of frames besides (in pixels sent whole: images of up to 3 MP
+    # at 1024² and fp32).
     keep = (spec.concurrency + 2 * spec.max_batch_size) * nbytes_of(
         (1, 3, settings.resolution, settings.resolution), PRECISIONS[spec.precision]
     )
@@ -286,6 +294,7 @@ def run_job_process(spec: JobProcessSpec, connection: Connection) -> None:
         connection,
         BlockPool(spec.blocks_folder, keep_bytes=keep),
         max_batch_size=spec.max_batch_size,
+        prepares_images=spec.model_process_prepares,
         on_failed=device_failure,
         # Alone, the job process has nothing to run its jobs: it stops as on SIGTERM.
         on_lost=partial(os.kill, os.getpid(), signal.SIGTERM),

@@ -6,6 +6,9 @@ and handed to the GPU loop one after the other, so that they fill its batches, b
 jobs' images; at most a window of them waits there at once, and each frame's model input and
 logits are dropped once its alpha is back on the host. The CPU-heavy steps hold a CPU slot;
 waiting for the GPU never does.
+
+A job process whose model process prepares images on its device (`TOONQ_PREPARE_IN`) only
+decodes them: their pixels go to the model process, their alpha mattes come back.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from concurrent.futures import Future
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from toonq.shared.job import JobParams
 from toonq.worker.batcher import Batcher, BatchResult
 from toonq.worker.cpus import CpuSlots
 from toonq.worker.engine.animation import Animation
-from toonq.worker.engine.matting import MatteResult, MattingEngine, PreparedImage
+from toonq.worker.engine.matting import DecodedImage, MatteResult, MattingEngine, PreparedImage
+from toonq.worker.model_link import RemoteBatcher
 
 
 def matte_input(
@@ -37,13 +42,41 @@ def matte_input(
         animation = engine.decode_animation(data)
         decode_ms = (time.perf_counter() - start) * 1000
         if animation is None:
-            prepared = engine.prepare(data, params)
+            prepared = _prepare(engine, batcher, data, params)
     if animation is not None:
         return _matte_animation(engine, batcher, cpu, animation, params, decode_ms)
-    batch = batcher.run(prepared.model_input)
+    batch = _submit(batcher, prepared).result()
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     with cpu.held():
-        return engine.finish(prepared, batch.logits)
+        if isinstance(prepared, PreparedImage):
+            return engine.finish(prepared, batch.logits)
+        return engine.finish_alpha(prepared, batch.logits)
+
+
+def _prepare(
+    engine: MattingEngine,
+    batcher: Batcher,
+    source: bytes | npt.NDArray[np.uint8],
+    params: JobParams,
+) -> DecodedImage:
+    """The image prepared for the model, or only decoded for a model process that prepares
+    images itself."""
+    if isinstance(batcher, RemoteBatcher) and batcher.prepares_images:
+        return engine.decode_input(source, params)
+    return engine.prepare(source, params)
+
+
+def _submit(batcher: Batcher, image: DecodedImage) -> Future[BatchResult]:
+    if isinstance(image, PreparedImage):
+        return batcher.submit(image.model_input)
+    if not isinstance(batcher, RemoteBatcher):
+        raise TypeError("only a model process that prepares images takes them decoded")
+    return batcher.submit_image(image.pixels, image.options)
+
+
+def _alpha(engine: MattingEngine, image: DecodedImage, output: torch.Tensor) -> torch.Tensor:
+    """The image's alpha matte from what the model's side returned for it."""
+    return engine.alpha(image, output) if isinstance(image, PreparedImage) else output
 
 
 def _matte_animation(
@@ -57,7 +90,7 @@ def _matte_animation(
     timings = {"decode": decode_ms, "preprocess": 0.0, "batch_wait": 0.0, "inference": 0.0}
     # Two batches' worth: the loop can run one while the next fills.
     window = 2 * batcher.max_batch_size
-    waiting: deque[tuple[PreparedImage, Future[BatchResult]]] = deque()
+    waiting: deque[tuple[DecodedImage, Future[BatchResult]]] = deque()
     alphas: list[npt.NDArray[np.uint8]] = []
 
     def collect_oldest() -> None:
@@ -65,15 +98,15 @@ def _matte_animation(
         batch = future.result()
         timings["batch_wait"] += batch.wait_ms
         timings["inference"] += batch.inference_ms
-        alphas.append(engine.alpha(prepared, batch.logits).cpu().numpy())
+        alphas.append(_alpha(engine, prepared, batch.logits).cpu().numpy())
 
     for frame in animation.frames:
         if len(waiting) >= window:
             collect_oldest()
         with cpu.held():
-            prepared = engine.prepare(frame, params)
+            prepared = _prepare(engine, batcher, frame, params)
         timings["preprocess"] += prepared.timings_ms.get("preprocess", 0.0)
-        waiting.append((prepared, batcher.submit(prepared.model_input)))
+        waiting.append((prepared, _submit(batcher, prepared)))
     while waiting:
         collect_oldest()
     with cpu.held():

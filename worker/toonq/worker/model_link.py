@@ -7,6 +7,11 @@ shared memory (`shared_tensors`) and sends the block's name over a pipe; the mod
 inputs of every job process together, writes each image's logits back into its block and
 answers. Only names, shapes and timings cross the pipe.
 
+A model process on a GPU prepares the images itself (`TOONQ_PREPARE_IN`): a job process sends
+an image's decoded pixels (`submit_image`) with the job's parameters, the model process
+composites, resizes and normalises them on its device, and the block comes back holding the
+image's alpha matte at its own size. The job process then decodes and encodes only.
+
 The GPU loop's errors keep their meaning across the link: a stopped loop (the device failed
 batch after batch, or the model process is gone) is `BatcherStoppedError`, whose jobs go back to
 the queue unspent, and the job process is told to stop taking messages; a failed batch is
@@ -24,10 +29,14 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
+from toonq.shared.job import JobParams
 from toonq.shared.logging import get_logger
 from toonq.worker.batcher import BatcherStoppedError, BatchResult, InferenceBatcher
+from toonq.worker.engine.matting import MattingEngine, PreparedImage
 from toonq.worker.shared_tensors import Block, BlockPool, MappedBlocks, dense_stride, nbytes_of
 
 log = get_logger(__name__)
@@ -41,17 +50,20 @@ class ModelCallError(RuntimeError):
 
 
 class RunRequest(NamedTuple):
-    """Run the input in `block` (`shape`, `dtype`, laid out by `stride`) through the model."""
+    """Run the input in `block` (`shape`, `dtype`, laid out by `stride`) through the model.
+    With `params`, the block holds an image's decoded pixels (uint8 H×W×4), which the model
+    process prepares with them, and the answer is the image's alpha matte."""
 
     request_id: int
     block: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     stride: tuple[int, ...]
+    params: JobParams | None = None
 
 
 class Finished(NamedTuple):
-    """The logits of request `request_id` are in its block."""
+    """The logits (or alpha matte) of request `request_id` are in its block."""
 
     request_id: int
     shape: tuple[int, ...]
@@ -101,7 +113,8 @@ class Readiness(NamedTuple):
 
 class ModelServer:
     """Serves one job process on `connection`: its requests go to `batcher`, their logits back
-    into their blocks. `on_readiness` hears the job process's readiness."""
+    into their blocks; `engine` prepares the images sent whole and makes their alpha mattes.
+    `on_readiness` hears the job process's readiness."""
 
     def __init__(
         self,
@@ -109,6 +122,7 @@ class ModelServer:
         batcher: InferenceBatcher[Any],
         blocks: MappedBlocks,
         *,
+        engine: MattingEngine,
         on_readiness: Callable[[bool], None],
         on_prepared: Callable[[], None],
         name: str,
@@ -116,6 +130,7 @@ class ModelServer:
         self._connection = connection
         self._batcher = batcher
         self._blocks = blocks
+        self._engine = engine
         self._on_readiness = on_readiness
         self._on_prepared = on_prepared
         self._replies: queue.Queue[Any] = queue.Queue()
@@ -155,10 +170,14 @@ class ModelServer:
                 self._on_prepared()
 
     def _run(self, request: RunRequest) -> None:
+        prepared = None
         try:
             model_input = self._blocks.tensor(
                 request.block, request.shape, request.dtype, request.stride
             )
+            if request.params is not None:
+                prepared = self._engine.prepare(model_input.numpy(), request.params)
+                model_input = prepared.model_input
             future = self._batcher.submit(model_input)
         except BatcherStoppedError as exc:
             self._replies.put(Refused(request.request_id, True, str(exc)))
@@ -167,10 +186,12 @@ class ModelServer:
             self._replies.put(Refused(request.request_id, False, f"{type(exc).__name__}: {exc}"))
             return
         # Called in the GPU loop's thread: it only queues, the writer copies and answers.
-        future.add_done_callback(partial(self._finished, request))
+        future.add_done_callback(partial(self._finished, request, prepared))
 
-    def _finished(self, request: RunRequest, future: Future[BatchResult]) -> None:
-        self._replies.put((request, future))
+    def _finished(
+        self, request: RunRequest, prepared: PreparedImage | None, future: Future[BatchResult]
+    ) -> None:
+        self._replies.put((request, prepared, future))
 
     def _write(self) -> None:
         while (item := self._replies.get()) is not None:
@@ -180,23 +201,28 @@ class ModelServer:
             except (BrokenPipeError, EOFError, OSError):
                 return
 
-    def _reply(self, request: RunRequest, future: Future[BatchResult]) -> Finished | Refused:
+    def _reply(
+        self, request: RunRequest, prepared: PreparedImage | None, future: Future[BatchResult]
+    ) -> Finished | Refused:
         exc = future.exception()
         if exc is not None:
             stopped = isinstance(exc, BatcherStoppedError)
             return Refused(request.request_id, stopped, f"{type(exc).__name__}: {exc}")
         result = future.result()
-        logits = result.logits
-        shape = tuple(logits.shape)
         try:
-            # Over the input, which the batch no longer needs: the logits are the smaller.
-            self._blocks.tensor(request.block, shape, logits.dtype).copy_(logits)
+            output = (
+                result.logits if prepared is None else self._engine.alpha(prepared, result.logits)
+            )
+            shape = tuple(output.shape)
+            # Over the input, which the batch no longer needs: the logits, or the alpha matte
+            # (a byte a pixel against the pixels' four), are the smaller.
+            self._blocks.tensor(request.block, shape, output.dtype).copy_(output)
         except Exception as exc:
             return Refused(request.request_id, False, f"{type(exc).__name__}: {exc}")
         return Finished(
             request.request_id,
             shape,
-            logits.dtype,
+            output.dtype,
             result.batch_size,
             result.inference_ms,
             result.wait_ms,
@@ -215,12 +241,15 @@ class RemoteBatcher:
         blocks: BlockPool,
         *,
         max_batch_size: int,
+        prepares_images: bool = False,
         on_failed: Callable[[str], None] | None = None,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
-        """`on_failed` hears why the GPU loop stopped (or the model process is gone, after
-        which `on_lost` is called too)."""
+        """`prepares_images`: the model process prepares images itself, which are then sent
+        with `submit_image`. `on_failed` hears why the GPU loop stopped (or the model process
+        is gone, after which `on_lost` is called too)."""
         self.max_batch_size = max_batch_size
+        self.prepares_images = prepares_images
         self._connection = connection
         self._blocks = blocks
         self._on_failed = on_failed or (lambda _reason: None)
@@ -249,11 +278,20 @@ class RemoteBatcher:
         self._fail_all("the job process stopped")
 
     def submit(self, model_input: torch.Tensor) -> Future[BatchResult]:
-        shape, dtype = tuple(model_input.shape), model_input.dtype
-        # In its own layout (the CPU's composite is channels last): a copy in one pass.
-        stride = dense_stride(model_input)
+        return self._submit(model_input, None)
+
+    def submit_image(self, pixels: npt.NDArray[np.uint8], params: JobParams) -> Future[BatchResult]:
+        """Queue one image's decoded pixels (uint8 H×W×4) for a model process that prepares
+        images (`prepares_images`); the future holds its alpha matte (uint8 H×W) as its
+        `logits`."""
+        return self._submit(torch.from_numpy(pixels), params)
+
+    def _submit(self, tensor: torch.Tensor, params: JobParams | None) -> Future[BatchResult]:
+        shape, dtype = tuple(tensor.shape), tensor.dtype
+        # In its own layout: a copy in one pass.
+        stride = dense_stride(tensor)
         block = self._blocks.take(nbytes_of(shape, dtype))
-        block.tensor(shape, dtype, stride).copy_(model_input)
+        block.tensor(shape, dtype, stride).copy_(tensor)
         future: Future[BatchResult] = Future()
         with self._lock:
             # Registered under the lock that `_fail_all` takes: never left out of a stop.
@@ -264,7 +302,7 @@ class RemoteBatcher:
         if stop_reason is not None:
             self._give_back(block)
             raise BatcherStoppedError(stop_reason)
-        self._send(RunRequest(request_id, block.name, shape, dtype, stride))
+        self._send(RunRequest(request_id, block.name, shape, dtype, stride, params))
         return future
 
     def run(self, model_input: torch.Tensor) -> BatchResult:

@@ -100,6 +100,17 @@ def default_job_processes(device: torch.device, cpus: int) -> int:
     return max(1, min(cpus // CPUS_PER_JOB_PROCESS, MAX_DEFAULT_JOB_PROCESSES))
 
 
+def model_process_prepares(prepare_in: str, device: torch.device) -> bool:
+    """Whether a model process takes images as their decoded pixels, composites, resizes and
+    normalises them on its device and returns their alpha mattes (`TOONQ_PREPARE_IN`). On a GPU
+    by default: that work is the GPU's there, and an image crosses at 4 bytes a pixel, not as a
+    float32 model input (12 bytes a pixel at the model size) with its logits (4) back. On the
+    CPU the job processes do it, spread over their cores instead of one interpreter's."""
+    if prepare_in == "auto":
+        return device.type != "cpu"
+    return prepare_in == "model-process"
+
+
 def load_engine(settings: Settings) -> MattingEngine:
     """The model named by the settings, loaded onto its device (not warmed up yet)."""
     loaded = load_model(settings.model, store=open_store(settings))

@@ -124,7 +124,7 @@ class BlockPool:
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise SharedMemoryFullError(
-                f"no room for a {nbytes // 1024} KiB model input in {self._folder} ({exc}): give "
+                f"no room for a {nbytes // 1024} KiB block in {self._folder} ({exc}): give "
                 "the worker more shared memory (/dev/shm) or fewer jobs in flight"
             ) from exc
         finally:

@@ -106,8 +106,8 @@ class StackedBatch:
 
 
 @dataclass
-class PreparedImage:
-    """One image ready for the model: what `finish` needs after inference."""
+class DecodedImage:
+    """One image as `finish` needs it once its alpha matte is known."""
 
     #: The decoded image, uint8 H×W×4 in host memory. `finish` writes the alpha matte into its
     #: fourth channel, whose input alpha served only to composite the model input (and to cap
@@ -115,18 +115,24 @@ class PreparedImage:
     pixels: npt.NDArray[np.uint8]
     #: The same pixels as uint8 4×H×W on the engine's device (a view of `pixels` on the CPU).
     image: torch.Tensor
-    #: 1×3×h×w in the engine's dtype, composited, resized and normalised.
-    model_input: torch.Tensor
     options: JobParams
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class PreparedImage(DecodedImage):
+    """One image ready for the model: what `finish` needs after inference."""
+
+    #: 1×3×h×w in the engine's dtype, composited, resized and normalised.
+    model_input: torch.Tensor
 
 
 class _Stopwatch:
     """Per-stage wall times; on a GPU each stage ends with a sync so its kernels count."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, ms: dict[str, float] | None = None) -> None:
         self._device = device
-        self.ms: dict[str, float] = {}
+        self.ms: dict[str, float] = dict(ms or {})
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -243,32 +249,42 @@ class MattingEngine:
     # next batch (`stack_batch`) while the model runs the current one (`run_batch`); a caller
     # that runs one batch at a time calls `infer`.
 
+    def decode_input(
+        self, source: bytes | Image.Image | npt.NDArray[np.uint8], options: JobParams
+    ) -> DecodedImage:
+        """The pixels of one image (decoded when given bytes), on the host: what a job process
+        sends a model process that prepares images on its device, and what `finish` works on.
+        An array (an animation's frame, uint8 H×W×4) is used in place: `finish` writes its
+        alpha."""
+        watch = _Stopwatch(self.device)
+        if isinstance(source, np.ndarray):
+            pixels = source
+        else:
+            with watch.stage("decode"):
+                if isinstance(source, bytes):
+                    pixels = decode_pixels(source, max_pixels=self.max_image_pixels)
+                else:
+                    pixels = image_to_array(source)
+        return DecodedImage(pixels, torch.from_numpy(pixels).permute(2, 0, 1), options, watch.ms)
+
     def prepare(
         self, source: bytes | Image.Image | npt.NDArray[np.uint8], options: JobParams
     ) -> PreparedImage:
-        """Decode (when given bytes), move to the device, composite onto the job's background
-        colour, resize and normalise: everything before the model, for one image. An array
-        (an animation's frame, uint8 H×W×4) is used in place: `finish` writes its alpha."""
-        watch = _Stopwatch(self.device)
-        if isinstance(source, bytes):
-            with watch.stage("decode"):
-                pixels = decode_pixels(source, max_pixels=self.max_image_pixels)
-        elif isinstance(source, np.ndarray):
-            pixels = source
-        with watch.stage("preprocess"):
-            if isinstance(source, Image.Image):
-                pixels = image_to_array(source)
-            rgba = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-            with torch.inference_mode():
-                if self.device.type == "cpu":
-                    # Pillow composites in one pass of C, several times cheaper than torch.
-                    flat = torch.from_numpy(composite_rgb(pixels, options.bg_rgb))
-                    flat = flat.permute(2, 0, 1).unsqueeze(0)
-                else:
-                    rgba = self._upload(rgba)
-                    flat = _swap_bg_to_gray(rgba, options.bg_rgb)
-                model_input = to_model_input(flat, options.resolution, self.dtype)
-        return PreparedImage(pixels, rgba[0], model_input, options, watch.ms)
+        """Decode (`decode_input`), move to the device, composite onto the job's background
+        colour, resize and normalise: everything before the model, for one image."""
+        decoded = self.decode_input(source, options)
+        watch = _Stopwatch(self.device, decoded.timings_ms)
+        with watch.stage("preprocess"), torch.inference_mode():
+            if self.device.type == "cpu":
+                image = decoded.image
+                # Pillow composites in one pass of C, several times cheaper than torch.
+                flat = torch.from_numpy(composite_rgb(decoded.pixels, options.bg_rgb))
+                flat = flat.permute(2, 0, 1).unsqueeze(0)
+            else:
+                image = self._upload(decoded.image)
+                flat = _swap_bg_to_gray(image.unsqueeze(0), options.bg_rgb)
+            model_input = to_model_input(flat, options.resolution, self.dtype)
+        return PreparedImage(decoded.pixels, image, options, watch.ms, model_input=model_input)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[torch.Tensor]:
         """Run prepared images of one input shape through the model as a single batch; returns
@@ -316,20 +332,32 @@ class MattingEngine:
         in the GPU loop (minutes without a heartbeat, and memory the batch limit would pay for)."""
         return self.compiled and tuple(batch.shape[-2:]) == (self.resolution, self.resolution)
 
-    def alpha(self, prepared: PreparedImage, logits: torch.Tensor) -> torch.Tensor:
+    def alpha(self, prepared: DecodedImage, logits: torch.Tensor) -> torch.Tensor:
         """The image's alpha matte: uint8 H×W at its original size, on the engine's device."""
         image = prepared.image
         with torch.inference_mode():
             return logits_to_alpha(logits, (image.shape[-2], image.shape[-1]))
 
-    def finish(self, prepared: PreparedImage, logits: torch.Tensor) -> MatteResult:
+    def finish(self, prepared: DecodedImage, logits: torch.Tensor) -> MatteResult:
         """Everything after the model, for one image: the alpha at the original size, the
         cut-out's colours and the encoded output."""
-        watch = _Stopwatch(self.device)
+        watch = _Stopwatch(self.device, prepared.timings_ms)
+        with watch.stage("postprocess"):
+            alpha = self.alpha(prepared, logits)
+        return self._finish(prepared, alpha, watch)
+
+    def finish_alpha(self, prepared: DecodedImage, alpha: torch.Tensor) -> MatteResult:
+        """`finish` from the image's alpha matte (uint8 H×W at its original size, on the
+        engine's device), as a model process that prepares images returns it. `alpha` is
+        written to."""
+        return self._finish(prepared, alpha, _Stopwatch(self.device, prepared.timings_ms))
+
+    def _finish(
+        self, prepared: DecodedImage, alpha: torch.Tensor, watch: _Stopwatch
+    ) -> MatteResult:
         image, options = prepared.image, prepared.options
         with torch.inference_mode():
             with watch.stage("postprocess"):
-                alpha = self.alpha(prepared, logits)
                 if options.respect_input_alpha:
                     # The model sees the input composited onto a colour, so it may find a subject
                     # where the input is transparent: the input's own alpha bounds the output's.
@@ -341,7 +369,7 @@ class MattingEngine:
                         prepared.pixels[..., :3] = _host(refined)
                     prepared.pixels[..., 3] = alpha.cpu().numpy()
                     fitted = self._compose([prepared.pixels], None, options)
-                return _result(fitted, prepared.timings_ms | watch.ms)
+                return _result(fitted, watch.ms)
             with watch.stage("encode"):
                 data = self._encode(prepared, alpha, refined)
         return MatteResult(
@@ -350,7 +378,7 @@ class MattingEngine:
             extension=options.format,
             width=image.shape[-1],
             height=image.shape[-2],
-            timings_ms=prepared.timings_ms | watch.ms,
+            timings_ms=watch.ms,
         )
 
     def finish_animation(
@@ -419,7 +447,7 @@ class MattingEngine:
         return host.to(self.device)
 
     def _encode(
-        self, prepared: PreparedImage, alpha_matte: torch.Tensor, refined: torch.Tensor | None
+        self, prepared: DecodedImage, alpha_matte: torch.Tensor, refined: torch.Tensor | None
     ) -> bytes:
         """The output: the mask alone, or the cut-out's colours with the alpha matte. The
         colours are the original RGB (never the grey composite), or their blur-fusion

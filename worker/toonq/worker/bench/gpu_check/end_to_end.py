@@ -23,7 +23,11 @@ from toonq.worker.bench.throughput import measure_throughput
 from toonq.worker.cpus import usable_cpus
 from toonq.worker.engine.encode import default_png_encoder
 from toonq.worker.harness.deployment import Deployment
-from toonq.worker.pipeline import default_concurrency, default_job_processes
+from toonq.worker.pipeline import (
+    default_concurrency,
+    default_job_processes,
+    model_process_prepares,
+)
 
 NAME: Final = "end_to_end"
 TITLE: Final = "End to end through a worker process (embedded mode)"
@@ -103,6 +107,12 @@ def run(ctx: CheckContext) -> Section:
         "max_batch_size": batch,
         "concurrency": concurrency,
         "job_processes": processes,
+        # Where images are composited, resized and normalised (TOONQ_PREPARE_IN's default).
+        "prepare_in": (
+            "model-process" if model_process_prepares("auto", ctx.device) else "job-processes"
+        )
+        if processes > 1
+        else "worker-process",
         "worker_ready_s": round(ready_s, 1),
         **asdict(throughput),
         "jobs_per_s": round(throughput.jobs_per_s, 3),
