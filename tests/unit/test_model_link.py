@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.support import matte_one, png_bytes
+from tests.unit.test_animated_jobs import gif_bytes
 from tests.unit.test_batcher import RecordingModel, image
 from toonq.shared.errors import SharedMemoryFullError
 from toonq.shared.job import JobParams
@@ -311,3 +312,21 @@ def test_a_job_sends_its_image_as_pixels_and_gets_the_cut_out_of_one_process(
     assert result.data == matte_one(image_link.engine, data, PARAMS).data
     # What crossed: the image's pixels, a byte a channel, not a float32 model input.
     assert {block.stat().st_size for block in tmp_path.iterdir()} == {48 * 80 * 4}
+
+
+def test_an_animation_sent_frame_by_frame_as_pixels_matches_one_process(
+    image_link: ImageLink,
+) -> None:
+    engine = image_link.engine
+    local = InferenceBatcher(
+        engine.stack_batch, engine.run_batch, max_batch_size=4, max_wait_s=0.01
+    )
+    local.start()
+    try:
+        expected = matte_input(engine, local, CpuSlots(1), gif_bytes(), PARAMS)
+    finally:
+        local.stop(timeout=5)
+    job_side = MattingEngine(RemoteModel("random:tiny", None), device="cpu", resolution=RESOLUTION)
+    result = matte_input(job_side, image_link.remote, CpuSlots(1), gif_bytes(), PARAMS)
+    assert (result.frames, result.data) == (expected.frames, expected.data)
+    assert result.frames > 1
