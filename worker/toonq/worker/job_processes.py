@@ -4,10 +4,11 @@ the others take the queue's messages and do the jobs' CPU work.
 One interpreter runs the Python of every job one after the other (the GIL): past a few hundred
 jobs/s, or with a GPU loop that must launch the next batch at once, the jobs' threads get in
 each other's way and in the GPU loop's. Here each job process is a whole single-process worker
-but for the model: it claims, downloads, decodes and prepares, finishes, encodes, uploads and
-records its jobs, with its own Celery consumer (late acks), lease keeper, memory budget and
-graceful shutdown, and hands its model inputs to the model process through shared memory
-(`model_link`). The model process batches the inputs of all of them together.
+but for the model: it claims, downloads, decodes, finishes, encodes, uploads and records its
+jobs, with its own Celery consumer (late acks), lease keeper, memory budget and graceful
+shutdown, and hands its images to the model process through shared memory (`model_link`): their
+pixels, which the model process prepares on its GPU, or on the CPU the model inputs it prepared
+itself (`TOONQ_PREPARE_IN`). The model process batches the inputs of all of them together.
 
 The model process is the one `toonq worker` starts. It loads and warms up the model, starts the
 job processes (spawned: CUDA never meets a fork), serves /livez, /readyz and /metrics for the

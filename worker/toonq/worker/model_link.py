@@ -233,7 +233,8 @@ class ModelServer:
 
 
 class RemoteBatcher:
-    """What a job process's threads submit model inputs to, as they would to the GPU loop."""
+    """What a job process's threads submit model inputs (or images) to, as they would to the
+    GPU loop."""
 
     def __init__(
         self,

@@ -1,10 +1,11 @@
 """Tensors that two processes of one worker share in memory, without pickling or copying them.
 
-A job process writes a model input into a block of shared memory (a file in a folder of
-`/dev/shm`, which the worker makes and removes), sends the block's name, shape and dtype, and
-reads the logits back from the same block. The model process maps the block by its name once
-and sees the input in place. Blocks are reused: a job process keeps the blocks it freed, by size,
-for the next inputs of that size, so that the memory is mapped once, not once per image.
+A job process writes a model input (or an image's pixels) into a block of shared memory (a file
+in a folder of `/dev/shm`, which the worker makes and removes), sends the block's name, shape and
+dtype, and reads the logits (or the alpha matte) back from the same block. The model process
+maps the block by its name once and sees the input in place. Blocks are reused: a job process
+keeps the blocks it freed, by size, for the next inputs of that size, so that the memory is
+mapped once, not once per image.
 """
 
 from __future__ import annotations

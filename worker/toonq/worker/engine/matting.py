@@ -145,8 +145,9 @@ class _Stopwatch:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """The identity of a model that another process runs: an engine made with it prepares and
-    finishes images on the CPU (a job process's), in the precision the model takes."""
+    """The identity of a model that another process runs: an engine made with it decodes,
+    prepares (unless the model's process does) and finishes images on the CPU (a job process's),
+    in the precision the model takes."""
 
     name: str
     revision: str | None
