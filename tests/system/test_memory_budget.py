@@ -26,9 +26,9 @@ from toonq.worker.memory import MIB
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: The worker's cgroup limit: its interpreter, torch and model take about 500 MiB here (and the
 #: libraries' files 600 MiB of page cache, which the kernel may drop), and
-#: the burst below would take about 1.8 GiB more if every job held its images at once.
+#: the burst below would take about 2 GiB more if every job held its images at once.
 LIMIT_MIB = 1280
-#: 4000x4000, 16 Mpx: about 200 MiB at a job's peak on a CPU worker (13 bytes a pixel).
+#: 4000x4000, 16 Mpx: about 245 MiB at a job's peak on a CPU worker (16 bytes a pixel).
 SIDE = 4000
 #: Jobs sent at once, and as many job threads and CPU slots: without a budget they would all
 #: decode and prepare together.

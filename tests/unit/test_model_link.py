@@ -158,8 +158,9 @@ def test_a_lost_model_process_fails_what_waits_and_what_comes(tmp_path: Path) ->
         waiting.result(timeout=5)
     with pytest.raises(BatcherStoppedError):
         remote.submit(image(2))
+    # Told after the waiting futures fail, from the link's reader thread.
+    assert lost.wait(timeout=5)
     assert failures == ["the worker's model process is gone"]
-    assert lost.is_set()
     theirs.close()
 
 

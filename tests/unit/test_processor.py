@@ -448,8 +448,8 @@ def test_an_outcome_the_database_refuses_for_a_lease_leaves_the_job_to_be_reclai
 
 
 def test_an_image_needing_more_than_the_memory_budget_fails_at_once(ctx: WorkerContext) -> None:
-    # The input is 80x60: 13 bytes a pixel on the CPU is 62,400 bytes, over a 60 KiB budget.
-    small_budget = replace(ctx, memory=MemoryBudget(60 * 1024))
+    # The input is 80x60: 16 bytes a pixel on the CPU is 76,800 bytes, over a 64 KiB budget.
+    small_budget = replace(ctx, memory=MemoryBudget(64 * 1024))
     job = submitted(small_budget)
 
     assert process_job(small_budget, job.id) is Outcome.FAILED

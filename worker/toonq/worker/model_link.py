@@ -10,7 +10,7 @@ answers. Only names, shapes and timings cross the pipe.
 A model process on a GPU prepares the images itself (`TOONQ_PREPARE_IN`): a job process sends
 an image's decoded pixels (`submit_image`) with the job's parameters, the model process
 composites, resizes and normalises them on its device, and the block comes back holding the
-image's alpha matte at its own size. The job process then decodes and encodes only.
+image's alpha matte at its own size. The job process decodes before and finishes after.
 
 The GPU loop's errors keep their meaning across the link: a stopped loop (the device failed
 batch after batch, or the model process is gone) is `BatcherStoppedError`, whose jobs go back to

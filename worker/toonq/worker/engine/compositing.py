@@ -40,8 +40,7 @@ def composite_rgb(
     rgba: npt.NDArray[np.uint8], color: tuple[int, int, int] = (128, 128, 128)
 ) -> npt.NDArray[np.uint8]:
     """Composite a uint8 H×W×4 array onto `color` on the CPU; returns a new uint8 H×W×3 array
-    holding what `_swap_bg_to_gray` gives. Its pixels are 4 bytes apart (a view of an H×W×4
-    buffer): torch and numpy read it as they read a packed one.
+    holding what `_swap_bg_to_gray` gives.
 
     Pillow's masked paste blends in integers, t = color·(255 − alpha) + rgb·alpha + 128,
     out = (t + (t >> 8)) >> 8: the same rounding of the same quotient, for every rgb and alpha.
@@ -50,12 +49,9 @@ def composite_rgb(
         raise ValueError(f"expected a uint8 H×W×4 array, got {rgba.dtype} of shape {rgba.shape}")
     _check_color(color)
     image = Image.fromarray(rgba)  # shares the array's memory
-    # An RGBA canvas, not RGB: Pillow keeps both at 4 bytes a pixel, but only RGBA comes out as
-    # one straight copy; RGB is repacked to 3 bytes a pixel, a pass that cost more than the blend.
-    # The canvas's alpha band, blended too, is not part of the result.
-    canvas = Image.new("RGBA", image.size, (*color, 255))
-    canvas.paste(image, (0, 0), image)
-    return np.array(canvas)[..., :3]
+    background = Image.new("RGB", image.size, color)
+    background.paste(image, (0, 0), image)
+    return np.array(background)
 
 
 def _check_color(color: tuple[int, int, int]) -> None:

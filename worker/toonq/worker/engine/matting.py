@@ -75,14 +75,17 @@ class MatteResult:
 #: refine_foreground. Measured (VmHWM) on 4000×4000 PNGs and JPEGs, and what the code holds:
 #: * decode: Pillow's image, its RGBA conversion and the H×W×4 array (4 + 4 + 4); libpng: 4, or
 #:   7 for RGB (its H×W×3, then H×W×4). The array (4) is then kept until the job is encoded.
-#: * prepare on the CPU: the array, the composite's Pillow canvas (4) and its copy as an array
-#:   (4): 12; then the resize's float32 channel (4) over the array and the composite.
+#: * prepare on the CPU: the array, the composite's Pillow RGB image (4), its bytes and its
+#:   H×W×3 array (3 + 3): 14; then the resize's float32 channel (4) over the array and the RGB.
 #: * finish: the array, the float32 mask at full size (4), the alpha (1), the encoded output
 #:   (up to about 4 for noise): 13. On the CPU, refine_foreground's float32 planes and box sums
 #:   come to 216. On a GPU the composite, the resize, the mask and refine_foreground live on the
 #:   device: the host holds the decode's 12 at most, 16 with refine (its uint8 colours, 3, and
 #:   their interleaving with the alpha, 4, over finish's 9).
-_HOST_BYTES_PER_PIXEL: Final = {"cpu": 13, "gpu": 12}
+#: On the CPU, 16 rather than prepare's 14: with three 4000×4000 jobs under a 1280 MiB cgroup,
+#: the heap the jobs share (malloc keeps freed memory, see `allocator`) now and then rose about
+#: 150 MB above the sum of their own peaks, 15.5 bytes a pixel each, and the worker was killed.
+_HOST_BYTES_PER_PIXEL: Final = {"cpu": 16, "gpu": 12}
 _HOST_BYTES_PER_PIXEL_REFINED: Final = {"cpu": 216, "gpu": 16}
 #: Besides one frame's peak: every frame of an animation stays in host memory until the file is
 #: written, with its alpha (4 + 1), the finished copy (4) and the encoder's (4).
