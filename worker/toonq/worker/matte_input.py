@@ -42,10 +42,10 @@ def matte_input(
         animation = engine.decode_animation(data)
         decode_ms = (time.perf_counter() - start) * 1000
         if animation is None:
-            prepared = _prepare(engine, batcher, data, params)
+            prepared, future = _send(engine, batcher, data, params)
     if animation is not None:
         return _matte_animation(engine, batcher, cpu, animation, params, decode_ms)
-    batch = _submit(batcher, prepared).result()
+    batch = future.result()
     prepared.timings_ms |= {"batch_wait": batch.wait_ms, "inference": batch.inference_ms}
     with cpu.held():
         if isinstance(prepared, PreparedImage):
@@ -53,25 +53,19 @@ def matte_input(
         return engine.finish_alpha(prepared, batch.logits)
 
 
-def _prepare(
+def _send(
     engine: MattingEngine,
     batcher: Batcher,
     source: bytes | npt.NDArray[np.uint8],
     params: JobParams,
-) -> DecodedImage:
-    """The image prepared for the model, or only decoded for a model process that prepares
-    images itself."""
+) -> tuple[DecodedImage, Future[BatchResult]]:
+    """The image prepared and handed to the GPU loop, or only decoded and sent whole to a model
+    process that prepares images itself; with the future of what comes back."""
     if isinstance(batcher, RemoteBatcher) and batcher.prepares_images:
-        return engine.decode_input(source, params)
-    return engine.prepare(source, params)
-
-
-def _submit(batcher: Batcher, image: DecodedImage) -> Future[BatchResult]:
-    if isinstance(image, PreparedImage):
-        return batcher.submit(image.model_input)
-    if not isinstance(batcher, RemoteBatcher):
-        raise TypeError("only a model process that prepares images takes them decoded")
-    return batcher.submit_image(image.pixels, image.options)
+        decoded = engine.decode_input(source, params)
+        return decoded, batcher.submit_image(decoded.pixels, params)
+    prepared = engine.prepare(source, params)
+    return prepared, batcher.submit(prepared.model_input)
 
 
 def _alpha(engine: MattingEngine, image: DecodedImage, output: torch.Tensor) -> torch.Tensor:
@@ -104,9 +98,9 @@ def _matte_animation(
         if len(waiting) >= window:
             collect_oldest()
         with cpu.held():
-            prepared = _prepare(engine, batcher, frame, params)
+            prepared, future = _send(engine, batcher, frame, params)
         timings["preprocess"] += prepared.timings_ms.get("preprocess", 0.0)
-        waiting.append((prepared, _submit(batcher, prepared)))
+        waiting.append((prepared, future))
     while waiting:
         collect_oldest()
     with cpu.held():
