@@ -194,6 +194,9 @@ def test_queue_section_sets_toonq_against_a_bare_celery_task(system_sections):
         assert run["ms_per_job"] == pytest.approx(1000 / run["jobs_per_s"], rel=0.02)
         assert run["cpu_ms_per_job"] > 0
         assert run["context_switches_per_job"] > 0  # a job's thread waits for its batch
+        assert 0 < run["machine_busy"] <= 1
+        # The worker's own CPU time is part of the machine's (ticks of 10 ms either way).
+        assert run["machine_cpu_ms_per_job"] >= 0.9 * run["cpu_ms_per_job"]
         assert run["bare_celery_ms_per_task"] > 0
         assert run["overhead_ratio"] == pytest.approx(
             run["ms_per_job"] / run["bare_celery_ms_per_task"], rel=0.02
@@ -204,6 +207,7 @@ def test_scaling_section_projects_from_what_it_measured(system_sections):
     scaling = system_sections["scaling"]
     runs = scaling["runs"]
     assert all(run["succeeded"] == run["jobs"] for run in runs)
+    assert all(run["machine_cpu_ms_per_job"] >= 0.9 * run["cpu_ms_per_job"] for run in runs)
     two_cores = len(os.sched_getaffinity(0)) > 1
     assert {(run["cores"], run["job_processes"]) for run in runs if run["image"] == "1 MP"} == (
         {(1, 1), (2, 1), (2, 2)} if two_cores else {(1, 1)}

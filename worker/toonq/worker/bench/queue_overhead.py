@@ -18,7 +18,7 @@ from toonq.shared.queue import create_celery_app
 from toonq.shared.settings import Settings
 from toonq.worker.bench.images import solid_png
 from toonq.worker.bench.noop_app import DONE_MARK, NOOP_TASK
-from toonq.worker.bench.report import BenchOptions, Section, markdown_table
+from toonq.worker.bench.report import BenchOptions, Section, markdown_table, percent
 from toonq.worker.bench.services import bench_deployment
 from toonq.worker.bench.throughput import run_worker, steady_rate
 from toonq.worker.cpus import usable_cpus
@@ -69,6 +69,8 @@ def run(options: BenchOptions) -> Section:
             "ms per job",
             "worker CPU ms per job",
             "worker context switches per job",
+            "machine CPU ms per job",
+            "machine busy",
             "bare Celery ms per task",
             "ratio",
         ],
@@ -82,6 +84,8 @@ def run(options: BenchOptions) -> Section:
                 r["ms_per_job"],
                 r["cpu_ms_per_job"],
                 r["context_switches_per_job"],
+                r["machine_cpu_ms_per_job"],
+                percent(r["machine_busy"]),
                 r["bare_celery_ms_per_task"],
                 r["overhead_ratio"],
             ]
@@ -96,7 +100,10 @@ def run(options: BenchOptions) -> Section:
         + "\n\nratio: toonq's time per job over a bare Celery no-op task's, same run, same "
         "settings, as many messages in flight. Job processes: 1, the worker's one process; more, "
         "that many beside its model process (`TOONQ_JOB_PROCESSES`). CPU and context switches: "
-        "the worker's threads', all its processes', over the jobs.",
+        "the worker's threads', all its processes', over the jobs. Machine CPU: every "
+        "process's (the worker's, PostgreSQL's, Redis's, the kernel's) over the jobs, and the "
+        "share of the machine's CPU time that was busy: a worker that keeps the machine busy "
+        "gets faster only by doing less per job, there or in the services.",
         summary=", ".join(
             f"{r['jobs_in_flight']} in flight in {r['job_processes']} process(es): "
             f"{r['jobs_per_s']} jobs/s ({r['overhead_ratio']}x bare Celery)"
@@ -135,6 +142,8 @@ def _toonq_run(
         # Each one a thread that gave up its core, mostly to wait for the GIL: with more jobs
         # in flight, the measure of how much the jobs' threads contend for it.
         "context_switches_per_job": run.context_switches_per_job,
+        "machine_cpu_ms_per_job": run.machine_cpu_ms_per_job,
+        "machine_busy": run.machine_busy,
         "median_stage_ms": result.median_stage_ms,
     }
 

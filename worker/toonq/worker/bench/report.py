@@ -92,6 +92,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def percent(share: float | None) -> str:
+    """A share (0 to 1) as a table cell: `87%`, or empty where it was not measured."""
+    return "" if share is None else f"{share:.0%}"
+
+
 def describe_machine_line(machine: Mapping[str, Any]) -> str:
     """One line naming the machine: the accelerator if any, then the CPU."""
     cpu = f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['memory_gib']} GiB)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -33,6 +35,11 @@ class WorkerRun:
     #: Its threads' context switches while it ran the jobs, over the jobs: how often they
     #: waited for one another (for the GIL, mostly).
     context_switches_per_job: float
+    #: The whole machine's CPU time meanwhile, over the jobs: the worker's, and that of the
+    #: services it uses (PostgreSQL, Redis) and the kernel on its behalf. None off Linux.
+    machine_cpu_ms_per_job: float | None
+    #: The share of the machine's CPU time that was busy meanwhile (0 to 1). None off Linux.
+    machine_busy: float | None
 
 
 def run_worker(
@@ -50,12 +57,40 @@ def run_worker(
     with deployment.start_worker_on(cpus, **env) as worker:
         worker.wait_ready(timeout_s=WORKER_START_TIMEOUT_S)
         cpu_before, switches_before = worker.cpu_seconds(), worker.context_switches()
+        machine_before = machine_cpu_seconds()
         result = measure_throughput(
             deployment, job_ids, timeout_s=timeout_s, fill=fill, drain=drain
         )
         cpu_s = worker.cpu_seconds() - cpu_before
         switches = worker.context_switches() - switches_before
-    return WorkerRun(result, round(cpu_s * 1000 / result.jobs, 2), round(switches / result.jobs, 1))
+        machine_after = machine_cpu_seconds()
+    machine_ms = machine_busy = None
+    if machine_before is not None and machine_after is not None:
+        busy_s = machine_after[0] - machine_before[0]
+        all_s = machine_after[1] - machine_before[1]
+        machine_ms = round(busy_s * 1000 / result.jobs, 2)
+        machine_busy = round(busy_s / all_s, 3) if all_s else None
+    return WorkerRun(
+        result,
+        round(cpu_s * 1000 / result.jobs, 2),
+        round(switches / result.jobs, 1),
+        machine_ms,
+        machine_busy,
+    )
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """The machine's CPU time so far, summed over its CPUs: (busy, all); busy is everything but
+    idle and waiting for I/O. None where /proc/stat is missing (not Linux)."""
+    try:
+        # The first line sums every CPU: user nice system idle iowait irq softirq steal ...
+        first = Path("/proc/stat").read_text().splitlines()[0]
+    except OSError:
+        return None
+    ticks = [int(field) for field in first.split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    per_second = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / per_second, sum(ticks) / per_second
 
 
 def measure_throughput(
