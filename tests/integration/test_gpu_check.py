@@ -16,7 +16,7 @@ from toonq.worker.bench.gpu_check.plan import PRECISIONS, QUICK
 
 # One OpenMP thread: on a busy two-core machine, two threads wait on each other for seconds.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "TOONQ_LOG_FORMAT": "json"}
-PARTS = ["fixture", "precision", "throughput", "oom", "end_to_end"]
+PARTS = ["fixture", "precision", "throughput", "oom", "overlap", "end_to_end"]
 
 
 def _check(*args: str) -> tuple[list[str], Path, dict[str, Any]]:
@@ -113,6 +113,17 @@ def test_the_gpu_loop_gives_every_image_its_result(quick) -> None:
     assert oom["memory_cap_gib"] is None
     assert (oom["split"], oom["limit_after"]) == (False, QUICK.oom_images)
     assert oom["batches_run"] == {str(QUICK.oom_images): 1}
+
+
+def test_a_job_s_device_work_is_timed_alone_and_beside_running_batches(quick) -> None:
+    overlap = quick[2]["sections"]["overlap"]
+    assert (overlap["device"], overlap["batch_size"]) == ("cpu", QUICK.worker_batch)
+    assert overlap["image"] == f"{QUICK.e2e_image_side}x{QUICK.e2e_image_side}"
+    assert overlap["batch_ms"] > 0
+    assert [row["step"] for row in overlap["rows"]] == ["prepare", "alpha_to_host"]
+    for row in overlap["rows"]:
+        assert row["alone_ms"] > 0
+        assert row["beside_batch_ms"] > 0
 
 
 def test_end_to_end_is_compared_with_the_model_alone(quick) -> None:

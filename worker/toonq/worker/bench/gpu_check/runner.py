@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from toonq.worker.bench.gpu_check import end_to_end, fixture, model_speed, oom, precision
+from toonq.worker.bench.gpu_check import (
+    end_to_end,
+    fixture,
+    model_speed,
+    oom,
+    overlap,
+    precision,
+)
 from toonq.worker.bench.gpu_check.context import CheckContext, describe_error, skipped
 from toonq.worker.bench.report import Section
 
@@ -33,11 +40,19 @@ PARTS: Final = {
         Part(precision.NAME, precision.TITLE, precision.run),
         Part(model_speed.NAME, model_speed.TITLE, model_speed.run),
         Part(oom.NAME, oom.TITLE, oom.run),
+        Part(overlap.NAME, overlap.TITLE, overlap.run),
         Part(end_to_end.NAME, end_to_end.TITLE, end_to_end.run),
     )
 }
 REPORT_ORDER: Final = tuple(PARTS)
-RUN_ORDER: Final = (fixture.NAME, precision.NAME, oom.NAME, end_to_end.NAME, model_speed.NAME)
+RUN_ORDER: Final = (
+    fixture.NAME,
+    precision.NAME,
+    oom.NAME,
+    overlap.NAME,
+    end_to_end.NAME,
+    model_speed.NAME,
+)
 #: Lines of a failed part's traceback kept in the report (a worker's failure ends with the end
 #: of its log).
 _TRACEBACK_LINES: Final = 30
