@@ -14,6 +14,7 @@ import torch
 from toonq.worker.bench.gpu_check.plan import Sizes
 from toonq.worker.bench.model import first_paragraph
 from toonq.worker.bench.report import Section
+from toonq.worker.engine.matting import MattingEngine
 from toonq.worker.engine.weights import LoadedModel, load_model
 
 
@@ -49,6 +50,16 @@ class CheckContext:
     def model_copy(self) -> LoadedModel:
         """A copy of the model for one engine, which moves it to its device and precision."""
         return replace(self.master, model=copy.deepcopy(self.master.model))
+
+    def worker_engine(self) -> MattingEngine:
+        """An engine on a copy of the model, at the worker's precision and resolution
+        (`Sizes.worker_precision`, `Sizes.resolution`): what the GPU loop runs."""
+        return MattingEngine(
+            self.model_copy(),
+            device=str(self.device),
+            precision=self.sizes.worker_precision,
+            resolution=self.sizes.resolution,
+        )
 
     def release_memory(self) -> None:
         """Give what the last part left on the device back, so the next one starts clean (and

@@ -32,12 +32,7 @@ _RESULT_TIMEOUT_S: Final = 120.0
 
 def run(ctx: CheckContext) -> Section:
     sizes = ctx.sizes
-    engine = MattingEngine(
-        ctx.model_copy(),
-        device=str(ctx.device),
-        precision=sizes.worker_precision,
-        resolution=sizes.resolution,
-    )
+    engine = ctx.worker_engine()
     shape = (1, 3, sizes.resolution, sizes.resolution)
     inputs = [
         torch.randn(shape, device=engine.device, dtype=engine.dtype)

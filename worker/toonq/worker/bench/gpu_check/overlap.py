@@ -38,12 +38,7 @@ _STOP_TIMEOUT_S: Final = 60.0
 
 def run(ctx: CheckContext) -> Section:
     sizes = ctx.sizes
-    engine = MattingEngine(
-        ctx.model_copy(),
-        device=str(ctx.device),
-        precision=sizes.worker_precision,
-        resolution=sizes.resolution,
-    )
+    engine = ctx.worker_engine()
     side = sizes.e2e_image_side
     pixels = np.asarray(anime_sample(seed=5, size=(side, side), transparent=True).convert("RGBA"))
     params = JobParams(bg_color=DEFAULT_BG_COLOR, format="png", resolution=sizes.resolution)
